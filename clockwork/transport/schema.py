@@ -1,0 +1,312 @@
+"""The wire schema: every message any two clockwork processes exchange.
+
+A message is one ZeroMQ multipart message: [identity (ROUTER side only)], header, *data.
+The header frame is one protocol-version byte followed by a msgpack array (msgspec, array_like
+structs with an integer tag, so encoding costs about a microsecond and no field names travel).
+Data frames are raw tensor bytes sent with copy=False: inputs for Infer (one frame per request,
+so the controller never concatenates them) and the output of an Infer.
+
+A header starting with FATAL_PREFIX is plain UTF-8 text: a version-independent way for a peer
+to say "I cannot talk to you" (e.g. a protocol mismatch) that any version can print.
+
+Times are integer nanoseconds. Actions carry their [earliest, latest] window in the *receiving
+worker's* clock (the controller converts, see transport.clocksync); results carry worker times
+which the controller converts back.
+"""
+from __future__ import annotations
+
+import typing
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+VERSION_BYTE = bytes([PROTOCOL_VERSION])
+FATAL_PREFIX = b"\xff"
+
+
+class ProtocolError(ValueError):
+    """A frame could not be decoded: wrong version, truncated, or not a known message."""
+
+
+class Message(msgspec.Struct, array_like=True, tag_field="t"):
+    """Base of all messages: the tag (an int, set per class) selects the type."""
+
+
+# ---------------------------------------------------------------- descriptions (nested values)
+
+class ModelInfo(msgspec.Struct, array_like=True):
+    """What the controller and clients know of one model instance (one copy)."""
+    model_id: int
+    source: str                   # model directory it was loaded from
+    input_size: int               # bytes of ONE input (batch 1)
+    output_size: int              # bytes of ONE output
+    weights_size: int             # bytes of weights
+    num_pages: int                # weights-cache pages it occupies on a GPU
+    batch_sizes: list[int]        # compiled (supported) batch sizes, ascending
+    exec_ns: list[int]            # profiled exec time per entry of batch_sizes
+    weights_load_ns: int          # profiled LoadWeights time
+
+
+class GpuState(msgspec.Struct, array_like=True):
+    gpu_id: int
+    total_pages: int
+    free_pages: int
+    io_pool_size: int
+    workspace_pool_size: int
+    loaded_models: list[int]      # model ids whose weights are in this GPU's cache
+    name: str = "emulated"
+
+
+class WorkerState(msgspec.Struct, array_like=True):
+    page_size: int
+    gpus: list[GpuState]
+    models: list[ModelInfo]
+
+
+class GpuReading(msgspec.Struct, array_like=True):
+    """Device telemetry sampled by a worker (NVML on real GPUs, emulated values otherwise)."""
+    gpu_id: int
+    sm_clock_mhz: int
+    mem_clock_mhz: int
+    temperature_c: int
+    memory_used: int
+    memory_total: int
+    utilization: float
+
+
+# ---------------------------------------------------------------- client <-> controller
+
+class InferRequest(Message, tag=1):
+    """Data frames: `batch_size` inputs as one or more frames (or none: generate at controller)."""
+    request_id: int
+    model_id: int
+    batch_size: int = 1
+    slo_factor: float = 0.0       # > 0: SLO = slo_factor x batch-1 exec estimate
+    slo_ns: int = 0               # > 0: explicit SLO; 0: controller default
+    user_id: int = 0
+
+
+class InferResponse(Message, tag=2):
+    """Data frame on success: the output (batch_size x output_size bytes)."""
+    request_id: int
+    status: int
+    message: str = ""
+    model_id: int = -1
+    batch_size: int = 0
+    latency_ns: int = 0           # controller arrival -> response, controller clock
+    exec_ns: int = 0              # measured exec time of the batch that served it
+    is_coldstart: bool = False
+
+
+class LoadModelRequest(Message, tag=3):
+    request_id: int
+    path: str                     # model directory, relative to the workers' model dir
+    copies: int = 1
+
+
+class LoadModelResponse(Message, tag=4):
+    request_id: int
+    status: int
+    message: str = ""
+    model_id: int = -1            # first id; copies get consecutive ids
+    copies: int = 0
+    input_size: int = 0
+    output_size: int = 0
+
+
+class LsRequest(Message, tag=5):
+    request_id: int
+
+
+class LsResponse(Message, tag=6):
+    request_id: int
+    status: int
+    message: str = ""
+    models: list[ModelInfo] = []
+
+
+class ErrorResponse(Message, tag=7):
+    """Sent when a request could not even be decoded (request_id -1 if unknown)."""
+    request_id: int
+    status: int
+    message: str
+
+
+# ---------------------------------------------------------------- controller -> worker actions
+
+class LoadModelFromDisk(Message, tag=20):
+    action_id: int
+    earliest: int
+    latest: int
+    model_id: int                 # first id; copies take consecutive ids
+    path: str
+    copies: int = 1
+    max_batch_size: int = 16
+    max_exec_ns: int = 250_000_000
+
+
+class LoadWeights(Message, tag=21):
+    action_id: int
+    earliest: int
+    latest: int
+    model_id: int
+    gpu_id: int
+    expected_ns: int = 0
+
+
+class EvictWeights(Message, tag=22):
+    action_id: int
+    earliest: int
+    latest: int
+    model_id: int
+    gpu_id: int
+
+
+class Infer(Message, tag=23):
+    """Data frames: the inputs, concatenated in order (any number of frames adding up to
+    batch_size x input_size bytes), or none, in which case the worker generates them."""
+    action_id: int
+    earliest: int
+    latest: int
+    model_id: int
+    gpu_id: int
+    batch_size: int
+    expected_ns: int = 0
+
+
+class ClearCache(Message, tag=24):
+    action_id: int
+    earliest: int = 0
+    latest: int = 0
+
+
+class GetWorkerState(Message, tag=25):
+    action_id: int
+
+
+class Reset(Message, tag=26):
+    """Sent by a controller when it connects: drop all models and queued actions."""
+    action_id: int
+
+
+# ---------------------------------------------------------------- worker -> controller results
+
+class ErrorResult(Message, tag=40):
+    action_id: int
+    action_tag: int               # tag of the failed action's type
+    status: int
+    message: str
+    received: int = 0
+    sent: int = 0
+
+
+class LoadModelFromDiskResult(Message, tag=41):
+    action_id: int
+    received: int
+    sent: int
+    begin: int
+    end: int
+    models: list[ModelInfo]       # one per copy
+
+
+class LoadWeightsResult(Message, tag=42):
+    action_id: int
+    received: int
+    sent: int
+    begin: int
+    end: int
+    duration: int
+
+
+class EvictWeightsResult(Message, tag=43):
+    action_id: int
+    received: int
+    sent: int
+    begin: int
+    end: int
+
+
+class InferResult(Message, tag=44):
+    """Data frame: the outputs, batch_size x output_size bytes."""
+    action_id: int
+    received: int
+    sent: int
+    copy_input_begin: int
+    copy_input_end: int
+    exec_begin: int
+    exec_end: int
+    exec_duration: int            # device-measured (CUDA events) or emulated
+    copy_output_begin: int
+    copy_output_end: int
+    gpu_clock_before: int         # MHz
+    gpu_clock: int                # MHz
+
+
+class ClearCacheResult(Message, tag=45):
+    action_id: int
+    received: int
+    sent: int
+
+
+class WorkerStateResult(Message, tag=46):
+    action_id: int
+    received: int
+    sent: int
+    state: WorkerState
+
+
+class Heartbeat(Message, tag=47):
+    """Worker -> controller every heartbeat interval, also when idle."""
+    sent: int
+    pending: int
+    readings: list[GpuReading] = []
+
+
+ACTIONS = (LoadModelFromDisk, LoadWeights, EvictWeights, Infer, ClearCache, GetWorkerState, Reset)
+RESULTS = (ErrorResult, LoadModelFromDiskResult, LoadWeightsResult, EvictWeightsResult,
+           InferResult, ClearCacheResult, WorkerStateResult, Heartbeat)
+CLIENT_REQUESTS = (InferRequest, LoadModelRequest, LsRequest)
+CLIENT_RESPONSES = (InferResponse, LoadModelResponse, LsResponse, ErrorResponse)
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def _union(types):
+    return typing.Union[tuple(types)]
+
+
+# One decoder per direction: a peer can only send what its role may send.
+ACTION_DECODER = msgspec.msgpack.Decoder(_union(ACTIONS))
+RESULT_DECODER = msgspec.msgpack.Decoder(_union(RESULTS))
+REQUEST_DECODER = msgspec.msgpack.Decoder(_union(CLIENT_REQUESTS))
+RESPONSE_DECODER = msgspec.msgpack.Decoder(_union(CLIENT_RESPONSES))
+
+
+def encode(msg: Message) -> bytes:
+    """Header frame for `msg`: version byte + msgpack array."""
+    return VERSION_BYTE + _encoder.encode(msg)
+
+
+def decode(frame, decoder: msgspec.msgpack.Decoder) -> Message:
+    """Decode a header frame (bytes, memoryview or zmq.Frame) with one of the decoders above.
+
+    Raises ProtocolError with a message fit to send back to the peer.
+    """
+    buf = frame.buffer if hasattr(frame, "buffer") else frame
+    if len(buf) == 0:
+        raise ProtocolError("empty header frame")
+    version = buf[0]
+    if version != PROTOCOL_VERSION:
+        if buf[:1] == FATAL_PREFIX:
+            raise ProtocolError("peer error: " + bytes(buf[1:]).decode("utf-8", "replace"))
+        raise ProtocolError(f"protocol version mismatch: peer speaks v{version}, "
+                            f"this clockwork {__import__('clockwork').__version__} speaks v{PROTOCOL_VERSION}")
+    try:
+        return decoder.decode(buf[1:])
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ProtocolError(f"malformed message: {e}") from None
+
+
+def fatal(text: str) -> bytes:
+    """A version-independent error header (see module docstring)."""
+    return FATAL_PREFIX + text.encode("utf-8")

@@ -1,0 +1,143 @@
+"""ZeroMQ plumbing shared by every process: socket setup, multipart send/receive, waiting.
+
+Links (all TCP, see README's diagram):
+  client  DEALER --connect--> controller ROUTER  (client port, 12346)
+  controller DEALER --connect--> worker ROUTER   (one per worker process, 12345)
+  controller PUB --bind--> `cw top` SUB           (telemetry port, 12347)
+
+Event loops here are single-threaded: a process waits on its sockets with `wait()`, which
+honours sub-millisecond timeouts (zmq_poll only has milliseconds, which would distort the
+emulated 3 ms executions the scheduler plans around).
+"""
+from __future__ import annotations
+
+import select
+import socket as _socket
+
+import zmq
+
+from .schema import Message, ProtocolError, decode, encode
+
+# Frames larger than this are refused by libzmq before they reach Python (oversized-frame guard).
+MAX_MESSAGE_SIZE = 256 * 1024 * 1024
+
+
+def parse_address(addr: str, default_port: int) -> tuple[str, int]:
+    """'host:port', 'host' or ':port' -> (host, port), with a clear error for nonsense."""
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        host, port = addr, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port_num = int(port)
+    except ValueError:
+        raise ValueError(f"bad address {addr!r}: port {port!r} is not a number") from None
+    if not 0 < port_num < 65536:
+        raise ValueError(f"bad address {addr!r}: port out of range")
+    return host, port_num
+
+
+def tcp(host: str, port: int) -> str:
+    return f"tcp://{host}:{port}"
+
+
+def _common(sock: zmq.Socket) -> zmq.Socket:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    return sock
+
+
+def router(ctx: zmq.Context, host: str, port: int) -> zmq.Socket:
+    """A listening ROUTER. Unroutable sends (peer gone) are dropped silently, as they must be:
+    a client that disconnects mid-request cannot be allowed to disturb anyone else."""
+    sock = _common(ctx.socket(zmq.ROUTER))
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    sock.bind(tcp(host, port))
+    return sock
+
+
+def dealer(ctx: zmq.Context, host: str, port: int, identity: bytes | None = None) -> zmq.Socket:
+    sock = _common(ctx.socket(zmq.DEALER))
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    sock.connect(tcp(host, port))
+    return sock
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (tests bind to 127.0.0.1 on free ports)."""
+    with _socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def send(sock: zmq.Socket, msg: Message, data=(), ident: bytes | None = None) -> None:
+    """Send header + data frames; data buffers go zero-copy (copy=False)."""
+    header = encode(msg)
+    if ident is None:
+        if data:
+            sock.send(header, zmq.SNDMORE)
+            sock.send_multipart(data, copy=False)
+        else:
+            sock.send(header)
+    else:
+        sock.send(ident, zmq.SNDMORE)
+        if data:
+            sock.send(header, zmq.SNDMORE)
+            sock.send_multipart(data, copy=False)
+        else:
+            sock.send(header)
+
+
+def send_raw(sock: zmq.Socket, header: bytes, ident: bytes | None = None) -> None:
+    if ident is None:
+        sock.send(header)
+    else:
+        sock.send_multipart([ident, header])
+
+
+def recv(sock: zmq.Socket, decoder, routed: bool):
+    """Receive one message without blocking the caller more than zmq does.
+
+    Returns (ident, msg, data_frames). `routed` says whether the first frame is a ROUTER
+    identity. Raises ProtocolError (with the ident available as .ident) on a bad header, after
+    the whole multipart message has been consumed, so the stream stays in step.
+    """
+    frames = sock.recv_multipart(copy=False)
+    ident = None
+    if routed:
+        ident = frames[0].bytes
+        frames = frames[1:]
+    if not frames:
+        raise _protocol_error("message with no header frame", ident)
+    try:
+        msg = decode(frames[0], decoder)
+    except ValueError as e:
+        raise _protocol_error(str(e), ident) from None
+    return ident, msg, frames[1:]
+
+
+def _protocol_error(text: str, ident):
+    err = ProtocolError(text)
+    err.ident = ident
+    return err
+
+
+def wait(sockets: list[zmq.Socket], timeout_s: float | None) -> list[zmq.Socket]:
+    """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
+
+    Uses each socket's ZMQ_FD with select(), which has microsecond resolution. ZMQ_FD is
+    edge-triggered, so readiness is always re-checked through ZMQ_EVENTS.
+    """
+    ready = [s for s in sockets if s.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+    if ready or timeout_s == 0:
+        return ready
+    fds = [s.getsockopt(zmq.FD) for s in sockets]
+    if timeout_s is not None and timeout_s < 0:
+        timeout_s = 0
+    select.select(fds, [], [], timeout_s)
+    return [s for s in sockets if s.getsockopt(zmq.EVENTS) & zmq.POLLIN]

@@ -1,0 +1,23 @@
+"""Installs the `clockwork` package and the `cw` command."""
+from setuptools import find_packages, setup
+
+setup(
+    name="clockwork",
+    version="0.1.0",
+    description="Predictable multi-tenant DNN inference serving (a Python Clockwork)",
+    packages=find_packages(include=["clockwork", "clockwork.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "pyzmq>=25",
+        "msgspec>=0.18",
+        "numpy>=1.24",
+        "click>=8.0",
+        'tomli>=2.0; python_version < "3.11"',
+    ],
+    extras_require={
+        "gpu": ["cuda-python>=12", "nvidia-ml-py>=12"],
+        "tvm": ["apache-tvm==0.27.0.post1"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
+)
