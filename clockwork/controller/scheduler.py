@@ -8,6 +8,7 @@ simulator runs it in simulated time.
 
 Event order the edge guarantees:
     start(models, workers)          once startup has loaded every model on every worker
+    add_models(models)              models loaded later, while running
     on_request(req)                 per client Infer (already validated: known model, sizes ok)
     on_result(worker_id, action, result, data)   per completed action (result may be ErrorResult)
     on_worker_lost(worker_id)       after ErrorResults(WORKER_LOST) for its in-flight actions
@@ -54,7 +55,8 @@ class Outbox(Protocol):
     action_ids: itertools.count   # shared source of action ids
 
     def send_action(self, worker_id: int, action: Message, data: list = (), expected_end: int = 0) -> None:
-        """Send `action` (windows in controller time; the edge converts) to a worker.
+        """Send `action` (windows in controller time) to a worker. The edge converts the
+        window to the worker's clock in place, so do not read it back after sending.
         `expected_end` (controller time) is only logged."""
 
     def respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0) -> None:
@@ -88,6 +90,10 @@ class Scheduler:
     def start(self, models: dict[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
         self.models = models
         self.workers = workers
+
+    def add_models(self, models: dict[int, ModelInfo]) -> None:
+        """Models loaded on every worker after start() (a LoadModel while running)."""
+        self.models.update(models)
 
     def on_request(self, req: Request) -> None:
         raise NotImplementedError

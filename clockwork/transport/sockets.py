@@ -75,22 +75,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def send(sock: zmq.Socket, msg: Message, data=(), ident: bytes | None = None) -> None:
-    """Send header + data frames; data buffers go zero-copy (copy=False)."""
+def send(sock: zmq.Socket, msg: Message, data=(), ident: bytes | None = None, flags: int = 0) -> None:
+    """Send header + data frames; data buffers go zero-copy (copy=False).
+
+    Pass flags=zmq.NOBLOCK on DEALER sockets whose peer may be gone: zmq.Again is raised instead
+    of blocking once the send queue is full.
+    """
     header = encode(msg)
-    if ident is None:
-        if data:
-            sock.send(header, zmq.SNDMORE)
-            sock.send_multipart(data, copy=False)
-        else:
-            sock.send(header)
+    if ident is not None:
+        sock.send(ident, flags | zmq.SNDMORE)
+    if data:
+        sock.send(header, flags | zmq.SNDMORE)
+        sock.send_multipart(data, flags, copy=False)
     else:
-        sock.send(ident, zmq.SNDMORE)
-        if data:
-            sock.send(header, zmq.SNDMORE)
-            sock.send_multipart(data, copy=False)
-        else:
-            sock.send(header)
+        sock.send(header, flags)
 
 
 def send_raw(sock: zmq.Socket, header: bytes, ident: bytes | None = None) -> None:

@@ -1,0 +1,57 @@
+"""`cw controller --scheduler infer4 HOST:PORT...`"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..config import ConfigError, load_config, log_dir
+
+
+@click.command("controller")
+@click.argument("workers", nargs=-1, required=True)
+@click.option("--scheduler", "-s", default=None,
+              help="infer4 (Clockwork's), fifo (reactive baseline), direct, echo. Default from config.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=int, default=None, help="Client port (default from config: 12346).")
+@click.option("--telemetry-port", type=int, default=None, help="Telemetry PUB port (0: off).")
+@click.option("--log-dir", default=None, help="TSV log directory (default $CLOCKWORK_LOG_DIR or ./logs).")
+@click.option("--no-logs", is_flag=True, help="Write no request/action logs.")
+@click.option("--config", "config_file", default=None, help="TOML config (default $CLOCKWORK_CONFIG_FILE).")
+@click.option("--slo-ms", type=float, default=None, help="Default SLO for requests that set none.")
+@click.option("--max-batch", type=int, default=None, help="Largest batch to schedule.")
+@click.option("--generate-inputs", is_flag=True, default=None,
+              help="Inputs are generated, not sent by clients (as CLOCKWORK_DISABLE_INPUTS=1).")
+def controller_command(workers, scheduler, host, port, telemetry_port, log_dir, no_logs, config_file,
+                       slo_ms, max_batch, generate_inputs):
+    """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
+    from .server import serve
+    try:
+        config = load_config(config_file)
+    except ConfigError as e:
+        raise click.ClickException(str(e))
+    cc = config["controller"]
+    if slo_ms is not None:
+        cc["default_slo_ms"] = slo_ms
+    if max_batch is not None:
+        cc["max_batch_size"] = max_batch
+    if generate_inputs:
+        cc["generate_inputs"] = True
+    addresses = [a for w in workers for a in w.split(",") if a]
+    try:
+        logs = None if no_logs else log_dir_or_fail(log_dir)
+        serve(config, addresses, scheduler=scheduler, host=host, client_port=port, log_dir=logs,
+              telemetry_port=telemetry_port, out=lambda line: print(line, flush=True))
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(str(e))
+
+
+def log_dir_or_fail(explicit):
+    try:
+        return log_dir(explicit)
+    except OSError as e:
+        raise click.ClickException(f"cannot create log directory: {e}")
+
+
+if __name__ == "__main__":
+    controller_command(sys.argv[1:])

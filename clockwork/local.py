@@ -1,0 +1,180 @@
+"""`cw run`: the whole system on this machine, no GPU needed.
+
+Starts an emulated worker, a controller and a client as three processes on 127.0.0.1 free
+ports (exactly what you would run on three hosts), streams their output with a prefix each,
+and stops everything when the client's workload ends, on Ctrl-C, or on any failure.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import click
+
+from .transport.sockets import free_port
+
+PY = sys.executable
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class LocalCluster:
+    """Worker + controller subprocesses on free loopback ports; a context manager that always
+    cleans up. Used by `cw run`, the end-to-end tests and the benchmarks."""
+
+    def __init__(self, gpus: int = 2, scheduler: str = "infer4", model_dir: Path | None = None,
+                 log_dir: Path | None = None, config_file: Path | None = None, echo: bool = False,
+                 controller_args: tuple = (), worker_args: tuple = (), workers: int = 1):
+        self.gpus = gpus
+        self.scheduler = scheduler
+        self._tmp = tempfile.TemporaryDirectory(prefix="clockwork-")
+        self.model_dir = Path(model_dir) if model_dir else Path(self._tmp.name) / "zoo"
+        self.log_dir = log_dir
+        self.config_file = config_file
+        self.echo = echo
+        self.controller_args = tuple(controller_args)
+        self.worker_args = tuple(worker_args)
+        self.n_workers = workers
+        self.worker_ports = [free_port() for _ in range(workers)]
+        self.client_port = free_port()
+        self.telemetry_port = free_port()
+        self.procs: list[subprocess.Popen] = []
+        self.worker_procs: list[subprocess.Popen] = []
+        self.controller: subprocess.Popen | None = None
+        self.output: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def env(self) -> dict:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", CLOCKWORK_MODEL_DIR=str(self.model_dir))
+        if self.config_file:
+            env["CLOCKWORK_CONFIG_FILE"] = str(self.config_file)
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=self.env(), stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        keep = self.output.setdefault(name, [])
+        t = threading.Thread(target=self._pump, args=(proc, f"[{name}]", keep), daemon=True)
+        t.start()
+        self._threads[name] = t
+        return proc
+
+    def _pump(self, proc, prefix, keep):
+        for line in proc.stdout:
+            keep.append(line)
+            if self.echo:
+                with self._lock:
+                    sys.stdout.write(f"{prefix} {line}")
+                    sys.stdout.flush()
+
+    def start_worker(self, index: int = 0) -> subprocess.Popen:
+        proc = self._spawn(f"worker{index}" if self.n_workers > 1 else "worker",
+                           [PY, "-m", "clockwork.worker.command", "--emulate", str(self.gpus),
+                            "--host", "127.0.0.1", "--port", str(self.worker_ports[index]),
+                            "--model-dir", str(self.model_dir), *self.worker_args])
+        if index < len(self.worker_procs):
+            self.worker_procs[index] = proc
+        else:
+            self.worker_procs.append(proc)
+        return proc
+
+    def start(self) -> "LocalCluster":
+        from .model.zoo import write_emulated_zoo
+        if not self.model_dir.exists() or not any(self.model_dir.iterdir()):
+            write_emulated_zoo(self.model_dir, log=lambda *_: None)
+        for i in range(self.n_workers):
+            self.start_worker(i)
+        logs = ["--log-dir", str(self.log_dir)] if self.log_dir else ["--no-logs"]
+        self.controller = self._spawn("controller", [
+            PY, "-m", "clockwork.controller.command", "--host", "127.0.0.1",
+            "--port", str(self.client_port), "--telemetry-port", str(self.telemetry_port),
+            "--scheduler", self.scheduler, *logs, *self.controller_args,
+            *[f"127.0.0.1:{p}" for p in self.worker_ports]])
+        return self
+
+    def run_client(self, workload: str, args: list[str] = (), timeout: float | None = None,
+                   name: str = "client") -> subprocess.CompletedProcess:
+        proc = self._spawn(name, [PY, "-m", "clockwork.client.command", self.address,
+                                  "--workload", workload, *args])
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise
+        self._threads[name].join(timeout=10)   # all its output read
+        return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(self.output[name]))
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+        for t in self._threads.values():
+            t.join(timeout=5)
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _quick_config(print_interval: float) -> Path:
+    fd, path = tempfile.mkstemp(prefix="clockwork-run-", suffix=".toml")
+    with os.fdopen(fd, "w") as f:
+        for section in ("worker", "controller", "client"):
+            f.write(f"[{section}]\nprint_interval_s = {print_interval}\n")
+    return Path(path)
+
+
+@click.command("run")
+@click.option("--duration", "-d", type=float, default=30.0, show_default=True, help="Seconds of workload.")
+@click.option("--gpus", "-n", type=int, default=2, show_default=True, help="Emulated GPUs.")
+@click.option("--workload", "-w", default="simple", show_default=True, help="Client workload (see `cw client -h`).")
+@click.option("--scheduler", "-s", default="infer4", show_default=True)
+@click.option("--log-dir", default=None, help="Write request/action TSV logs here.")
+@click.option("--print-interval", type=float, default=None, help="Seconds between stats lines.")
+@click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
+def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, workload_args):
+    """Run an emulated worker, a controller and a client on this machine and print their stats.
+
+    Extra arguments after `--` go to the client workload.
+    """
+    interval = print_interval or max(1.0, min(10.0, duration / 5))
+    config = _quick_config(interval)
+    click.echo(f"clockwork: emulated worker ({gpus} GPUs) + {scheduler} controller + "
+               f"`{workload}` client for {duration:g} s")
+    cluster = LocalCluster(gpus=gpus, scheduler=scheduler, config_file=config, echo=True,
+                           log_dir=Path(log_dir).resolve() if log_dir else None)
+    try:
+        with cluster:
+            result = cluster.run_client(workload, ["--duration", str(duration), *workload_args],
+                                        timeout=duration + 120)
+    except KeyboardInterrupt:
+        raise SystemExit(130)
+    finally:
+        config.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise SystemExit(result.returncode)
