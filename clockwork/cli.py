@@ -13,7 +13,7 @@ SUBCOMMANDS = {
     "client": ("clockwork.client.command", "client_command", "Run a workload against a controller."),
     "top": ("clockwork.telemetry.top", "top_command", "Live view of a controller's telemetry."),
     "plot": ("clockwork.telemetry.plot", "plot_command", "Figures from request and action logs."),
-    "zoo": ("clockwork.model.commands", "zoo_group", "Build model zoos (emulated profiles or TVM-compiled)."),
+    "zoo": ("clockwork.model.zoo", "zoo_group", "Build model zoos (emulated profiles or TVM-compiled)."),
     "check-model": ("clockwork.model.commands", "check_model_command", "Load a model on a device and report it."),
     "profile": ("clockwork.model.commands", "profile_group", "Environment checks and model profiling."),
     "keys": ("clockwork.transport.security", "keys_command", "Generate CURVE key pairs."),

@@ -5,7 +5,6 @@ CLOCKWORK_LOG_DIR) so every command finds models and logs the same way.
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
 from pathlib import Path
@@ -47,19 +46,13 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"{path}: {e}") from None
 
 
-_cache: dict[str | None, dict] = {}
-
-
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Defaults, then `path` or $CLOCKWORK_CONFIG_FILE on top. Returns a fresh dict."""
     path = path or os.environ.get("CLOCKWORK_CONFIG_FILE") or None
-    key = str(path) if path else None
-    if key not in _cache:
-        cfg = _read(DEFAULT_CONFIG)
-        if path:
-            _merge(cfg, _read(Path(path)), str(path))
-        _cache[key] = cfg
-    return copy.deepcopy(_cache[key])
+    cfg = _read(DEFAULT_CONFIG)
+    if path:
+        _merge(cfg, _read(Path(path)), str(path))
+    return cfg
 
 
 def model_dir(explicit: str | None = None) -> Path:

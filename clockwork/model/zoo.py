@@ -61,3 +61,43 @@ def write_emulated_zoo(out: str | Path, profile: str = "h200", models: list[str]
 
 if __name__ == "__main__":  # pragma: no cover
     write_emulated_zoo(sys.argv[1] if len(sys.argv) > 1 else "zoo")
+
+
+# ---------------------------------------------------------------- `cw zoo ...`
+
+import click  # noqa: E402  (kept below the library code: the CLI is an edge)
+
+
+@click.group("zoo")
+def zoo_group():
+    """Make model directories: `emulated` (profile-only) or `build` (TVM-compiled)."""
+
+
+@zoo_group.command("emulated")
+@click.option("--out", "-o", default=None, help="Target directory (default $CLOCKWORK_MODEL_DIR or ./zoo).")
+@click.option("--profile", "-p", default="h200", show_default=True, help="Profile name in conf/profiles or a TOML path.")
+@click.option("--model", "-m", "models", multiple=True, help="Only these models (repeatable).")
+@click.option("--force", is_flag=True, help="Rewrite existing model directories.")
+def zoo_emulated_command(out, profile, models, force):
+    """Write profile-only model directories for the emulated worker."""
+    from ..config import model_dir
+    target = model_dir(out)
+    click.echo(f"Writing emulated zoo ({profile}) to {target}")
+    try:
+        write_emulated_zoo(target, profile, list(models) or None, force=force, log=click.echo)
+    except (FileNotFoundError, KeyError) as e:
+        raise click.ClickException(str(e).strip("'\""))
+
+
+def _attach_build_commands() -> None:
+    """`cw zoo build` lives with the TVM code; attach it when that module is present."""
+    try:
+        from . import commands
+    except ImportError:
+        return
+    group = getattr(commands, "zoo_group", None)
+    for name, cmd in (group.commands.items() if group is not None else ()):
+        zoo_group.add_command(cmd, name)
+
+
+_attach_build_commands()
