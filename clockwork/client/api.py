@@ -1,0 +1,352 @@
+"""The client library: talk to a controller over one DEALER socket.
+
+Single-threaded by design: the caller drives the event loop with `poll(timeout)` (the blocking
+calls drive it themselves), so callbacks run on the caller's thread and need no locks. One
+process sustains tens of thousands of requests per second open loop because the per-request
+path is: encode a ~20-byte header, one non-blocking send (input buffers are zmq.Frames sent by
+reference, never copied), a dict entry, and a deque append for the timeout.
+
+    client = Client("127.0.0.1:12346")
+    first_id, copies, info = client.load_model("resnet50", copies=2)   # retries while initialising
+    reply = client.infer(first_id, inputs=buf)                         # blocking, raises on failure
+    client.infer_async(first_id, callback=on_reply)                    # on_reply(resp, data, latency_s)
+    fut = client.infer_future(first_id); client.poll(0.01); fut.done()
+    client.close()
+
+Client-side outcomes that are not controller answers use negative pseudo-statuses
+(NO_ANSWER, SEND_FAILED), so accounting can tell "the controller said timeout" (status 4) from
+"nobody answered".
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from typing import Any, Callable
+
+import zmq
+
+from ..config import load_config
+from ..status import Status, describe
+from ..transport import schema
+from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, LoadModelRequest,
+                                LoadModelResponse, LsRequest, LsResponse, ModelInfo, ProtocolError)
+from ..transport.sockets import dealer, parse_address
+from ..transport.sockets import wait as wait_ready
+
+NO_ANSWER = -1      # no response within the call's timeout (client side)
+SEND_FAILED = -2    # could not even queue the request (send queue full)
+
+
+def status_name(code: int) -> str:
+    if code == NO_ANSWER:
+        return "no answer (client timeout)"
+    if code == SEND_FAILED:
+        return "send failed (queue full)"
+    return describe(code)
+
+
+class ClientError(Exception):
+    """Base of every error this library raises."""
+
+
+class ControllerUnreachable(ClientError):
+    """No controller answered at all (nothing listening, wrong address, or it is stuck)."""
+
+
+class RequestTimeout(ClientError):
+    """A request got no answer within its timeout."""
+
+
+class RequestFailed(ClientError):
+    """The controller answered with a non-success status."""
+
+    def __init__(self, what: str, status: int, message: str):
+        self.status = status
+        self.message = message
+        super().__init__(f"{what} failed: {status_name(status)} ({status})"
+                         + (f": {message}" if message else ""))
+
+
+class InferReply:
+    """A successful blocking infer: the response header, output bytes and round trip."""
+    __slots__ = ("response", "output", "latency_s")
+
+    def __init__(self, response: InferResponse, output, latency_s: float):
+        self.response, self.output, self.latency_s = response, output, latency_s
+
+
+class Future:
+    """Result of an asynchronous call; completes inside `Client.poll`."""
+    __slots__ = ("_done", "response", "data", "latency_s")
+
+    def __init__(self):
+        self._done = False
+        self.response = self.data = None
+        self.latency_s = 0.0
+
+    def _set(self, response, data, latency_s):
+        self._done = True
+        self.response, self.data, self.latency_s = response, data, latency_s
+
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def status(self) -> int:
+        return self.response.status if self._done else NO_ANSWER
+
+
+Callback = Callable[[Any, list, float], None]
+
+
+class Client:
+    """A connection to one controller. Not thread-safe: use it from one thread."""
+
+    def __init__(self, address: str, *, timeout_s: float = 30.0, connect_timeout_s: float | None = None,
+                 retry_interval_s: float = 1.0, ctx: zmq.Context | None = None, log=print):
+        cfg = load_config()
+        self.host, self.port = parse_address(address, cfg["controller"]["client_port"])
+        self.address = f"{self.host}:{self.port}"
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = (cfg["client"]["connect_timeout_s"] if connect_timeout_s is None
+                                  else connect_timeout_s)
+        self.retry_interval_s = retry_interval_s
+        self.log = log
+        self._own_ctx = ctx is None
+        self._ctx = ctx or zmq.Context()
+        self._sock = dealer(self._ctx, self.host, self.port)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[Callback, float]] = {}
+        self._expiry: dict[float, deque] = {}     # one FIFO per distinct timeout: already sorted
+        self.answered_unknown = 0                  # answers for ids we no longer wait for
+        self.bad_messages = 0
+        self.heard_from_controller = False
+        self._enc = schema.encode
+        self._now = time.perf_counter
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        self._sock.close(0)
+        if self._own_ctx:
+            self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ asynchronous calls
+
+    def infer_async(self, model_id: int, callback: Callback, inputs=None, batch_size: int = 1,
+                    slo_factor: float = 0.0, slo_ns: int = 0, user_id: int = 0,
+                    timeout_s: float | None = None) -> int:
+        """Send one Infer; `callback(response, data_frames, latency_s)` runs inside poll().
+
+        `inputs`: None (controller generates them), or a buffer / zmq.Frame, or a list of
+        them (batch_size x input_size bytes in all). A zmq.Frame is sent by reference, so one
+        preallocated Frame can back every request. Returns the request id.
+        """
+        rid = next(self._ids)
+        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id))
+        return self._send(rid, header, inputs, callback, timeout_s)
+
+    def infer_future(self, model_id: int, **kw) -> Future:
+        fut = Future()
+        self.infer_async(model_id, fut._set, **kw)
+        return fut
+
+    def load_model_async(self, path: str, copies: int, callback: Callback, timeout_s: float | None = None) -> int:
+        rid = next(self._ids)
+        return self._send(rid, self._enc(LoadModelRequest(rid, path, copies)), None, callback, timeout_s)
+
+    def ls_async(self, callback: Callback, timeout_s: float | None = None) -> int:
+        rid = next(self._ids)
+        return self._send(rid, self._enc(LsRequest(rid)), None, callback, timeout_s)
+
+    def _send(self, rid, header, inputs, callback, timeout_s) -> int:
+        now = self._now()
+        try:
+            if inputs is None:
+                self._sock.send(header, zmq.NOBLOCK)
+            elif isinstance(inputs, (list, tuple)):
+                self._sock.send(header, zmq.NOBLOCK | zmq.SNDMORE)
+                last = len(inputs) - 1
+                for i, frame in enumerate(inputs):
+                    self._sock.send(frame, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0), copy=False)
+            else:
+                self._sock.send(header, zmq.NOBLOCK | zmq.SNDMORE)
+                self._sock.send(inputs, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # With a multipart message, zmq either queues all parts or none of them.
+            callback(ErrorResponse(rid, SEND_FAILED, "send queue full: controller not reading"), [], 0.0)
+            return rid
+        self._pending[rid] = (callback, now)
+        t = self.timeout_s if timeout_s is None else timeout_s
+        q = self._expiry.get(t)
+        if q is None:
+            q = self._expiry[t] = deque()
+        q.append((now + t, rid))
+        return rid
+
+    # ------------------------------------------------------------------ the event loop
+
+    def poll(self, timeout_s: float | None = 0.0, max_messages: int = 10_000) -> int:
+        """Wait up to timeout_s for answers, run their callbacks, expire overdue requests.
+
+        Returns the number of callbacks run. Never blocks longer than timeout_s (None: until
+        at least one message arrives or a request expires).
+        """
+        sock = self._sock
+        n = 0
+        if not (sock.getsockopt(zmq.EVENTS) & zmq.POLLIN) and timeout_s != 0:
+            wait = timeout_s
+            nxt = self._next_expiry()
+            if nxt is not None:
+                left = max(0.0, nxt - self._now())
+                wait = left if wait is None else min(wait, left)
+            wait_ready([sock], wait)
+        recv = sock.recv_multipart
+        pending = self._pending
+        decode = schema.decode
+        dec = schema.RESPONSE_DECODER
+        now = self._now
+        while n < max_messages:
+            try:
+                frames = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.heard_from_controller = True
+            try:
+                msg = decode(frames[0], dec)
+            except ProtocolError as e:
+                self.bad_messages += 1
+                if self.bad_messages <= 5:
+                    self.log(f"bad message from controller {self.address}: {e}")
+                continue
+            entry = pending.pop(msg.request_id, None)
+            if entry is None:
+                self.answered_unknown += 1
+                if msg.request_id == -1 and isinstance(msg, ErrorResponse):
+                    self.log(f"controller error: {msg.message}")
+                continue
+            cb, sent = entry
+            cb(msg, frames[1:], now() - sent)
+            n += 1
+        return n + self._expire()
+
+    def _next_expiry(self):
+        best = None
+        for q in self._expiry.values():
+            while q and q[0][1] not in self._pending:
+                q.popleft()
+            if q and (best is None or q[0][0] < best):
+                best = q[0][0]
+        return best
+
+    def _expire(self) -> int:
+        if not self._pending:
+            for q in self._expiry.values():
+                q.clear()
+            return 0
+        now = self._now()
+        n = 0
+        for t, q in self._expiry.items():
+            while q and q[0][0] <= now:
+                _, rid = q.popleft()
+                entry = self._pending.pop(rid, None)
+                if entry is not None:
+                    entry[0](ErrorResponse(rid, NO_ANSWER, f"no answer from {self.address} within {t:g} s"),
+                             [], now - entry[1])
+                    n += 1
+        return n
+
+    def drain(self, timeout_s: float) -> int:
+        """Poll until nothing is outstanding or timeout_s passed; returns how many remain."""
+        end = self._now() + timeout_s
+        while self._pending:
+            left = end - self._now()
+            if left <= 0:
+                break
+            self.poll(min(left, 0.05))
+        return len(self._pending)
+
+    def abandon(self) -> list[int]:
+        """Forget every outstanding request (their callbacks never run); returns their ids."""
+        ids = list(self._pending)
+        self._pending.clear()
+        for q in self._expiry.values():
+            q.clear()
+        return ids
+
+    # ------------------------------------------------------------------ blocking calls
+
+    def _wait(self, fut: Future, what: str):
+        while not fut.done():
+            self.poll(0.05)
+        r = fut.response
+        if r.status == NO_ANSWER:
+            if not self.heard_from_controller:
+                raise ControllerUnreachable(
+                    f"no controller answered at {self.address} ({what}): is `cw controller` running there?")
+            raise RequestTimeout(f"{what}: {r.message}")
+        return r
+
+    def infer(self, model_id: int, inputs=None, batch_size: int = 1, slo_factor: float = 0.0,
+              slo_ns: int = 0, user_id: int = 0, timeout_s: float | None = None) -> InferReply:
+        """Blocking Infer. Raises RequestFailed (with .status) unless the answer is success."""
+        fut = Future()
+        self.infer_async(model_id, fut._set, inputs, batch_size, slo_factor, slo_ns, user_id, timeout_s)
+        r = self._wait(fut, f"infer model {model_id}")
+        if r.status != Status.SUCCESS:
+            raise RequestFailed(f"infer model {model_id}", r.status, r.message)
+        output = fut.data[0].bytes if fut.data else b""
+        return InferReply(r, output, fut.latency_s)
+
+    def _retrying(self, send: Callable[[Future], None], what: str, timeout_s: float | None):
+        """Send, and resend while the controller answers INITIALIZING, for at most
+        connect_timeout_s in all. Each attempt waits at most `timeout_s` for an answer."""
+        deadline = self._now() + self.connect_timeout_s
+        attempt_timeout = self.connect_timeout_s if timeout_s is None else timeout_s
+        told = False
+        while True:
+            fut = Future()
+            left = deadline - self._now()
+            send(fut, max(0.001, min(attempt_timeout, left)) if left > 0 else attempt_timeout)
+            r = self._wait(fut, what)
+            if r.status != Status.INITIALIZING:
+                return r
+            if self._now() + self.retry_interval_s > deadline:
+                raise RequestFailed(what, r.status, f"controller still initializing after "
+                                    f"{self.connect_timeout_s:g} s: {r.message}")
+            if not told:
+                self.log(f"Clockwork initializing, retrying: {r.message or 'controller initializing'}")
+                told = True
+            end = self._now() + self.retry_interval_s
+            while self._now() < end:          # keep serving other traffic while we wait
+                self.poll(max(0.0, end - self._now()))
+
+    def load_model(self, path: str, copies: int = 1, timeout_s: float | None = None
+                   ) -> tuple[int, int, LoadModelResponse]:
+        """Load `copies` instances of the model directory `path` (relative to the workers'
+        model dir). Returns (first model id, copies, response); ids are consecutive."""
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        r = self._retrying(lambda fut, t: self.load_model_async(path, copies, fut._set, t),
+                           f"load model {path!r} x{copies}", timeout_s)
+        if r.status != Status.SUCCESS:
+            raise RequestFailed(f"load model {path!r} x{copies}", r.status, r.message)
+        return r.model_id, r.copies, r
+
+    def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
+        """The models the controller knows, retried while it initialises."""
+        r = self._retrying(lambda fut, t: self.ls_async(fut._set, t), "ls", timeout_s)
+        if r.status != Status.SUCCESS:
+            raise RequestFailed("ls", r.status, r.message)
+        return list(r.models)
