@@ -12,6 +12,7 @@ emulated 3 ms executions the scheduler plans around).
 from __future__ import annotations
 
 import select
+import time
 import socket as _socket
 
 import zmq
@@ -129,13 +130,18 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None) -> list[zmq.Socket]
     """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
 
     Uses each socket's ZMQ_FD with select(), which has microsecond resolution. ZMQ_FD is
-    edge-triggered, so readiness is always re-checked through ZMQ_EVENTS.
+    edge-triggered and may wake us spuriously, so readiness is always checked through
+    ZMQ_EVENTS and the wait resumes until the deadline.
     """
-    ready = [s for s in sockets if s.getsockopt(zmq.EVENTS) & zmq.POLLIN]
-    if ready or timeout_s == 0:
-        return ready
-    fds = [s.getsockopt(zmq.FD) for s in sockets]
-    if timeout_s is not None and timeout_s < 0:
-        timeout_s = 0
-    select.select(fds, [], [], timeout_s)
-    return [s for s in sockets if s.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+    deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+    fds = None
+    while True:
+        ready = [s for s in sockets if s.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+        if ready:
+            return ready
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return ready
+        if fds is None:
+            fds = [s.getsockopt(zmq.FD) for s in sockets]
+        select.select(fds, [], [], remaining)
