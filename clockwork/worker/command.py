@@ -1,0 +1,119 @@
+"""`cw worker`: start a worker process (also `python -m clockwork.worker.command`)."""
+from __future__ import annotations
+
+import functools
+import gc
+import signal
+import sys
+
+import click
+
+from .. import config
+from ..model.backend import BackendUnavailable, backend_class
+
+
+def _parse_bytes(text: str) -> int:
+    """'23085449216', '21.5GiB', '512MiB', '1GB' -> bytes."""
+    units = {"kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "b": 1}
+    t = text.strip().lower()
+    for suffix, mult in units.items():
+        if t.endswith(suffix):
+            return int(float(t[: -len(suffix)]) * mult)
+    return int(t)
+
+
+class _Bytes(click.ParamType):
+    name = "BYTES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            n = _parse_bytes(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a size (e.g. 23085449216, 21.5GiB, 512MiB)", param, ctx)
+        if n <= 0:
+            self.fail("must be positive", param, ctx)
+        return n
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+@click.command("worker", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--emulate", "-n", type=click.IntRange(1, 4096), default=None, metavar="N",
+              help="Emulate N GPUs (the original's worker_dummy): actions take their profiled "
+                   "time from each model's measurements.json.")
+@click.option("--backend", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="Device backend when not emulating.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", "-p", type=click.IntRange(1, 65535), default=None,
+              help="Port the controller connects to [default: worker.port in the config, 12345].")
+@click.option("--model-dir", default=None, metavar="DIR",
+              help="Model directory [default: $CLOCKWORK_MODEL_DIR, else ./zoo]. LoadModelFromDisk "
+                   "paths are confined to it.")
+@click.option("--config", "config_file", default=None, metavar="FILE",
+              help="Config file overlaid on conf/default.toml [default: $CLOCKWORK_CONFIG_FILE].")
+@click.option("--weights-cache", type=_Bytes(), default=None,
+              help="Weights cache bytes per GPU, e.g. 21.5GiB [default: worker.weights_cache_size].")
+def worker_command(emulate, backend, host, port, model_dir, config_file, weights_cache):
+    """Run a Clockwork worker: it starts empty and executes the actions a controller sends."""
+    log = functools.partial(print, flush=True)
+    try:
+        cfg = config.load_config(config_file)["worker"]
+    except config.ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    page_size = int(cfg["page_size"])
+    cache = weights_cache or int(cfg["weights_cache_size"])
+    total_pages = cache // page_size
+    if total_pages < 1:
+        raise click.ClickException(f"weights cache of {cache} bytes holds no {page_size}-byte page")
+    port = port or int(cfg["port"])
+    mdir = config.model_dir(model_dir)
+    pools = dict(page_size=page_size, total_pages=total_pages, io_pool_size=int(cfg["io_pool_size"]),
+                 workspace_pool_size=int(cfg["workspace_pool_size"]),
+                 host_io_pool_size=int(cfg["host_io_pool_size"]))
+    log("Starting Clockwork Worker")
+    log(f"Loading Clockwork worker config from {config_file or config.DEFAULT_CONFIG}")
+    try:
+        if emulate:
+            dev = backend_class("emulated")(emulate, **pools)
+        else:
+            dev = backend_class(backend)(**pools)
+    except BackendUnavailable as e:
+        raise click.ClickException(str(e)) from None
+
+    # imported here so `cw worker --help` stays fast
+    import zmq
+
+    from .runtime import WorkerRuntime
+    from .server import WorkerServer, describe_state, set_timer_slack
+
+    if not mdir.is_dir():
+        log(f"Warning: model directory {mdir} does not exist (LoadModelFromDisk will fail)")
+    runtime = WorkerRuntime(dev, mdir, None, **pools)
+    try:
+        server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log)
+    except zmq.ZMQError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e}") from None
+    names = dev.gpu_names()
+    log(f"{dev.name} backend: {len(names)} GPUs ({names[0]}{', ...' if len(names) > 1 else ''}), "
+        f"model dir {mdir}")
+    log(describe_state(runtime.state()).split("\nmodels=")[0])
+    set_timer_slack(1)
+    signal.signal(signal.SIGTERM, _stop)
+    gc.collect()
+    gc.freeze()
+    log(f"IO service listening on {host}:{port}")
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        log("Worker stopped")
+    finally:
+        server.close()
+        dev.close()
+
+
+if __name__ == "__main__":
+    sys.exit(worker_command(prog_name="cw worker"))

@@ -1,0 +1,521 @@
+"""WorkerRuntime: the worker's actions on top of one device backend, as pure timed logic.
+
+Per GPU four executors (serial streams): exec, weights-in, inputs-in, outputs-out; plus one
+worker-wide executor for LoadModelFromDisk and ClearCache. The runtime validates each action,
+splits it into stage tasks with the action's [earliest, latest] window, tracks memory and weight
+versions, and emits exactly one result (or ErrorResult) per action through `send` -- except for
+Reset, which drops everything and answers nothing.
+
+Time is injected: every entry point takes `now` (worker-clock ns) and the edge calls
+advance(now) no later than next_time(). Completion times come from the backend's ops: known in
+advance (emulated) -> a timer; discovered later (CUDA) -> backend.poll() via poll_backend().
+
+Weight versions: every LoadWeights/EvictWeights/ClearCache of a (model, gpu) takes a fresh
+number from one counter, so an Infer that saw version v at its input copy and finds anything
+else at exec start or end knows the weights changed under it (WEIGHTS_CHANGED).
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from pathlib import Path
+
+from ..model.backend import PENDING, Backend, HostModel, LoadError, Op
+from ..model.format import ModelFormatError, load_spec, resolve_model_path
+from ..status import Status
+from ..transport import schema as s
+from .executor import NO_LIMIT, Executor, Task
+from .memory import Arena, GpuMemory
+
+MAX_COPIES = 1_000_000
+TAGS = {cls: cls.__struct_config__.tag for cls in s.ACTIONS}
+
+
+class ModelKind:
+    """What all copies of one LoadModelFromDisk share: the host model and the batch table."""
+    __slots__ = ("host", "batch_sizes", "padded", "max_batch", "input_size", "output_size")
+
+    def __init__(self, host: HostModel, batch_sizes: list[int]):
+        self.host = host
+        self.batch_sizes = batch_sizes
+        self.max_batch = batch_sizes[-1]
+        self.padded = [0] * (self.max_batch + 1)      # padded[b]: smallest compiled batch >= b
+        for b in range(self.max_batch, 0, -1):
+            if b in batch_sizes:
+                nxt = b
+            self.padded[b] = nxt
+        self.input_size = host.input_size
+        self.output_size = host.output_size
+
+
+class ModelInstance:
+    __slots__ = ("id", "kind", "info")
+
+    def __init__(self, id: int, kind: ModelKind, info: s.ModelInfo):
+        self.id = id
+        self.kind = kind
+        self.info = info
+
+
+class Resident:
+    """A model's weights on one GPU: its pages, version, and whether the load completed."""
+    __slots__ = ("pages", "version", "loaded")
+
+    def __init__(self, pages: list[int], version: int):
+        self.pages = pages
+        self.version = version
+        self.loaded = False
+
+
+class Gpu:
+    __slots__ = ("id", "mem", "resident", "exec", "weights", "inputs", "outputs")
+
+    def __init__(self, id: int, mem: GpuMemory):
+        self.id = id
+        self.mem = mem
+        self.resident: dict[int, Resident] = {}
+        self.exec = Executor(f"gpu{id}.exec")
+        self.weights = Executor(f"gpu{id}.weights")
+        self.inputs = Executor(f"gpu{id}.inputs")
+        self.outputs = Executor(f"gpu{id}.outputs")
+
+
+class Stats:
+    """Counters for the periodic line; the edge reads and resets the interval ones."""
+    __slots__ = ("loads", "infers", "evicts", "errors", "pending")
+
+    def __init__(self):
+        self.loads = self.infers = self.evicts = self.errors = self.pending = 0
+
+
+class WorkerRuntime:
+    def __init__(self, backend: Backend, model_dir: Path, send, page_size: int, total_pages: int,
+                 io_pool_size: int, workspace_pool_size: int, host_io_pool_size: int, clock=time.monotonic_ns):
+        """`send(reply_to, msg, data_frames)` delivers a result; `clock` only times the
+        (synchronous) LoadModelFromDisk."""
+        self.backend = backend
+        self.model_dir = Path(model_dir)
+        self.send = send
+        self.clock = clock
+        self.page_size = page_size
+        self.gpus = [Gpu(i, GpuMemory(total_pages, io_pool_size, workspace_pool_size))
+                     for i in range(len(backend.gpu_names()))]
+        self.host_io = Arena(host_io_pool_size)
+        self.worker_ex = Executor("worker")
+        self.models: dict[int, ModelInstance] = {}
+        self.stats = Stats()
+        self._timers: list = []          # (time, seq, Executor | Op)
+        self._seq = 0
+        self._inflight: dict[Op, Executor] = {}   # ops of unknown end -> their executor
+        self._version = 0
+
+    # ------------------------------------------------------------------ event plumbing
+    def next_time(self) -> int | None:
+        return self._timers[0][0] if self._timers else None
+
+    def waiting_on_backend(self) -> bool:
+        """True while some op's completion must come from backend.poll()."""
+        return bool(self._inflight)
+
+    def advance(self, now: int) -> None:
+        """Run every timer due at `now` (op completions, executor wake-ups)."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            t, _, obj = heapq.heappop(timers)
+            if obj.__class__ is Executor:
+                if obj.wake_at != t:
+                    continue              # superseded by an earlier wake-up
+                obj.wake_at = NO_LIMIT
+                obj.advance(now)
+                self._arm(obj)
+            else:
+                obj.then(obj, now)
+
+    def poll_backend(self, now: int) -> None:
+        for op in self.backend.poll(now):
+            ex = self._inflight.pop(op, None)
+            if ex is None:
+                continue                  # dropped by Reset
+            ex.completed(op.end)
+            self._arm(ex)
+            op.then(op, now)
+        self.advance(now)
+
+    def _arm(self, ex: Executor) -> None:
+        t = ex.next_time()
+        if t is not None and t < ex.wake_at:
+            ex.wake_at = t
+            self._seq += 1
+            heapq.heappush(self._timers, (t, self._seq, ex))
+
+    def _submit(self, ex: Executor, task: Task, now: int) -> None:
+        """Queue a task; it starts now if due, or fails now if its window is already lost."""
+        ex.submit(task)
+        ex.advance(now)
+        self._arm(ex)
+
+    def _started(self, ex: Executor, op: Op, then) -> int:
+        """Track a started op; returns its end for the executor (PENDING if unknown)."""
+        op.then = then
+        if op.end == PENDING:
+            self._inflight[op] = ex
+        else:
+            self._seq += 1
+            heapq.heappush(self._timers, (op.end, self._seq, op))
+        return op.end
+
+    # ------------------------------------------------------------------ results
+    def _error(self, reply_to, action, status: int, message: str, received: int) -> None:
+        self.stats.errors += 1
+        self.send(reply_to, s.ErrorResult(action.action_id, TAGS[action.__class__], int(status),
+                                          message, received), ())
+
+    def _done(self) -> None:
+        self.stats.pending -= 1
+
+    # ------------------------------------------------------------------ entry point
+    def handle(self, action, data: list, reply_to, received: int) -> None:
+        """One decoded action from the controller, received at `received` (worker clock)."""
+        cls = action.__class__
+        if cls is s.Infer:
+            self._infer(action, data, reply_to, received)
+        elif cls is s.LoadWeights:
+            self._load_weights(action, reply_to, received)
+        elif cls is s.EvictWeights:
+            self._evict(action, reply_to, received)
+        elif cls is s.LoadModelFromDisk:
+            self._accept(self.worker_ex, action, "load_model", reply_to, received, self._load_model)
+        elif cls is s.ClearCache:
+            self._accept(self.worker_ex, action, "clear_cache", reply_to, received, self._clear_cache)
+        elif cls is s.GetWorkerState:
+            self.send(reply_to, s.WorkerStateResult(action.action_id, received, 0, self.state()), ())
+        elif cls is s.Reset:
+            self.reset()
+        else:  # pragma: no cover - the decoder only yields ACTIONS
+            self._error(reply_to, action, Status.BAD_MESSAGE, f"unexpected {cls.__name__}", received)
+
+    def _accept(self, ex, action, stage, reply_to, received, fn) -> None:
+        """Queue a one-step action whose work is fn(action, reply_to, received, now)."""
+        self.stats.pending += 1
+
+        def run(now):
+            self._done()
+            fn(action, reply_to, received, now)
+
+        def fail(status, message, now):
+            self._done()
+            self._error(reply_to, action, status, message, received)
+
+        self._submit(ex, Task(action.earliest, action.latest or NO_LIMIT, stage, run, fail), received)
+
+    def _check(self, action, reply_to, received):
+        """(model, gpu) of an action, or None after answering UNKNOWN_MODEL / INVALID_GPU."""
+        m = self.models.get(action.model_id)
+        if m is None:
+            self._error(reply_to, action, Status.UNKNOWN_MODEL, f"no model {action.model_id}", received)
+            return None
+        g = action.gpu_id
+        if not 0 <= g < len(self.gpus):
+            self._error(reply_to, action, Status.INVALID_GPU,
+                        f"no gpu {g} (this worker has {len(self.gpus)})", received)
+            return None
+        return m, self.gpus[g]
+
+    # ------------------------------------------------------------------ LoadModelFromDisk
+    def _load_model(self, a: s.LoadModelFromDisk, reply_to, received: int, now: int) -> None:
+        begin = now
+        first, copies = a.model_id, a.copies
+        if first < 0 or not 1 <= copies <= MAX_COPIES:
+            return self._error(reply_to, a, Status.LOAD_FAILED,
+                               f"bad model_id {first} / copies {copies} (1..{MAX_COPIES})", received)
+        clash = next((i for i in range(first, first + copies) if i in self.models), None)
+        if clash is not None:
+            return self._error(reply_to, a, Status.MODEL_EXISTS, f"model {clash} already exists", received)
+        try:
+            path = resolve_model_path(self.model_dir, a.path)
+            host = self.backend.load_host_model(load_spec(path))
+        except (ModelFormatError, LoadError) as e:
+            return self._error(reply_to, a, Status.LOAD_FAILED, str(e), received)
+        except OSError as e:
+            return self._error(reply_to, a, Status.LOAD_FAILED, f"{a.path}: {e}", received)
+        batch_sizes = [b for b in sorted(host.exec_ns)
+                       if b <= a.max_batch_size and host.exec_ns[b] <= a.max_exec_ns]
+        if not batch_sizes:
+            host.close()
+            return self._error(reply_to, a, Status.LOAD_FAILED,
+                               f"{a.path}: no batch size <= {a.max_batch_size} runs within "
+                               f"{a.max_exec_ns} ns (compiled: {sorted(host.exec_ns)})", received)
+        kind = ModelKind(host, batch_sizes)
+        exec_ns = [host.exec_ns[b] for b in batch_sizes]
+        infos = []
+        for mid in range(first, first + copies):
+            info = s.ModelInfo(mid, host.source, host.input_size, host.output_size, host.weights_size,
+                               host.num_pages, batch_sizes, exec_ns, host.weights_load_ns)
+            self.models[mid] = ModelInstance(mid, kind, info)
+            infos.append(info)
+        self.send(reply_to, s.LoadModelFromDiskResult(a.action_id, received, 0, begin, self.clock(), infos), ())
+
+    # ------------------------------------------------------------------ ClearCache / Reset / state
+    def _clear_cache(self, a, reply_to, received: int, now: int) -> None:
+        for g in self.gpus:
+            g.resident.clear()
+            g.mem.pages.reset()
+        self.send(reply_to, s.ClearCacheResult(a.action_id, received, 0), ())
+
+    def reset(self) -> None:
+        """Drop every model, queued action and in-flight op; no result is sent for them."""
+        for g in self.gpus:
+            for ex in (g.exec, g.weights, g.inputs, g.outputs):
+                ex.clear()
+            g.resident.clear()
+            g.mem.reset()
+        self.worker_ex.clear()
+        self.host_io.reset()
+        self._timers.clear()
+        self._inflight.clear()
+        self.backend.reset()
+        for kind in {m.kind for m in self.models.values()}:
+            kind.host.close()
+        self.models.clear()
+        self.stats.pending = 0
+
+    def state(self) -> s.WorkerState:
+        names = self.backend.gpu_names()
+        gpus = [s.GpuState(g.id, g.mem.pages.total, g.mem.pages.free, g.mem.io.size,
+                           g.mem.workspace.size, sorted(g.resident), names[g.id]) for g in self.gpus]
+        return s.WorkerState(self.page_size, gpus, [m.info for m in self.models.values()])
+
+    def readings(self, now: int) -> list[s.GpuReading]:
+        out = self.backend.readings(now)
+        for r in out:
+            if r.memory_used == 0 and 0 <= r.gpu_id < len(self.gpus):
+                mem = self.gpus[r.gpu_id].mem
+                r.memory_used = ((mem.pages.total - mem.pages.free) * self.page_size
+                                 + mem.io.used + mem.workspace.used)
+        return out
+
+    # ------------------------------------------------------------------ LoadWeights / Evict
+    def _load_weights(self, a: s.LoadWeights, reply_to, received: int) -> None:
+        mg = self._check(a, reply_to, received)
+        if mg is None:
+            return
+        m, gpu = mg
+        self.stats.pending += 1
+        job = _LoadWeightsJob(self, a, m, gpu, reply_to, received)
+        self._submit(gpu.weights, Task(a.earliest, a.latest or NO_LIMIT, "load_weights", job.run, job.fail),
+                     received)
+
+    def _evict(self, a: s.EvictWeights, reply_to, received: int) -> None:
+        mg = self._check(a, reply_to, received)
+        if mg is None:
+            return
+        m, gpu = mg
+        self.stats.pending += 1
+
+        def run(now):
+            self._done()
+            r = gpu.resident.pop(m.id, None)
+            if r is None:
+                self._error(reply_to, a, Status.WEIGHTS_NOT_PRESENT,
+                            f"evict: model {m.id} has no weights on gpu {gpu.id}", received)
+                return None
+            gpu.mem.pages.release(r.pages)
+            self.stats.evicts += 1
+            self.send(reply_to, s.EvictWeightsResult(a.action_id, received, 0, now, now), ())
+            return None
+
+        def fail(status, message, now):
+            self._done()
+            self._error(reply_to, a, status, message, received)
+
+        self._submit(gpu.weights, Task(a.earliest, a.latest or NO_LIMIT, "evict", run, fail), received)
+
+    # ------------------------------------------------------------------ Infer
+    def _infer(self, a: s.Infer, data: list, reply_to, received: int) -> None:
+        mg = self._check(a, reply_to, received)
+        if mg is None:
+            return
+        m, gpu = mg
+        kind = m.kind
+        b = a.batch_size
+        if not 1 <= b <= kind.max_batch:
+            return self._error(reply_to, a, Status.INVALID_BATCH_SIZE,
+                               f"batch size {b}: model {m.id} supports 1..{kind.max_batch} "
+                               f"(compiled {kind.batch_sizes})", received)
+        if data:
+            n = 0
+            for f in data:
+                n += len(f)
+            if n != b * kind.input_size:
+                return self._error(reply_to, a, Status.INVALID_INPUT_SIZE,
+                                   f"inputs are {n} bytes, expected {b} x {kind.input_size} = "
+                                   f"{b * kind.input_size} (or none, to generate)", received)
+        self.stats.pending += 1
+        job = _InferJob(self, a, m, gpu, data, reply_to, received)
+        self._submit(gpu.inputs, Task(a.earliest, a.latest or NO_LIMIT, "copy_input",
+                                      job.copy_input, job.fail), received)
+
+
+class _LoadWeightsJob:
+    __slots__ = ("rt", "a", "m", "gpu", "reply_to", "received", "version")
+
+    def __init__(self, rt, a, m, gpu, reply_to, received):
+        self.rt, self.a, self.m, self.gpu = rt, a, m, gpu
+        self.reply_to, self.received = reply_to, received
+        self.version = 0
+
+    def fail(self, status, message, now) -> None:
+        self.rt._done()
+        self.rt._error(self.reply_to, self.a, status, message, self.received)
+
+    def run(self, now: int):
+        rt, m, gpu = self.rt, self.m, self.gpu
+        if m.id in gpu.resident:
+            self.fail(Status.WEIGHTS_ALREADY_PRESENT,
+                      f"load_weights: model {m.id} already on gpu {gpu.id}", now)
+            return None
+        n = m.info.num_pages
+        pages = gpu.mem.pages.alloc(n)
+        if pages is None:
+            self.fail(Status.NOT_ENOUGH_PAGES, f"load_weights: model {m.id} needs {n} pages, gpu "
+                      f"{gpu.id} has {gpu.mem.pages.free} free of {gpu.mem.pages.total}", now)
+            return None
+        rt._version += 1
+        self.version = rt._version
+        gpu.resident[m.id] = Resident(pages, self.version)
+        op = rt.backend.load_weights(gpu.id, m.kind.host, pages, now)
+        return rt._started(gpu.weights, op, self.done)
+
+    def done(self, op: Op, now: int) -> None:
+        rt, gpu = self.rt, self.gpu
+        r = gpu.resident.get(self.m.id)
+        if r is None or r.version != self.version:
+            return self.fail(Status.WEIGHTS_CHANGED,
+                             f"load_weights: model {self.m.id} evicted from gpu {gpu.id} while loading", now)
+        if op.error:
+            del gpu.resident[self.m.id]
+            gpu.mem.pages.release(r.pages)
+            return self.fail(Status.RUNTIME_ERROR, f"load_weights: {op.error}", now)
+        r.loaded = True
+        rt._done()
+        rt.stats.loads += 1
+        rt.send(self.reply_to, s.LoadWeightsResult(self.a.action_id, self.received, 0, op.begin, op.end,
+                                                   op.duration), ())
+
+
+class _InferJob:
+    """One Infer through its three stages: copy_input -> exec -> copy_output."""
+    __slots__ = ("rt", "a", "m", "gpu", "inputs", "reply_to", "received", "version", "io", "host_io",
+                 "ws", "padded", "t_in", "op_exec", "clock_before")
+
+    def __init__(self, rt, a, m, gpu, inputs, reply_to, received):
+        self.rt, self.a, self.m, self.gpu, self.inputs = rt, a, m, gpu, inputs
+        self.reply_to, self.received = reply_to, received
+        self.version = 0
+        self.io = self.host_io = self.ws = None
+        self.padded = m.kind.padded[a.batch_size]
+        self.t_in = None
+        self.op_exec = None
+        self.clock_before = 0
+
+    def fail(self, status, message, now) -> None:
+        gpu = self.gpu
+        if self.io is not None:
+            gpu.mem.io.release(self.io)
+            self.io = None
+        if self.host_io is not None:
+            self.rt.host_io.release(self.host_io)
+            self.host_io = None
+        if self.ws is not None:
+            gpu.mem.workspace.release(self.ws)
+            self.ws = None
+        self.inputs = None
+        self.rt._done()
+        self.rt._error(self.reply_to, self.a, status, message, self.received)
+
+    def _weights_changed(self, stage: str, now: int) -> bool:
+        r = self.gpu.resident.get(self.m.id)
+        if r is not None and r.version == self.version:
+            return False
+        self.fail(Status.WEIGHTS_CHANGED, f"{stage}: weights of model {self.m.id} on gpu "
+                  f"{self.gpu.id} changed during the infer", now)
+        return True
+
+    def copy_input(self, now: int):
+        rt, gpu, kind = self.rt, self.gpu, self.m.kind
+        r = gpu.resident.get(self.m.id)
+        if r is None:
+            self.fail(Status.WEIGHTS_NOT_PRESENT,
+                      f"copy_input: model {self.m.id} has no weights on gpu {gpu.id}", now)
+            return None
+        self.version = r.version
+        per_item = kind.input_size + kind.output_size
+        self.io = gpu.mem.io.alloc(self.padded * per_item)
+        if self.io is None:
+            self.fail(Status.IO_POOL_EXHAUSTED, f"copy_input: gpu {gpu.id} io pool exhausted "
+                      f"({gpu.mem.io.used} of {gpu.mem.io.size} bytes in use)", now)
+            return None
+        self.host_io = rt.host_io.alloc(self.a.batch_size * per_item)
+        if self.host_io is None:
+            self.fail(Status.IO_POOL_EXHAUSTED, f"copy_input: host io pool exhausted "
+                      f"({rt.host_io.used} of {rt.host_io.size} bytes in use)", now)
+            return None
+        op = rt.backend.copy_input(gpu.id, kind.host, self.a.batch_size, self.inputs, self.io, now)
+        return rt._started(gpu.inputs, op, self.input_done)
+
+    def input_done(self, op: Op, now: int) -> None:
+        self.inputs = None
+        if op.error:
+            return self.fail(Status.RUNTIME_ERROR, f"copy_input: {op.error}", now)
+        self.t_in = op
+        a = self.a
+        self.rt._submit(self.gpu.exec, Task(max(a.earliest, op.end), a.latest or NO_LIMIT, "exec",
+                                            self.execute, self.fail), now)
+
+    def execute(self, now: int):
+        rt, gpu, kind = self.rt, self.gpu, self.m.kind
+        if self._weights_changed("exec", now):
+            return None
+        r = gpu.resident[self.m.id]
+        if not r.loaded:
+            self.fail(Status.WEIGHTS_NOT_PRESENT,
+                      f"exec: weights of model {self.m.id} on gpu {gpu.id} are still loading", now)
+            return None
+        self.ws = gpu.mem.workspace.alloc(kind.host.workspace_size(self.padded))
+        if self.ws is None:
+            self.fail(Status.WORKSPACE_EXHAUSTED, f"exec: gpu {gpu.id} workspace pool exhausted "
+                      f"({gpu.mem.workspace.used} of {gpu.mem.workspace.size} bytes in use)", now)
+            return None
+        self.clock_before = rt.backend.gpu_clock_mhz(gpu.id)
+        op = rt.backend.execute(gpu.id, kind.host, self.padded, r.pages, self.io, self.ws, now)
+        return rt._started(gpu.exec, op, self.exec_done)
+
+    def exec_done(self, op: Op, now: int) -> None:
+        self.gpu.mem.workspace.release(self.ws)
+        self.ws = None
+        if op.error:
+            return self.fail(Status.RUNTIME_ERROR, f"exec: {op.error}", now)
+        if self._weights_changed("exec", now):
+            return
+        self.op_exec = op
+        self.rt._submit(self.gpu.outputs, Task(op.end, NO_LIMIT, "copy_output", self.copy_output, self.fail),
+                        now)
+
+    def copy_output(self, now: int):
+        rt, gpu = self.rt, self.gpu
+        op = rt.backend.copy_output(gpu.id, self.m.kind.host, self.a.batch_size, self.io, now)
+        return rt._started(gpu.outputs, op, self.output_done)
+
+    def output_done(self, op: Op, now: int) -> None:
+        rt, gpu = self.rt, self.gpu
+        if op.error:
+            return self.fail(Status.RUNTIME_ERROR, f"copy_output: {op.error}", now)
+        gpu.mem.io.release(self.io)
+        rt.host_io.release(self.host_io)
+        self.io = self.host_io = None
+        rt._done()
+        rt.stats.infers += 1
+        t_in, ex = self.t_in, self.op_exec
+        rt.send(self.reply_to, s.InferResult(
+            self.a.action_id, self.received, 0, t_in.begin, t_in.end, ex.begin, ex.end, ex.duration,
+            op.begin, op.end, self.clock_before, rt.backend.gpu_clock_mhz(gpu.id)), (op.output,))

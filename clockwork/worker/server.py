@@ -1,0 +1,205 @@
+"""The worker's ZeroMQ edge: one ROUTER, one thread, one event loop around a WorkerRuntime.
+
+The loop waits on the socket (and the backend's completion fd, if it has one) exactly until the
+next executor event, heartbeat or stats line, so emulated millisecond executions end on time
+without spinning. Replies go to the identity that sent the action. Anything undecodable gets an
+ErrorResult(BAD_MESSAGE) -- or a schema.fatal() text on a protocol-version mismatch -- and the
+loop carries on: no input can take the worker down.
+
+Once a controller has spoken (the last peer that sent a valid action), it gets a Heartbeat
+every heartbeat_interval_ms carrying the pending count and device readings.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import select
+import time
+
+import zmq
+
+from ..status import Status
+from ..transport import schema as s
+from ..transport import sockets
+from .runtime import TAGS, WorkerRuntime
+
+PR_SET_TIMERSLACK = 29
+MAX_BATCH_RECV = 256        # messages handled per loop turn before timers get another look
+
+
+def set_timer_slack(ns: int = 1) -> bool:
+    """Ask Linux for `ns` timer slack (default 50 us) so select() wakes on time. Best effort."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2 ** 20:.1f}MB" if n < 2 ** 30 else f"{n / 2 ** 30:.1f}GB"
+
+
+def _ms(ns: int) -> str:
+    return f"{ns / 1e6:.1f}"
+
+
+def describe_model(m: s.ModelInfo) -> str:
+    """The original's model summary: sizes, pages, weights transfer and exec ms per batch."""
+    execs = " ".join(f"b{b}={_ms(e)}" for b, e in zip(m.batch_sizes, m.exec_ns))
+    return (f"input={m.input_size} output={m.output_size} weights={m.weights_size / 2 ** 20:.1f} MB "
+            f"({m.num_pages} pages) xfer={_ms(m.weights_load_ns)} {execs}")
+
+
+def describe_state(state: s.WorkerState, max_models: int = 10) -> str:
+    lines = [f"page_size={state.page_size}", "gpus="]
+    for g in state.gpus:
+        lines.append(f"GPU-{g.gpu_id} weights_cache={_mb(g.total_pages * state.page_size)} "
+                     f"({g.total_pages} pages, {g.free_pages} free) io_pool={_mb(g.io_pool_size)} "
+                     f"workspace_pool={_mb(g.workspace_pool_size)} {len(g.loaded_models)} models currently on GPU")
+    lines.append("models=")
+    for m in state.models[:max_models]:
+        lines.append(f"M-{m.model_id} src={m.source} {describe_model(m)}")
+    if len(state.models) > max_models:
+        lines.append(f"... and {len(state.models) - max_models} more")
+    return "\n".join(lines)
+
+
+class WorkerServer:
+    def __init__(self, runtime: WorkerRuntime, host: str, port: int, heartbeat_interval_ms: int = 200,
+                 print_interval_s: float = 10, log=print, ctx: zmq.Context | None = None):
+        self.rt = runtime
+        runtime.send = self._send
+        self.log = log
+        self.ctx = ctx or zmq.Context.instance()
+        self.router = sockets.router(self.ctx, host, port)   # raises zmq.ZMQError if taken
+        self.address = f"{host}:{port}"
+        self.heartbeat_ns = int(heartbeat_interval_ms * 1e6)
+        self.print_ns = int(print_interval_s * 1e9)
+        self.controller: bytes | None = None
+        self._next_heartbeat = 0
+        self._stopped = False
+        self._fd = runtime.backend.wait_fd()
+        self._select_fds = [self.router.getsockopt(zmq.FD)] + ([self._fd] if self._fd is not None else [])
+
+    # ------------------------------------------------------------------ sending
+    def _send(self, ident, msg, data) -> None:
+        msg.sent = time.monotonic_ns()
+        cls = msg.__class__
+        if cls is s.WorkerStateResult:
+            self.log(f"Sending R{msg.action_id}:GetWorkerState:\n{describe_state(msg.state)}")
+        elif cls is s.LoadModelFromDiskResult:
+            copies = f" copies={len(msg.models)}" if len(msg.models) > 1 else ""
+            self.log(f"Sending R{msg.action_id}:LoadModelFromDisk {describe_model(msg.models[0])}"
+                     f"{copies} duration={_ms(msg.end - msg.begin)}")
+            gc.freeze()      # thousands of long-lived model objects: keep them out of GC passes
+        elif cls is s.ErrorResult and msg.action_tag in _LOGGED_TAGS:
+            self.log(f"Sending R{msg.action_id}:error {msg.status} ({Status(msg.status).name}): {msg.message}")
+        sockets.send(self.router, msg, data, ident)
+
+    def _heartbeat(self, now: int) -> None:
+        self.router.send_multipart([self.controller, s.encode(
+            s.Heartbeat(now, self.rt.stats.pending, self.rt.readings(now)))])
+
+    def stats_line(self) -> str:
+        st = self.rt.stats
+        line = (f"LdWts={st.loads} Inf={st.infers} Evct={st.evicts} || "
+                f"Total Pending={st.pending} Errors={st.errors}")
+        st.loads = st.infers = st.evicts = st.errors = 0
+        return line
+
+    # ------------------------------------------------------------------ receiving
+    def _receive(self) -> None:
+        rt = self.rt
+        for _ in range(MAX_BATCH_RECV):
+            if not self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
+            received = time.monotonic_ns()
+            try:
+                ident, msg, data = sockets.recv(self.router, s.ACTION_DECODER, routed=True)
+            except s.ProtocolError as e:
+                self._bad_message(e, received)
+                continue
+            self.controller = ident
+            cls = msg.__class__
+            if cls is s.GetWorkerState or cls is s.LoadModelFromDisk or cls is s.Reset \
+                    or cls is s.ClearCache:
+                self.log(_describe_action(msg))
+            try:
+                rt.handle(msg, data, ident, received)
+            except Exception as e:   # a bug must cost one action, not the worker
+                self.log(f"internal error handling A{getattr(msg, 'action_id', '?')}: {e!r}")
+                self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.RUNTIME_ERROR,
+                                                f"internal error: {e!r}", received), ())
+            rt.advance(time.monotonic_ns())
+
+    def _bad_message(self, e: s.ProtocolError, received: int) -> None:
+        text = str(e)
+        ident = getattr(e, "ident", None)
+        if ident is None:
+            return
+        if text.startswith("peer error"):
+            self.log(text)           # the peer gave up on us; answering would ping-pong
+        elif text.startswith("protocol version mismatch"):
+            self.log(f"rejected a peer: {text}")
+            sockets.send_raw(self.router, s.fatal(text), ident)
+        else:
+            self._send(ident, s.ErrorResult(-1, 0, Status.BAD_MESSAGE, text, received), ())
+
+    # ------------------------------------------------------------------ loop
+    def stop(self) -> None:
+        self._stopped = True
+
+    def serve(self) -> None:
+        rt = self.rt
+        next_print = time.monotonic_ns() + self.print_ns
+        fd = self._fd
+        poll_ns = rt.backend.poll_interval_ns
+        while not self._stopped:
+            now = time.monotonic_ns()
+            rt.advance(now)
+            if fd is None and rt.waiting_on_backend():
+                rt.poll_backend(now)
+            if self.controller is not None and now >= self._next_heartbeat:
+                self._heartbeat(now)
+                self._next_heartbeat = now + self.heartbeat_ns
+            if now >= next_print:
+                self.log(self.stats_line())
+                next_print = now + self.print_ns
+            wake = next_print
+            t = rt.next_time()
+            if t is not None and t < wake:
+                wake = t
+            if self.controller is not None and self._next_heartbeat < wake:
+                wake = self._next_heartbeat
+            if fd is None and rt.waiting_on_backend() and now + poll_ns < wake:
+                wake = now + poll_ns
+            ready, fd_ready = self._wait((wake - time.monotonic_ns()) / 1e9)
+            if fd_ready:
+                rt.poll_backend(time.monotonic_ns())
+            if ready:
+                self._receive()
+
+    def _wait(self, timeout_s: float) -> tuple[bool, bool]:
+        """(socket readable, backend fd readable), waiting at most timeout_s (sub-ms exact)."""
+        router = self.router
+        if router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return True, False
+        if timeout_s < 0:
+            timeout_s = 0
+        r, _, _ = select.select(self._select_fds, [], [], timeout_s)
+        fd_ready = self._fd is not None and self._fd in r
+        return bool(router.getsockopt(zmq.EVENTS) & zmq.POLLIN), fd_ready
+
+    def close(self) -> None:
+        self.router.close(0)
+
+
+_LOGGED_TAGS = {s.LoadModelFromDisk.__struct_config__.tag, s.ClearCache.__struct_config__.tag}
+
+
+def _describe_action(a) -> str:
+    name = a.__class__.__name__
+    if isinstance(a, s.LoadModelFromDisk):
+        return (f"Received A{a.action_id}:LoadModelFromDisk model={a.model_id} copies={a.copies} "
+                f"[{a.earliest}, {a.latest}] {a.path}")
+    return f"Received A{a.action_id}:{name}"

@@ -1,0 +1,455 @@
+"""WorkerRuntime on the emulated backend, driven with explicit times (no sockets, no sleeps)."""
+import pytest
+
+from clockwork.model.emulated import EmulatedBackend
+from clockwork.model.format import load_spec
+from clockwork.model.zoo import write_emulated_zoo
+from clockwork.status import Status
+from clockwork.transport import schema as s
+from clockwork.worker.memory import Arena, PageAllocator
+from clockwork.worker.runtime import WorkerRuntime
+
+PAGE = 16 * 1024 * 1024
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zoo")
+    write_emulated_zoo(d, log=lambda *a: None)
+    return d
+
+
+@pytest.fixture(scope="module")
+def r50(zoo):
+    return load_spec(zoo / "resnet50")
+
+
+class Harness:
+    """A runtime plus a recording `send` and a hand-driven clock."""
+
+    def __init__(self, zoo, gpus=2, pages=64, io=512 * MiB, workspace=512 * MiB, host_io=512 * MiB):
+        self.sent = []
+        self.now = 1_000_000_000
+        self.backend = EmulatedBackend(gpus, PAGE, pages, io, workspace, host_io)
+        self.rt = WorkerRuntime(self.backend, zoo, self._send, PAGE, pages, io, workspace, host_io,
+                                clock=lambda: self.now)
+        self.ids = iter(range(1, 1 << 30))
+
+    def _send(self, reply_to, msg, data):
+        self.sent.append((reply_to, msg, list(data)))
+
+    def act(self, cls, data=(), **kw):
+        """Hand an action to the runtime at the current time; returns its action id."""
+        aid = next(self.ids)
+        if cls not in (s.GetWorkerState, s.Reset, s.ClearCache):
+            kw.setdefault("earliest", self.now)
+            kw.setdefault("latest", self.now + 10_000_000_000)
+        self.rt.handle(cls(action_id=aid, **kw), list(data), "ctl", self.now)
+        self.rt.advance(self.now)
+        return aid
+
+    def run(self, until=None):
+        """Advance through every timer (up to `until`)."""
+        while True:
+            t = self.rt.next_time()
+            if t is None or (until is not None and t > until):
+                break
+            self.now = max(self.now, t)
+            self.rt.advance(self.now)
+        if until is not None:
+            self.now = max(self.now, until)
+            self.rt.advance(self.now)
+
+    def result(self, aid):
+        found = [(m, d) for _, m, d in self.sent if getattr(m, "action_id", None) == aid]
+        assert len(found) == 1, f"expected one result for A{aid}, got {found}"
+        return found[0]
+
+    def load_model(self, path="resnet50", model_id=0, copies=1, **kw):
+        aid = self.act(s.LoadModelFromDisk, model_id=model_id, path=path, copies=copies, **kw)
+        return self.result(aid)[0]
+
+    def load_weights(self, model_id=0, gpu_id=0):
+        aid = self.act(s.LoadWeights, model_id=model_id, gpu_id=gpu_id)
+        self.run()
+        return self.result(aid)[0]
+
+    def state(self):
+        return self.result(self.act(s.GetWorkerState))[0].state
+
+
+def error(msg, status):
+    assert isinstance(msg, s.ErrorResult), f"expected an ErrorResult({status.name}), got {msg}"
+    assert msg.status == status, f"expected {status.name}, got {Status(msg.status).name}: {msg.message}"
+    return msg
+
+
+# ---------------------------------------------------------------- memory
+
+def test_page_allocator_all_or_nothing():
+    p = PageAllocator(10)
+    a = p.alloc(7)
+    assert len(set(a)) == 7 and p.free == 3
+    assert p.alloc(4) is None and p.free == 3
+    b = p.alloc(3)
+    assert not set(a) & set(b) and p.free == 0
+    p.release(a)
+    assert p.free == 7
+
+
+def test_arena_reuses_and_coalesces():
+    a = Arena(4096)
+    r1, r2, r3 = a.alloc(1000), a.alloc(1000), a.alloc(1000)
+    assert a.alloc(2000) is None
+    a.release(r2)
+    assert a.alloc(2000) is None           # 1024 + 1024 free, not contiguous
+    a.release(r1)                          # now r1+r2 is one 2048-byte hole
+    r4 = a.alloc(2000)
+    assert r4 is not None and r4.offset == 0
+    a.release(r3)
+    a.release(r4)
+    assert a.used == 0 and a.alloc(4096) is not None
+
+
+# ---------------------------------------------------------------- LoadModelFromDisk
+
+def test_load_model_reports_profiled_info(zoo, r50):
+    h = Harness(zoo)
+    res = h.load_model(copies=2, model_id=5)
+    assert isinstance(res, s.LoadModelFromDiskResult)
+    assert [m.model_id for m in res.models] == [5, 6]
+    m = res.models[0]
+    assert m.input_size == r50.input_size and m.output_size == r50.output_size
+    assert m.batch_sizes == r50.batch_sizes
+    assert m.exec_ns == [r50.exec_ns[b] for b in r50.batch_sizes]
+    assert m.weights_load_ns == r50.weights_load_ns
+    assert m.num_pages == r50.num_pages(PAGE)
+    assert res.received == h.now and res.begin <= res.end
+
+
+def test_load_model_drops_big_and_slow_batches(zoo, r50):
+    h = Harness(zoo)
+    assert h.load_model(max_batch_size=4).models[0].batch_sizes == [b for b in r50.batch_sizes if b <= 4]
+    limit = r50.exec_ns[8] - 1
+    m = h.load_model(model_id=10, max_exec_ns=limit).models[0]
+    assert m.batch_sizes == [b for b in r50.batch_sizes if r50.exec_ns[b] <= limit]
+
+
+def test_load_model_confined_to_model_dir(zoo, tmp_path):
+    import shutil
+    models, outside = tmp_path / "models", tmp_path / "outside"
+    shutil.copytree(zoo / "mlp", models / "mlp")
+    shutil.copytree(zoo / "mlp", outside / "mlp")
+    (models / "link").symlink_to(outside / "mlp")
+    h = Harness(models)
+    assert isinstance(h.load_model(path="mlp"), s.LoadModelFromDiskResult)
+    for path in ("../outside/mlp", str(outside / "mlp"), "link"):
+        msg = error(h.load_model(path=path, model_id=1), Status.LOAD_FAILED)
+        assert "outside the model directory" in msg.message
+
+
+def test_load_model_errors(zoo, r50, tmp_path):
+    h = Harness(zoo)
+    error(h.load_model(path="no-such-model"), Status.LOAD_FAILED)
+    error(h.load_model(max_exec_ns=min(r50.exec_ns.values()) - 1), Status.LOAD_FAILED)
+    error(h.load_model(copies=0), Status.LOAD_FAILED)
+    h.load_model(model_id=0, copies=3)
+    msg = error(h.load_model(model_id=2), Status.MODEL_EXISTS)
+    assert "2" in msg.message
+    assert h.rt.stats.pending == 0
+
+
+def test_load_model_without_measurements_fails_clearly(zoo, tmp_path):
+    import shutil
+    d = tmp_path / "nomeas"
+    shutil.copytree(zoo / "mlp", d)
+    (d / "measurements.json").unlink()
+    h = Harness(tmp_path)
+    assert "measurements" in error(h.load_model(path="nomeas"), Status.LOAD_FAILED).message
+
+
+def test_load_model_4000_copies_share_one_host_model(zoo):
+    h = Harness(zoo, gpus=4)
+    res = h.load_model(path="resnet18", copies=4000)
+    assert [m.model_id for m in res.models] == list(range(4000))
+    assert len({id(h.rt.models[i].kind) for i in range(4000)}) == 1
+    assert len(h.state().models) == 4000
+    # every copy is a usable model of its own
+    assert isinstance(h.load_weights(model_id=3999, gpu_id=3), s.LoadWeightsResult)
+
+
+# ---------------------------------------------------------------- LoadWeights / Evict
+
+def test_load_weights_takes_pages_and_profiled_time(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    start = h.now
+    res = h.load_weights()
+    assert isinstance(res, s.LoadWeightsResult)
+    assert res.begin == start and res.end - res.begin == r50.weights_load_ns == res.duration
+    st = h.state()
+    assert st.gpus[0].loaded_models == [0] and st.gpus[1].loaded_models == []
+    assert st.gpus[0].free_pages == 64 - r50.num_pages(PAGE)
+
+
+def test_not_enough_pages_and_no_automatic_eviction(zoo, r50):
+    n = r50.num_pages(PAGE)
+    h = Harness(zoo, pages=n + 1)
+    h.load_model(copies=2)
+    h.load_weights(model_id=0)
+    msg = error(h.load_weights(model_id=1), Status.NOT_ENOUGH_PAGES)
+    assert f"needs {n} pages" in msg.message
+    assert h.state().gpus[0].loaded_models == [0]          # the worker evicted nothing
+    h.act(s.EvictWeights, model_id=0, gpu_id=0)
+    h.run()
+    assert isinstance(h.load_weights(model_id=1), s.LoadWeightsResult)
+
+
+def test_weights_already_present_and_evict_errors(zoo):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    error(h.load_weights(), Status.WEIGHTS_ALREADY_PRESENT)
+    aid = h.act(s.EvictWeights, model_id=0, gpu_id=1)
+    h.run()
+    error(h.result(aid)[0], Status.WEIGHTS_NOT_PRESENT)
+    aid = h.act(s.EvictWeights, model_id=0, gpu_id=0)
+    h.run()
+    assert isinstance(h.result(aid)[0], s.EvictWeightsResult)
+    assert h.state().gpus[0].free_pages == 64
+
+
+@pytest.mark.parametrize("cls", [s.LoadWeights, s.EvictWeights, s.Infer])
+def test_unknown_model_and_invalid_gpu(zoo, cls):
+    h = Harness(zoo)
+    h.load_model()
+    extra = {"batch_size": 1} if cls is s.Infer else {}
+    error(h.result(h.act(cls, model_id=7, gpu_id=0, **extra))[0], Status.UNKNOWN_MODEL)
+    error(h.result(h.act(cls, model_id=0, gpu_id=2, **extra))[0], Status.INVALID_GPU)
+    error(h.result(h.act(cls, model_id=0, gpu_id=-1, **extra))[0], Status.INVALID_GPU)
+    assert h.rt.stats.pending == 0
+
+
+# ---------------------------------------------------------------- Infer
+
+def infer(h, batch_size=1, data=(), model_id=0, gpu_id=0, **kw):
+    return h.act(s.Infer, data, model_id=model_id, gpu_id=gpu_id, batch_size=batch_size, **kw)
+
+
+def test_infer_stages_and_padding(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    earliest = h.now + 1_000_000
+    frames = [bytes(r50.input_size), bytes(2 * r50.input_size)]
+    aid = infer(h, 3, frames, earliest=earliest)
+    h.run()
+    res, data = h.result(aid)
+    assert isinstance(res, s.InferResult)
+    assert res.copy_input_begin >= earliest
+    assert res.copy_input_begin <= res.copy_input_end <= res.exec_begin
+    assert res.exec_end - res.exec_begin == res.exec_duration == r50.exec_ns[4]   # 3 runs as batch 4
+    assert res.exec_end <= res.copy_output_begin <= res.copy_output_end
+    assert res.gpu_clock > 0 and res.gpu_clock_before > 0
+    assert len(data) == 1 and len(data[0]) == 3 * r50.output_size
+    assert h.rt.stats.pending == 0 and h.rt.stats.infers == 1
+    mem = h.rt.gpus[0].mem
+    assert mem.io.used == 0 and mem.workspace.used == 0 and h.rt.host_io.used == 0
+
+
+def test_infer_generates_inputs_when_none_sent(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    aid = infer(h, 16)
+    h.run()
+    res, data = h.result(aid)
+    assert isinstance(res, s.InferResult) and len(data[0]) == 16 * r50.output_size
+
+
+def test_infers_on_one_gpu_do_not_overlap_exec(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    ids = [infer(h, 1) for _ in range(3)]
+    h.run()
+    res = [h.result(i)[0] for i in ids]
+    for a, b in zip(res, res[1:]):
+        assert b.exec_begin >= a.exec_end
+
+
+@pytest.mark.parametrize("batch", [0, -1, 17])
+def test_invalid_batch_size(zoo, batch):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    error(h.result(infer(h, batch))[0], Status.INVALID_BATCH_SIZE)
+
+
+def test_batch_size_limit_follows_max_batch_size(zoo):
+    h = Harness(zoo)
+    h.load_model(max_batch_size=4)
+    h.load_weights()
+    error(h.result(infer(h, 5))[0], Status.INVALID_BATCH_SIZE)
+
+
+@pytest.mark.parametrize("nbytes_of", [lambda n: n - 1, lambda n: n + 1, lambda n: 2 * n])
+def test_invalid_input_size(zoo, r50, nbytes_of):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    msg = error(h.result(infer(h, 1, [bytes(nbytes_of(r50.input_size))]))[0], Status.INVALID_INPUT_SIZE)
+    assert str(r50.input_size) in msg.message
+
+
+def test_weights_not_present(zoo):
+    h = Harness(zoo)
+    h.load_model()
+    aid = infer(h)
+    h.run()
+    assert "copy_input" in error(h.result(aid)[0], Status.WEIGHTS_NOT_PRESENT).message
+
+
+def test_exec_while_weights_still_loading(zoo):
+    h = Harness(zoo)
+    h.load_model()
+    h.act(s.LoadWeights, model_id=0, gpu_id=0)
+    aid = infer(h)           # input copy may overlap the load; exec may not
+    h.run()
+    assert "still loading" in error(h.result(aid)[0], Status.WEIGHTS_NOT_PRESENT).message
+
+
+def test_evict_during_infer_is_weights_changed(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    aid = infer(h)
+    evict = h.act(s.EvictWeights, model_id=0, gpu_id=0, earliest=h.now + r50.exec_ns[1] // 2)
+    h.run()
+    assert isinstance(h.result(evict)[0], s.EvictWeightsResult)
+    assert "exec" in error(h.result(aid)[0], Status.WEIGHTS_CHANGED).message
+    assert h.rt.gpus[0].mem.io.used == 0 and h.rt.host_io.used == 0
+
+
+def test_evict_and_reload_between_input_copy_and_exec_is_weights_changed(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    start = h.now
+    busy = infer(h)                                       # occupies exec for exec_ns[1]
+    victim = infer(h, earliest=start + 100_000)          # input copied at +100us, exec waits
+    h.act(s.EvictWeights, model_id=0, gpu_id=0, earliest=start + 200_000)
+    h.act(s.LoadWeights, model_id=0, gpu_id=0, earliest=start + 300_000)
+    h.run()
+    error(h.result(busy)[0], Status.WEIGHTS_CHANGED)         # evicted during its exec
+    error(h.result(victim)[0], Status.WEIGHTS_CHANGED)
+    assert h.state().gpus[0].loaded_models == [0]        # the reload itself succeeded
+
+
+def test_too_late_names_the_stage(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    # window already over when it arrives: the input copy misses it
+    msg = error(h.result(infer(h, earliest=h.now - 2000, latest=h.now - 1000))[0], Status.ACTION_TOO_LATE)
+    assert msg.message.startswith("copy_input")
+    # behind a 5 ms exec, a 1 ms window for exec is impossible: fails at once, not at its end
+    first = infer(h)
+    second = infer(h, earliest=h.now + 100_000, latest=h.now + 1_000_000)
+    h.run(until=h.now + 200_000)
+    msg = error(h.result(second)[0], Status.ACTION_TOO_LATE)
+    assert msg.message.startswith("exec")
+    h.run()
+    assert isinstance(h.result(first)[0], s.InferResult)
+    assert h.rt.stats.pending == 0
+
+
+def test_load_weights_too_late(zoo):
+    h = Harness(zoo)
+    h.load_model()
+    aid = h.act(s.LoadWeights, model_id=0, gpu_id=0, earliest=h.now - 10, latest=h.now - 1)
+    assert error(h.result(aid)[0], Status.ACTION_TOO_LATE).message.startswith("load_weights")
+    assert h.state().gpus[0].free_pages == 64
+
+
+def test_io_pool_exhausted(zoo, r50):
+    per = r50.input_size + r50.output_size
+    h = Harness(zoo, io=per + per // 2)
+    h.load_model()
+    h.load_weights()
+    ok = infer(h)
+    full = infer(h)          # its input copy comes while the first still holds its io
+    h.run()
+    assert isinstance(h.result(ok)[0], s.InferResult)
+    assert "io pool" in error(h.result(full)[0], Status.IO_POOL_EXHAUSTED).message
+    aid = infer(h)           # released: works again
+    h.run()
+    assert isinstance(h.result(aid)[0], s.InferResult)
+
+
+def test_host_io_pool_exhausted(zoo, r50):
+    h = Harness(zoo, host_io=r50.input_size)
+    h.load_model()
+    h.load_weights()
+    aid = infer(h)
+    h.run()
+    assert "host io pool" in error(h.result(aid)[0], Status.IO_POOL_EXHAUSTED).message
+    assert h.rt.gpus[0].mem.io.used == 0                 # the device io taken first was given back
+
+
+def test_workspace_exhausted(zoo):
+    h = Harness(zoo, workspace=4096)
+    h.load_model()
+    h.load_weights()
+    aid = infer(h)
+    h.run()
+    assert "exec" in error(h.result(aid)[0], Status.WORKSPACE_EXHAUSTED).message
+    assert h.rt.gpus[0].mem.io.used == 0 and h.rt.gpus[0].mem.workspace.used == 0
+
+
+# ---------------------------------------------------------------- ClearCache / Reset / state
+
+def test_clear_cache_frees_every_gpu_and_changes_weights(zoo, r50):
+    h = Harness(zoo)
+    h.load_model(copies=2)
+    h.load_weights(0, 0)
+    h.load_weights(1, 1)
+    aid = infer(h)
+    clear = h.act(s.ClearCache, earliest=h.now + 1000)
+    h.run()
+    assert isinstance(h.result(clear)[0], s.ClearCacheResult)
+    error(h.result(aid)[0], Status.WEIGHTS_CHANGED)
+    st = h.state()
+    assert all(g.free_pages == g.total_pages and g.loaded_models == [] for g in st.gpus)
+    assert len(st.models) == 2
+
+
+def test_reset_drops_everything_silently(zoo):
+    h = Harness(zoo)
+    h.load_model(copies=2)
+    h.load_weights()
+    queued = infer(h, earliest=h.now + 1_000_000)
+    running = infer(h)
+    h.rt.advance(h.now)
+    h.act(s.Reset)
+    h.run()
+    assert not [m for _, m, _ in h.sent if m.action_id in (queued, running)]
+    st = h.state()
+    assert st.models == [] and all(g.free_pages == g.total_pages for g in st.gpus)
+    assert h.rt.stats.pending == 0 and h.rt.next_time() is None
+    # and the worker is fully usable afterwards, with the same ids
+    h.load_model(copies=2)
+    h.load_weights()
+    aid = infer(h)
+    h.run()
+    assert isinstance(h.result(aid)[0], s.InferResult)
+
+
+def test_readings_fill_memory_from_accounting(zoo, r50):
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    r = h.rt.readings(h.now)
+    assert [x.gpu_id for x in r] == [0, 1]
+    assert r[0].memory_used == r50.num_pages(PAGE) * PAGE and r[1].memory_used == 0
