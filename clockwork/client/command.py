@@ -1,0 +1,122 @@
+"""`cw client HOST:PORT --workload NAME [workload args]`: run a named workload.
+
+Workload arguments go positionally in the original's order (`cw client h:12346 --workload
+slo-exp-1 resnet50 4 poisson 100 2 32 2 mul 7`) or by name (`--copies 4`); the original's
+`client ADDR WORKLOAD args` form also works. Exit status: 0 when the run finished, 1 when the
+controller could not be reached or refused the workload's models, 2 for bad arguments.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..config import inputs_disabled, load_config
+from .api import Client, ClientError
+from .stats import TSV_HEADER, Stats
+from .workloads.engine import Engine, WorkloadError, zoo_models
+from .workloads.registry import ParamError, all_workloads, get, usage_text
+
+
+def _epilog() -> str:
+    blocks = ["\b\nWorkloads and their arguments (positional in this order, or --name value):"]
+    for spec in all_workloads().values():
+        blocks.append("\b\n" + spec.usage())
+    blocks.append("\b\nEnvironment: CLOCKWORK_DISABLE_INPUTS=1 (as --no-inputs), AZURE_TRACE_DIR "
+                  "(azure workloads),\nCLOCKWORK_MODEL_DIR (zoo model names for example/azure), "
+                  "CLOCKWORK_CONFIG_FILE.")
+    return "\n\n".join(blocks)
+
+
+@click.command("client", epilog=_epilog(),
+               context_settings={"ignore_unknown_options": True, "help_option_names": ["-h", "--help"],
+                                 "max_content_width": 110})
+@click.argument("address")
+@click.option("--workload", "-w", "workload_name", metavar="NAME", help="workload to run (listed below)")
+@click.option("--duration", type=float, default=None, metavar="S",
+              help="stop sending after S seconds (default: when the workload ends)")
+@click.option("--no-inputs", is_flag=True, help="send no inputs; the controller generates them")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of every arrival process")
+@click.option("--print-interval", type=float, default=None, metavar="S",
+              help="seconds between stats lines (default: [client] print_interval_s)")
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True, metavar="S",
+              help="per-request timeout: a request unanswered this long counts as no answer")
+@click.option("--connect-timeout", type=float, default=None, metavar="S",
+              help="how long to wait for the controller (default: [client] connect_timeout_s)")
+@click.option("--slo-ms", type=float, default=0.0, help="explicit SLO for every request (0: controller default "
+              "or the workload's SLO factor)")
+@click.option("--models", "zoo", default=None, metavar="A,B", help="zoo model names for workloads that use "
+              "every model (default: $CLOCKWORK_MODEL_DIR here, else the emulated zoo)")
+@click.option("--request-log", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="write one TSV line per request to this file")
+@click.option("--drain", type=float, default=5.0, show_default=True, metavar="S",
+              help="after stopping, wait this long for outstanding answers")
+@click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
+def client_command(address, workload_name, duration, no_inputs, seed, print_interval, timeout_s,
+                   connect_timeout, slo_ms, zoo, request_log, drain, workload_args):
+    """Run a workload against the controller at ADDRESS (host:port, default port 12346)."""
+    args = list(workload_args)
+    if workload_name is None:
+        if not args or args[0].startswith("-"):
+            raise click.UsageError("no workload: give --workload NAME (see --help for the list)")
+        workload_name = args.pop(0)          # the original's `client ADDR WORKLOAD args`
+    try:
+        spec = get(workload_name)
+        params = spec.parse(args)
+    except ParamError as e:
+        raise click.UsageError(str(e)) from None
+    if duration is not None and duration <= 0:
+        raise click.UsageError("--duration must be > 0")
+    cfg = load_config()
+    send_inputs = not (no_inputs or inputs_disabled())
+    click.echo(f"Running workload `{workload_name}` on {address}")
+    if send_inputs:
+        click.echo("Client is sending inputs with requests. Set CLOCKWORK_DISABLE_INPUTS=1 or --no-inputs to disable inputs.")
+    else:
+        click.echo("Client inputs are DISABLED: the controller generates them.")
+    tsv = None
+    try:
+        client = Client(address, timeout_s=timeout_s, connect_timeout_s=connect_timeout,
+                        log=lambda m: click.echo(m))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    status = 0
+    try:
+        if request_log:
+            try:
+                tsv = open(request_log, "w", buffering=1 << 20)
+            except OSError as e:
+                raise click.UsageError(f"cannot write request log {request_log}: {e.strerror}") from None
+            tsv.write(TSV_HEADER)
+        stats = Stats(print_interval_s=print_interval or cfg["client"]["print_interval_s"],
+                      log=lambda m: click.echo(m), tsv=tsv)
+        engine = Engine(client, stats, send_inputs=send_inputs, seed=seed, duration_s=duration,
+                        slo_ns=int(slo_ms * 1e6), log=lambda m: click.echo(m), tsv=tsv is not None,
+                        zoo=zoo_models(zoo))
+        click.echo(f"Connecting to clockwork @ {client.address}")
+        try:
+            spec.fn(engine, **params)
+            engine.run(drain_s=drain)
+        except KeyboardInterrupt:
+            engine.stop("interrupted")
+            click.echo("Interrupted; waiting briefly for outstanding answers")
+            left = client.drain(min(drain, 2.0))
+            client.abandon()
+            engine.outstanding_at_end = left
+            status = 130
+        click.echo(stats.summary(getattr(engine, "outstanding_at_end", 0)))
+        if stats.sent and not stats.answered:
+            click.echo(f"error: the controller at {client.address} answered none of {stats.sent} requests", err=True)
+            status = status or 1
+    except (ClientError, WorkloadError) as e:
+        click.echo(f"error: {e}", err=True)
+        status = 1
+    finally:
+        client.close()
+        if tsv is not None:
+            tsv.close()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    client_command(prog_name="cw client")
