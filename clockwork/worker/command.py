@@ -81,7 +81,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
             dev = backend_class("emulated")(emulate, **pools)
         else:
             dev = backend_class(backend)(**pools)
-    except BackendUnavailable as e:
+    except (BackendUnavailable, RuntimeError, OSError) as e:   # no GPU, no TVM, no driver ...
         raise click.ClickException(str(e)) from None
 
     # imported here so `cw worker --help` stays fast

@@ -73,8 +73,9 @@ class WorkerServer:
         self.ctx = ctx or zmq.Context.instance()
         self.router = sockets.router(self.ctx, host, port)   # raises zmq.ZMQError if taken
         self.address = f"{host}:{port}"
-        self.heartbeat_ns = int(heartbeat_interval_ms * 1e6)
-        self.print_ns = int(print_interval_s * 1e9)
+        # <= 0 turns heartbeats / stats lines off
+        self.heartbeat_ns = int(heartbeat_interval_ms * 1e6) if heartbeat_interval_ms > 0 else None
+        self.print_ns = int(print_interval_s * 1e9) if print_interval_s > 0 else None
         self.controller: bytes | None = None
         self._next_heartbeat = 0
         self._stopped = False
@@ -119,8 +120,9 @@ class WorkerServer:
             except s.ProtocolError as e:
                 self._bad_message(e, received)
                 continue
-            self.controller = ident
             cls = msg.__class__
+            if cls in _CONTROLLER_ACTIONS or self.controller is None:
+                self.controller = ident      # a tool asking for state must not steal heartbeats
             if cls is s.GetWorkerState or cls is s.LoadModelFromDisk or cls is s.Reset \
                     or cls is s.ClearCache:
                 self.log(_describe_action(msg))
@@ -143,6 +145,7 @@ class WorkerServer:
             self.log(f"rejected a peer: {text}")
             sockets.send_raw(self.router, s.fatal(text), ident)
         else:
+            self.rt.stats.errors += 1
             self._send(ident, s.ErrorResult(-1, 0, Status.BAD_MESSAGE, text, received), ())
 
     # ------------------------------------------------------------------ loop
@@ -151,15 +154,19 @@ class WorkerServer:
 
     def serve(self) -> None:
         rt = self.rt
-        next_print = time.monotonic_ns() + self.print_ns
+        never = 1 << 62
+        next_print = time.monotonic_ns() + self.print_ns if self.print_ns else never
         fd = self._fd
         poll_ns = rt.backend.poll_interval_ns
         while not self._stopped:
             now = time.monotonic_ns()
-            rt.advance(now)
-            if fd is None and rt.waiting_on_backend():
-                rt.poll_backend(now)
-            if self.controller is not None and now >= self._next_heartbeat:
+            try:
+                rt.advance(now)
+                if fd is None and rt.waiting_on_backend():
+                    rt.poll_backend(now)
+            except Exception as e:    # a backend or runtime bug costs that action, not the worker
+                self.log(f"internal error: {e!r}")
+            if self.controller is not None and self.heartbeat_ns and now >= self._next_heartbeat:
                 self._heartbeat(now)
                 self._next_heartbeat = now + self.heartbeat_ns
             if now >= next_print:
@@ -169,11 +176,11 @@ class WorkerServer:
             t = rt.next_time()
             if t is not None and t < wake:
                 wake = t
-            if self.controller is not None and self._next_heartbeat < wake:
+            if self.controller is not None and self.heartbeat_ns and self._next_heartbeat < wake:
                 wake = self._next_heartbeat
             if fd is None and rt.waiting_on_backend() and now + poll_ns < wake:
                 wake = now + poll_ns
-            ready, fd_ready = self._wait((wake - time.monotonic_ns()) / 1e9)
+            ready, fd_ready = self._wait(min(1.0, (wake - time.monotonic_ns()) / 1e9))
             if fd_ready:
                 rt.poll_backend(time.monotonic_ns())
             if ready:
@@ -194,6 +201,8 @@ class WorkerServer:
         self.router.close(0)
 
 
+# Only a controller sends these (Reset when it connects); anyone may ask for GetWorkerState.
+_CONTROLLER_ACTIONS = {s.Reset, s.LoadModelFromDisk, s.LoadWeights, s.EvictWeights, s.Infer, s.ClearCache}
 _LOGGED_TAGS = {s.LoadModelFromDisk.__struct_config__.tag, s.ClearCache.__struct_config__.tag}
 
 

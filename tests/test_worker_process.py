@@ -1,0 +1,212 @@
+"""A real emulated worker process on a free 127.0.0.1 port, talked to through a DEALER."""
+import os
+import subprocess
+import sys
+import time
+
+import msgspec
+import pytest
+import zmq
+from click.testing import CliRunner
+
+from clockwork.model import backend as backend_mod
+from clockwork.model.format import load_spec
+from clockwork.model.zoo import write_emulated_zoo
+from clockwork.status import Status
+from clockwork.transport import schema as s
+from clockwork.transport import sockets
+from clockwork.worker.command import worker_command
+
+pytestmark = pytest.mark.timeout(60)
+PAGE = 16 * 1024 * 1024
+CACHE_PAGES = 64
+WAIT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zoo")
+    write_emulated_zoo(d, log=lambda *a: None)
+    return d
+
+
+@pytest.fixture
+def worker(zoo, tmp_path):
+    """(process, port, log path); the process is always killed, even if the test fails."""
+    port = sockets.free_port()
+    log = tmp_path / "worker.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("CLOCKWORK_CONFIG_FILE", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clockwork.worker.command", "--emulate", "2", "--host", "127.0.0.1",
+             "--port", str(port), "--model-dir", str(zoo), "--weights-cache", str(CACHE_PAGES * PAGE)],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield proc, port, log
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dealer(worker):
+    ctx = zmq.Context()
+    sock = sockets.dealer(ctx, "127.0.0.1", worker[1])
+    try:
+        yield sock
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def recv_result(sock, want=None, timeout_s=WAIT_S):
+    """The next message that is not a Heartbeat (or, with want=Heartbeat, the next heartbeat)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {want.__name__ if want else 'result'} within {timeout_s}s")
+        if not sockets.wait([sock], left):
+            continue
+        frames = sock.recv_multipart()
+        if frames[0][:1] == s.FATAL_PREFIX:
+            return frames[0], frames[1:]
+        msg = s.decode(frames[0], s.RESULT_DECODER)
+        if (want is s.Heartbeat) == isinstance(msg, s.Heartbeat):
+            return msg, frames[1:]
+
+
+def call(sock, msg, data=()):
+    sockets.send(sock, msg, list(data))
+    return recv_result(sock)
+
+
+def test_full_round_trip(worker, dealer, zoo):
+    proc, port, _ = worker
+    spec = load_spec(zoo / "resnet50")
+    t0 = time.monotonic_ns()
+    st, _ = call(dealer, s.GetWorkerState(1))
+    assert isinstance(st, s.WorkerStateResult) and st.action_id == 1
+    assert len(st.state.gpus) == 2 and st.state.page_size == PAGE
+    assert all(g.total_pages == g.free_pages == CACHE_PAGES for g in st.state.gpus)
+    assert t0 <= st.received <= st.sent <= time.monotonic_ns()      # same monotonic clock
+
+    res, _ = call(dealer, s.LoadModelFromDisk(2, 0, 0, model_id=0, path="resnet50", copies=3))
+    assert isinstance(res, s.LoadModelFromDiskResult)
+    assert [m.model_id for m in res.models] == [0, 1, 2]
+    assert res.models[0].input_size == spec.input_size
+
+    res, _ = call(dealer, s.LoadWeights(3, 0, 0, model_id=1, gpu_id=1))
+    assert isinstance(res, s.LoadWeightsResult) and res.end - res.begin == spec.weights_load_ns
+
+    inputs = [bytes(spec.input_size), bytes(spec.input_size)]
+    now = time.monotonic_ns()
+    res, data = call(dealer, s.Infer(4, now, now + 5_000_000_000, model_id=1, gpu_id=1, batch_size=2), inputs)
+    assert isinstance(res, s.InferResult), res
+    assert res.exec_duration == spec.exec_ns[2]
+    assert res.copy_input_begin >= now and res.exec_begin >= res.copy_input_end
+    assert [len(f) for f in data] == [2 * spec.output_size]
+
+    res, _ = call(dealer, s.Infer(5, 0, 0, model_id=0, gpu_id=0, batch_size=1))
+    assert res.status == Status.WEIGHTS_NOT_PRESENT
+    res, _ = call(dealer, s.Infer(6, 0, 0, model_id=9, gpu_id=0, batch_size=1))
+    assert res.status == Status.UNKNOWN_MODEL
+    res, _ = call(dealer, s.Infer(7, 0, 1, model_id=1, gpu_id=1, batch_size=1))
+    assert res.status == Status.ACTION_TOO_LATE and res.action_tag == s.Infer.__struct_config__.tag
+
+    st, _ = call(dealer, s.GetWorkerState(8))
+    assert st.state.gpus[1].loaded_models == [1] and len(st.state.models) == 3
+    assert proc.poll() is None
+
+
+def test_heartbeats_once_a_controller_spoke(worker, dealer):
+    call(dealer, s.GetWorkerState(1))
+    hb, _ = recv_result(dealer, want=s.Heartbeat)
+    assert [r.gpu_id for r in hb.readings] == [0, 1] and hb.pending == 0
+    hb2, _ = recv_result(dealer, want=s.Heartbeat)
+    assert hb2.sent > hb.sent
+
+
+def test_garbage_never_kills_the_worker(worker, dealer):
+    proc = worker[0]
+    garbage = [
+        [b"garbage"],                                           # wrong version byte
+        [s.VERSION_BYTE + b"\x93\x01\x02"],                     # truncated / unknown msgpack
+        [b""],                                                  # empty header
+        [s.encode(s.Heartbeat(1, 2))],                          # a result, not an action
+        [s.VERSION_BYTE + b"\xc1" * 1000],                      # invalid msgpack bytes
+        [s.VERSION_BYTE + msgspec.msgpack.encode([25, "one"]), b"x"],   # field of the wrong type
+        [s.VERSION_BYTE + msgspec.msgpack.encode([99, 1])],            # unknown tag
+    ]
+    for frames in garbage:
+        dealer.send_multipart(frames)
+        reply, _ = recv_result(dealer)
+        if frames[0][:1] not in (s.VERSION_BYTE, b""):
+            assert reply.startswith(s.FATAL_PREFIX) and b"version mismatch" in reply
+        else:
+            assert isinstance(reply, s.ErrorResult) and reply.status == Status.BAD_MESSAGE, reply
+            assert reply.action_id == -1 and reply.message
+    dealer.send_multipart([s.fatal("I give up")])              # a peer's fatal text: logged, not answered
+    res, _ = call(dealer, s.GetWorkerState(42))
+    assert isinstance(res, s.WorkerStateResult) and res.action_id == 42
+    res, _ = call(dealer, s.LoadModelFromDisk(43, 0, 0, model_id=0, path="../../etc"))
+    assert res.status == Status.LOAD_FAILED
+    res, _ = call(dealer, s.Infer(44, 0, 0, model_id=0, gpu_id=0, batch_size=1), [b"x" * 3])
+    assert res.status == Status.UNKNOWN_MODEL
+    assert proc.poll() is None
+
+
+def test_replies_go_to_each_sender(worker, dealer):
+    ctx = zmq.Context()
+    other = sockets.dealer(ctx, "127.0.0.1", worker[1])
+    try:
+        sockets.send(other, s.GetWorkerState(100))
+        sockets.send(dealer, s.GetWorkerState(200))
+        assert recv_result(other)[0].action_id == 100
+        assert recv_result(dealer)[0].action_id == 200
+    finally:
+        other.close(0)
+        ctx.term()
+
+
+def test_reset_then_state_is_empty(worker, dealer):
+    call(dealer, s.LoadModelFromDisk(1, 0, 0, model_id=0, path="mlp", copies=2))
+    sockets.send(dealer, s.Reset(2))                            # no reply; the next one proves order
+    st, _ = call(dealer, s.GetWorkerState(3))
+    assert st.action_id == 3 and st.state.models == []
+
+
+def test_sigterm_stops_cleanly(worker, dealer):
+    proc, _, log = worker
+    call(dealer, s.GetWorkerState(1))
+    proc.terminate()
+    assert proc.wait(timeout=WAIT_S) == 0
+    text = log.read_text()
+    assert "Received A1:GetWorkerState" in text and "Worker stopped" in text
+
+
+def test_cli_help_and_missing_backend(tmp_path, monkeypatch):
+    # hermetic: the real cuda backend may exist and (on a GPU host) would start serving
+    monkeypatch.setitem(backend_mod.BACKENDS, "cuda", "clockwork.model._absent_backend:Nothing")
+    r = CliRunner().invoke(worker_command, ["--help"])
+    assert r.exit_code == 0 and "--emulate" in r.output and "--weights-cache" in r.output
+    r = CliRunner().invoke(worker_command, ["--model-dir", str(tmp_path), "--port", str(sockets.free_port()),
+                                            "--host", "127.0.0.1"])
+    assert r.exit_code == 1 and "not available" in r.output and "--emulate" in r.output, r.output
+    r = CliRunner().invoke(worker_command, ["--emulate", "1", "--weights-cache", "lots"])
+    assert r.exit_code == 2 and "not a size" in r.output
+
+
+def test_port_in_use_is_a_clear_error(zoo):
+    ctx = zmq.Context()
+    port = sockets.free_port()
+    holder = sockets.router(ctx, "127.0.0.1", port)
+    try:
+        r = subprocess.run([sys.executable, "-m", "clockwork.worker.command", "--emulate", "1",
+                            "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(zoo)],
+                           capture_output=True, text=True, timeout=WAIT_S)
+        assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        holder.close(0)
+        ctx.term()
