@@ -78,24 +78,34 @@ class CpuBackend(Backend):
     def _measure(self, hm: CpuHostModel) -> None:
         """Use measurements.json if present, else time each batch size here (also warms up)."""
         spec = hm.spec
+        prof = self.profile(hm, 0, 1 if spec.has_measurements else 3)
+        hm.weights_load_ns = spec.weights_load_ns or sorted(prof["load"])[len(prof["load"]) // 2]
+        for b in spec.batch_sizes:
+            hm.exec_ns[b] = spec.exec_ns.get(b) or sorted(prof[b])[len(prof[b]) // 2]
+
+    def profile(self, hm: CpuHostModel, gpu: int, runs: int, batch_sizes=None) -> dict:
+        """Host-clock timings (ns) of `runs` weight loads and execs per batch size, on scratch
+        memory (not the weights cache)."""
+        spec = hm.spec
         scratch = aligned_bytes(len(hm.page_slices) * self.page_size)
         pages = list(range(len(hm.page_slices)))
-        t0 = time.perf_counter_ns()
-        self._copy_pages(hm, scratch, pages)
-        load_ns = time.perf_counter_ns() - t0
+        out = {"load": []}
+        for _ in range(runs):
+            t0 = time.perf_counter_ns()
+            self._copy_pages(hm, scratch, pages)
+            out["load"].append(time.perf_counter_ns() - t0)
         views = tr.weight_views(scratch.ctypes.data, self.page_size, pages, spec.tensors, self.dev,
                                 scratch)
-        for b in spec.batch_sizes:
+        for b in batch_sizes or spec.batch_sizes:
             xb = aligned_bytes(b * hm.input_size)
             x = tr.raw_view(xb.ctypes.data, (b, *spec.input_shape), spec.input_dtype, self.dev, xb)
             f = hm.compiled.function(b)
-            times = []
-            for _ in range(3):
+            out[b] = []
+            for _ in range(runs):
                 t0 = time.perf_counter_ns()
                 f(x, *views)
-                times.append(time.perf_counter_ns() - t0)
-            hm.exec_ns[b] = spec.exec_ns.get(b) or int(np.median(times))
-        hm.weights_load_ns = spec.weights_load_ns or load_ns
+                out[b].append(time.perf_counter_ns() - t0)
+        return out
 
     def _copy_pages(self, hm, cache: np.ndarray, pages: list[int]) -> None:
         ps = self.page_size

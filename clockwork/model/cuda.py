@@ -1,0 +1,433 @@
+"""The CUDA device backend: TVM-compiled CUDA modules driven through cuda-python.
+
+Memory, per GPU, allocated once at start (nothing is allocated per request):
+  * one device allocation for the weights cache, carved into `total_pages` pages;
+  * one device io pool and one workspace pool (byte arenas the runtime hands out);
+  * a pinned host mirror of the io pool (inputs are staged and outputs land at the same offset);
+and per model, one pinned host copy of weights.bin shared by all its copies and GPUs.
+Intermediate tensors of an exec come from TVM's own pooled allocator, warmed at load time so no
+cudaMalloc happens on the request path (the workspace pool is accounted by the runtime but TVM
+does not allocate from it: a known difference from the original).
+
+One CUDA stream per executor and GPU (exec, weights-in, inputs-in, outputs-out); TVM launches
+on the exec stream (set as its current stream). Every op is bracketed by two CUDA events; its
+duration is the events' elapsed time, its completion found by poll() (cudaEventQuery).
+Weights are passed to the compiled function as zero-copy views of their cache pages, cached
+per placement. SM clocks come from NVML (pynvml) before and after each Infer; this backend only
+reads GPU settings, never changes them.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import tvm_runtime as tr
+from .backend import PENDING, Backend, BackendUnavailable, HostModel, LoadError, Op, Region
+from .format import ModelSpec
+
+MAX_VIEW_CACHE = 4096
+EVENTS_PER_GPU = 64
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart   # cuda-python < 12.6
+        except ImportError:
+            raise BackendUnavailable("the cuda backend needs cuda-python (pip install cuda-python)") from None
+    return cudart
+
+
+class CudaError(RuntimeError):
+    pass
+
+
+class _Cuda:
+    """Thin checked wrappers over the CUDA runtime calls we use."""
+
+    def __init__(self):
+        self.rt = _cudart()
+        self.ok = self.rt.cudaError_t.cudaSuccess
+        self.not_ready = self.rt.cudaError_t.cudaErrorNotReady
+        k = self.rt.cudaMemcpyKind
+        self.H2D, self.D2H, self.D2D = (k.cudaMemcpyHostToDevice, k.cudaMemcpyDeviceToHost,
+                                        k.cudaMemcpyDeviceToDevice)
+
+    def check(self, res, what=""):
+        err = res[0] if isinstance(res, tuple) else res
+        if err != self.ok:
+            _, name = self.rt.cudaGetErrorName(err)
+            raise CudaError(f"{what}: {name.decode() if isinstance(name, bytes) else name}")
+        if isinstance(res, tuple):
+            return res[1] if len(res) == 2 else res[1:]
+        return None
+
+
+class CudaHostModel(HostModel):
+    def __init__(self, spec, page_size, host_ptr, host_size, compiled, cuda):
+        super().__init__(spec, page_size, {}, 0)
+        self.host_ptr = host_ptr          # pinned copy of weights.bin (shared by copies)
+        self.host_size = host_size
+        self.compiled = compiled          # per GPU: tr.CompiledModel
+        self.page_slices = list(spec.pages)
+        self._cuda = cuda
+
+    def close(self) -> None:
+        if self.host_ptr:
+            self._cuda.rt.cudaFreeHost(self.host_ptr)
+            self.host_ptr = 0
+        self.compiled = None
+
+
+class _Gpu:
+    __slots__ = ("index", "dev", "name", "arch", "cache", "io", "ws", "host_io", "host_io_view",
+                 "s_exec", "s_weights", "s_in", "s_out", "events", "nvml", "out_at")
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    poll_interval_ns = 20_000
+
+    def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
+                 workspace_pool_size: int, host_io_pool_size: int, gpus: list[int] | None = None):
+        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
+        self.cu = cu = _Cuda()
+        err, count = cu.rt.cudaGetDeviceCount()
+        if err != cu.ok or count < 1:
+            raise BackendUnavailable("no CUDA GPU found (driver missing or no device visible)")
+        try:
+            tr.import_tvm(cuda=True)
+        except tr.TvmUnavailable as e:
+            raise BackendUnavailable(str(e)) from None
+        self._nvml = _nvml_init()
+        self._gpus: list[_Gpu] = []
+        self._pending: list = []          # [op, gpu, start event, end event, keepalive]
+        self._views: dict = {}
+        self._inputs: dict = {}
+        for i in (gpus if gpus is not None else range(count)):
+            self._gpus.append(self._open_gpu(i))
+
+    def _open_gpu(self, i: int) -> _Gpu:
+        cu, rt = self.cu, self.cu.rt
+        g = _Gpu()
+        g.index = i
+        cu.check(rt.cudaSetDevice(i), f"cudaSetDevice({i})")
+        props = cu.check(rt.cudaGetDeviceProperties(i), "cudaGetDeviceProperties")
+        g.name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) \
+            else str(props.name)
+        g.arch = f"sm_{props.major}{props.minor}"
+        g.dev = tr.device("cuda", i)
+        try:
+            g.cache = cu.check(rt.cudaMalloc(self.total_pages * self.page_size), "weights cache")
+            g.io = cu.check(rt.cudaMalloc(max(self.io_pool_size, 256)), "io pool")
+            g.ws = cu.check(rt.cudaMalloc(max(self.workspace_pool_size, 256)), "workspace pool")
+            g.host_io = cu.check(rt.cudaHostAlloc(max(self.io_pool_size, 256), rt.cudaHostAllocPortable),
+                                 "pinned host io pool")
+        except CudaError as e:
+            raise BackendUnavailable(f"GPU {i}: cannot allocate the worker's memory ({e}); lower "
+                                     "weights_cache_size / pool sizes in the config") from None
+        g.host_io_view = (ctypes.c_uint8 * max(self.io_pool_size, 256)).from_address(g.host_io)
+        flags = rt.cudaStreamNonBlocking
+        g.s_exec, g.s_weights, g.s_in, g.s_out = (
+            cu.check(rt.cudaStreamCreateWithFlags(flags), "stream") for _ in range(4))
+        g.events = [cu.check(rt.cudaEventCreateWithFlags(rt.cudaEventDefault), "event")
+                    for _ in range(EVENTS_PER_GPU)]
+        tr.set_stream(g.dev, int(g.s_exec))
+        g.nvml = self._nvml.nvmlDeviceGetHandleByIndex(i) if self._nvml else None
+        g.out_at = {}
+        return g
+
+    # ------------------------------------------------------------------ devices
+    def gpu_names(self) -> list[str]:
+        return [g.name for g in self._gpus]
+
+    def gpu_clock_mhz(self, gpu: int) -> int:
+        g = self._gpus[gpu]
+        if g.nvml is None:
+            return 0
+        try:
+            return self._nvml.nvmlDeviceGetClockInfo(g.nvml, self._nvml.NVML_CLOCK_SM)
+        except Exception:
+            return 0
+
+    def readings(self, now: int):
+        from ..transport.schema import GpuReading
+        out = []
+        nv = self._nvml
+        for i, g in enumerate(self._gpus):
+            sm = mem = temp = 0
+            util = 0.0
+            total = 0
+            if g.nvml is not None:
+                try:
+                    sm = nv.nvmlDeviceGetClockInfo(g.nvml, nv.NVML_CLOCK_SM)
+                    mem = nv.nvmlDeviceGetClockInfo(g.nvml, nv.NVML_CLOCK_MEM)
+                    temp = nv.nvmlDeviceGetTemperature(g.nvml, nv.NVML_TEMPERATURE_GPU)
+                    util = nv.nvmlDeviceGetUtilizationRates(g.nvml).gpu / 100.0
+                    total = nv.nvmlDeviceGetMemoryInfo(g.nvml).total
+                except Exception:
+                    pass
+            out.append(GpuReading(i, sm, mem, temp, 0, total, util))
+        return out
+
+    # ------------------------------------------------------------------ models
+    def code_key(self, gpu: int = 0) -> str:
+        return f"cuda-{self._gpus[gpu].arch}"
+
+    def load_host_model(self, spec: ModelSpec) -> HostModel:
+        cu, rt = self.cu, self.cu.rt
+        key = self.code_key()
+        try:
+            tr.check_runnable(spec, key)
+            if spec.page_size != self.page_size:
+                raise ValueError(f"{spec.path}: built for {spec.page_size}-byte pages, this worker "
+                                 f"uses {self.page_size}; rebuild with --page-size")
+            size = tr.weights_image_size(spec)
+            ptr = cu.check(rt.cudaHostAlloc(size, rt.cudaHostAllocPortable), "pinned weights")
+        except (ValueError, CudaError) as e:
+            raise LoadError(str(e)) from None
+        hm = CudaHostModel(spec, self.page_size, ptr, size, [], cu)
+        try:
+            tr.read_weights(spec, (ctypes.c_uint8 * size).from_address(ptr))
+            for g in self._gpus:
+                cu.check(rt.cudaSetDevice(g.index), "cudaSetDevice")
+                hm.compiled.append(tr.CompiledModel(spec.path / spec.code[key], g.dev))
+            self._warm_up(hm)
+        except (OSError, RuntimeError, ValueError) as e:
+            hm.close()
+            raise LoadError(f"{spec.path}: {e}") from None
+        return hm
+
+    def _warm_up(self, hm: CudaHostModel, runs: int = 5) -> None:
+        """Run every batch size once per GPU (TVM's pools allocate now, not on the request
+        path); without measurements.json, time them here to fill exec_ns/weights_load_ns."""
+        spec = hm.spec
+        for gi, g in enumerate(self._gpus):
+            measure = gi == 0 and not spec.has_measurements
+            prof = self.profile(hm, gi, runs if measure else 1, spec.batch_sizes)
+            if measure:
+                hm.weights_load_ns = sorted(prof["load"])[len(prof["load"]) // 2]
+                for b in spec.batch_sizes:
+                    xs = sorted(prof[b])
+                    hm.exec_ns[b] = xs[len(xs) // 2]
+        if spec.has_measurements:
+            hm.weights_load_ns = spec.weights_load_ns
+            hm.exec_ns = {b: spec.exec_ns[b] for b in spec.batch_sizes}
+
+    def profile(self, hm: CudaHostModel, gpu: int, runs: int, batch_sizes=None) -> dict:
+        """Timings (ns, from CUDA events) of `runs` weight loads and execs per batch size, on
+        scratch memory (not the weights cache). Synchronous: for load time and tools only."""
+        cu, rt = self.cu, self.cu.rt
+        g = self._gpus[gpu]
+        n_pages = len(hm.page_slices)
+        cu.check(rt.cudaSetDevice(g.index), "cudaSetDevice")
+        scratch = cu.check(rt.cudaMalloc(n_pages * self.page_size), "scratch weights")
+        xin = cu.check(rt.cudaMalloc(max(hm.spec.batch_sizes) * hm.input_size), "scratch input")
+        e0, e1 = g.events[0], g.events[1]
+        out = {"load": []}
+        try:
+            pages = list(range(n_pages))
+            for _ in range(runs):
+                cu.check(rt.cudaEventRecord(e0, g.s_weights), "event")
+                self._copy_pages(g, hm, pages, scratch)
+                cu.check(rt.cudaEventRecord(e1, g.s_weights), "event")
+                cu.check(rt.cudaEventSynchronize(e1), "sync")
+                out["load"].append(int(cu.check(rt.cudaEventElapsedTime(e0, e1), "elapsed") * 1e6))
+            views = tr.weight_views(scratch, self.page_size, pages, hm.spec.tensors, g.dev)
+            for b in batch_sizes or hm.spec.batch_sizes:
+                x = tr.raw_view(xin, (b, *hm.spec.input_shape), hm.spec.input_dtype, g.dev)
+                f = hm.compiled[gpu].function(b)
+                f(x, *views)                       # first call: TVM allocations happen here
+                cu.check(rt.cudaStreamSynchronize(g.s_exec), "sync")
+                out[b] = []
+                for _ in range(runs):
+                    cu.check(rt.cudaEventRecord(e0, g.s_exec), "event")
+                    f(x, *views)
+                    cu.check(rt.cudaEventRecord(e1, g.s_exec), "event")
+                    cu.check(rt.cudaEventSynchronize(e1), "sync")
+                    out[b].append(int(cu.check(rt.cudaEventElapsedTime(e0, e1), "elapsed") * 1e6))
+            del views
+        finally:
+            cu.check(rt.cudaStreamSynchronize(g.s_exec), "sync")
+            rt.cudaFree(scratch)
+            rt.cudaFree(xin)
+        return out
+
+    def _copy_pages(self, g, hm, pages, base) -> None:
+        cu, rt, ps = self.cu, self.cu.rt, self.page_size
+        for k, (off, n) in enumerate(hm.page_slices):
+            cu.check(rt.cudaMemcpyAsync(base + pages[k] * ps, hm.host_ptr + off, n, cu.H2D,
+                                        g.s_weights), "weights copy")
+
+    # ------------------------------------------------------------------ device operations
+    def _begin(self, g: _Gpu, stream):
+        if len(g.events) < 2:
+            raise CudaError("out of CUDA events (too many ops in flight)")
+        e0, e1 = g.events.pop(), g.events.pop()
+        self.cu.check(self.cu.rt.cudaEventRecord(e0, stream), "event")
+        return e0, e1
+
+    def _end(self, g: _Gpu, stream, e0, e1, now: int, keep=None) -> Op:
+        self.cu.check(self.cu.rt.cudaEventRecord(e1, stream), "event")
+        op = Op(now, PENDING)
+        self._pending.append([op, g, e0, e1, keep])
+        return op
+
+    def _failed(self, g, events, now, e) -> Op:
+        if events:
+            g.events.extend(events)
+        op = Op(now, now, 0)
+        op.error = f"{type(e).__name__}: {e}"
+        return op
+
+    def _set(self, g):
+        if len(self._gpus) > 1:
+            self.cu.rt.cudaSetDevice(g.index)
+
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
+        g = self._gpus[gpu]
+        ev = None
+        try:
+            self._set(g)
+            ev = self._begin(g, g.s_weights)
+            self._copy_pages(g, hm, pages, g.cache)
+            return self._end(g, g.s_weights, *ev, now)
+        except Exception as e:
+            return self._failed(g, ev, now, e)
+
+    def copy_input(self, gpu: int, hm: HostModel, batch_size: int, inputs: list, io: Region,
+                   now: int) -> Op:
+        g = self._gpus[gpu]
+        ev = None
+        n = batch_size * hm.input_size
+        try:
+            pos = g.host_io + io.offset
+            for frame in inputs:                 # stage into pinned memory (no copy of the frame)
+                src = np.frombuffer(frame, np.uint8)
+                ctypes.memmove(pos, src.ctypes.data, src.nbytes)
+                pos += src.nbytes
+            self._set(g)
+            ev = self._begin(g, g.s_in)
+            self.cu.check(self.cu.rt.cudaMemcpyAsync(g.io + io.offset, g.host_io + io.offset, n,
+                                                     self.cu.H2D, g.s_in), "input copy")
+            return self._end(g, g.s_in, *ev, now)
+        except Exception as e:
+            return self._failed(g, ev, now, e)
+
+    def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
+                workspace: Region, now: int) -> Op:
+        g = self._gpus[gpu]
+        ev = None
+        try:
+            weights = self._weight_views(g, hm, pages)
+            x = self._input_view(g, hm, padded_batch, io)
+            f = hm.compiled[gpu].function(padded_batch)
+            self._set(g)
+            ev = self._begin(g, g.s_exec)
+            out = f(x, *weights)
+            out_off = io.offset + padded_batch * hm.input_size
+            self.cu.check(self.cu.rt.cudaMemcpyAsync(g.io + out_off, out.data_ptr(),
+                                                     padded_batch * hm.output_size, self.cu.D2D,
+                                                     g.s_exec), "output copy")
+            g.out_at[io.offset] = out_off
+            return self._end(g, g.s_exec, *ev, now, keep=out)
+        except Exception as e:
+            return self._failed(g, ev, now, e)
+
+    def copy_output(self, gpu: int, hm: HostModel, batch_size: int, io: Region, now: int) -> Op:
+        g = self._gpus[gpu]
+        ev = None
+        try:
+            off = g.out_at.pop(io.offset)
+            n = batch_size * hm.output_size
+            self._set(g)
+            ev = self._begin(g, g.s_out)
+            self.cu.check(self.cu.rt.cudaMemcpyAsync(g.host_io + off, g.io + off, n, self.cu.D2H,
+                                                     g.s_out), "output copy")
+            op = self._end(g, g.s_out, *ev, now)
+            op.output = memoryview(g.host_io_view)[off:off + n]
+            return op
+        except Exception as e:
+            return self._failed(g, ev, now, e)
+
+    # ------------------------------------------------------------------ completion
+    def poll(self, now: int):
+        if not self._pending:
+            return ()
+        rt, cu = self.cu.rt, self.cu
+        done, still = [], []
+        for entry in self._pending:
+            op, g, e0, e1, _ = entry
+            err = rt.cudaEventQuery(e1)[0]
+            if err == cu.not_ready:
+                still.append(entry)
+                continue
+            if err != cu.ok:
+                op.error = f"CUDA error {err}"
+                op.duration = 0
+            else:
+                err, ms = rt.cudaEventElapsedTime(e0, e1)
+                op.duration = int(ms * 1e6) if err == cu.ok else 0
+            op.end = now
+            op.begin = now - op.duration
+            g.events.append(e0)
+            g.events.append(e1)
+            done.append(op)
+        self._pending = still
+        return done
+
+    def reset(self) -> None:
+        rt = self.cu.rt
+        for g in self._gpus:
+            for s in (g.s_exec, g.s_weights, g.s_in, g.s_out):
+                rt.cudaStreamSynchronize(s)
+            g.out_at.clear()
+        for op, g, e0, e1, _ in self._pending:
+            g.events += [e0, e1]
+        self._pending = []
+        self._views.clear()
+        self._inputs.clear()
+
+    def close(self) -> None:
+        self.reset()
+        rt = self.cu.rt
+        for g in self._gpus:
+            rt.cudaFree(g.cache)
+            rt.cudaFree(g.io)
+            rt.cudaFree(g.ws)
+            rt.cudaFreeHost(g.host_io)
+        self._gpus = []
+
+    # ------------------------------------------------------------------ views (cached)
+    def _weight_views(self, g, hm, pages):
+        key = (g.index, hm, tuple(pages))
+        v = self._views.get(key)
+        if v is None:
+            if len(self._views) >= MAX_VIEW_CACHE:
+                self._views.clear()
+            v = self._views[key] = tr.weight_views(g.cache, self.page_size, pages, hm.spec.tensors, g.dev)
+        return v
+
+    def _input_view(self, g, hm, padded, io):
+        key = (g.index, io.offset, hm, padded)
+        v = self._inputs.get(key)
+        if v is None:
+            if len(self._inputs) >= MAX_VIEW_CACHE:
+                self._inputs.clear()
+            v = self._inputs[key] = tr.raw_view(g.io + io.offset, (padded, *hm.spec.input_shape),
+                                                hm.spec.input_dtype, g.dev)
+        return v
+
+
+def _nvml_init():
+    """pynvml, initialised, or None (clocks then read as 0)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:
+        return None
+
