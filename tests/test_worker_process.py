@@ -172,7 +172,8 @@ def test_replies_go_to_each_sender(worker, dealer):
 
 def test_reset_then_state_is_empty(worker, dealer):
     call(dealer, s.LoadModelFromDisk(1, 0, 0, model_id=0, path="mlp", copies=2))
-    sockets.send(dealer, s.Reset(2))                            # no reply; the next one proves order
+    ack, _ = call(dealer, s.Reset(2))
+    assert isinstance(ack, s.ClearCacheResult) and ack.action_id == 2
     st, _ = call(dealer, s.GetWorkerState(3))
     assert st.action_id == 3 and st.state.models == []
 

@@ -432,9 +432,10 @@ def test_reset_drops_everything_silently(zoo):
     queued = infer(h, earliest=h.now + 1_000_000)
     running = infer(h)
     h.rt.advance(h.now)
-    h.act(s.Reset)
+    reset = h.act(s.Reset)
     h.run()
     assert not [m for _, m, _ in h.sent if m.action_id in (queued, running)]
+    assert isinstance(h.result(reset)[0], s.ClearCacheResult)       # the ack
     st = h.state()
     assert st.models == [] and all(g.free_pages == g.total_pages for g in st.gpus)
     assert h.rt.stats.pending == 0 and h.rt.next_time() is None

@@ -3,8 +3,10 @@
 Per GPU four executors (serial streams): exec, weights-in, inputs-in, outputs-out; plus one
 worker-wide executor for LoadModelFromDisk and ClearCache. The runtime validates each action,
 splits it into stage tasks with the action's [earliest, latest] window, tracks memory and weight
-versions, and emits exactly one result (or ErrorResult) per action through `send` -- except for
-Reset, which drops everything and answers nothing.
+versions, and emits exactly one result (or ErrorResult) per action through `send`. Reset drops
+everything -- queued and in-flight actions get no result -- and is acknowledged with a
+ClearCacheResult carrying its action id (the schema has no Reset result; the controller only
+needs the ack and its timestamps).
 
 Time is injected: every entry point takes `now` (worker-clock ns) and the edge calls
 advance(now) no later than next_time(). Completion times come from the backend's ops: known in
@@ -191,6 +193,7 @@ class WorkerRuntime:
             self.send(reply_to, s.WorkerStateResult(action.action_id, received, 0, self.state()), ())
         elif cls is s.Reset:
             self.reset()
+            self.send(reply_to, s.ClearCacheResult(action.action_id, received, 0), ())
         else:  # pragma: no cover - the decoder only yields ACTIONS
             self._error(reply_to, action, Status.BAD_MESSAGE, f"unexpected {cls.__name__}", received)
 
