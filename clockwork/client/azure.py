@@ -122,7 +122,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
             parts = line.split(",", 4)
             if len(parts) < 5:
                 raise TraceError(f"{path}:{lineno}: expected {len(KEY_COLUMNS) + MINUTES} comma-separated "
-                                 f"fields, got {len(parts)}")
+                                 f"fields (4 keys + {MINUTES} minutes), got {len(parts)}")
             rows.append(_parse_counts(line, parts[4], path, lineno))
             keys.append((parts[0], parts[1], parts[2], parts[3]))
     if not rows:

@@ -40,12 +40,14 @@ class EchoController:
     silent_models: set = field(default_factory=set)   # Infer on these is never answered
     send_outputs: bool = True
     profile: str = "h200"
+    record: bool = False                  # keep (model_id, slo_factor, slo_ns, input bytes) per Infer
 
     def __post_init__(self):
         self.sizes = zoo_sizes(self.profile)
         self.models: list[ModelInfo] = []
         self.received = {"infer": 0, "load": 0, "ls": 0, "bad": 0}
         self.input_frames_seen = 0
+        self.infers: list[tuple[int, float, int, int]] = []
         self._outputs: dict[int, zmq.Frame] = {}
         self._stop = threading.Event()
         self._thread = None
@@ -89,9 +91,11 @@ class EchoController:
         if msg.model_id in self.silent_models:
             return None, ()
         m = self.models[msg.model_id]
+        got = sum(len(f.buffer) for f in data)
+        if self.record:
+            self.infers.append((msg.model_id, msg.slo_factor, msg.slo_ns, got))
         if data:
             self.input_frames_seen += 1
-            got = sum(len(f.buffer) for f in data)
             if got != msg.batch_size * m.input_size:
                 return InferResponse(rid, Status.INVALID_REQUEST,
                                      f"inputs are {got} bytes, expected {msg.batch_size * m.input_size}"), ()

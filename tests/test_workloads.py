@@ -1,0 +1,238 @@
+"""Every named workload runs briefly against the in-test controller with each request
+accounted for; the registry, argument parsing and `cw client` behave."""
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from clockwork.client.api import Client
+from clockwork.client.azure import write_synthetic_trace
+from clockwork.client.command import client_command
+from clockwork.client.echo import EchoController
+from clockwork.client.stats import Stats
+from clockwork.client.workloads.engine import Engine
+from clockwork.client.workloads.experiments import bursty_segments
+from clockwork.client.workloads.registry import ParamError, all_workloads, get
+from clockwork.transport.sockets import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+ORIGINAL = ["example", "spam", "single-spam", "fill_memory", "simple", "simple-slo-factor",
+            "simple-parametric", "poisson-open-loop", "scalability-exp-1", "slo-exp-1", "slo-exp-2",
+            "comparison_experiment", "comparison_experiment2", "azure", "azure_scalability_exp",
+            "bursty_experiment"]
+
+# Small arguments so each runs for well under a second (the ones that end by themselves do).
+SMALL = {
+    "example": [],
+    "spam": ["--copies", "2", "--concurrency", "3"],
+    "single-spam": ["--concurrency", "4"],
+    "fill_memory": [],
+    "simple": [],
+    "simple-slo-factor": ["resnet50", "0.1"],
+    "simple-parametric": ["4", "2", "2", "10"],
+    "poisson-open-loop": ["3", "200"],
+    "scalability-exp-1": ["2", "100", "400", "2", "mul", "0.2"],
+    "slo-exp-1": ["resnet50", "2", "poisson", "100", "2", "8", "2", "mul", "0.2"],
+    "slo-exp-2": ["resnet50", "2", "fixed-rate", "100", "2", "8", "2", "mul", "0.2", "2", "1", "100"],
+    "comparison_experiment": ["3", "300"],
+    "comparison_experiment2": ["3", "2"],
+    "azure": ["--memory-load-factor", "1", "--interval", "0.1"],
+    "azure_scalability_exp": ["1", "2", "8", "2", "0.2", "1"],
+    "bursty_experiment": ["5", "2", "0.1", "200", "50"],
+}
+SELF_ENDING = {"simple-parametric", "scalability-exp-1", "slo-exp-1", "slo-exp-2", "azure_scalability_exp",
+               "bursty_experiment"}
+
+
+@pytest.fixture(scope="module")
+def trace_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("azure")
+    write_synthetic_trace(d, functions=400, seed=3, mean_rate_per_min=60)
+    return d
+
+
+@pytest.fixture
+def echo():
+    ec = EchoController(record=True).start()
+    try:
+        yield ec
+    finally:
+        ec.stop()
+
+
+def run_workload(echo, name, args, duration=0.6, send_inputs=False, seed=0, trace_dir=None):
+    spec = get(name)
+    params = spec.parse(list(args) + (["--trace-dir", str(trace_dir)] if trace_dir else []))
+    client = Client(echo.address, timeout_s=10, connect_timeout_s=10, log=lambda m: None)
+    try:
+        stats = Stats(print_interval_s=0.2, log=lambda m: None)
+        engine = Engine(client, stats, send_inputs=send_inputs, seed=seed,
+                        duration_s=None if name in SELF_ENDING else duration, log=lambda m: None,
+                        zoo=["mlp", "resnet18", "resnet50"])
+        spec.fn(engine, **params)
+        engine.run(drain_s=10)
+        return engine, stats
+    finally:
+        client.close()
+
+
+def test_registry_has_every_workload_of_the_original():
+    assert set(ORIGINAL) <= set(all_workloads())
+    assert set(SMALL) == set(all_workloads())
+
+
+@pytest.mark.parametrize("name", ORIGINAL)
+def test_workload_runs_and_accounts_for_every_request(echo, name, trace_dir):
+    engine, stats = run_workload(echo, name, SMALL[name],
+                                 trace_dir=trace_dir if name.startswith("azure") else None)
+    assert stats.sent > 0, name
+    assert stats.sent == stats.answered == stats.succeeded == echo.received["infer"]
+    assert stats.finished() == stats.sent
+    assert engine.outstanding_at_end == 0 and engine.client.outstanding == 0
+    if name in SELF_ENDING:
+        assert engine.stop_reason in ("workload finished",) or "schedule finished" in engine.stop_reason
+
+
+def test_simple_parametric_sends_exactly_its_requests(echo):
+    engine, stats = run_workload(echo, "simple-parametric", ["5", "2", "3", "7"])
+    assert stats.sent == 2 * 7                       # 2 clients x 7 requests, then it ends
+    assert {m for m, *_ in echo.infers} == set(range(5))
+
+
+def test_slo_factor_schedule_reaches_the_controller(echo):
+    run_workload(echo, "slo-exp-1", ["resnet50", "2", "fixed-rate", "200", "2", "8", "2", "mul", "0.15"])
+    factors = [f for _, f, _, _ in echo.infers]
+    assert factors == sorted(factors)                # only increases
+    assert set(factors) <= {2.0, 4.0, 8.0} and {2.0, 8.0} <= set(factors)
+
+
+def test_slo_exp_2_background_uses_its_slo_factor(echo):
+    run_workload(echo, "slo-exp-2", ["resnet50", "1", "poisson", "50", "2", "4", "2", "add", "0.2",
+                                     "1", "1", "100"])
+    bg = [f for m, f, _, _ in echo.infers if m == 1]
+    assert all(f == 100.0 for f in bg)
+
+
+def test_inputs_are_sent_from_one_buffer_or_not_at_all(echo):
+    engine, stats = run_workload(echo, "spam", ["--copies", "3", "--concurrency", "2"], duration=0.3,
+                                 send_inputs=True)
+    assert stats.succeeded == stats.sent             # echo checks every input's size
+    assert all(size == 602112 for *_, size in echo.infers)
+    assert len(engine._frames) == 1                  # one preallocated buffer for 3 instances
+    assert len({id(m.input_frame) for m in engine.models}) == 1
+    echo.infers.clear()
+    run_workload(echo, "spam", ["--copies", "3", "--concurrency", "2"], duration=0.3, send_inputs=False)
+    assert echo.infers and all(size == 0 for *_, size in echo.infers)
+
+
+def test_same_seed_same_arrivals(echo):
+    """Open-loop streams are pure functions of the seed: the models hit, in order, match."""
+    from clockwork.client import arrivals
+    a = list(zip(range(50), arrivals.poisson(100, 1_000_003 * 7 + 0)))
+    b = list(zip(range(50), arrivals.poisson(100, 1_000_003 * 7 + 0)))
+    assert a == b
+
+
+def test_bursty_experiment_shares_the_total_rate():
+    num, lead, total = 10, 3, 1000.0
+    per_model = [list(bursty_segments(i, num, lead, total, 1.0)) for i in range(num)]
+    # every model is silent through the lead-in and until its turn
+    for i, segs in enumerate(per_model):
+        assert segs[0] == ((lead + i) * 1.0, 0.0)
+    # in each interval after the lead-in the active models share exactly total r/s
+    for k in range(num):
+        active = k + 1
+        rates = [segs[1 + k - i][1] for i, segs in enumerate(per_model) if i < active]
+        assert sum(rates) == pytest.approx(total)
+
+
+def test_params_positional_named_and_errors():
+    spec = get("slo-exp-1")
+    p = spec.parse("resnet18 4 poisson 100 2 32 2 mul 7".split())
+    assert p["model"] == "resnet18" and p["copies"] == 4 and p["slo_op"] == "mul" and p["period"] == 7.0
+    p2 = spec.parse("--model resnet18 --copies 4 --dist=poisson --rate 100 --slo-start 2 --slo_end 32 "
+                    "--slo-factor 2 --slo-op mul --period 7".split())
+    assert p == p2
+    with pytest.raises(ParamError, match="needs: copies"):
+        spec.parse(["resnet50"])
+    with pytest.raises(ParamError, match="not one of"):
+        spec.parse("resnet50 4 gaussian 100 2 32 2 mul 7".split())
+    with pytest.raises(ParamError, match="not a valid int"):
+        spec.parse("resnet50 four poisson 100 2 32 2 mul 7".split())
+    with pytest.raises(ParamError, match="no parameter --bogus"):
+        get("simple").parse(["--bogus", "1"])
+    with pytest.raises(ParamError, match="at most"):
+        get("simple").parse(["a", "b"])
+    assert get("azure").parse(["2", "0"])["use_all_models"] is False
+    with pytest.raises(ParamError, match="unknown workload"):
+        get("nope")
+
+
+# ---------------------------------------------------------------- cw client
+
+def invoke(args, env=None):
+    return CliRunner().invoke(client_command, args, env=env or {}, catch_exceptions=False)
+
+
+def test_cw_client_help_lists_workloads_and_arguments():
+    r = invoke(["--help"])
+    assert r.exit_code == 0
+    for name in ORIGINAL:
+        assert name in r.output
+    for arg in ("memory_load_factor", "slo_start_fg", "concurrency_bg", "total_requests", "rate_op"):
+        assert arg in r.output
+
+
+def test_cw_client_runs_stops_after_duration_and_logs_requests(echo, tmp_path):
+    log = tmp_path / "req.tsv"
+    r = invoke([echo.address, "--workload", "simple", "--duration", "0.5", "--print-interval", "0.2",
+                "--request-log", str(log), "--seed", "3"], env={"CLOCKWORK_DISABLE_INPUTS": "1"})
+    assert r.exit_code == 0, r.output
+    assert "Client inputs are DISABLED" in r.output
+    assert "throughput=" in r.output and "success=" in r.output and "p99=" in r.output
+    assert "duration 0.5 s reached" in r.output
+    summary = [line for line in r.output.splitlines() if line.startswith("Summary:")][0]
+    sent = int(summary.split("sent=")[1].split()[0])
+    answered = int(summary.split("answered=")[1].split()[0])
+    assert sent == answered == echo.received["infer"] > 0
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("t_sent\trequest_id") and len(lines) == sent + 1
+    assert all(line.split("\t")[6] == "0" for line in lines[1:])
+
+
+def test_cw_client_original_argument_style(echo):
+    r = invoke([echo.address, "poisson-open-loop", "2", "100", "--duration", "0.3", "--no-inputs"])
+    assert r.exit_code == 0, r.output
+    assert "Running workload `poisson-open-loop`" in r.output
+
+
+def test_cw_client_unreachable_exits_nonzero():
+    r = invoke([f"127.0.0.1:{free_port()}", "--workload", "simple", "--connect-timeout", "0.3",
+                "--duration", "1"])
+    assert r.exit_code == 1
+    assert "no controller answered" in r.output and "Traceback" not in r.output
+
+
+def test_cw_client_bad_arguments_exit_2(echo):
+    for args in (["--workload", "nope"], ["--workload", "poisson-open-loop", "x", "1"], [],
+                 ["--workload", "simple", "--duration", "-1"]):
+        r = invoke([echo.address, *args])
+        assert r.exit_code == 2, (args, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_cw_client_missing_trace_is_a_clear_error(echo, tmp_path):
+    r = invoke([echo.address, "--workload", "azure", "--duration", "1"], env={"AZURE_TRACE_DIR": str(tmp_path)})
+    assert r.exit_code == 1 and "no trace for day 1" in r.output
+
+
+def test_python_dash_m_entry_point(echo):
+    env = dict(os.environ, CLOCKWORK_DISABLE_INPUTS="1")
+    p = subprocess.run([sys.executable, "-m", "clockwork.client.command", echo.address, "--workload",
+                        "comparison_experiment", "2", "200", "--duration", "0.5"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "Summary:" in p.stdout
