@@ -84,10 +84,11 @@ class Gpu:
 
 class Stats:
     """Counters for the periodic line; the edge reads and resets the interval ones."""
-    __slots__ = ("loads", "infers", "evicts", "errors", "pending")
+    __slots__ = ("loads", "infers", "evicts", "errors", "pending", "max_lag")
 
     def __init__(self):
         self.loads = self.infers = self.evicts = self.errors = self.pending = 0
+        self.max_lag = 0      # worst lateness of a timer (event loop behind schedule), ns
 
 
 class WorkerRuntime:
@@ -122,8 +123,11 @@ class WorkerRuntime:
     def advance(self, now: int) -> None:
         """Run every timer due at `now` (op completions, executor wake-ups)."""
         timers = self._timers
+        stats = self.stats
         while timers and timers[0][0] <= now:
             t, _, obj = heapq.heappop(timers)
+            if now - t > stats.max_lag:
+                stats.max_lag = now - t
             if obj.__class__ is Executor:
                 if obj.wake_at != t:
                     continue              # superseded by an earlier wake-up

@@ -104,8 +104,8 @@ class WorkerServer:
     def stats_line(self) -> str:
         st = self.rt.stats
         line = (f"LdWts={st.loads} Inf={st.infers} Evct={st.evicts} || "
-                f"Total Pending={st.pending} Errors={st.errors}")
-        st.loads = st.infers = st.evicts = st.errors = 0
+                f"Total Pending={st.pending} Errors={st.errors} MaxLag={st.max_lag / 1e6:.2f}ms")
+        st.loads = st.infers = st.evicts = st.errors = st.max_lag = 0
         return line
 
     # ------------------------------------------------------------------ receiving
