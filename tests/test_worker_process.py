@@ -128,6 +128,20 @@ def test_heartbeats_once_a_controller_spoke(worker, dealer):
     assert hb2.sent > hb.sent
 
 
+def test_state_queries_do_not_steal_heartbeats(worker, dealer):
+    call(dealer, s.Reset(1))                                   # the controller announces itself
+    ctx = zmq.Context()
+    tool = sockets.dealer(ctx, "127.0.0.1", worker[1])
+    try:
+        assert isinstance(call(tool, s.GetWorkerState(2))[0], s.WorkerStateResult)
+        for _ in range(2):                                     # heartbeats keep coming to the controller
+            recv_result(dealer, want=s.Heartbeat)
+        assert not tool.poll(0), "a heartbeat went to the tool"
+    finally:
+        tool.close(0)
+        ctx.term()
+
+
 def test_garbage_never_kills_the_worker(worker, dealer):
     proc = worker[0]
     garbage = [

@@ -454,3 +454,77 @@ def test_readings_fill_memory_from_accounting(zoo, r50):
     r = h.rt.readings(h.now)
     assert [x.gpu_id for x in r] == [0, 1]
     assert r[0].memory_used == r50.num_pages(PAGE) * PAGE and r[1].memory_used == 0
+
+
+# ---------------------------------------------------------------- ops of unknown end (CUDA-like)
+
+class PollingBackend(EmulatedBackend):
+    """Emulated timings, but every op's end is only revealed by poll(), as with CUDA events."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.hidden = []
+
+    def _hide(self, op):
+        self.hidden.append((op.end, op))
+        op.end = -1
+        return op
+
+    def load_weights(self, *a):
+        return self._hide(super().load_weights(*a))
+
+    def copy_input(self, *a):
+        return self._hide(super().copy_input(*a))
+
+    def execute(self, *a):
+        return self._hide(super().execute(*a))
+
+    def copy_output(self, *a):
+        return self._hide(super().copy_output(*a))
+
+    def poll(self, now):
+        done = [(e, op) for e, op in self.hidden if e <= now]
+        self.hidden = [(e, op) for e, op in self.hidden if e > now]
+        for e, op in done:
+            op.end = e
+        return [op for _, op in done]
+
+    def reset(self):
+        self.hidden = []
+
+
+def test_ops_completed_through_poll(zoo, r50):
+    h = Harness(zoo)
+    h.backend = h.rt.backend = PollingBackend(2, PAGE, 64, 512 * MiB, 512 * MiB, 512 * MiB)
+
+    def drive(until):
+        while h.now < until:
+            h.now += 10_000
+            h.rt.poll_backend(h.now)
+
+    h.load_model()
+    load = h.act(s.LoadWeights, model_id=0, gpu_id=0)
+    assert h.rt.waiting_on_backend() and h.rt.next_time() is None
+    drive(h.now + 3_000_000)
+    assert isinstance(h.result(load)[0], s.LoadWeightsResult)
+    a, b = infer(h, 2), infer(h, 1)
+    drive(h.now + 30_000_000)
+    ra, rb = h.result(a)[0], h.result(b)[0]
+    assert ra.exec_duration == r50.exec_ns[2] and rb.exec_duration == r50.exec_ns[1]
+    assert rb.exec_begin >= ra.exec_end                      # one exec at a time on the stream
+    assert not h.rt.waiting_on_backend() and h.rt.stats.pending == 0
+    # evict while an exec is in flight: its completion, learned through poll, is WEIGHTS_CHANGED
+    c = infer(h)
+    h.act(s.EvictWeights, model_id=0, gpu_id=0, earliest=h.now + 1_000_000)
+    drive(h.now + 30_000_000)
+    error(h.result(c)[0], Status.WEIGHTS_CHANGED)
+    # Reset forgets ops in flight: nothing is reported for them
+    reload = h.act(s.LoadWeights, model_id=0, gpu_id=0)
+    drive(h.now + 3_000_000)
+    assert isinstance(h.result(reload)[0], s.LoadWeightsResult)
+    d = infer(h)
+    assert h.rt.waiting_on_backend()
+    h.act(s.Reset)
+    drive(h.now + 30_000_000)
+    assert not [m for _, m, _ in h.sent if m.action_id == d]
+    assert not h.rt.waiting_on_backend()
