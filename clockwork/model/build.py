@@ -285,6 +285,13 @@ if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "compile":
         _, _, name, tgt, arch, bs, path = sys.argv
         _compile_child(name, tgt, None if arch == "-" else arch, [int(b) for b in bs.split(",")], path)
+    elif len(sys.argv) >= 3 and sys.argv[1] == "weights":      # bundles: regenerate weights.bin
+        try:
+            for d in sys.argv[2:]:
+                materialize_weights(d)
+        except (BuildError, OSError, KeyError, ValueError) as e:
+            sys.exit(f"error: {e}")
     else:
-        print("internal entry point; use `cw zoo build`", file=sys.stderr)
+        print("internal entry points: compile NAME TARGET ARCH BATCHES OUT | weights DIR...; "
+              "use `cw zoo build`", file=sys.stderr)
         sys.exit(2)

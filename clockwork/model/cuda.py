@@ -226,7 +226,7 @@ class CudaBackend(Backend):
         cu.check(rt.cudaSetDevice(g.index), "cudaSetDevice")
         scratch = cu.check(rt.cudaMalloc(n_pages * self.page_size), "scratch weights")
         xin = cu.check(rt.cudaMalloc(max(hm.spec.batch_sizes) * hm.input_size), "scratch input")
-        e0, e1 = g.events[0], g.events[1]
+        e0, e1 = g.events.pop(), g.events.pop()
         out = {"load": []}
         try:
             pages = list(range(n_pages))
@@ -254,6 +254,7 @@ class CudaBackend(Backend):
             cu.check(rt.cudaStreamSynchronize(g.s_exec), "sync")
             rt.cudaFree(scratch)
             rt.cudaFree(xin)
+            g.events += [e0, e1]
         return out
 
     def _copy_pages(self, g, hm, pages, base) -> None:
