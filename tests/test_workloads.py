@@ -236,3 +236,24 @@ def test_python_dash_m_entry_point(echo):
                        capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stderr
     assert "Summary:" in p.stdout
+
+
+# ---------------------------------------------------------------- end to end, real controller
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workload,args", [
+    ("simple", []),                                          # closed loop, inputs sent
+    ("poisson-open-loop", ["3", "150", "--no-inputs"]),      # open loop, inputs made by the controller
+])
+def test_end_to_end_with_emulated_worker_and_controller(workload, args):
+    from clockwork.local import LocalCluster
+    with LocalCluster(gpus=1) as cluster:
+        r = cluster.run_client(workload, ["--duration", "2", "--print-interval", "1", "--connect-timeout", "60",
+                                          *args], timeout=150)
+    assert r.returncode == 0, r.stdout
+    summary = [line for line in r.stdout.splitlines() if line.startswith("Summary:")][0]
+    sent = int(summary.split("sent=")[1].split()[0])
+    answered = int(summary.split("answered=")[1].split()[0])
+    succeeded = int(summary.split("succeeded=")[1].split()[0])
+    assert sent > 0 and sent == answered
+    assert succeeded > 0

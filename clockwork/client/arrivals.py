@@ -128,26 +128,27 @@ def trace_segments(counts: Sequence[float], scale: float = 1.0, interval_s: floa
             i = 0
 
 
+def random_start_segments(counts: Sequence[float], scale: float, interval_s: float, rng: random.Random,
+                          cycle: bool = True) -> Iterator[tuple[float, float]]:
+    """trace_segments from a random interval and a random phase within it (the original's
+    "randomise" option), so that many replays of one trace do not move in lockstep."""
+    start_interval = rng.randrange(len(counts))
+    first = interval_s * rng.random()             # what is left of the first interval
+    segs = trace_segments(counts, scale, interval_s, start_interval, cycle)
+    _, rate0 = next(segs)
+    yield first, rate0
+    yield from segs
+
+
 def trace_replay(counts: Sequence[float], seed: int, scale: float = 1.0, interval_s: float = 60.0,
                  start_interval: int | None = 0, cycle: bool = True, start: float = 0.0) -> Iterator[float]:
     """Poisson arrivals per trace interval (counts are requests per minute).
-
-    start_interval=None picks a random interval and a random phase within it, like the
-    original's "randomise" option.
-    """
+    start_interval=None: random start (see random_start_segments)."""
     if start_interval is None:
-        rng = random.Random(seed ^ 0x5EED)
-        start_interval = rng.randrange(len(counts))
-        first = interval_s * rng.random()       # remaining part of the first interval
+        segs = random_start_segments(counts, scale, interval_s, random.Random(seed ^ 0x5EED), cycle)
+    else:
         segs = trace_segments(counts, scale, interval_s, start_interval, cycle)
-        _, rate0 = next(segs)
-        return piecewise_poisson(_chain([(first, rate0)], segs), seed, start)
-    return piecewise_poisson(trace_segments(counts, scale, interval_s, start_interval, cycle), seed, start)
-
-
-def _chain(head, tail):
-    yield from head
-    yield from tail
+    return piecewise_poisson(segs, seed, start)
 
 
 def multiply(a: Iterable[tuple[float, float]], b: Iterable[tuple[float, float]]) -> Iterator[tuple[float, float]]:

@@ -82,6 +82,9 @@ class Engine:
         self.t0 = 0.0
         self.now = 0.0                        # seconds since start, updated by the loop
         self.stop_reason = ""
+        self.max_lag_s = 0.0                  # how far behind schedule a request was sent, at worst
+        self.late_sends = 0                   # requests sent more than 1 ms after their time
+        self.outstanding_at_end = 0
 
     # ------------------------------------------------------------------ setup
 
@@ -163,6 +166,11 @@ class Engine:
             fired = 0
             while heap and heap[0][0] <= now and fired < 2000:
                 t, _, handler = pop(heap)
+                lag = now - t
+                if lag > 0.001:
+                    self.late_sends += 1
+                    if lag > self.max_lag_s:
+                        self.max_lag_s = lag
                 self.now = t
                 handler.fire(t)
                 fired += 1
@@ -178,6 +186,9 @@ class Engine:
                 client.poll(max(0.0, min(nxt, end, now + 0.1) - now))
             stats.maybe_print()
         self.log(f"Stopping: {self.stop_reason}")
+        if self.late_sends:
+            self.log(f"note: {self.late_sends} requests left more than 1 ms after their arrival time "
+                     f"(worst {self.max_lag_s * 1e3:.1f} ms): this client could not keep up")
         left = self.client.drain(drain_s)
         if left:
             self.log(f"{left} requests still unanswered after {drain_s:g} s; giving up on them")

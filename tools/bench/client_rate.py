@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""How many requests/s one client process sustains open loop, without inputs.
+
+Starts the echo controller (clockwork.client.echo: answers every request at once, no output
+frames) in another process, loads N model instances (default 4026, the paper's Azure
+experiment), and drives Poisson open loops whose rates add up to each offered rate in turn,
+through the real workload engine. For each rate it prints what was offered, sent and answered
+per second, the client's CPU time per request, how many requests left more than 1 ms after
+their arrival time, and whether it kept up (>= 98% of the due arrivals sent, <= 1% late).
+
+    python tools/bench/client_rate.py [--instances 4026] [--rates 5000,10000,20000,40000] [--duration 5]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from clockwork.client import arrivals
+from clockwork.client.api import Client
+from clockwork.client.stats import Stats
+from clockwork.client.workloads.engine import Engine
+from clockwork.transport.sockets import free_port
+
+
+def run_rate(address: str, instances: int, rate: float, duration: float, seed: int) -> dict:
+    client = Client(address, timeout_s=30, connect_timeout_s=10, log=lambda m: None)
+    try:
+        stats = Stats(print_interval_s=1e9, log=lambda m: None)
+        engine = Engine(client, stats, send_inputs=False, seed=seed, duration_s=duration, log=lambda m: None)
+        models = engine.load("resnet50", instances)
+        offered = 0
+        for i, m in enumerate(models):          # count first; the engine gets fresh generators
+            s = seed * 1_000_003 + i
+            offered += sum(1 for _ in _until(arrivals.poisson(rate / instances, s), duration))
+            engine.open_loop(m, arrivals.poisson(rate / instances, s), i)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        engine.run(drain_s=10)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        return {"offered": offered, "sent": stats.sent, "answered": stats.answered, "wall": wall,
+                "late": engine.late_sends, "max_lag_ms": 1e3 * engine.max_lag_s,
+                "cpu_us_per_req": 1e6 * cpu / max(stats.sent, 1), "lat": stats.all_latencies}
+    finally:
+        client.close()
+
+
+def _until(gen, horizon):
+    for t in gen:
+        if t >= horizon:
+            return
+        yield t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--instances", type=int, default=4026)
+    ap.add_argument("--rates", default="5000,10000,20000,40000")
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    port = free_port()
+    echo = subprocess.Popen([sys.executable, "-m", "clockwork.client.echo", "--port", str(port), "--no-outputs"])
+    try:
+        address = f"127.0.0.1:{port}"
+        print(f"client_rate: {a.instances} instances, Poisson open loop, no inputs, {a.duration:g} s per rate, "
+              f"echo controller in pid {echo.pid}, {os.cpu_count()} CPUs")
+        print(f"{'offered/s':>10} {'sent/s':>10} {'answered/s':>11} {'due sent':>9} {'cpu us/req':>11} "
+              f"{'rtt p50 ms':>10} {'rtt p99 ms':>10} {'>1ms late':>9} {'max lag ms':>10}  kept up")
+        for rate in [float(r) for r in a.rates.split(",")]:
+            r = run_rate(address, a.instances, rate, a.duration, a.seed)
+            import numpy as np
+            lat = np.asarray(r["lat"]) * 1e3 if r["lat"] else np.zeros(1)
+            frac = r["sent"] / max(r["offered"], 1)
+            late = r["late"] / max(r["sent"], 1)
+            kept = frac >= 0.98 and late <= 0.01
+            print(f"{r['offered'] / a.duration:10.0f} {r['sent'] / a.duration:10.0f} "
+                  f"{r['answered'] / a.duration:11.0f} {100 * frac:8.1f}% {r['cpu_us_per_req']:11.1f} "
+                  f"{np.percentile(lat, 50):10.2f} {np.percentile(lat, 99):10.2f} {100 * late:8.2f}% "
+                  f"{r['max_lag_ms']:10.1f}  {'yes' if kept else 'NO'}",
+                  flush=True)
+    finally:
+        echo.terminate()
+        try:
+            echo.wait(5)
+        except subprocess.TimeoutExpired:
+            echo.kill()
+
+
+if __name__ == "__main__":
+    main()
