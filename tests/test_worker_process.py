@@ -1,5 +1,6 @@
 """A real emulated worker process on a free 127.0.0.1 port, talked to through a DEALER."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ def worker(zoo, tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "clockwork.worker.command", "--emulate", "2", "--host", "127.0.0.1",
              "--port", str(port), "--model-dir", str(zoo), "--weights-cache", str(CACHE_PAGES * PAGE)],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+            # as when started with `&` from a script: SIGINT ignored; the worker must still stop on it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         yield proc, port, log
     finally:
@@ -192,10 +195,11 @@ def test_reset_then_state_is_empty(worker, dealer):
     assert st.action_id == 3 and st.state.models == []
 
 
-def test_sigterm_stops_cleanly(worker, dealer):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signals_stop_cleanly(worker, dealer, sig):
     proc, _, log = worker
     call(dealer, s.GetWorkerState(1))
-    proc.terminate()
+    proc.send_signal(sig)
     assert proc.wait(timeout=WAIT_S) == 0
     text = log.read_text()
     assert "Received A1:GetWorkerState" in text and "Worker stopped" in text

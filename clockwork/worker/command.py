@@ -103,6 +103,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     log(describe_state(runtime.state()).split("\nmodels=")[0])
     set_timer_slack(1)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)     # also when started in the background (SIGINT ignored)
     gc.collect()
     gc.freeze()
     log(f"IO service listening on {host}:{port}")
