@@ -257,3 +257,22 @@ def test_end_to_end_with_emulated_worker_and_controller(workload, args):
     succeeded = int(summary.split("succeeded=")[1].split()[0])
     assert sent > 0 and sent == answered
     assert succeeded > 0
+
+
+def test_sigterm_stops_the_client_with_a_summary(echo):
+    import signal
+    env = dict(os.environ, CLOCKWORK_DISABLE_INPUTS="1", PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "clockwork.client.command", echo.address, "--workload", "simple"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in p.stdout:                        # wait until requests flow
+            if line.startswith("Starting workload"):
+                break
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 130
+    assert "Interrupted" in out and "Summary:" in out

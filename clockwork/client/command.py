@@ -7,6 +7,7 @@ controller could not be reached or refused the workload's models, 2 for bad argu
 """
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -26,6 +27,18 @@ def _epilog() -> str:
                   "(azure workloads),\nCLOCKWORK_MODEL_DIR (zoo model names for example/azure), "
                   "CLOCKWORK_CONFIG_FILE.")
     return "\n\n".join(blocks)
+
+
+def _sigterm_interrupts():
+    """SIGTERM (e.g. from `cw run` stopping everything) ends the run like Ctrl-C: the
+    summary is still printed. Returns the previous handler (None if not the main thread)."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)      # a second one ends us at once
+        raise KeyboardInterrupt
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:          # not the main thread
+        return None
 
 
 @click.command("client", epilog=_epilog(),
@@ -81,6 +94,7 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     status = 0
+    prev_sigterm = None
     try:
         if request_log:
             try:
@@ -94,6 +108,7 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
                         slo_ns=int(slo_ms * 1e6), log=lambda m: click.echo(m), tsv=tsv is not None,
                         zoo=zoo_models(zoo))
         click.echo(f"Connecting to clockwork @ {client.address}")
+        prev_sigterm = _sigterm_interrupts()
         try:
             spec.fn(engine, **params)
             engine.run(drain_s=drain)
@@ -112,6 +127,8 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
         click.echo(f"error: {e}", err=True)
         status = 1
     finally:
+        if prev_sigterm is not None:
+            signal.signal(signal.SIGTERM, prev_sigterm)
         client.close()
         if tsv is not None:
             tsv.close()

@@ -1,9 +1,9 @@
 """Client-side accounting: what was sent, what came back, and how fast.
 
 Every print interval a line in the original's style (latencies in ms, over successful
-requests; throughput counts every answer):
+requests; throughput counts every answer), with percentiles and the success rate appended:
 
-    throughput=401.83 success=100.00% min=3.82 max=7.74 mean=4.96 p50=4.90 p99=7.10
+    throughput=401.83 min=3.82 max=7.74 mean=4.96 p50=4.90 p99=7.10 success=100.00%
 
 and at the end a summary with counts sent / answered / succeeded and one line per status.
 Per-request cost is a few integer increments and one list append; the optional per-request
@@ -74,16 +74,13 @@ class Stats:
         now = self.clock() if now is None else now
         elapsed = max(now - self._interval_start, 1e-9)
         line = f"throughput={self._answers_interval / elapsed:.2f}"
-        if self._answers_interval:
-            line += f" success={100.0 * self._ok_interval / self._answers_interval:.2f}%"
-        else:
-            line += " success=n/a"
         if self._lat:
             a = np.asarray(self._lat) * 1e3
             p50, p99 = np.percentile(a, [50, 99])
-            line += (f" min={a.min():.2f} max={a.max():.2f} mean={a.mean():.2f}"
-                     f" p50={p50:.2f} p99={p99:.2f}")
+            line += f" min={a.min():.2f} max={a.max():.2f} mean={a.mean():.2f} p50={p50:.2f} p99={p99:.2f}"
             self.all_latencies.extend(self._lat)
+        if self._answers_interval:
+            line += f" success={100.0 * self._ok_interval / self._answers_interval:.2f}%"
         self._lat = []
         self._answers_interval = self._ok_interval = 0
         self._interval_start = now
