@@ -63,9 +63,11 @@ class Op:
 
     begin/end: worker-clock ns the device started/finished (end is PENDING until known).
     duration: device-measured (CUDA events) or emulated; used for the exec time in results.
-    output: for copy_output, a buffer of batch x output_size bytes, valid until the next
-    copy_output on the same GPU completes + the result is sent (the runtime sends it at once).
-    then: reserved for the runtime (its continuation); backends never touch it.
+    output: for copy_output, a buffer of batch x output_size bytes. It need only stay valid
+    until the completion is handled: the worker frees the io region right then and copies the
+    bytes into the reply, unless the backend sets stable_outputs (then it goes zero-copy).
+    then: reserved for the runtime (its continuation, called as then(op, now)); backends never
+    touch it.
     """
     __slots__ = ("begin", "end", "duration", "error", "output", "then")
 
@@ -120,6 +122,7 @@ class Backend:
     name = "base"
     emulated = False            # True: readings/timings are emulated, not measured
     poll_interval_ns = 50_000   # see module docstring (only used when wait_fd() is None)
+    stable_outputs = False      # True: Op.output buffers are never rewritten (sent zero-copy)
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
                  workspace_pool_size: int, host_io_pool_size: int):

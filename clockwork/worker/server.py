@@ -79,6 +79,7 @@ class WorkerServer:
         self.controller: bytes | None = None
         self._next_heartbeat = 0
         self._stopped = False
+        self._copy_outputs = not runtime.backend.stable_outputs
         self._fd = runtime.backend.wait_fd()
         self._select_fds = [self.router.getsockopt(zmq.FD)] + ([self._fd] if self._fd is not None else [])
 
@@ -95,6 +96,10 @@ class WorkerServer:
             gc.freeze()      # thousands of long-lived model objects: keep them out of GC passes
         elif cls is s.ErrorResult and msg.action_tag in _LOGGED_TAGS:
             self.log(f"Sending R{msg.action_id}:error {msg.status} ({Status(msg.status).name}): {msg.message}")
+        elif cls is s.InferResult and self._copy_outputs:
+            # the output lives in an io region the next Infer may overwrite: copy it now
+            self.router.send_multipart([ident, s.encode(msg), *data], copy=True)
+            return
         sockets.send(self.router, msg, data, ident)
 
     def _heartbeat(self, now: int) -> None:
