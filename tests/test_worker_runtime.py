@@ -365,6 +365,19 @@ def test_too_late_names_the_stage(zoo, r50):
     assert h.rt.stats.pending == 0
 
 
+@pytest.mark.parametrize("cls", [s.Infer, s.LoadWeights, s.EvictWeights, s.LoadModelFromDisk, s.ClearCache])
+def test_earliest_absurdly_far_ahead_is_too_early(zoo, cls):
+    from clockwork.worker.runtime import MAX_AHEAD_NS
+    h = Harness(zoo)
+    h.load_model()
+    kw = {"ClearCache": {}, "LoadModelFromDisk": {"model_id": 5, "path": "mlp"},
+          "Infer": {"model_id": 0, "gpu_id": 0, "batch_size": 1}}.get(cls.__name__, {"model_id": 0, "gpu_id": 0})
+    aid = h.act(cls, earliest=h.now + MAX_AHEAD_NS + 1, latest=h.now + 2 * MAX_AHEAD_NS, **kw)
+    assert "out of sync" in error(h.result(aid)[0], Status.ACTION_TOO_EARLY).message
+    ok = h.act(cls, earliest=h.now + MAX_AHEAD_NS, latest=h.now + 2 * MAX_AHEAD_NS, **kw)
+    assert not [m for _, m, _ in h.sent if m.action_id == ok]      # queued: waits for its earliest
+
+
 def test_load_weights_too_late(zoo):
     h = Harness(zoo)
     h.load_model()

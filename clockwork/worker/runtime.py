@@ -29,7 +29,10 @@ from ..transport import schema as s
 from .executor import NO_LIMIT, Executor, Task
 from .memory import Arena, GpuMemory
 
-MAX_COPIES = 1_000_000
+MAX_COPIES = 100_000
+# An action may wait at most this long for its earliest; beyond it the controller's clock
+# conversion is broken (or the action is bogus): ACTION_TOO_EARLY rather than queue forever.
+MAX_AHEAD_NS = 60_000_000_000
 TAGS = {cls: cls.__struct_config__.tag for cls in s.ACTIONS}
 
 
@@ -183,6 +186,11 @@ class WorkerRuntime:
     def handle(self, action, data: list, reply_to, received: int) -> None:
         """One decoded action from the controller, received at `received` (worker clock)."""
         cls = action.__class__
+        if cls is not s.GetWorkerState and cls is not s.Reset and action.earliest - received > MAX_AHEAD_NS:
+            return self._error(reply_to, action, Status.ACTION_TOO_EARLY,
+                               f"earliest is {(action.earliest - received) / 1e9:.1f} s ahead of the "
+                               f"worker clock (limit {MAX_AHEAD_NS // 10 ** 9} s): clocks out of sync?",
+                               received)
         if cls is s.Infer:
             self._infer(action, data, reply_to, received)
         elif cls is s.LoadWeights:
