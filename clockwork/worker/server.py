@@ -78,6 +78,7 @@ class WorkerServer:
         self.print_ns = int(print_interval_s * 1e9) if print_interval_s > 0 else None
         self.controller: bytes | None = None
         self._next_heartbeat = 0
+        self._next_print = 1 << 62
         self._stopped = False
         self._copy_outputs = not runtime.backend.stable_outputs
         self._fd = runtime.backend.wait_fd()
@@ -134,7 +135,7 @@ class WorkerServer:
             try:
                 rt.handle(msg, data, ident, received)
             except Exception as e:   # a bug must cost one action, not the worker
-                self.log(f"internal error handling A{getattr(msg, 'action_id', '?')}: {e!r}")
+                self.log(f"internal error handling A{msg.action_id}: {e!r}")
                 self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.RUNTIME_ERROR,
                                                 f"internal error: {e!r}", received), ())
             rt.advance(time.monotonic_ns())
@@ -158,38 +159,43 @@ class WorkerServer:
         self._stopped = True
 
     def serve(self) -> None:
-        rt = self.rt
-        never = 1 << 62
-        next_print = time.monotonic_ns() + self.print_ns if self.print_ns else never
-        fd = self._fd
-        poll_ns = rt.backend.poll_interval_ns
+        """Run until stop() or KeyboardInterrupt. An exception from a backend or runtime bug is
+        logged and costs the action it hit, never the worker."""
+        self._next_print = time.monotonic_ns() + self.print_ns if self.print_ns else 1 << 62
         while not self._stopped:
-            now = time.monotonic_ns()
             try:
-                rt.advance(now)
-                if fd is None and rt.waiting_on_backend():
-                    rt.poll_backend(now)
-            except Exception as e:    # a backend or runtime bug costs that action, not the worker
+                self._turn()
+            except Exception as e:
                 self.log(f"internal error: {e!r}")
-            if self.controller is not None and self.heartbeat_ns and now >= self._next_heartbeat:
-                self._heartbeat(now)
-                self._next_heartbeat = now + self.heartbeat_ns
-            if now >= next_print:
-                self.log(self.stats_line())
-                next_print = now + self.print_ns
-            wake = next_print
-            t = rt.next_time()
-            if t is not None and t < wake:
-                wake = t
-            if self.controller is not None and self.heartbeat_ns and self._next_heartbeat < wake:
-                wake = self._next_heartbeat
-            if fd is None and rt.waiting_on_backend() and now + poll_ns < wake:
-                wake = now + poll_ns
-            ready, fd_ready = self._wait(min(1.0, (wake - time.monotonic_ns()) / 1e9))
-            if fd_ready:
-                rt.poll_backend(time.monotonic_ns())
-            if ready:
-                self._receive()
+
+    def _turn(self) -> None:
+        """One loop iteration: due timers, heartbeat, stats, then wait for the next event."""
+        rt, fd = self.rt, self._fd
+        now = time.monotonic_ns()
+        rt.advance(now)
+        polling = fd is None and rt.waiting_on_backend()
+        if polling:
+            rt.poll_backend(now)
+        beating = self.controller is not None and self.heartbeat_ns
+        if beating and now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_ns
+            self._heartbeat(now)
+        if now >= self._next_print:
+            self._next_print = now + self.print_ns
+            self.log(self.stats_line())
+        wake = self._next_print
+        t = rt.next_time()
+        if t is not None and t < wake:
+            wake = t
+        if beating and self._next_heartbeat < wake:
+            wake = self._next_heartbeat
+        if polling and now + rt.backend.poll_interval_ns < wake:
+            wake = now + rt.backend.poll_interval_ns
+        ready, fd_ready = self._wait(min(1.0, (wake - time.monotonic_ns()) / 1e9))
+        if fd_ready:
+            rt.poll_backend(time.monotonic_ns())
+        if ready:
+            self._receive()
 
     def _wait(self, timeout_s: float) -> tuple[bool, bool]:
         """(socket readable, backend fd readable), waiting at most timeout_s (sub-ms exact)."""
