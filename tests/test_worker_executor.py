@@ -162,3 +162,16 @@ def test_equal_earliest_keeps_submission_order(order):
         ex.submit(r.task(i, 100, 1000))
     ex.advance(100)
     assert [e[1] for e in r.events] == order
+
+
+def test_a_task_that_raises_fails_with_runtime_error_and_frees_the_stream():
+    r, ex = Recorder(), Executor("x")
+
+    def boom(now):
+        raise ValueError("driver fell over")
+
+    ex.submit(Task(0, 1000, "exec", boom, lambda st, msg, now: r.events.append(("fail", st, msg))))
+    ex.submit(r.task("b", 0, 1000))
+    ex.advance(5)
+    assert r.events[0] == ("fail", Status.RUNTIME_ERROR, "exec: ValueError: driver fell over")
+    assert r.events[1] == ("run", "b", 5)

@@ -541,3 +541,36 @@ def test_ops_completed_through_poll(zoo, r50):
     drive(h.now + 30_000_000)
     assert not [m for _, m, _ in h.sent if m.action_id == d]
     assert not h.rt.waiting_on_backend()
+
+
+class FlakyBackend(EmulatedBackend):
+    """Raises from the device calls until told otherwise (a backend bug, a driver error)."""
+    broken = True
+
+    def load_weights(self, *a):
+        if self.broken:
+            raise RuntimeError("driver fell over")
+        return super().load_weights(*a)
+
+    def execute(self, *a):
+        if self.broken:
+            raise RuntimeError("driver fell over")
+        return super().execute(*a)
+
+
+def test_backend_exceptions_fail_the_action_and_leak_nothing(zoo):
+    h = Harness(zoo)
+    h.backend = h.rt.backend = FlakyBackend(2, PAGE, 64, 512 * MiB, 512 * MiB, 512 * MiB)
+    h.load_model()
+    msg = error(h.load_weights(), Status.RUNTIME_ERROR)
+    assert "driver fell over" in msg.message
+    assert h.state().gpus[0].free_pages == 64 and h.state().gpus[0].loaded_models == []
+    h.backend.broken = False
+    h.load_weights()
+    h.backend.broken = True
+    aid = infer(h)
+    h.run()
+    assert "exec" in error(h.result(aid)[0], Status.RUNTIME_ERROR).message
+    mem = h.rt.gpus[0].mem
+    assert mem.io.used == 0 and mem.workspace.used == 0 and h.rt.host_io.used == 0
+    assert h.rt.stats.pending == 0

@@ -75,7 +75,11 @@ class Executor:
             if start > now:
                 return
             heapq.heappop(heap)
-            end = task.run(now)
+            try:
+                end = task.run(now)
+            except Exception as e:    # a backend bug fails this action, not the whole worker
+                task.fail(Status.RUNTIME_ERROR, f"{task.stage}: {type(e).__name__}: {e}", now)
+                end = None
             self.busy_until = now if end is None else end
 
     def completed(self, now: int) -> None:

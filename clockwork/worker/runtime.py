@@ -398,7 +398,12 @@ class _LoadWeightsJob:
         rt._version += 1
         self.version = rt._version
         gpu.resident[m.id] = Resident(pages, self.version)
-        op = rt.backend.load_weights(gpu.id, m.kind.host, pages, now)
+        try:
+            op = rt.backend.load_weights(gpu.id, m.kind.host, pages, now)
+        except Exception:
+            del gpu.resident[m.id]          # the executor reports RUNTIME_ERROR
+            gpu.mem.pages.release(pages)
+            raise
         return rt._started(gpu.weights, op, self.done)
 
     def done(self, op: Op, now: int) -> None:
