@@ -9,6 +9,7 @@ per second, the client's CPU time per request, how many requests left more than 
 their arrival time, and whether it kept up (>= 98% of the due arrivals sent, <= 1% late).
 
     python tools/bench/client_rate.py [--instances 4026] [--rates 5000,10000,20000,40000] [--duration 5]
+                                      [--inputs --model mlp]
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ from clockwork.client.workloads.engine import Engine
 from clockwork.transport.sockets import free_port
 
 
-def run_rate(address: str, instances: int, rate: float, duration: float, seed: int) -> dict:
+def run_rate(address: str, instances: int, rate: float, duration: float, seed: int,
+             inputs: bool = False, model: str = "resnet50") -> dict:
     client = Client(address, timeout_s=30, connect_timeout_s=10, log=lambda m: None)
     try:
         stats = Stats(print_interval_s=1e9, log=lambda m: None)
-        engine = Engine(client, stats, send_inputs=False, seed=seed, duration_s=duration, log=lambda m: None)
-        models = engine.load("resnet50", instances)
+        engine = Engine(client, stats, send_inputs=inputs, seed=seed, duration_s=duration, log=lambda m: None)
+        models = engine.load(model, instances)
         offered = 0
         for i, m in enumerate(models):          # count first; the engine gets fresh generators
             s = seed * 1_000_003 + i
@@ -59,17 +61,20 @@ def main() -> None:
     ap.add_argument("--rates", default="5000,10000,20000,40000")
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--inputs", action="store_true", help="send inputs (one shared zero-copy buffer)")
+    ap.add_argument("--model", default="resnet50", help="resnet50 (588 KiB inputs), resnet18 or mlp (3 KiB)")
     a = ap.parse_args()
     port = free_port()
     echo = subprocess.Popen([sys.executable, "-m", "clockwork.client.echo", "--port", str(port), "--no-outputs"])
     try:
         address = f"127.0.0.1:{port}"
-        print(f"client_rate: {a.instances} instances, Poisson open loop, no inputs, {a.duration:g} s per rate, "
+        print(f"client_rate: {a.instances} x {a.model}, Poisson open loop, "
+              f"{'inputs sent' if a.inputs else 'no inputs'}, {a.duration:g} s per rate, "
               f"echo controller in pid {echo.pid}, {os.cpu_count()} CPUs")
         print(f"{'offered/s':>10} {'sent/s':>10} {'answered/s':>11} {'due sent':>9} {'cpu us/req':>11} "
               f"{'rtt p50 ms':>10} {'rtt p99 ms':>10} {'>1ms late':>9} {'max lag ms':>10}  kept up")
         for rate in [float(r) for r in a.rates.split(",")]:
-            r = run_rate(address, a.instances, rate, a.duration, a.seed)
+            r = run_rate(address, a.instances, rate, a.duration, a.seed, a.inputs, a.model)
             import numpy as np
             lat = np.asarray(r["lat"]) * 1e3 if r["lat"] else np.zeros(1)
             frac = r["sent"] / max(r["offered"], 1)
