@@ -229,3 +229,23 @@ def test_port_in_use_is_a_clear_error(zoo):
     finally:
         holder.close(0)
         ctx.term()
+
+
+def test_stats_line_counts_and_resets(zoo):
+    from clockwork.model.emulated import EmulatedBackend
+    from clockwork.worker.runtime import WorkerRuntime
+    from clockwork.worker.server import WorkerServer
+    backend = EmulatedBackend(1, PAGE, CACHE_PAGES, 1 << 20, 1 << 20, 1 << 20)
+    rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 20, 1 << 20, 1 << 20)
+    ctx = zmq.Context()
+    server = WorkerServer(rt, "127.0.0.1", sockets.free_port(), log=lambda *a: None, ctx=ctx)
+    try:
+        now = time.monotonic_ns()
+        rt.handle(s.Infer(1, 0, 0, model_id=3, gpu_id=0, batch_size=1), [], b"nobody", now)
+        rt.handle(s.Infer(2, 0, 0, model_id=3, gpu_id=0, batch_size=1), [], b"nobody", now)
+        line = server.stats_line()
+        assert "Errors=2" in line and "unknown model=2" in line
+        assert "Errors=0" in server.stats_line() and "unknown model" not in server.stats_line()
+    finally:
+        server.close()
+        ctx.term()

@@ -87,10 +87,11 @@ class Gpu:
 
 class Stats:
     """Counters for the periodic line; the edge reads and resets the interval ones."""
-    __slots__ = ("loads", "infers", "evicts", "errors", "pending", "max_lag")
+    __slots__ = ("loads", "infers", "evicts", "errors", "pending", "max_lag", "by_status")
 
     def __init__(self):
         self.loads = self.infers = self.evicts = self.errors = self.pending = 0
+        self.by_status: dict[int, int] = {}   # errors per status code this interval
         self.max_lag = 0      # worst lateness of a timer (event loop behind schedule), ns
 
 
@@ -175,7 +176,9 @@ class WorkerRuntime:
 
     # ------------------------------------------------------------------ results
     def _error(self, reply_to, action, status: int, message: str, received: int) -> None:
-        self.stats.errors += 1
+        st = self.stats
+        st.errors += 1
+        st.by_status[status] = st.by_status.get(status, 0) + 1
         self.send(reply_to, s.ErrorResult(action.action_id, TAGS[action.__class__], int(status),
                                           message, received), ())
 

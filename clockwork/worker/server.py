@@ -18,7 +18,7 @@ import time
 
 import zmq
 
-from ..status import Status
+from ..status import Status, describe
 from ..transport import schema as s
 from ..transport import sockets
 from .runtime import TAGS, WorkerRuntime
@@ -111,6 +111,9 @@ class WorkerServer:
         st = self.rt.stats
         line = (f"LdWts={st.loads} Inf={st.infers} Evct={st.evicts} || "
                 f"Total Pending={st.pending} Errors={st.errors} MaxLag={st.max_lag / 1e6:.2f}ms")
+        if st.by_status:
+            line += " (" + ", ".join(f"{describe(c)}={n}" for c, n in sorted(st.by_status.items())) + ")"
+            st.by_status.clear()
         st.loads = st.infers = st.evicts = st.errors = st.max_lag = 0
         return line
 
@@ -151,7 +154,9 @@ class WorkerServer:
             self.log(f"rejected a peer: {text}")
             sockets.send_raw(self.router, s.fatal(text), ident)
         else:
-            self.rt.stats.errors += 1
+            st = self.rt.stats
+            st.errors += 1
+            st.by_status[Status.BAD_MESSAGE] = st.by_status.get(Status.BAD_MESSAGE, 0) + 1
             self._send(ident, s.ErrorResult(-1, 0, Status.BAD_MESSAGE, text, received), ())
 
     # ------------------------------------------------------------------ loop
