@@ -574,3 +574,30 @@ def test_backend_exceptions_fail_the_action_and_leak_nothing(zoo):
     mem = h.rt.gpus[0].mem
     assert mem.io.used == 0 and mem.workspace.used == 0 and h.rt.host_io.used == 0
     assert h.rt.stats.pending == 0
+
+
+def test_actions_leave_no_reference_cycles(zoo):
+    """Per-action objects must be freed by reference counting: cyclic garbage would make the
+    collector run (and pause the event loop) in proportion to the action rate."""
+    import gc
+    h = Harness(zoo)
+    h.load_model(copies=2)
+    h.run()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(50):
+            h.load_weights(model_id=1, gpu_id=1)
+            infer(h, 3, model_id=1, gpu_id=1)
+            infer(h, 17, model_id=1, gpu_id=1)                                 # invalid batch
+            infer(h, model_id=1, gpu_id=1, earliest=h.now - 2, latest=h.now - 1)   # too late
+            h.act(s.EvictWeights, model_id=1, gpu_id=1, earliest=h.now + 50_000_000)
+            h.run()
+            h.load_weights(model_id=1, gpu_id=1)
+            h.act(s.EvictWeights, model_id=1, gpu_id=1)
+            h.run()
+        assert sum(isinstance(m, s.InferResult) for _, m, _ in h.sent) == 50
+        h.sent.clear()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -139,7 +139,8 @@ class WorkerRuntime:
                 obj.advance(now)
                 self._arm(obj)
             else:
-                obj.then(obj, now)
+                then, obj.then = obj.then, None     # no job <-> op cycle: freed by refcount
+                then(obj, now)
 
     def poll_backend(self, now: int) -> None:
         for op in self.backend.poll(now):
@@ -148,7 +149,8 @@ class WorkerRuntime:
                 continue                  # dropped by Reset
             ex.completed(op.end)
             self._arm(ex)
-            op.then(op, now)
+            then, op.then = op.then, None
+            then(op, now)
         self.advance(now)
 
     def _arm(self, ex: Executor) -> None:
