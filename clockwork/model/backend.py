@@ -5,8 +5,8 @@ the executors, memory accounting (weights-cache pages, io/workspace pools), weig
 all error codes. A backend only moves bytes and runs code on its devices. Backends:
 
     emulated   clockwork.model.emulated   durations from measurements.json (no device at all)
-    cuda       clockwork.model.cuda       TVM cuda modules, CUDA streams and events (later)
-    cpu        clockwork.model.cpu        TVM llvm modules (later)
+    cuda       clockwork.model.cuda       TVM cuda modules, CUDA streams and events
+    cpu        clockwork.model.cpu        TVM llvm modules, run synchronously on the host
 
 Calls and their contract (all times are integer ns of time.monotonic_ns(), the worker clock):
 
@@ -18,7 +18,7 @@ Calls and their contract (all times are integer ns of time.monotonic_ns(), the w
     execute(gpu, hm, padded, pages, io, ws, now) run compiled batch `padded` (padded >= batch)
     copy_output(gpu, hm, batch, io, now)         device output -> host; Op.output is the bytes
 
-Each start_* call returns at once with an Op. Ops given to one executor (one stream per kind
+Each of the four device calls returns at once with an Op. Ops given to one executor (one stream per kind
 and GPU: exec, weights-in, inputs-in, outputs-out) never overlap: the runtime starts the next
 only after the previous one completed, so a backend needs no cross-op ordering of its own.
 
@@ -32,7 +32,12 @@ without spinning, a backend with PENDING ops either
     must drain the fd; or
   * returns None from wait_fd(); the loop then calls poll() at least every poll_interval_ns
     while ops are pending (cudaEventQuery is cheap).
-A failed device op sets Op.error (text); the runtime turns it into RUNTIME_ERROR.
+A failed device op sets Op.error (text); the runtime turns it into RUNTIME_ERROR (so does an
+exception raised by a device call, but setting Op.error is the intended way).
+
+Io regions. An Infer's io Region has room for `padded` inputs followed by `padded` outputs:
+inputs at io.offset, outputs at io.offset + padded x input_size. It is freed as soon as the
+output copy completes; Op.output is copied into the reply then (see Backend.stable_outputs).
 
 Memory. The runtime decides where things go; the backend allocates the device memory itself
 (setup: weights cache of `total_pages` x `page_size`, io pool, workspace pool per GPU) and uses
