@@ -175,3 +175,51 @@ def test_a_task_that_raises_fails_with_runtime_error_and_frees_the_stream():
     ex.advance(5)
     assert r.events[0] == ("fail", Status.RUNTIME_ERROR, "exec: ValueError: driver fell over")
     assert r.events[1] == ("run", "b", 5)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+task_st = st.tuples(st.integers(0, 1000), st.integers(0, 400), st.integers(0, 300),
+                    st.integers(0, 1000))   # earliest, window length, duration, submitted at
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(task_st, min_size=1, max_size=25))
+def test_window_invariants_hold_for_any_schedule(tasks):
+    """Whatever the arrival order: every task runs or fails exactly once; none starts before its
+    earliest or after its latest; ops never overlap; a task fails only if it truly could not
+    have started by its latest given the op in flight."""
+    ex = Executor("x")
+    outcome = {}
+    spans = []
+
+    def make(i, earliest, latest, duration):
+        def run(now):
+            assert i not in outcome
+            assert earliest <= now <= latest
+            assert not spans or spans[-1][1] <= now      # previous op over
+            outcome[i] = ("run", now)
+            spans.append((now, now + duration))
+            return now + duration
+
+        def fail(status, message, now):
+            assert i not in outcome and status == Status.ACTION_TOO_LATE
+            busy = spans[-1][1] if spans else 0
+            assert max(now, busy, earliest) > latest
+            outcome[i] = ("fail", now)
+        return Task(earliest, latest, "exec", run, fail)
+
+    arrivals = sorted((sub, i) for i, (_, _, _, sub) in enumerate(tasks))
+    now = 0
+    pending = list(arrivals)
+    while pending or ex.next_time() is not None:
+        t_arrival = pending[0][0] if pending else None
+        t_exec = ex.next_time()
+        now = max(now, min(t for t in (t_arrival, t_exec) if t is not None))
+        while pending and pending[0][0] <= now:
+            _, i = pending.pop(0)
+            earliest, length, duration, _ = tasks[i]
+            ex.submit(make(i, earliest, earliest + length, duration))
+        ex.advance(now)
+    assert sorted(outcome) == list(range(len(tasks)))
