@@ -42,10 +42,15 @@ def main():
     ap.add_argument("--models", default="mlp,tinycnn,resnet18,resnet34,resnet50,resnet101")
     ap.add_argument("--infers", type=int, default=200, help="b1 Infers timed per model")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"], help="cpu: try it without a GPU")
     a = ap.parse_args()
     zoo = Path(a.zoo)
     t0 = time.time()
-    backend = CudaBackend(PAGE, 64, 256 << 20, 256 << 20, 256 << 20)
+    if a.backend == "cpu":
+        from clockwork.model.cpu import CpuBackend
+        backend = CpuBackend(PAGE, 64, 256 << 20, 256 << 20, 256 << 20)
+    else:
+        backend = CudaBackend(PAGE, 64, 256 << 20, 256 << 20, 256 << 20)
     print(f"backend up in {time.time() - t0:.1f} s: {backend.gpu_names()}", flush=True)
     d = Driver(backend, zoo, PAGE, 64, 256 << 20, 256 << 20, 256 << 20)
     report = {"device": backend.gpu_names()[0], "models": {}}

@@ -16,20 +16,20 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,persistence_m
 python3 -c "import cuda.bindings, pynvml, numpy; print('cuda-bindings', cuda.bindings.__version__, 'numpy', numpy.__version__)"
 step profile check
 cw profile check
-B=$PWD/$B
+BD=$PWD/$B
 RUNS=200; INF=200; DUR=30
 [ "$QUICK" = quick ] && { RUNS=30; INF=30; DUR=10; }
 step correctness
-python3 tools/bench/gpu_check.py --zoo $B/zoo --infers $INF --json $OUT/check.json 2>&1 | tee $OUT/check.log
+python3 tools/bench/gpu_check.py --zoo $BD/zoo --infers $INF --json $OUT/check.json 2>&1 | tee $OUT/check.log
 step exec
-python3 tools/bench/gpu_exec.py --zoo $B/zoo --runs $RUNS --write --toml $OUT/h200_profiles.toml --json $OUT/exec.json
+python3 tools/bench/gpu_exec.py --zoo $BD/zoo --runs $RUNS --write --toml $OUT/h200_profiles.toml --json $OUT/exec.json
 step check-model
-cw check-model $B/zoo/resnet50 --runs 20
+cw check-model $BD/zoo/resnet50 --runs 20
 step loadweights
-python3 tools/bench/gpu_loadweights.py --zoo $B/zoo --json $OUT/load.json
+python3 tools/bench/gpu_loadweights.py --zoo $BD/zoo --json $OUT/load.json
 step torch
-python3 tools/bench/gpu_vs_torch.py --zoo $B/zoo --runs $RUNS --json $OUT/torch.json
+python3 tools/bench/gpu_vs_torch.py --zoo $BD/zoo --runs $RUNS --json $OUT/torch.json
 step e2e
-python3 tools/bench/gpu_e2e.py --zoo $B/zoo --model resnet50 --duration $DUR --out /tmp/e2e
+python3 tools/bench/gpu_e2e.py --zoo $BD/zoo --model resnet50 --duration $DUR --out /tmp/e2e
 cp /tmp/e2e/e2e.json $OUT/e2e.json; tail -n 30 /tmp/e2e/worker.log > $OUT/e2e_worker_tail.log
 step done

@@ -131,23 +131,23 @@ def copy_zoo(zoo: Path, dest: Path) -> list[str]:
 
 
 ENV_SH = """# source this file: sets up the clockwork worker bundle in this shell
-B="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PYTHONPATH="$B/src:$B/site:$B/lib${PYTHONPATH:+:$PYTHONPATH}"
+_CWB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PYTHONPATH="$_CWB/src:$_CWB/site:$_CWB/lib${PYTHONPATH:+:$PYTHONPATH}"
 export TVM_USE_RUNTIME_LIB=1                 # runtime-only TVM (no compiler in this bundle)
 export TVM_FFI_DISABLE_TORCH_C_DLPACK=1      # else tvm_ffi tries to build a torch extension
-export CLOCKWORK_MODEL_DIR="${CLOCKWORK_MODEL_DIR:-$B/zoo}"
-export PATH="$B/bin:$PATH"
+export CLOCKWORK_MODEL_DIR="${CLOCKWORK_MODEL_DIR:-$_CWB/zoo}"
+export PATH="$_CWB/bin:$PATH"
 """
 
 SETUP_SH = """#!/usr/bin/env bash
 # One-time setup on the GPU host: install the bundled wheels (no index, no internet) into
 # site/ and regenerate the zoo's seeded weights (checked against their sha256).
 set -euo pipefail
-B="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-source "$B/env.sh"
+_CWB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$_CWB/env.sh"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
-    --target "$B/site" "$B"/wheels/*.whl
-python3 -m clockwork.model.build weights "$B"/zoo/*/
+    --target "$_CWB/site" "$_CWB"/wheels/*.whl
+python3 -m clockwork.model.build weights "$_CWB"/zoo/*/
 python3 -c "import tvm, zmq, msgspec; print('bundle ready: tvm', tvm.__version__, '(runtime only)' if tvm.base._RUNTIME_ONLY else '')"
 """
 
