@@ -54,6 +54,15 @@ def test_load_ls_and_blocking_infer(client, echo):
     assert echo.infers[-2][3] == RESNET_IN and echo.infers[-1][3] == 0
 
 
+def test_load_model_sends_no_ls_first(client, echo):
+    """The controller ends its LoadModel stage on the first Ls (as the original), so the
+    client must not probe with one before loading: it checks the connection at the
+    transport level instead."""
+    client.load_model("resnet50", 1)
+    assert client.connected
+    assert echo.received["ls"] == 0 and echo.received["load"] == 1
+
+
 def test_inputs_as_a_reused_frame_and_as_several_frames(client, echo):
     client.load_model("resnet50", 1)
     frame = zmq.Frame(bytes(RESNET_IN))
@@ -147,6 +156,24 @@ def test_infer_timeout_is_a_clear_error(client, echo):
     statuses = sorted(r.status for r in got)
     assert statuses == [api.NO_ANSWER, Status.SUCCESS]
     assert api.status_name(api.NO_ANSWER).startswith("no answer")
+
+
+def test_slow_load_is_waited_for_once_the_controller_answered():
+    """LoadModel may take longer than connect_timeout_s (thousands of copies): a controller
+    that answered Ls is there, so the client keeps waiting (load_timeout_s)."""
+    with EchoController(load_delay_s=0.6) as ec:
+        c = Client(ec.address, connect_timeout_s=0.2, log=lambda m: None)
+        try:
+            first, copies, _ = c.load_model("resnet50", 3)
+            assert (first, copies) == (0, 3)
+        finally:
+            c.close()
+        c = Client(ec.address, connect_timeout_s=5, load_timeout_s=0.1, log=lambda m: None)
+        try:
+            with pytest.raises(RequestTimeout, match="load model"):
+                c.load_model("resnet50", 1)
+        finally:
+            c.close()
 
 
 def test_no_controller_is_a_clear_error():

@@ -7,6 +7,7 @@ path is: encode a ~20-byte header, one non-blocking send (input buffers are zmq.
 reference, never copied), a dict entry, and a deque append for the timeout.
 
     client = Client("127.0.0.1:12346")
+    client.connect()                                                   # ControllerUnreachable if nobody there
     first_id, copies, info = client.load_model("resnet50", copies=2)   # retries while initialising
     reply = client.infer(first_id, inputs=buf)                         # blocking, raises on failure
     client.infer_async(first_id, callback=on_reply)                    # on_reply(resp, data, latency_s)
@@ -31,7 +32,7 @@ from ..status import Status, describe
 from ..transport import schema
 from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, LoadModelRequest,
                                 LoadModelResponse, LsRequest, LsResponse, ModelInfo, ProtocolError)
-from ..transport.sockets import dealer, parse_address
+from ..transport.sockets import MAX_MESSAGE_SIZE, parse_address, tcp
 from ..transport.sockets import wait as wait_ready
 
 NO_ANSWER = -1      # no response within the call's timeout (client side)
@@ -44,6 +45,20 @@ def status_name(code: int) -> str:
     if code == SEND_FAILED:
         return "send failed (queue full)"
     return describe(code)
+
+
+def _connect(ctx: zmq.Context, host: str, port: int) -> tuple[zmq.Socket, zmq.Socket]:
+    """A DEALER with sockets.dealer()'s options, plus a monitor for the ZMTP handshake that
+    is attached *before* connecting, so the event cannot be missed. The handshake tells
+    "a controller is listening" apart from "nothing there" without sending any request (an
+    early Ls would end the controller's LoadModel stage before our models are loaded)."""
+    sock = ctx.socket(zmq.DEALER)
+    for opt, value in ((zmq.LINGER, 0), (zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE), (zmq.SNDHWM, 100_000),
+                       (zmq.RCVHWM, 100_000), (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000)):
+        sock.setsockopt(opt, value)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    sock.connect(tcp(host, port))
+    return sock, monitor
 
 
 class ClientError(Exception):
@@ -104,7 +119,11 @@ class Client:
     """A connection to one controller. Not thread-safe: use it from one thread."""
 
     def __init__(self, address: str, *, timeout_s: float = 30.0, connect_timeout_s: float | None = None,
-                 retry_interval_s: float = 1.0, ctx: zmq.Context | None = None, log=print):
+                 retry_interval_s: float = 1.0, load_timeout_s: float = 600.0,
+                 ctx: zmq.Context | None = None, log=print):
+        """timeout_s: default per-Infer timeout. connect_timeout_s: how long to wait for a
+        first answer and to keep retrying while the controller initialises. load_timeout_s:
+        how long one LoadModel may take once the controller is known to be there."""
         cfg = load_config()
         self.host, self.port = parse_address(address, cfg["controller"]["client_port"])
         self.address = f"{self.host}:{self.port}"
@@ -112,10 +131,12 @@ class Client:
         self.connect_timeout_s = (cfg["client"]["connect_timeout_s"] if connect_timeout_s is None
                                   else connect_timeout_s)
         self.retry_interval_s = retry_interval_s
+        self.load_timeout_s = load_timeout_s
         self.log = log
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
-        self._sock = dealer(self._ctx, self.host, self.port)
+        self._sock, self._monitor = _connect(self._ctx, self.host, self.port)
+        self._transport_up = False
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}
         self._expiry: dict[float, deque] = {}     # one FIFO per distinct timeout: already sorted
@@ -128,6 +149,7 @@ class Client:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
+        self._close_monitor()
         self._sock.close(0)
         if self._own_ctx:
             self._ctx.term()
@@ -290,7 +312,7 @@ class Client:
             self.poll(0.05)
         r = fut.response
         if r.status == NO_ANSWER:
-            if not self.heard_from_controller:
+            if not self.connected:
                 raise ControllerUnreachable(
                     f"no controller answered at {self.address} ({what}): is `cw controller` running there?")
             raise RequestTimeout(f"{what}: {r.message}")
@@ -307,16 +329,40 @@ class Client:
         output = fut.data[0].bytes if fut.data else b""
         return InferReply(r, output, fut.latency_s)
 
-    def _retrying(self, send: Callable[[Future], None], what: str, timeout_s: float | None):
-        """Send, and resend while the controller answers INITIALIZING, for at most
-        connect_timeout_s in all. Each attempt waits at most `timeout_s` for an answer."""
+    @property
+    def connected(self) -> bool:
+        """Whether a ZeroMQ peer (the controller) ever completed a handshake with us."""
+        if not self._transport_up and self._monitor is not None and self._monitor.poll(0):
+            self._transport_up = True
+            self._close_monitor()
+        return self._transport_up or self.heard_from_controller
+
+    def _close_monitor(self) -> None:
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
+
+    def connect(self) -> None:
+        """Wait until the controller accepts our connection (at most connect_timeout_s).
+        Raises ControllerUnreachable otherwise. Sends nothing."""
+        if self.connected:
+            return
+        if self._monitor is not None and self._monitor.poll(int(self.connect_timeout_s * 1000)):
+            self._transport_up = True
+            self._close_monitor()
+            return
+        raise ControllerUnreachable(f"nothing accepted a connection at {self.address} within "
+                                    f"{self.connect_timeout_s:g} s: is `cw controller` running there?")
+
+    def _retrying(self, send: Callable[[Future, float], None], what: str, attempt_timeout: float):
+        """Send, and resend every retry_interval_s while the controller answers INITIALIZING,
+        for at most connect_timeout_s in all. Each attempt waits attempt_timeout for its answer."""
         deadline = self._now() + self.connect_timeout_s
-        attempt_timeout = self.connect_timeout_s if timeout_s is None else timeout_s
         told = False
         while True:
             fut = Future()
-            left = deadline - self._now()
-            send(fut, max(0.001, min(attempt_timeout, left)) if left > 0 else attempt_timeout)
+            send(fut, attempt_timeout)
             r = self._wait(fut, what)
             if r.status != Status.INITIALIZING:
                 return r
@@ -336,15 +382,17 @@ class Client:
         model dir). Returns (first model id, copies, response); ids are consecutive."""
         if copies < 1:
             raise ValueError(f"copies must be >= 1, got {copies}")
+        self.connect()
         r = self._retrying(lambda fut, t: self.load_model_async(path, copies, fut._set, t),
-                           f"load model {path!r} x{copies}", timeout_s)
+                           f"load model {path!r} x{copies}", self.load_timeout_s if timeout_s is None else timeout_s)
         if r.status != Status.SUCCESS:
             raise RequestFailed(f"load model {path!r} x{copies}", r.status, r.message)
         return r.model_id, r.copies, r
 
     def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
         """The models the controller knows, retried while it initialises."""
-        r = self._retrying(lambda fut, t: self.ls_async(fut._set, t), "ls", timeout_s)
+        r = self._retrying(lambda fut, t: self.ls_async(fut._set, t), "ls",
+                           self.connect_timeout_s if timeout_s is None else timeout_s)
         if r.status != Status.SUCCESS:
             raise RequestFailed("ls", r.status, r.message)
         return list(r.models)

@@ -56,6 +56,8 @@ def _sigterm_interrupts():
               help="per-request timeout: a request unanswered this long counts as no answer")
 @click.option("--connect-timeout", type=float, default=None, metavar="S",
               help="how long to wait for the controller (default: [client] connect_timeout_s)")
+@click.option("--load-timeout", type=float, default=600.0, show_default=True, metavar="S",
+              help="how long one LoadModel may take once the controller answered")
 @click.option("--slo-ms", type=float, default=0.0, help="explicit SLO for every request (0: controller default "
               "or the workload's SLO factor)")
 @click.option("--models", "zoo", default=None, metavar="A,B", help="zoo model names for workloads that use "
@@ -66,7 +68,7 @@ def _sigterm_interrupts():
               help="after stopping, wait this long for outstanding answers")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def client_command(address, workload_name, duration, no_inputs, seed, print_interval, timeout_s,
-                   connect_timeout, slo_ms, zoo, request_log, drain, workload_args):
+                   connect_timeout, load_timeout, slo_ms, zoo, request_log, drain, workload_args):
     """Run a workload against the controller at ADDRESS (host:port, default port 12346)."""
     args = list(workload_args)
     if workload_name is None:
@@ -90,7 +92,7 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
     tsv = None
     try:
         client = Client(address, timeout_s=timeout_s, connect_timeout_s=connect_timeout,
-                        log=lambda m: click.echo(m))
+                        load_timeout_s=load_timeout, log=lambda m: click.echo(m))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     status = 0

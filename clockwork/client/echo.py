@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 
 import zmq
@@ -41,6 +42,7 @@ class EchoController:
     send_outputs: bool = True
     profile: str = "h200"
     record: bool = False                  # keep (model_id, slo_factor, slo_ns, input bytes) per Infer
+    load_delay_s: float = 0.0             # answer LoadModel this much later (a slow load)
 
     def __post_init__(self):
         self.sizes = zoo_sizes(self.profile)
@@ -52,6 +54,7 @@ class EchoController:
         self._stop = threading.Event()
         self._thread = None
         self._ready = threading.Event()
+        self._delayed: list[tuple[float, bytes, bytes]] = []    # (due, ident, header)
 
     # -------------------------------------------------------------- answers
 
@@ -124,7 +127,10 @@ class EchoController:
         self._ready.set()
         try:
             while not self._stop.is_set():
-                if not sock.poll(50):
+                while self._delayed and self._delayed[0][0] <= time.monotonic():
+                    _, ident, header = self._delayed.pop(0)
+                    sock.send_multipart([ident, header])
+                if not sock.poll(10 if self._delayed else 50):
                     continue
                 for _ in range(10_000):
                     try:
@@ -140,6 +146,9 @@ class EchoController:
                         continue
                     resp, data = self._answer(msg, frames[2:])
                     if resp is None:
+                        continue
+                    if self.load_delay_s and isinstance(resp, LoadModelResponse):
+                        self._delayed.append((time.monotonic() + self.load_delay_s, ident, schema.encode(resp)))
                         continue
                     if data:
                         sock.send_multipart([ident, schema.encode(resp), *data], copy=False)
