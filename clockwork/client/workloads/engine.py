@@ -187,8 +187,10 @@ class Engine:
             stats.maybe_print()
         self.log(f"Stopping: {self.stop_reason}")
         if self.late_sends:
-            self.log(f"note: {self.late_sends} requests left more than 1 ms after their arrival time "
-                     f"(worst {self.max_lag_s * 1e3:.1f} ms): this client could not keep up")
+            frac = self.late_sends / max(self.stats.sent, 1)
+            self.log(f"note: {self.late_sends} requests ({100 * frac:.2f}%) left more than 1 ms after their "
+                     f"arrival time (worst {self.max_lag_s * 1e3:.1f} ms)"
+                     + (": this client could not keep up" if frac > 0.01 else ""))
         left = self.client.drain(drain_s)
         if left:
             self.log(f"{left} requests still unanswered after {drain_s:g} s; giving up on them")
