@@ -96,6 +96,23 @@ def test_workload_runs_and_accounts_for_every_request(echo, name, trace_dir):
         assert engine.stop_reason in ("workload finished",) or "schedule finished" in engine.stop_reason
 
 
+def test_closed_loop_keeps_exactly_its_concurrency_in_flight(echo):
+    """Against a controller that never answers, a closed loop sends `concurrency` requests
+    and then waits; the unanswered ones are reported as such, not lost."""
+    echo.silent_models.update(range(100))
+    client = Client(echo.address, timeout_s=60, connect_timeout_s=10, log=lambda m: None)
+    try:
+        stats = Stats(print_interval_s=10, log=lambda m: None)
+        engine = Engine(client, stats, send_inputs=False, duration_s=0.3, log=lambda m: None, zoo=[])
+        get("spam").fn(engine, model="resnet50", copies=2, concurrency=3)
+        engine.run(drain_s=0.05)
+    finally:
+        client.close()
+    assert stats.sent == 6 and stats.answered == 0
+    assert engine.outstanding_at_end == 6
+    assert "sent=6 answered=0 succeeded=0 unanswered=6" in stats.summary(engine.outstanding_at_end)
+
+
 def test_simple_parametric_sends_exactly_its_requests(echo):
     engine, stats = run_workload(echo, "simple-parametric", ["5", "2", "3", "7"])
     assert stats.sent == 2 * 7                       # 2 clients x 7 requests, then it ends
