@@ -40,6 +40,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--workload", default="simple")
+    ap.add_argument("--args", default="", help="workload arguments before the model, e.g. '16 200'")
     ap.add_argument("--duration", type=float, default=30)
     ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--zoo", default=os.environ.get("CLOCKWORK_MODEL_DIR", "zoo"))
@@ -59,7 +60,8 @@ def main():
         procs.append((name, p, f))
         return p
 
-    result = {"model": a.model, "workload": a.workload, "backend": a.backend, "duration_s": a.duration}
+    result = {"model": a.model, "workload": " ".join([a.workload, *a.args.split()]),
+              "weights_cache": a.weights_cache, "backend": a.backend, "duration_s": a.duration}
     try:
         start("worker", ["worker", "--backend", a.backend, "--host", "127.0.0.1", "--port", str(wport),
                          "--weights-cache", a.weights_cache])
@@ -68,7 +70,7 @@ def main():
                              "--telemetry-port", "0", "--log-dir", str(out)])
         client = start("client", ["client", f"127.0.0.1:{cport}", "--workload", a.workload,
                                   "--duration", str(a.duration), "--request-log", str(out / "client_requests.tsv"),
-                                  "--print-interval", "5", a.model])
+                                  "--print-interval", "5", *a.args.split(), a.model])
         try:
             rc = client.wait(timeout=a.duration + 180)
         except subprocess.TimeoutExpired:
@@ -98,6 +100,11 @@ def main():
         inf = [r for r in acts if r["action_type"].lower() in ("infer", "23") and r["status"] in ("0", "success")]
         ex = [float(r["worker_exec_duration"]) for r in inf]
         scale = 1e6 if ex and pct(ex, 50) > 1e4 else 1.0    # ns -> ms when logged in ns
+        kinds = {}
+        for r in acts:
+            key = f"{r['action_type']}:{'ok' if r['status'] in ('0', 'success') else 'status ' + r['status']}"
+            kinds[key] = kinds.get(key, 0) + 1
+        result["actions"] = kinds
         result.update(infer_actions=len(inf), exec_p50_ms=pct(ex, 50) / scale, exec_p99_ms=pct(ex, 99) / scale,
                       batch_sizes=sorted({int(r["batch_size"]) for r in inf}))
     except (OSError, KeyError, ValueError, StopIteration) as e:
