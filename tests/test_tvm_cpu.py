@@ -149,13 +149,18 @@ def test_build_skips_unchanged(zoo):
 
 def test_cuda_build_without_device_code_is_refused(monkeypatch, tmp_path):
     """If TVM emits CUDA source instead of a binary, nothing is written."""
-    def fake_run(cmd, **kw):
-        with open(cmd[-1], "wb") as f:          # what TVM does without libcuda: source inside
-            f.write(b"\x7fELF" + b"\0" * 64 + b'extern "C" __global__ void default_function_kernel() {}')
-        import subprocess
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+    class FakeChild:
+        """A compile that 'succeeds' but leaves what TVM writes without libcuda: CUDA source."""
+        returncode = 0
 
-    monkeypatch.setattr(build.subprocess, "run", fake_run)
+        def __init__(self, cmd, **kw):
+            with open(cmd[-1], "wb") as f:
+                f.write(b"\x7fELF" + b"\0" * 64 + b'extern "C" __global__ void default_function_kernel() {}')
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(build, "_start_child", FakeChild)
     monkeypatch.setattr(build, "stub_dir", lambda: tmp_path)
     out = tmp_path / "cuda-sm_90.so"
     with pytest.raises(build.BuildError, match="refusing"):
