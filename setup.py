@@ -13,11 +13,14 @@ setup(
         "numpy>=1.24",
         "click>=8.0",
         'tomli>=2.0; python_version < "3.11"',
+        "rich>=13",                  # `cw top`: live terminal tables without curses code of our own
+        "prometheus-client>=0.17",   # controller /metrics endpoint (start_http_server returns the server)
     ],
     extras_require={
         "gpu": ["cuda-python>=12", "nvidia-ml-py>=12"],
         "tvm": ["apache-tvm==0.27.0.post1"],
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
+        "plot": ["matplotlib>=3.6"],   # `cw plot` only; imported lazily
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
 )

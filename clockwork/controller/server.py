@@ -144,7 +144,7 @@ class Controller:
         self.telemetry = None
         if telemetry_port is None:
             telemetry_port = cc.get("telemetry_port", 0)
-        if telemetry_port:
+        if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
             try:
                 from ..telemetry.publisher import TelemetryPublisher
                 self.telemetry = TelemetryPublisher(self, self.ctx, host, telemetry_port)
@@ -184,7 +184,7 @@ class Controller:
                               latency, req.deadline, int(now <= req.deadline), self.arrivals,
                               self.departures, int(req.is_coldstart), req.batch_size, req.gpu))
         if self.telemetry is not None:
-            self.telemetry.request_done(req, status, latency, now)
+            self.telemetry.request_done(req, status, latency, now, exec_ns)
 
     # ------------------------------------------------------------------ main loop
 
@@ -381,6 +381,9 @@ class Controller:
             return
         new = {m.model_id: m for m in job.models}
         self.models.update(new)
+        if self.telemetry is not None:   # telemetry: event
+            self.telemetry.event("model_registered", f"models {job.model_id}..{job.model_id + job.copies - 1} "
+                                 f"registered from {job.path}", model_id=job.model_id)
         self.loaded_paths.append((job.path, job.model_id, job.copies))
         if self.phase == "running":
             self.scheduler.add_models(new)
@@ -459,6 +462,8 @@ class Controller:
                                  getattr(action, "batch_size", 0), getattr(action, "expected_ns", 0), 0,
                                  p.expected_end, 0, 0, 0, 0, msg.received, msg.sent, p.sent,
                                  now - p.sent, 0, 0))
+        if self.telemetry is not None:   # telemetry: per action counters
+            self.telemetry.action_done(w, action, msg, now)
         if p.on_done is not None:
             p.on_done(w, msg)
         else:
@@ -492,6 +497,9 @@ class Controller:
         for g in st.gpus:
             self.out(f"  GPU {g.gpu_id} {g.name} {g.total_pages * st.page_size / 2**30:.1f} GB "
                      f"({g.total_pages} pages) {len(g.loaded_models)} loaded models")
+        if self.telemetry is not None:   # telemetry: event
+            self.telemetry.event("worker_connected", f"Worker {w.id} ({w.address}) connected with "
+                                 f"{len(st.gpus)} GPUs", w.id)
         if self.phase == "connecting":
             if all(x.alive for x in self.workers):
                 self.phase = "loading"
@@ -526,12 +534,18 @@ class Controller:
                 g.loaded_models = []
             w.joined = True
             self.out(f"Worker {w.id} ({w.address}) joined with {len(st.gpus)} GPUs")
+            if self.telemetry is not None:   # telemetry: event
+                self.telemetry.event("worker_joined", f"Worker {w.id} ({w.address}) joined with "
+                                     f"{len(st.gpus)} GPUs", w.id)
             self.scheduler.on_worker_joined(w.id, st)
 
     def _worker_lost(self, w: WorkerLink, now: int) -> None:
         self.out(f"Worker {w.id} ({w.address}) lost: no message for "
                  f"{(now - w.last_heard) / 1e6:.0f} ms; {len(w.pending)} actions in flight failed")
         w.alive = False
+        if self.telemetry is not None:   # telemetry: event
+            self.telemetry.event("worker_lost", f"Worker {w.id} ({w.address}) lost: no message for "
+                                 f"{(now - w.last_heard) / 1e6:.0f} ms", w.id)
         for aid in sorted(w.pending):
             self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} lost")
         w.pending.clear()
