@@ -15,6 +15,8 @@ from ..config import ConfigError, load_config, log_dir
 @click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
 @click.option("--port", type=int, default=None, help="Client port (default from config: 12346).")
 @click.option("--telemetry-port", type=int, default=None, help="Telemetry PUB port (0: off).")
+@click.option("--metrics-port", type=int, default=None,
+              help="Prometheus /metrics HTTP port (0: off; default from config).")
 @click.option("--log-dir", default=None, help="TSV log directory (default $CLOCKWORK_LOG_DIR or ./logs).")
 @click.option("--no-logs", is_flag=True, help="Write no request/action logs.")
 @click.option("--config", "config_file", default=None, help="TOML config (default $CLOCKWORK_CONFIG_FILE).")
@@ -22,8 +24,8 @@ from ..config import ConfigError, load_config, log_dir
 @click.option("--max-batch", type=int, default=None, help="Largest batch to schedule.")
 @click.option("--generate-inputs", is_flag=True, default=None,
               help="Inputs are generated, not sent by clients (as CLOCKWORK_DISABLE_INPUTS=1).")
-def controller_command(workers, scheduler, host, port, telemetry_port, log_dir, no_logs, config_file,
-                       slo_ms, max_batch, generate_inputs):
+def controller_command(workers, scheduler, host, port, telemetry_port, metrics_port, log_dir, no_logs,
+                       config_file, slo_ms, max_batch, generate_inputs):
     """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
     from .server import serve
     try:
@@ -37,6 +39,8 @@ def controller_command(workers, scheduler, host, port, telemetry_port, log_dir, 
         cc["max_batch_size"] = max_batch
     if generate_inputs:
         cc["generate_inputs"] = True
+    if metrics_port is not None:
+        cc["metrics_port"] = metrics_port
     addresses = [a for w in workers for a in w.split(",") if a]
     try:
         logs = None if no_logs else log_dir_or_fail(log_dir)
