@@ -32,15 +32,17 @@ def zoo(tmp_path_factory):
 
 
 @pytest.fixture
-def worker(zoo, tmp_path):
-    """(process, port, log path); the process is always killed, even if the test fails."""
+def worker(zoo, tmp_path, request):
+    """(process, port, log path); the process is always killed, even if the test fails.
+    Emulates 2 GPUs unless parametrized indirectly with another count."""
+    gpus = getattr(request, "param", 2)
     port = sockets.free_port()
     log = tmp_path / "worker.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("CLOCKWORK_CONFIG_FILE", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clockwork.worker.command", "--emulate", "2", "--host", "127.0.0.1",
+            [sys.executable, "-m", "clockwork.worker.command", "--emulate", str(gpus), "--host", "127.0.0.1",
              "--port", str(port), "--model-dir", str(zoo), "--weights-cache", str(CACHE_PAGES * PAGE)],
             stdout=out, stderr=subprocess.STDOUT, env=env,
             # as when started with `&` from a script: SIGINT ignored; the worker must still stop on it
@@ -121,6 +123,32 @@ def test_full_round_trip(worker, dealer, zoo):
     st, _ = call(dealer, s.GetWorkerState(8))
     assert st.state.gpus[1].loaded_models == [1] and len(st.state.models) == 3
     assert proc.poll() is None
+
+
+@pytest.mark.parametrize("worker", [64], indirect=True)
+def test_64_gpus_4000_models_pipelined(worker, dealer, zoo):
+    spec = load_spec(zoo / "mlp")
+    res, _ = call(dealer, s.LoadModelFromDisk(1, 0, 0, model_id=0, path="mlp", copies=4000))
+    assert len(res.models) == 4000
+    for g in range(64):                                        # model g on gpu g, all in flight
+        sockets.send(dealer, s.LoadWeights(100 + g, 0, 0, model_id=g, gpu_id=g))
+    loads = [recv_result(dealer)[0] for _ in range(64)]
+    assert all(isinstance(r, s.LoadWeightsResult) for r in loads)
+    for i in range(640):
+        g = i % 64
+        sockets.send(dealer, s.Infer(1000 + i, 0, 0, model_id=g, gpu_id=g, batch_size=1 + i % 16))
+    results = {}
+    for _ in range(640):
+        msg, data = recv_result(dealer)
+        results[msg.action_id] = (msg, data)
+    assert sorted(results) == list(range(1000, 1640))
+    for aid, (msg, data) in results.items():
+        b = 1 + (aid - 1000) % 16
+        assert isinstance(msg, s.InferResult), msg
+        assert len(data[0]) == b * spec.output_size
+    st, _ = call(dealer, s.GetWorkerState(2))
+    assert len(st.state.gpus) == 64 and len(st.state.models) == 4000
+    assert all(g.loaded_models == [g.gpu_id] for g in st.state.gpus)
 
 
 def test_heartbeats_once_a_controller_spoke(worker, dealer):
