@@ -13,8 +13,9 @@ slows the controller down:
 It also serves the Prometheus endpoint (metrics.py) when [controller] metrics_port is set.
 
 Scheduler numbers: every int/float value of Scheduler.stats() is passed on in
-`scheduler_stats`; "queued" (int) is the total queue length and "queued_by_model"
-(dict model id -> int) the per-model queue lengths, when the scheduler provides them.
+`scheduler_stats`; "queued" (int) is the total queue length and "queues" (or
+"queued_by_model"; dict model id -> int) the per-model queue lengths, when the scheduler
+provides them.
 """
 from __future__ import annotations
 
@@ -171,7 +172,7 @@ class TelemetryPublisher:
         scalars = {str(k): float(v) for k, v in raw.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         total = raw.get("queued", -1)
-        by_model = raw.get("queued_by_model", {})
+        by_model = raw.get("queued_by_model", raw.get("queues", {}))
         return scalars, total if isinstance(total, int) else -1, by_model if isinstance(by_model, dict) else {}
 
     def _gpus(self, now: int, span: float) -> tuple[list[tm.GpuSnapshot], dict[int, int]]:
