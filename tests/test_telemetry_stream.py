@@ -260,3 +260,52 @@ def test_port_in_use_is_a_clear_error(ctx, system):
     port = int(address.rsplit(":", 1)[1])
     with pytest.raises(ValueError, match="cannot publish telemetry"):
         TelemetryPublisher(ctl, ctx, "127.0.0.1", port)
+
+
+def _system_available() -> str | None:
+    try:
+        from clockwork.controller.schedulers import make_scheduler  # noqa: F401
+        import clockwork.worker.command  # noqa: F401
+    except ImportError as e:
+        return f"the worker or schedulers are not available yet: {e}"
+    return None
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(_system_available() is not None, reason=str(_system_available()))
+def test_stream_of_a_real_run(ctx):
+    """Snapshots and events of an emulated system agree with what its client saw."""
+    import re
+
+    from clockwork.local import LocalCluster
+    gpus = 2
+    with LocalCluster(gpus=gpus) as cluster:
+        address = f"tcp://127.0.0.1:{cluster.telemetry_port}"
+        snaps = subscriber(ctx, address, tm.TOPIC_SNAPSHOT)
+        events = subscriber(ctx, address, tm.TOPIC_EVENTS)
+        assert snaps.poll(60_000), "the controller published nothing"
+        first = tm.decode(snaps.recv())
+        assert len(first.gpus) == gpus and first.phase in ("loading", "running")
+        result = cluster.run_client("simple", ["--duration", "3"], timeout=120)
+        assert result.returncode == 0, result.stdout
+        m = re.search(r"answered=(\d+) succeeded=(\d+)", result.stdout)
+        answered, succeeded = int(m.group(1)), int(m.group(2))
+        assert answered > 0
+        last = first
+        while last.total < answered:                  # the client is done: totals catch up
+            last = next_snapshot(snaps, last.seq)
+        assert last.total == answered
+        assert last.total_met <= succeeded
+        assert sorted(mm.model_id for mm in last.models) == [0, 1]     # simple: 2 copies of resnet50
+        assert {mm.name for mm in last.models} == {"resnet50"}
+        assert sum(mm.total for mm in last.models) == answered
+        assert len(last.gpus) == gpus and all(g.health == "ok" for g in last.gpus)
+        assert {g.name for g in last.gpus} == {f"Emulated GPU {i}" for i in range(gpus)}
+        assert all(g.sm_clock_mhz > 0 and g.memory_total > 0 for g in last.gpus)   # device readings
+        seen = []
+        while events.poll(0):
+            seen.extend(tm.decode(events.recv()).events)
+        kinds = [e.kind for e in seen]
+        assert "model_registered" in kinds and "load" in kinds
+        loaded = {e.model_id for e in seen if e.kind == "load"}
+        assert loaded <= {0, 1} and loaded
