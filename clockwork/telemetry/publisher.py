@@ -32,7 +32,7 @@ from . import messages as tm
 from .recorder import BOUNDS, Recorder
 
 PUBLISH_INTERVAL_NS = 1_000_000_000
-MODELS_PER_STEP = 400          # models turned into snapshot rows per housekeeping call
+MODELS_PER_STEP = 200          # models turned into snapshot rows per housekeeping call (~2 ms)
 SNDHWM = 8                     # messages queued per subscriber before PUB drops for it
 MAX_EVENTS_PER_MESSAGE = 64
 
@@ -96,6 +96,7 @@ class TelemetryPublisher:
         self.sent = 0                                   # messages handed to the socket
         self._build = None                              # snapshot in progress (a generator)
         self._last_t = 0
+        self._names: dict[int, str] = {}                # model id -> short name
         self.metrics = None
         metrics_port = controller.config["controller"].get("metrics_port", 0)
         if metrics_port:
@@ -263,8 +264,12 @@ class TelemetryPublisher:
         for mid, m in list(rec.models.items()):
             if not m.requests:
                 continue
-            info = c.models.get(mid)
-            name = os.path.basename(info.source.rstrip("/")) if info is not None else ""
+            name = self._names.get(mid)
+            if name is None:
+                info = c.models.get(mid)
+                name = os.path.basename(info.source.rstrip("/")) if info is not None else ""
+                if info is not None:
+                    self._names[mid] = name
             row = self._model_row(m, now, since, int(queued_by_model.get(mid, -1)), holders.get(mid, 0), name)
             models.append(row)
             rate += row.rate
