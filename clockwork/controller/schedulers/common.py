@@ -1,0 +1,106 @@
+"""Pieces every scheduling policy shares: settings from the [controller] config section, GPU
+references built from worker states, and per-request output slicing (zero-copy)."""
+from __future__ import annotations
+
+from ...config import DEFAULT_CONFIG, tomllib
+from ...transport.schema import ModelInfo, WorkerState
+from ..scheduler import GpuRef
+
+DEFAULT_CLOCK_MHZ = 1980      # nominal SM clock of an H200; estimates are scaled by the GPU clock
+_defaults: dict | None = None
+
+
+class SchedulerConfigError(ValueError):
+    """A [controller] setting has a value the scheduler cannot use."""
+
+
+def _default_controller() -> dict:
+    global _defaults
+    if _defaults is None:
+        with open(DEFAULT_CONFIG, "rb") as f:
+            _defaults = tomllib.load(f)["controller"]
+    return _defaults
+
+
+class Settings:
+    """The [controller] keys a policy needs, times in integer ns.
+
+    Accepts the whole config (with a "controller" table) or the [controller] table itself;
+    missing keys take conf/default.toml's values."""
+
+    def __init__(self, config: dict | None):
+        config = config or {}
+        section = config.get("controller") if isinstance(config.get("controller"), dict) else config
+        defaults = _default_controller()
+
+        def num(key, kind=float, minimum=0.0):
+            value = section.get(key, defaults[key])
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SchedulerConfigError(f"[controller] {key} must be a number, got {value!r}")
+            if value < minimum:
+                raise SchedulerConfigError(f"[controller] {key} must be >= {minimum}, got {value!r}")
+            return kind(value)
+
+        def ms(key, minimum=0.0):
+            return int(num(key, float, minimum) * 1_000_000)
+
+        self.default_slo = ms("default_slo_ms", 0.001)
+        self.schedule_ahead = ms("schedule_ahead_ms")
+        self.latest_delta = self.schedule_ahead          # the original: latest_delta = schedule_ahead
+        self.max_exec = ms("max_exec_ms", 0.001)
+        self.buffer = ms("buffer_ms")
+        self.max_load_slo = ms("max_load_slo_ms")
+        self.max_batch_size = num("max_batch_size", int, 1)
+        self.estimate_window = num("estimate_window", int, 1)
+        self.estimate_percentile = num("estimate_percentile", float, 0.0)
+        if self.estimate_percentile > 100:
+            raise SchedulerConfigError("[controller] estimate_percentile must be <= 100")
+        self.max_loads_per_gpu = num("max_loads_per_gpu", int, 1)
+        self.max_queue_per_model = num("max_queue_per_model", int, 1)
+
+
+def build_gpus(workers: dict[int, WorkerState], first_index: int = 0) -> list[tuple[GpuRef, object]]:
+    """(GpuRef, GpuState) for every GPU of `workers`, global indices from `first_index` on."""
+    out = []
+    index = first_index
+    for worker_id in sorted(workers):
+        for gpu in workers[worker_id].gpus:
+            out.append((GpuRef(index, worker_id, gpu.gpu_id, gpu.total_pages,
+                               f"W{worker_id}-GPU{gpu.gpu_id}"), gpu))
+            index += 1
+    return out
+
+
+def batch_tables(info: ModelInfo) -> tuple[list[int], list[int]]:
+    """pad[n] = smallest compiled batch >= n, and exec_ns[n] = profiled time of pad[n], for n in
+    1..max compiled batch (index 0 unused). The worker pads a batch b to pad[b]."""
+    sizes = sorted(zip(info.batch_sizes, info.exec_ns)) or [(1, 100_000)]
+    top = sizes[-1][0]
+    pad = [0] * (top + 1)
+    exec_ns = [0] * (top + 1)
+    i = 0
+    for n in range(1, top + 1):
+        while sizes[i][0] < n:
+            i += 1
+        pad[n] = sizes[i][0]
+        exec_ns[n] = max(1, int(sizes[i][1]))
+    return pad, exec_ns
+
+
+def output_view(data: list) -> memoryview | None:
+    """The output frame of an InferResult as a memoryview (no copy), or None if absent."""
+    if not data:
+        return None
+    frame = data[0]
+    return memoryview(frame.buffer if hasattr(frame, "buffer") else frame)
+
+
+_zeros: dict[int, memoryview] = {}
+
+
+def zeros(nbytes: int) -> memoryview:
+    """A read-only zero buffer of `nbytes`, shared (no allocation per request)."""
+    view = _zeros.get(nbytes)
+    if view is None:
+        view = _zeros[nbytes] = memoryview(bytes(nbytes))
+    return view
