@@ -101,3 +101,33 @@ def test_port_in_use_is_a_clear_error(system):
     ctl, pub, url = system
     with pytest.raises(ValueError, match="cannot serve Prometheus metrics"):
         TelemetryPublisher(ctl, zmq.Context.instance(), "127.0.0.1", 0)
+
+
+def _system_available() -> str | None:
+    try:
+        from clockwork.controller.schedulers import make_scheduler  # noqa: F401
+        import clockwork.worker.command  # noqa: F401
+    except ImportError as e:
+        return f"the worker or schedulers are not available yet: {e}"
+    return None
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(_system_available() is not None, reason=str(_system_available()))
+def test_metrics_of_a_real_run():
+    """`cw controller --metrics-port`: the scrape agrees with what the client saw."""
+    import re
+
+    from clockwork.local import LocalCluster
+    port = free_port()
+    with LocalCluster(gpus=2, controller_args=("--metrics-port", str(port))) as cluster:
+        result = cluster.run_client("simple", ["--duration", "2"], timeout=120)
+        assert result.returncode == 0, result.stdout
+        succeeded = int(re.search(r"succeeded=(\d+)", result.stdout).group(1))
+        m = scrape(f"http://127.0.0.1:{port}/metrics")
+    assert succeeded > 0
+    assert sum(v for (name, _), v in m.items() if name == "clockwork_request_success_total") == succeeded
+    assert m[("clockwork_request_duration_seconds_count", ())] == succeeded
+    assert sum(v for (name, _), v in m.items() if name == "clockwork_inference_total") >= succeeded
+    assert {labels for (name, labels) in m if name == "clockwork_gpu_weights_cache_pages"} == \
+        {(("gpu", str(g)), ("worker", "0")) for g in range(2)}

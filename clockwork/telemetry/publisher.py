@@ -100,8 +100,17 @@ class TelemetryPublisher:
         self.metrics = None
         metrics_port = controller.config["controller"].get("metrics_port", 0)
         if metrics_port:
-            from .metrics import MetricsServer
-            self.metrics = MetricsServer(self, host, metrics_port)
+            try:
+                from .metrics import MetricsServer
+            except ImportError as e:   # say so rather than let the edge drop telemetry silently
+                self.close()
+                raise ValueError(f"metrics_port is set but {e.name or e} is not installed "
+                                 f"(pip install prometheus-client)") from None
+            try:
+                self.metrics = MetricsServer(self, host, metrics_port)
+            except ValueError:
+                self.close()
+                raise
 
     # ------------------------------------------------------------------ hooks
 

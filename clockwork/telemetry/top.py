@@ -384,7 +384,11 @@ def _live(state: TopState, snaps, events) -> None:
 @click.option("--width", type=int, default=160, show_default=True, help="With --once: text width.")
 def top_command(address, sort, filter_text, once, timeout, width):
     """Live view of the controller publishing telemetry at ADDRESS (HOST:PORT; default
-    127.0.0.1 and the config's [controller] telemetry_port)."""
+    127.0.0.1 and the config's [controller] telemetry_port).
+
+    \b
+    Keys: q quit, < > (or arrows) sort column, r reverse, / filter (Enter ends, Esc clears),
+    p pause."""
     display, endpoint = _resolve(address)
     state = TopState(display, sort, filter_text)
     ctx = zmq.Context()
