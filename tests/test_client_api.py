@@ -191,6 +191,8 @@ def test_no_controller_is_a_clear_error():
 def test_bad_address():
     with pytest.raises(ValueError, match="port"):
         Client("localhost:notaport")
+    with pytest.raises(ValueError, match="bad address 'a b:12'"):
+        Client("a b:12")
 
 
 def test_answers_to_abandoned_requests_are_ignored(client):

@@ -57,7 +57,13 @@ def _connect(ctx: zmq.Context, host: str, port: int) -> tuple[zmq.Socket, zmq.So
                        (zmq.RCVHWM, 100_000), (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000)):
         sock.setsockopt(opt, value)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    sock.connect(tcp(host, port))
+    try:
+        sock.connect(tcp(host, port))
+    except zmq.ZMQError:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+        raise
     return sock, monitor
 
 
@@ -135,7 +141,12 @@ class Client:
         self.log = log
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
-        self._sock, self._monitor = _connect(self._ctx, self.host, self.port)
+        try:
+            self._sock, self._monitor = _connect(self._ctx, self.host, self.port)
+        except zmq.ZMQError as e:
+            if self._own_ctx:
+                self._ctx.term()
+            raise ValueError(f"bad address {address!r}: {e.strerror}") from None
         self._transport_up = False
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}

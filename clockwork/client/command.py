@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from ..config import inputs_disabled, load_config
+from ..config import ConfigError, inputs_disabled, load_config
 from .api import Client, ClientError
 from .stats import TSV_HEADER, Stats
 from .workloads.engine import Engine, WorkloadError, zoo_models
@@ -82,19 +82,22 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
         raise click.UsageError(str(e)) from None
     if duration is not None and duration <= 0:
         raise click.UsageError("--duration must be > 0")
-    cfg = load_config()
+    try:
+        cfg = load_config()
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
     send_inputs = not (no_inputs or inputs_disabled())
-    click.echo(f"Running workload `{workload_name}` on {address}")
-    if send_inputs:
-        click.echo("Client is sending inputs with requests. Set CLOCKWORK_DISABLE_INPUTS=1 or --no-inputs to disable inputs.")
-    else:
-        click.echo("Client inputs are DISABLED: the controller generates them.")
     tsv = None
     try:
         client = Client(address, timeout_s=timeout_s, connect_timeout_s=connect_timeout,
                         load_timeout_s=load_timeout, log=lambda m: click.echo(m))
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    click.echo(f"Running workload `{workload_name}` on {address}")
+    if send_inputs:
+        click.echo("Client is sending inputs with requests. Set CLOCKWORK_DISABLE_INPUTS=1 or --no-inputs to disable inputs.")
+    else:
+        click.echo("Client inputs are DISABLED: the controller generates them.")
     status = 0
     prev_sigterm = None
     try:
