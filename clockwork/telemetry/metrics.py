@@ -35,6 +35,14 @@ from ..status import describe
 from .recorder import PROM_BOUNDS_S, PROM_INDEX
 
 
+def _counter(name: str, doc: str, labels=("model",)) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def _gauge(name: str, doc: str, labels=("worker", "gpu")) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
 def _buckets(counts: list[int]) -> list[tuple[str, int]]:
     """Cumulative (le, count) pairs at the Prometheus bounds, from fine bucket counts."""
     out = []
@@ -60,14 +68,14 @@ class TelemetryCollector:
     def collect(self):
         rec = self.pub.recorder
         models = list(rec.models.values())
-        labels = ["model"]
         fam = {
-            "success": CounterMetricFamily("clockwork_request_success", "Requests answered successfully.", labels=labels),
-            "failure": CounterMetricFamily("clockwork_request_failure", "Requests answered with an error, by reason.", labels=["model", "reason"]),
-            "met": CounterMetricFamily("clockwork_request_slo_met", "Successful requests answered within their deadline.", labels=labels),
-            "cold": CounterMetricFamily("clockwork_request_coldstart", "Requests served by a cold start (weights loaded for them).", labels=labels),
-            "inf": CounterMetricFamily("clockwork_inference", "Inputs executed (sum of batch sizes of successful Infer actions).", labels=labels),
-            "exe": CounterMetricFamily("clockwork_execution", "Infer actions (batches) executed successfully.", labels=labels),
+            "success": _counter("clockwork_request_success", "Requests answered successfully."),
+            "failure": _counter("clockwork_request_failure", "Requests answered with an error, by reason.",
+                                ("model", "reason")),
+            "met": _counter("clockwork_request_slo_met", "Successful requests answered within their deadline."),
+            "cold": _counter("clockwork_request_coldstart", "Requests served by a cold start (weights loaded first)."),
+            "inf": _counter("clockwork_inference", "Inputs executed (sum of batch sizes of successful Infer actions)."),
+            "exe": _counter("clockwork_execution", "Infer actions (batches) executed successfully."),
         }
         for m in models:
             mid = [str(m.model_id)]
@@ -81,12 +89,14 @@ class TelemetryCollector:
         yield from fam.values()
         for name, doc, hist, total in (
                 ("clockwork_request_duration_seconds",
-                 "Latency of successful requests, controller arrival to response.", rec.request_hist, rec.request_sum),
+                 "Latency of successful requests, controller arrival to response.",
+                 rec.request_hist, rec.request_sum),
                 ("clockwork_request_queue_duration_seconds",
                  "Time successful requests spent outside their batch's execution (queueing, transfers).",
                  rec.queue_hist, rec.queue_sum),
                 ("clockwork_request_compute_duration_seconds",
-                 "Execution time of the batch that served each successful request.", rec.compute_hist, rec.compute_sum)):
+                 "Execution time of the batch that served each successful request.",
+                 rec.compute_hist, rec.compute_sum)):
             h = HistogramMetricFamily(name, doc)
             h.add_metric([], _buckets(list(hist)), total / 1e9)
             yield h
@@ -95,20 +105,21 @@ class TelemetryCollector:
     def _gpu_families(self):
         snap = self.pub.last_snapshot
         rec = self.pub.recorder
-        gl = ["worker", "gpu"]
+        gl = ("worker", "gpu")
         g = {
-            "util": GaugeMetricFamily("clockwork_gpu_utilization_ratio", "GPU utilization reported by the worker (NVML or emulated).", labels=gl),
-            "busy": GaugeMetricFamily("clockwork_gpu_busy_ratio", "Fraction of the last interval the GPU spent executing, from Infer results.", labels=gl),
-            "pages": GaugeMetricFamily("clockwork_gpu_weights_cache_pages", "Pages in the GPU's weights cache.", labels=gl),
-            "free": GaugeMetricFamily("clockwork_gpu_weights_cache_free_pages", "Free pages in the GPU's weights cache.", labels=gl),
-            "loaded": GaugeMetricFamily("clockwork_gpu_loaded_models", "Model instances whose weights are on the GPU.", labels=gl),
-            "out": GaugeMetricFamily("clockwork_gpu_outstanding_actions", "Actions sent to the GPU and not yet answered.", labels=gl),
-            "clock": GaugeMetricFamily("clockwork_gpu_sm_clock_hertz", "SM clock reported by the worker.", labels=gl),
-            "temp": GaugeMetricFamily("clockwork_gpu_temperature_celsius", "GPU temperature reported by the worker.", labels=gl),
-            "mem": GaugeMetricFamily("clockwork_gpu_memory_used_bytes", "Device memory in use reported by the worker.", labels=gl),
+            "util": _gauge("clockwork_gpu_utilization_ratio", "GPU utilization reported by the worker (NVML/emulated)."),
+            "busy": _gauge("clockwork_gpu_busy_ratio",
+                           "Fraction of the last interval the GPU spent executing, from Infer results."),
+            "pages": _gauge("clockwork_gpu_weights_cache_pages", "Pages in the GPU's weights cache."),
+            "free": _gauge("clockwork_gpu_weights_cache_free_pages", "Free pages in the GPU's weights cache."),
+            "loaded": _gauge("clockwork_gpu_loaded_models", "Model instances whose weights are on the GPU."),
+            "out": _gauge("clockwork_gpu_outstanding_actions", "Actions sent to the GPU and not yet answered."),
+            "clock": _gauge("clockwork_gpu_sm_clock_hertz", "SM clock reported by the worker."),
+            "temp": _gauge("clockwork_gpu_temperature_celsius", "GPU temperature reported by the worker."),
+            "mem": _gauge("clockwork_gpu_memory_used_bytes", "Device memory in use reported by the worker."),
         }
-        up = GaugeMetricFamily("clockwork_worker_up", "1 while the worker answers the controller.", labels=["worker"])
-        queue = GaugeMetricFamily("clockwork_request_queue_length", "Requests waiting in the scheduler.")
+        up = _gauge("clockwork_worker_up", "1 while the worker answers the controller.", ("worker",))
+        queue = _gauge("clockwork_request_queue_length", "Requests waiting in the scheduler.", ())
         workers = {}
         if snap is not None:
             for r in snap.gpus:
@@ -137,10 +148,10 @@ class TelemetryCollector:
         yield up
         yield queue
         c = {
-            "infer": CounterMetricFamily("clockwork_gpu_infer", "Infer actions completed on the GPU.", labels=gl),
-            "load": CounterMetricFamily("clockwork_gpu_weights_load", "LoadWeights actions completed on the GPU.", labels=gl),
-            "evict": CounterMetricFamily("clockwork_gpu_weights_evict", "EvictWeights actions completed on the GPU.", labels=gl),
-            "err": CounterMetricFamily("clockwork_gpu_action_errors", "Actions for the GPU that failed.", labels=gl),
+            "infer": _counter("clockwork_gpu_infer", "Infer actions completed on the GPU.", gl),
+            "load": _counter("clockwork_gpu_weights_load", "LoadWeights actions completed on the GPU.", gl),
+            "evict": _counter("clockwork_gpu_weights_evict", "EvictWeights actions completed on the GPU.", gl),
+            "err": _counter("clockwork_gpu_action_errors", "Actions for the GPU that failed.", gl),
         }
         for (w, gpu), gc in sorted(list(rec.gpus.items())):
             lv = [str(w), str(gpu)]

@@ -279,7 +279,8 @@ def plot(summary: Summary, out_dir: Path, max_points: int = 1500) -> list[Path]:
             pcts = {q: _percentile_from_hist(lat, q) / 1e6 for q in (50, 99, 99.9)}
             ax.set(xlabel="latency (ms)", ylabel="fraction of successful requests",
                    title="Latency CDF  " + "  ".join(f"p{q:g}={v:.2f} ms" for q, v in pcts.items()))
-            ax.set_xlim(max(1e-3, edges_ms[np.argmax(cdf > 0)] / 2), edges_ms[min(len(cdf) - 1, np.argmax(cdf >= 1) + 1)] * 2)
+            first, last = np.argmax(cdf > 0), min(len(cdf) - 1, np.argmax(cdf >= 1) + 1)
+            ax.set_xlim(max(1e-3, edges_ms[first] / 2), edges_ms[last] * 2)
             ax.grid(alpha=0.3, which="both")
             save(fig, "latency_cdf.png")
 

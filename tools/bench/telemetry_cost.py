@@ -89,7 +89,8 @@ def write_logs(d: Path, n: int, seed: int = 1) -> None:
     with open(d / "clockwork_action_log.tsv", "w") as f:
         f.write("\t".join(ACTION_COLUMNS) + "\n")
         for i in range(m):
-            f.write(f"{ta[i]}\t{i}\tInfer\t0\t0\t0\t{i % 100}\t4\t{exp[i]}\t{exp[i] - 20000}\t0\t0\t0\t1980\t0\t0\t0\t0\t0\t0\t0\n")
+            f.write(f"{ta[i]}\t{i}\tInfer\t0\t0\t0\t{i % 100}\t4\t{exp[i]}\t{exp[i] - 20000}"
+                    "\t0\t0\t0\t1980\t0\t0\t0\t0\t0\t0\t0\n")
 
 
 def plot(n: int) -> None:
