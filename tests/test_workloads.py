@@ -303,3 +303,42 @@ def test_sigterm_stops_the_client_with_a_summary(echo):
             p.wait()
     assert p.returncode == 130
     assert "Interrupted" in out and "Summary:" in out
+
+
+def test_stats_lines_and_summary():
+    import io
+
+    import numpy as np
+
+    from clockwork.client.api import NO_ANSWER, SEND_FAILED
+    t = [100.0]
+    tsv = io.StringIO()
+    lines = []
+    st = Stats(print_interval_s=2.0, log=lines.append, tsv=tsv, clock=lambda: t[0])
+    lat = [0.001, 0.002, 0.003, 0.004]
+    for x in lat:
+        st.on_sent()
+        st.on_answer(0, x)
+    st.on_sent()
+    st.on_answer(8, 0.0005)                          # answered, not a success
+    st.on_sent()
+    st.on_answer(NO_ANSWER, 30.0)                     # never answered
+    st.on_sent()
+    st.on_answer(SEND_FAILED, 0.0)                    # never left
+    t[0] += 1.0
+    st.maybe_print()
+    assert not lines                                  # not yet an interval
+    t[0] += 1.0
+    st.maybe_print()
+    a = np.array(lat) * 1e3
+    p50, p99 = np.percentile(a, [50, 99])
+    assert lines == [f"throughput={5 / 2.0:.2f} min={a.min():.2f} max={a.max():.2f} mean={a.mean():.2f} "
+                     f"p50={p50:.2f} p99={p99:.2f} success={100 * 4 / 5:.2f}%"]
+    assert st.sent == 6 and st.answered == 5 and st.succeeded == 4
+    s = st.summary(outstanding=0)
+    assert "sent=6 answered=5 succeeded=4 unanswered=1" in s
+    assert "client timeouts=1" in s and "not sent=1" in s
+    assert "status 8 could not start in time: 1" in s
+    st.record(t[0], 42, 3, 1, 1, 2.5, 0, 0.004, 3_000_000)
+    row = tsv.getvalue().strip().split("\t")
+    assert row[1:7] == ["42", "3", "1", "1", "2.5", "0"] and float(row[7]) == 4.0 and float(row[8]) == 3.0
