@@ -107,7 +107,7 @@ class TelemetryCollector:
         rec = self.pub.recorder
         gl = ("worker", "gpu")
         g = {
-            "util": _gauge("clockwork_gpu_utilization_ratio", "GPU utilization reported by the worker (NVML/emulated)."),
+            "util": _gauge("clockwork_gpu_utilization_ratio", "Utilization reported by the worker (NVML/emulated)."),
             "busy": _gauge("clockwork_gpu_busy_ratio",
                            "Fraction of the last interval the GPU spent executing, from Infer results."),
             "pages": _gauge("clockwork_gpu_weights_cache_pages", "Pages in the GPU's weights cache."),
