@@ -71,6 +71,16 @@ def build_gpus(workers: dict[int, WorkerState], first_index: int = 0) -> list[tu
     return out
 
 
+def free_pages(gpu, models: dict) -> int:
+    """Pages free on a GPU as the controller counts them: total minus the loaded models' pages
+    (a rejoining worker's reported free_pages may predate its reset)."""
+    used = 0
+    for mid in gpu.loaded_models:
+        m = models.get(mid)
+        used += getattr(m, "num_pages", None) or getattr(m, "pages", 0)
+    return gpu.total_pages - used
+
+
 def batch_tables(info: ModelInfo) -> tuple[list[int], list[int]]:
     """pad[n] = smallest compiled batch >= n, and exec_ns[n] = profiled time of pad[n], for n in
     1..max compiled batch (index 0 unused). The worker pads a batch b to pad[b]."""

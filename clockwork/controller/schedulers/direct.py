@@ -8,7 +8,7 @@ from collections import OrderedDict
 from ...status import Status
 from ...transport.schema import EvictWeights, Infer, InferResult, LoadWeights, LoadWeightsResult
 from ..scheduler import Request, Scheduler
-from .common import build_gpus, output_view
+from .common import free_pages, build_gpus, output_view
 
 OPEN = 3600 * 1_000_000_000       # windows are [0, now + 1 hour]
 
@@ -16,12 +16,12 @@ OPEN = 3600 * 1_000_000_000       # windows are [0, now + 1 hour]
 class _Gpu:
     __slots__ = ("ref", "loaded", "loading", "busy", "free_pages")
 
-    def __init__(self, ref, state):
+    def __init__(self, ref, state, models):
         self.ref = ref
         self.loaded = OrderedDict((mid, None) for mid in state.loaded_models)   # LRU order
         self.loading: set[int] = set()
         self.busy: dict[int, int] = {}     # model id -> Infers in flight
-        self.free_pages = state.free_pages
+        self.free_pages = free_pages(state, models)
 
 
 class DirectScheduler(Scheduler):
@@ -44,7 +44,7 @@ class DirectScheduler(Scheduler):
         for info in state.models:
             self.models.setdefault(info.model_id, info)
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
-            self._gpus.append(_Gpu(ref, gs))
+            self._gpus.append(_Gpu(ref, gs, self.models))
             self._next_index = ref.index + 1
 
     def on_request(self, req: Request) -> None:

@@ -14,7 +14,7 @@ from collections import OrderedDict, deque
 from ...status import Status
 from ...transport.schema import EvictWeights, Infer, InferResult, LoadWeights, LoadWeightsResult
 from ..scheduler import Request, Scheduler
-from .common import Settings, batch_tables, build_gpus, output_view
+from .common import free_pages, Settings, batch_tables, build_gpus, output_view
 
 OPEN = 3600 * 1_000_000_000
 
@@ -23,7 +23,7 @@ class _Gpu:
     __slots__ = ("ref", "queues", "queued", "loaded", "loading", "blocked", "busy_model",
                  "free_pages", "batches")
 
-    def __init__(self, ref, state):
+    def __init__(self, ref, state, models):
         self.ref = ref
         self.queues: dict[int, deque] = {}      # model id -> its requests here, arrival order
         self.queued = 0                         # items queued here
@@ -31,7 +31,7 @@ class _Gpu:
         self.loading: set[int] = set()
         self.blocked: set[int] = set()          # models waiting for pages to be loaded here
         self.busy_model = -1                    # model of the Infer in flight, -1 when idle
-        self.free_pages = state.free_pages
+        self.free_pages = free_pages(state, models)
         self.batches = 0
 
 
@@ -64,7 +64,7 @@ class FifoScheduler(Scheduler):
             if info.model_id not in self._limit:
                 self._model(info)
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
-            self._gpus.append(_Gpu(ref, gs))
+            self._gpus.append(_Gpu(ref, gs, self.models))
             self._next_index = ref.index + 1
 
     # ------------------------------------------------------------------ requests

@@ -19,10 +19,13 @@ differ where that keeps the per-request cost small:
   GPU holding the model pops it first serves it, like the original.
 - While a GPU's exec executor is expected free before now + schedule_ahead, pop the most urgent
   model: drop front requests that cannot finish by their exec deadline even alone
-  (COULD_NOT_START_IN_TIME), then take the largest batch (up to max_batch_size) whose estimate
-  still fits the front's deadline. Deviation: a batch of n requests may be padded up to the next
-  compiled size (the worker supports it), where the original only formed compiled sizes; the
-  estimate used is the padded size's, so deadlines are checked for what actually runs.
+  (COULD_NOT_START_IN_TIME), then run the batch (compiled size <= max_batch_size) that serves the
+  most requests in time; requests ahead of that batch that it cannot include are answered
+  CONTROLLER_SKIPPED, as in the original's try_dequeue. The original reached this through its
+  strategy heap (the first feasible strategy, then an upgrade); choosing the largest feasible
+  batch directly is a deviation that keeps goodput at the GPU's batch-16 capacity under overload.
+  A batch of n requests may be padded up to the next compiled size (the worker supports it),
+  where the original only formed compiled sizes; deadlines are checked with the padded size.
 - Infer window: earliest = max(now, expected start - EARLIEST_LEAD) (the original used now),
   latest = max(now + 1 ms + latest_delta, expected start + latest_delta).
 - Load demand: a model's queued work (requests x batch-1 estimate) while its newest request could
@@ -50,7 +53,7 @@ from ...status import Status
 from ...transport.schema import (ErrorResult, EvictWeights, Infer, InferResult, LoadWeights,
                                  LoadWeightsResult, ModelInfo, WorkerState)
 from ..scheduler import GpuRef, Request, Scheduler
-from .common import DEFAULT_CLOCK_MHZ, Settings, batch_tables, build_gpus, output_view
+from .common import DEFAULT_CLOCK_MHZ, Settings, batch_tables, build_gpus, free_pages, output_view
 
 INF = 1 << 62
 EARLIEST_LEAD = 1_000_000       # an Infer may start this much before its expected start
@@ -73,7 +76,7 @@ def percentile(samples: list[int], p: float) -> int:
 class _Model:
     """Per-model state: queue, estimates, where it is loaded."""
     __slots__ = ("id", "info", "pages", "output_size", "pad", "down", "top", "limit", "est",
-                 "windows", "wpos", "thresholds", "queue", "items", "gpus", "loading_gpus",
+                 "windows", "wpos", "thresholds", "sizes", "queue", "items", "gpus", "loading_gpus",
                  "timeout_key", "weights_est", "weights_window", "weights_pos", "wanting")
 
     def __init__(self, info: ModelInfo, s: Settings):
@@ -90,6 +93,7 @@ class _Model:
         allowed = [b for b in compiled if b <= s.max_batch_size and exec_ns[b] <= s.max_exec]
         self.limit = allowed[-1] if allowed else compiled[0]
         self.thresholds = frozenset(b for b in compiled if b <= self.limit)
+        self.sizes = [b for b in compiled if b <= self.limit]     # batch candidates, ascending
         # down[n]: largest compiled size below pad[n] (0 if none): the next smaller candidate
         self.down = [0] * (self.top + 1)
         for n in range(1, self.top + 1):
@@ -201,6 +205,7 @@ class Infer4Scheduler(Scheduler):
         self._counts = [0] * 64                        # responses by status code
         self._queued = 0
         self._overloaded = 0
+        self._sending = False                          # inside send_action of an Infer
 
     # ------------------------------------------------------------------ setup
 
@@ -220,7 +225,7 @@ class Infer4Scheduler(Scheduler):
             self._add_model(info)
         now = self.clock()
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
-            g = _Gpu(ref, gs.free_pages, now)
+            g = _Gpu(ref, free_pages(gs, self._models), now)
             self._gpus[ref.index] = g
             self._next_index = ref.index + 1
             for mid in gs.loaded_models:
@@ -392,20 +397,46 @@ class Infer4Scheduler(Scheduler):
             self._respond(r, Status.COULD_NOT_START_IN_TIME, "could not start in time")
         if not q:
             return
-        first = q[0].batch_size
-        budget = q[0].exec_deadline - t
-        n = m.items if m.items < m.limit else m.limit
-        if n < first:
-            n = first
-        while n > first and est[n] // clk > budget:
-            d = m.down[n]
-            n = d if d > first else first
+        # Pick the batch serving the most requests in time if it starts at t: for each allowed
+        # compiled size c, the requests that can finish by t + est(c) are a suffix of the
+        # deadline-ordered queue; take up to c items from its start. Requests before that
+        # suffix are skipped (CONTROLLER_SKIPPED), as the original skips requests ahead of the
+        # strategy it runs; under overload this keeps batches large instead of spending the
+        # GPU on small batches of nearly expired requests.
+        qlen = len(q)
+        best_items, best_skip = 0, 0
+        for c in m.sizes:
+            finish = t + est[c] // clk
+            i = 0
+            while i < qlen and q[i].exec_deadline < finish:
+                i += 1
+            if i == qlen:
+                break                   # larger batches finish later still
+            items = 0
+            j = i
+            while j < qlen and items + q[j].batch_size <= c:
+                items += q[j].batch_size
+                j += 1
+            if items > best_items:
+                best_items, best_skip = items, i
+            if j == qlen:
+                break                   # queue exhausted: a larger c cannot take more
         reqs = []
         items = 0
-        while q and items + q[0].batch_size <= n:
+        if best_items == 0:             # the front request alone (larger than any batch limit)
             r = q.popleft()
-            items += r.batch_size
+            items = r.batch_size
             reqs.append(r)
+        else:
+            for _ in range(best_skip):
+                r = q.popleft()
+                m.items -= r.batch_size
+                self._queued -= 1
+                self._respond(r, Status.CONTROLLER_SKIPPED, "skipped for a larger batch")
+            while q and items + q[0].batch_size <= best_items:
+                r = q.popleft()
+                items += r.batch_size
+                reqs.append(r)
         m.items -= items
         self._queued -= len(reqs)
         e = est[items] // clk
@@ -435,8 +466,12 @@ class Infer4Scheduler(Scheduler):
         g.items += items
         g.busy[m.id] = g.busy.get(m.id, 0) + 1
         g.loaded.move_to_end(m.id)
-        self.out.send_action(g.worker_id, Infer(aid, earliest, latest, m.id, g.gpu_id, items, e),
-                             data, t + e)
+        self._sending = True
+        try:
+            self.out.send_action(g.worker_id, Infer(aid, earliest, latest, m.id, g.gpu_id, items, e),
+                                 data, t + e)
+        finally:
+            self._sending = False
 
     # ------------------------------------------------------------------ loads
 
@@ -615,8 +650,8 @@ class Infer4Scheduler(Scheduler):
         self._rearm(g)
         status = getattr(result, "status", Status.ERROR)
         message = getattr(result, "message", "")
-        if status == Status.WORKER_LOST:
-            self._requeue(reqs, now, message)
+        if status == Status.WORKER_LOST and not self._sending:
+            self._requeue(reqs, now, message)   # (a send that failed at once is not retried)
         else:
             for r in reqs:
                 self._respond(r, status, message)
@@ -666,8 +701,8 @@ class Infer4Scheduler(Scheduler):
         if ok:
             s = self.s
             m.measure_weights(result.duration, s.estimate_window, s.estimate_percentile)
-            if g.loads == 0:
-                g.load_free = result.end
+            if g.loads == 0 and g.load_free > now:
+                g.load_free = now          # (result.end is in worker time: not converted)
         else:
             if g.loads == 0 and g.load_free > now:
                 g.load_free = now

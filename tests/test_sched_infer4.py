@@ -1,0 +1,408 @@
+"""INFER4 (the Clockwork scheduler): unit tests with a fake clock and a recording Outbox, and
+scenario tests in the discrete-event simulator. Simulated time only; every request is answered
+exactly once (the recording outbox and the simulator both assert it)."""
+import itertools
+
+import numpy as np
+import pytest
+
+from clockwork.controller.scheduler import Request
+from clockwork.controller.schedulers import make_scheduler
+from clockwork.controller.schedulers.infer4 import percentile
+from clockwork.controller.simulator import MS, SECOND, Simulator, model_info, models_from_profile
+from clockwork.status import Status
+from clockwork.transport.schema import (ErrorResult, EvictWeights, GpuState, Infer, InferResult,
+                                        LoadWeights, WorkerState)
+
+pytestmark = pytest.mark.timeout(120)
+
+EXEC = {1: 1 * MS, 2: 1_200_000, 4: 1_500_000, 8: 2 * MS, 16: 3 * MS}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0
+
+    def __call__(self):
+        return self.now
+
+
+class Recorder:
+    """A recording Outbox: actions and responses, each request answered at most once."""
+
+    def __init__(self):
+        self.action_ids = itertools.count(1)
+        self.actions = []        # (worker_id, action, data)
+        self.responses = {}      # request id -> (status, output, exec_ns)
+
+    def send_action(self, worker_id, action, data=(), expected_end=0):
+        self.actions.append((worker_id, action, data))
+
+    def respond(self, req, status, message="", output=None, exec_ns=0):
+        assert req.id not in self.responses, f"request {req.id} answered twice"
+        self.responses[req.id] = (status, output, exec_ns)
+
+    def infers(self):
+        return [a for _, a, _ in self.actions if type(a) is Infer]
+
+
+def worker(gpus=1, pages=100, loaded=(), models=()):
+    return WorkerState(page_size=16 << 20, models=list(models), gpus=[
+        GpuState(i, pages, pages, 1 << 29, 1 << 29, list(loaded)) for i in range(gpus)])
+
+
+def setup(config=None, models=None, gpus=1, loaded=(0,), pages=100):
+    clock, out = Clock(), Recorder()
+    models = models or {0: model_info(0, EXEC, output_size=8)}
+    sched = make_scheduler("infer4", config or {}, clock, out)
+    sched.start(models, {0: worker(gpus, pages, loaded, models.values())})
+    return sched, clock, out
+
+
+_ids = itertools.count(1)
+
+
+def request(clock, model_id=0, slo=100 * MS, slo_factor=0.0, batch_size=1, inputs=()):
+    rid = next(_ids)
+    return Request(rid, None, rid, model_id, batch_size, clock.now, slo, list(inputs),
+                   slo_factor=slo_factor)
+
+
+def infer_result(action, start, duration, clock_mhz=1980):
+    return InferResult(action.action_id, start, start + duration, start, start, start,
+                       start + duration, duration, start + duration, start + duration,
+                       clock_mhz, clock_mhz)
+
+
+# ---------------------------------------------------------------- estimates
+
+def test_percentile_matches_linear_interpolation():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 5, 10):
+        samples = [int(x) for x in rng.integers(1_000, 10_000_000, n)]
+        for p in (50.0, 90.0, 99.0, 100.0):
+            assert percentile(samples, p) == int(np.percentile(samples, p))
+
+
+def test_estimate_seeded_from_profile_then_p99_of_window():
+    sched, clock, out = setup({"estimate_window": 10})
+    for b, ns in EXEC.items():
+        assert sched.estimate(0, b) == ns
+    samples = [900_000 + 37_000 * i for i in range(14)]      # 14 results, window keeps last 10
+    for value in samples:
+        sched.on_request(request(clock))
+        sched.tick()
+        (_, action, _), = out.actions[-1:]
+        assert type(action) is Infer and action.batch_size == 1
+        sched.on_result(0, action, infer_result(action, clock.now, value), [bytes(8)])
+        clock.now += 10 * MS
+    expected = int(np.percentile(samples[-10:], 99))
+    assert sched.estimate(0, 1) == pytest.approx(expected, abs=1)
+    assert sched.estimate(0, 2) == EXEC[2]                    # other batch sizes untouched
+    # the estimate is what the next Infer is planned with
+    sched.on_request(request(clock))
+    sched.tick()
+    assert out.actions[-1][1].expected_ns == sched.estimate(0, 1, 0)
+
+
+def test_estimate_scaled_by_gpu_clock():
+    sched, clock, out = setup()
+    sched.on_request(request(clock))
+    sched.tick()
+    action = out.actions[-1][1]
+    # ran at half the nominal clock: 2 ms there is 1 ms at the nominal 1980 MHz
+    sched.on_result(0, action, infer_result(action, 0, 2 * MS, clock_mhz=990), [bytes(8)])
+    assert sched.estimate(0, 1) == 1 * MS
+    assert sched.estimate(0, 1, gpu_index=0) == 2 * MS      # this GPU now reports 990 MHz
+
+
+# ---------------------------------------------------------------- batching and windows
+
+@pytest.mark.parametrize("max_batch", [16, 8, 3])
+def test_batches_up_to_max_batch_size(max_batch):
+    sched, clock, out = setup({"max_batch_size": max_batch})
+    n = 40
+    reqs = [request(clock) for _ in range(n)]
+    for r in reqs:
+        sched.on_request(r)
+    done = set()
+    while len(out.responses) < n:
+        sched.tick()
+        sent = [a for a in out.infers() if a.action_id not in done]
+        assert sent, "nothing scheduled while requests wait"
+        for a in sent:      # complete each batch as planned
+            done.add(a.action_id)
+            clock.now = max(clock.now, a.earliest)
+            sched.on_result(0, a, infer_result(a, clock.now, sched.estimate(0, a.batch_size)),
+                            [bytes(8 * a.batch_size)])
+    sizes = [a.batch_size for a in out.infers()]
+    allowed = max(b for b in EXEC if b <= max_batch)
+    assert max(sizes) == allowed
+    assert sum(sizes) == n
+    assert all(s[0] == Status.SUCCESS for s in out.responses.values())
+
+
+def test_batch_inputs_are_the_requests_frames_and_output_is_sliced_without_copy():
+    sched, clock, out = setup()
+    frames = [bytes([i]) * 16 for i in range(4)]
+    reqs = [request(clock, inputs=[f]) for f in frames]
+    for r in reqs:
+        sched.on_request(r)
+    sched.tick()
+    (wid, action, data), = out.actions
+    assert action.batch_size == 4 and data == frames      # one frame per request, no concat
+    output = bytearray(range(32))
+    sched.on_result(0, action, infer_result(action, 0, 1 * MS), [output])
+    for i, r in enumerate(reqs):
+        status, view, exec_ns = out.responses[r.id]
+        assert status == Status.SUCCESS and exec_ns == 1 * MS
+        assert isinstance(view, memoryview) and view.obj is output
+        assert bytes(view) == bytes(output[8 * i:8 * i + 8])
+
+
+def test_infer_window():
+    sched, clock, out = setup({"schedule_ahead_ms": 10.0})
+    clock.now = 5 * MS
+    for _ in range(3):      # three batches of 1 (each after the previous was sent)
+        sched.on_request(request(clock))
+        sched.tick()
+    a1, a2, a3 = out.infers()
+    est = EXEC[1]
+    assert (a1.earliest, a1.latest) == (clock.now, clock.now + 1 * MS + 10 * MS)
+    # the second starts when the first is expected to end
+    assert a2.earliest == max(clock.now, clock.now + est - 1 * MS)
+    assert a3.latest == max(clock.now + 11 * MS, clock.now + 2 * est + 10 * MS)
+
+
+def test_only_schedules_within_schedule_ahead():
+    sched, clock, out = setup({"schedule_ahead_ms": 10.0, "max_batch_size": 1})
+    for _ in range(30):
+        sched.on_request(request(clock))
+    sched.tick()
+    # 1 ms batches, planned while the GPU is expected free before now + 10 ms
+    assert len(out.infers()) == 10
+    wake = sched.tick()
+    assert wake is not None and wake > clock.now
+
+
+# ---------------------------------------------------------------- drops and timeouts
+
+def test_requests_that_cannot_make_it_are_dropped_early():
+    models = [model_info(0, {1: 9 * MS}, output_size=8)]
+    sim = Simulator("infer4", models, preload=True, latency=0)
+    for _ in range(20):
+        sim.request(0, 0, slo_ns=50 * MS)        # exec deadline 45 ms: about 5 fit
+    sim.run()
+    assert not sim.unanswered()
+    ok = sim.with_status(Status.SUCCESS)
+    dropped = sim.with_status(Status.COULD_NOT_START_IN_TIME)
+    assert 1 <= len(ok) <= 5
+    assert all(x.time <= x.req.deadline for x in ok)
+    assert dropped, "late requests should be dropped before they run"
+    # dropped early: answered before their exec deadline, and not executed
+    assert all(x.time < x.req.exec_deadline for x in dropped)
+    assert sum(a.batch_size for _, _, a in sim.actions if type(a) is Infer) == len(ok)
+    others = [x for x in sim.responses.values() if x.status in (Status.TIMEOUT, Status.CONTROLLER_SKIPPED)]
+    assert len(ok) + len(dropped) + len(others) == 20
+
+
+def test_unscheduled_requests_time_out_at_their_exec_deadline():
+    # the model needs more pages than the GPU has: it can never run
+    models = [model_info(0, EXEC, num_pages=10)]
+    sim = Simulator("infer4", models, total_pages=5)
+    for t in (0, 3 * MS, 7 * MS):
+        sim.request(t, 0, slo_ns=40 * MS)
+    sim.request(1 * MS, 0, slo_ns=20 * MS)
+    sim.run()
+    answers = list(sim.responses.values())
+    assert len(answers) == 4
+    for x in answers:
+        assert x.status == Status.TIMEOUT
+        assert x.time == x.req.exec_deadline
+    assert not [a for _, _, a in sim.actions if type(a) is LoadWeights]
+
+
+def test_slo_factor_sets_deadline_from_batch1_estimate():
+    sched, clock, out = setup()
+    r = request(clock, slo_factor=30.0)
+    sched.on_request(r)
+    assert r.slo == 30 * EXEC[1]
+    assert r.deadline == r.arrival + r.slo
+    assert r.exec_deadline == r.arrival + max(r.slo - 5 * MS, 10 * MS + 5 * MS)
+
+
+def test_admission_bound_answers_overloaded_at_once():
+    models = [model_info(0, EXEC)]
+    sim = Simulator("infer4", models, workers=0, config={"max_queue_per_model": 5})
+    for _ in range(8):
+        sim.request(2 * MS, 0)
+    sim.run()
+    over = sim.with_status(Status.OVERLOADED)
+    assert len(over) == 3 and all(x.time == x.req.arrival for x in over)
+    assert len(sim.with_status(Status.TIMEOUT)) == 5
+    assert not sim.unanswered()
+
+
+# ---------------------------------------------------------------- loads and evictions
+
+def test_loads_on_demand_only_and_evicts_lru_when_pages_run_short():
+    models = [model_info(i, EXEC, num_pages=1) for i in range(4)]
+    sim = Simulator("infer4", models, total_pages=2)
+    sim.request(0, 0)
+    sim.request(50 * MS, 1)
+    sim.request(100 * MS, 0)          # model 0 used again: model 1 is now least recently used
+    sim.request(150 * MS, 2)          # needs a page: evicts model 1
+    sim.run()
+    assert not sim.unanswered()
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    loads = [a.model_id for _, _, a in sim.actions if type(a) is LoadWeights]
+    evicts = [a.model_id for _, _, a in sim.actions if type(a) is EvictWeights]
+    assert loads == [0, 1, 2]         # model 3 has no demand: never loaded
+    assert evicts == [1]
+    assert not sim.errors
+
+
+def test_eviction_prefers_models_without_demand():
+    models = [model_info(i, {1: 30 * MS}, num_pages=1) for i in range(3)]
+    sim = Simulator("infer4", models, total_pages=2, latency=0)
+    sim.request(0, 0)
+    sim.request(0, 1)
+    sim.run(until=70 * MS)            # both loaded and served; model 0 is the older
+    for t in range(0, 150, 10):       # model 0 keeps getting requests, model 1 is idle
+        sim.request(70 * MS + t * MS, 0, slo_ns=400 * MS)
+    sim.request(75 * MS, 2, slo_ns=400 * MS)
+    sim.run()
+    evicts = [a.model_id for _, _, a in sim.actions if type(a) is EvictWeights]
+    assert evicts and evicts[0] == 1
+    assert not sim.unanswered()
+
+
+def test_at_most_max_loads_per_gpu_outstanding():
+    models = [model_info(i, EXEC, num_pages=1, weights_load_ns=5 * MS) for i in range(6)]
+    sim = Simulator("infer4", models, config={"max_loads_per_gpu": 2}, latency=0)
+    for i in range(6):
+        sim.request(0, i)
+    outstanding, peak = 0, 0
+    orig = sim.sched.on_result
+
+    def watch(wid, action, result, data):
+        nonlocal outstanding
+        if type(action) is LoadWeights:
+            outstanding -= 1
+        orig(wid, action, result, data)
+    sim.sched.on_result = watch
+    orig_send = sim._send
+
+    def send(wid, action, data):
+        nonlocal outstanding, peak
+        if type(action) is LoadWeights:
+            outstanding += 1
+            peak = max(peak, outstanding)
+        orig_send(wid, action, data)
+    sim._send = send
+    sim.run()
+    assert peak == 2
+    assert not sim.unanswered()
+
+
+# ---------------------------------------------------------------- failures and workers
+
+def test_worker_error_is_forwarded_to_the_requests():
+    sched, clock, out = setup()
+    reqs = [request(clock) for _ in range(2)]
+    for r in reqs:
+        sched.on_request(r)
+    sched.tick()
+    action = out.infers()[0]
+    sched.on_result(0, action, ErrorResult(action.action_id, 23, Status.ACTION_TOO_LATE, "late"), [])
+    assert [out.responses[r.id][0] for r in reqs] == [Status.ACTION_TOO_LATE] * 2
+
+
+def test_worker_lost_requeues_in_flight_requests_elsewhere():
+    models = {0: model_info(0, EXEC)}
+    clock, out = Clock(), Recorder()
+    sched = make_scheduler("infer4", {}, clock, out)
+    sched.start(models, {0: worker(1, 100, (0,), models.values()), 1: worker(1, 100, (0,), models.values())})
+    reqs = [request(clock) for _ in range(3)]
+    for r in reqs:
+        sched.on_request(r)
+    sched.tick()
+    (wid, action, _), = out.actions
+    sched.on_result(wid, action, ErrorResult(action.action_id, 23, Status.WORKER_LOST, "lost"), [])
+    sched.on_worker_lost(wid)
+    assert not out.responses
+    sched.tick()
+    wid2, action2, _ = out.actions[-1]
+    assert wid2 != wid and action2.batch_size == 3
+    sched.on_result(wid2, action2, infer_result(action2, 0, 1 * MS), [bytes(24)])
+    assert all(out.responses[r.id][0] == Status.SUCCESS for r in reqs)
+
+
+def test_worker_lost_in_simulation_every_request_answered_once():
+    models = models_from_profile("h200", ["resnet50"], copies=2)
+    sim = Simulator("infer4", models, workers=2, noise=0.05, seed=3)
+    sim.poisson(rate=600, duration=1 * SECOND)
+    sim.kill_worker(400 * MS, 0)
+    sim.run()
+    assert not sim.unanswered()
+    after = [x for x in sim.responses.values() if x.req.arrival > 450 * MS]
+    assert after and all(x.status == Status.SUCCESS for x in after)
+    assert not [a for t, w, a in sim.actions if w == 0 and t > 400 * MS]
+
+
+def test_worker_joined_gets_used():
+    models = [model_info(0, {1: 8 * MS}, num_pages=1)]
+    sim = Simulator("infer4", models, workers=1, latency=0, config={"max_batch_size": 1})
+    sim.add_worker(100 * MS)
+    sim.poisson(rate=200, duration=1 * SECOND)    # more than one GPU serves with batch 1
+    sim.run()
+    assert not sim.unanswered()
+    used = {w for t, w, a in sim.actions if type(a) is Infer}
+    assert used == {0, 1}
+
+
+# ---------------------------------------------------------------- overload
+
+def test_overload_rejects_while_successes_meet_their_slo():
+    models = models_from_profile("h200", ["resnet50"], copies=4)
+    sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=7)
+    n = sim.poisson(rate=3000, duration=1 * SECOND)  # about twice what one GPU can do
+    sim.run()
+    assert not sim.unanswered() and len(sim.responses) == n
+    ok = sim.with_status(Status.SUCCESS)
+    rejected = [x for x in sim.responses.values() if x.status in
+                (Status.COULD_NOT_START_IN_TIME, Status.TIMEOUT, Status.OVERLOADED,
+                 Status.CONTROLLER_SKIPPED)]
+    assert len(ok) > n / 4
+    assert len(rejected) > n / 4
+    assert all(x.time <= x.req.deadline for x in ok)
+    assert len(ok) + len(rejected) == n
+
+
+def test_front_request_skipped_for_a_larger_batch_that_meets_more_deadlines():
+    models = {0: model_info(0, {1: 1 * MS, 16: 3 * MS}, output_size=8)}
+    sched, clock, out = setup(models=models)
+    urgent = request(clock)
+    urgent.exec_deadline = clock.now + 2 * MS      # fits batch 1 (1 ms), not batch 16 (3 ms)
+    sched.on_request(urgent)
+    later = [request(clock) for _ in range(16)]
+    for r in later:
+        sched.on_request(r)
+    sched.tick()
+    first = out.infers()[0]
+    assert first.batch_size == 16
+    assert out.responses[urgent.id][0] == Status.CONTROLLER_SKIPPED
+    sched.on_result(0, first, infer_result(first, 0, 3 * MS), [bytes(8 * 16)])
+    assert all(out.responses[r.id][0] == Status.SUCCESS for r in later)
+
+
+def test_overload_goodput_stays_near_batched_capacity():
+    models = models_from_profile("h200", ["resnet50"], copies=4)
+    sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=11)
+    sim.poisson(rate=4000, duration=1 * SECOND)
+    sim.run()
+    exec16 = dict(zip(models[0].batch_sizes, models[0].exec_ns))[16]
+    capacity = SECOND / (exec16 * 1.05) * 16       # requests/s at batch 16, mean noise
+    ok = sim.with_status(Status.SUCCESS)
+    assert len(ok) >= 0.8 * capacity
+    assert all(x.time <= x.req.deadline for x in ok)
