@@ -342,3 +342,22 @@ def test_stats_lines_and_summary():
     st.record(t[0], 42, 3, 1, 1, 2.5, 0, 0.004, 3_000_000)
     row = tsv.getvalue().strip().split("\t")
     assert row[1:7] == ["42", "3", "1", "1", "2.5", "0"] and float(row[7]) == 4.0 and float(row[8]) == 3.0
+
+
+def test_closed_loop_survives_a_full_send_queue(echo):
+    """When sends fail (queue full: controller gone quiet), closed loops retry later instead
+    of re-sending from inside the failed send (which would recurse without end)."""
+    from clockwork.client.api import SEND_FAILED
+    client = Client(echo.address, timeout_s=60, connect_timeout_s=10, log=lambda m: None)
+    try:
+        stats = Stats(print_interval_s=10, log=lambda m: None)
+        engine = Engine(client, stats, send_inputs=True, duration_s=0.3, log=lambda m: None, zoo=[])
+        get("spam").fn(engine, model="resnet50", copies=1, concurrency=300)
+        echo.stop()                                  # nobody reads any more
+        client._sock.setsockopt(__import__("zmq").SNDHWM, 1)
+        client.ls = lambda *a, **k: []              # the controller is gone; start anyway
+        engine.run(drain_s=0.05)
+    finally:
+        client.close()
+    assert stats.by_status.get(SEND_FAILED, 0) > 0
+    assert stats.sent + stats.by_status[SEND_FAILED] >= 300

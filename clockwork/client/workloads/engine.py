@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 import zmq
 
 from ...status import Status
-from ..api import Client
+from ..api import SEND_FAILED, Client
 from ..arrivals import ClosedLoop
 from ..stats import Stats
 
@@ -199,6 +199,20 @@ class Engine:
         self.outstanding_at_end = left
 
 
+SEND_RETRY_S = 0.01     # a closed loop whose send failed (queue full) tries again this much later
+
+
+class _Later:
+    """A heap entry that calls fn() once (only made on the rare send failure)."""
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def fire(self, t):
+        self.fn()
+
+
 class _OpenStream:
     __slots__ = ("engine", "model", "times", "user_id", "active")
 
@@ -250,7 +264,11 @@ class _ClosedStream:
     def on_reply(self, model, resp, latency_s):
         self.inflight -= 1
         self.engine.account(model, self.user_id, resp, latency_s)
-        self._issue()
+        if resp.status == SEND_FAILED:         # not re-sent from inside the send: no recursion
+            self.issued -= 1
+            self.engine._push(self.engine.now + SEND_RETRY_S, _Later(self._issue))
+        else:
+            self._issue()
 
 
 class _BurstyClosedStream:
@@ -285,7 +303,10 @@ class _BurstyClosedStream:
         self.inflight -= 1
         self.engine.account(self.model, self.user_id, resp, latency_s)
         if self.engine.now < self.until:
-            self._issue()
+            if resp.status == SEND_FAILED:
+                self.engine._push(self.engine.now + SEND_RETRY_S, _Later(self._issue))
+            else:
+                self._issue()
         elif self.inflight == 0:
             self.schedule()
 
