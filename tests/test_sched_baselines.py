@@ -1,0 +1,143 @@
+"""The registry and the baseline policies (echo, direct, fifo), in the simulator (simulated
+time only). Every request answered exactly once: the simulator asserts it."""
+import pytest
+
+from clockwork.controller.schedulers import SCHEDULERS, UnknownScheduler, make_scheduler
+from clockwork.controller.schedulers.common import SchedulerConfigError
+from clockwork.controller.simulator import MS, SECOND, Simulator, model_info, models_from_profile
+from clockwork.status import Status
+from clockwork.transport.schema import EvictWeights, Infer, LoadWeights
+
+pytestmark = pytest.mark.timeout(120)
+
+EXEC = {1: 1 * MS, 2: 1_200_000, 4: 1_500_000, 8: 2 * MS, 16: 3 * MS}
+
+
+class _Out:
+    import itertools
+    action_ids = itertools.count()
+
+
+def test_registry_names_and_unknown_name_error():
+    assert set(SCHEDULERS) == {"infer4", "echo", "direct", "fifo"}
+    for name in SCHEDULERS:
+        assert make_scheduler(name.upper(), {}, lambda: 0, _Out()).name == name
+    with pytest.raises(UnknownScheduler, match=r"unknown scheduler 'infer9' \(known: direct, echo, fifo, infer4\)"):
+        make_scheduler("infer9", {}, lambda: 0, _Out())
+
+
+def test_bad_config_value_is_a_clear_error():
+    with pytest.raises(SchedulerConfigError, match="default_slo_ms must be a number"):
+        make_scheduler("infer4", {"controller": {"default_slo_ms": "fast"}}, lambda: 0, _Out())
+    with pytest.raises(SchedulerConfigError, match="max_batch_size must be >= 1"):
+        make_scheduler("fifo", {"max_batch_size": 0}, lambda: 0, _Out())
+
+
+def test_echo_answers_at_once_with_zero_output():
+    models = [model_info(0, EXEC, output_size=12)]
+    sim = Simulator("echo", models, workers=0)
+    sim.request(5 * MS, 0)
+    sim.request(7 * MS, 0, batch_size=4)
+    sim.run()
+    answers = sorted(sim.responses.values(), key=lambda x: x.req.arrival)
+    assert [x.status for x in answers] == [Status.SUCCESS] * 2
+    assert [x.time for x in answers] == [5 * MS, 7 * MS]
+    assert [bytes(x.output) for x in answers] == [bytes(12), bytes(48)]
+    assert not sim.actions
+
+
+def test_direct_one_infer_per_request_loading_on_first_use():
+    models = [model_info(0, EXEC), model_info(1, EXEC)]
+    sim = Simulator("direct", models, latency=0)
+    for t in range(0, 20, 2):
+        sim.request(t * MS, 0)
+    sim.request(1 * MS, 0, batch_size=3)
+    sim.run()
+    assert not sim.unanswered()
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    loads = [a for _, _, a in sim.actions if type(a) is LoadWeights]
+    infers = [a for _, _, a in sim.actions if type(a) is Infer]
+    assert [a.model_id for a in loads] == [0]          # model 1 never asked for: never loaded
+    assert len(infers) == len(sim.requests)
+    assert sorted(a.batch_size for a in infers) == sorted(r.batch_size for r in sim.requests)
+    assert all(a.earliest == 0 and a.latest >= t + 3600 * SECOND for t, _, a in sim.actions
+               if type(a) is Infer)
+
+
+def test_direct_evicts_idle_model_when_pages_run_short():
+    models = [model_info(i, EXEC, num_pages=1) for i in range(3)]
+    sim = Simulator("direct", models, total_pages=2)
+    for i, t in enumerate((0, 20, 40)):
+        sim.request(t * MS, i)
+    sim.run()
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    assert [a.model_id for _, _, a in sim.actions if type(a) is EvictWeights] == [0]
+
+
+def test_fifo_batches_whatever_is_queued_up_to_max_batch():
+    models = [model_info(0, EXEC)]
+    sim = Simulator("fifo", models, preload=True, latency=0, config={"max_batch_size": 8})
+    for _ in range(30):
+        sim.request(0, 0)
+    sim.run()
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    sizes = [a.batch_size for _, _, a in sim.actions if type(a) is Infer]
+    # reactive: the first request goes alone, then whatever queued meanwhile, 8 at most
+    assert sizes[0] == 1 and max(sizes) == 8 and sum(sizes) == 30
+
+
+def test_fifo_loads_on_least_loaded_gpu_and_evicts_lru():
+    models = [model_info(i, {1: 5 * MS}, num_pages=1) for i in range(3)]
+    sim = Simulator("fifo", models, gpus=1, total_pages=2, latency=0)
+    sim.request(0, 0)
+    sim.request(10 * MS, 1)
+    sim.request(20 * MS, 0)
+    sim.request(30 * MS, 2)
+    sim.run()
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    assert [a.model_id for _, _, a in sim.actions if type(a) is EvictWeights] == [1]
+    sim2 = Simulator("fifo", models, gpus=2, latency=0)
+    sim2.request(0, 0)
+    sim2.request(0, 1)
+    sim2.run()
+    loads = {(w, a.gpu_id, a.model_id) for _, w, a in sim2.actions if type(a) is LoadWeights}
+    assert {g for _, g, _ in loads} == {0, 1}          # second model to the other (idle) GPU
+
+
+def _latency_by_arrival(sim, lo, hi):
+    xs = [x.latency for x in sim.responses.values() if lo <= x.req.arrival < hi]
+    return sum(xs) / len(xs)
+
+
+def test_fifo_latency_grows_under_overload_and_nothing_is_dropped():
+    models = models_from_profile("h200", ["resnet50"], copies=4)
+    sim = Simulator("fifo", models, noise=0.05, seed=5)
+    n = sim.poisson(rate=3000, duration=1 * SECOND)    # about twice one GPU's capacity
+    sim.run()
+    assert len(sim.responses) == n
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    early = _latency_by_arrival(sim, 0, 200 * MS)
+    late = _latency_by_arrival(sim, 800 * MS, SECOND)
+    assert late > 3 * early
+    missed = [x for x in sim.responses.values() if x.time > x.req.deadline]
+    assert len(missed) > n / 2
+    # same load under infer4: rejections instead, and every success within its SLO
+    sim4 = Simulator("infer4", models, noise=0.05, seed=5)
+    sim4.poisson(rate=3000, duration=1 * SECOND)
+    sim4.run()
+    ok = sim4.with_status(Status.SUCCESS)
+    assert ok and all(x.time <= x.req.deadline for x in ok)
+    assert len(ok) > len(sim.responses) - len(missed)   # more goodput than fifo
+
+
+@pytest.mark.parametrize("name", ["fifo", "direct", "infer4"])
+def test_worker_lost_every_request_answered(name):
+    models = [model_info(i, {1: 2 * MS, 4: 3 * MS}, num_pages=1) for i in range(2)]
+    sim = Simulator(name, models, workers=2, noise=0.1, seed=2)
+    sim.poisson(rate=600, duration=600 * MS)
+    sim.kill_worker(300 * MS, 1)
+    sim.run()
+    assert not sim.unanswered()
+    assert not [a for t, w, a in sim.actions if w == 1 and t > 300 * MS]
+    after = [x for x in sim.responses.values() if x.req.arrival > 320 * MS]
+    assert after and all(x.status == Status.SUCCESS for x in after)
