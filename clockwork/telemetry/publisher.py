@@ -286,6 +286,7 @@ class TelemetryPublisher:
             rows += 1
             if rows % MODELS_PER_STEP == 0:
                 yield None
+                now = self.clock()   # later rows cover the requests answered meanwhile
         total = sum(m.total for m in models)
         total_met = sum(m.total_met for m in models)
         if queued < 0 and queued_by_model:
