@@ -14,6 +14,7 @@ import math
 from bisect import bisect_left
 from collections import deque
 
+from ..status import Status
 from ..transport import schema as s
 
 # Latency buckets (ns): 8 per power of two from 10 us to ~1000 s (a bucket is < 9.1% wide),
@@ -180,7 +181,7 @@ class Recorder:
             self._event(wall_ns, "evict", "", worker_id, gpu_id, action.model_id)
         elif t is s.ErrorResult:
             g.errors += 1
-            if type(action) is s.EvictWeights and result.status == 27:   # WEIGHTS_NOT_PRESENT
+            if type(action) is s.EvictWeights and result.status == Status.WEIGHTS_NOT_PRESENT:
                 g.loaded.discard(action.model_id)
 
     def _event(self, wall_ns, kind, text, worker_id=-1, gpu_id=-1, model_id=-1) -> None:
