@@ -236,6 +236,19 @@ def test_slow_subscriber_does_not_block_the_publisher(ctx, system):
     assert 0 < received < published
 
 
+def test_worker_health(system):
+    ctl, pub, _ = system
+    w = ctl.workers[0]
+    assert {g.health for g in publish(ctl, pub).gpus} == {"ok"}
+    w.alive = False
+    assert {g.health for g in publish(ctl, pub).gpus} == {"lost"}
+    w.alive, w.joined = True, False          # answering again, not yet handed to the scheduler
+    assert {g.health for g in publish(ctl, pub).gpus} == {"starting"}
+    w.state = None                           # never answered: one row for the worker
+    rows = publish(ctl, pub).gpus
+    assert [(g.worker_id, g.gpu_id, g.health) for g in rows] == [(0, -1, "connecting")]
+
+
 def test_scheduler_stats_failure_does_not_stop_publishing(system):
     ctl, pub, _ = system
 
