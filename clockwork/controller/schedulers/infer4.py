@@ -33,7 +33,10 @@ differ where that keeps the per-request cost small:
   A GPU already holding the model serves its share of that demand in proportion to
   default_slo / (the GPU's total queued share) -- the original LoadTracker's capacity rule,
   without its incremental priority sets: demand is re-evaluated over the models with queued
-  requests at most every LOAD_INTERVAL (longer when many models want loads).
+  requests at most every LOAD_INTERVAL (longer when many models wait), and only when something
+  changed. GPUs with free load slots choose in order of least expected work (the original
+  cycled through GPUs), each taking the neediest model it does not hold, one copy per model
+  per pass.
 - Failures: an Infer that fails at the worker answers its requests with the worker's code
   (no retry: a window miss means the plan slipped and a retry would rarely meet the deadline),
   except WORKER_LOST, whose requests are re-queued (other GPUs, or a reload, may still make it;
@@ -77,7 +80,7 @@ class _Model:
     """Per-model state: queue, estimates, where it is loaded."""
     __slots__ = ("id", "info", "pages", "output_size", "pad", "down", "top", "limit", "est",
                  "windows", "wpos", "thresholds", "sizes", "queue", "items", "gpus", "loading_gpus",
-                 "timeout_key", "weights_est", "weights_window", "weights_pos", "wanting")
+                 "timeout_key", "b1ns", "weights_est", "weights_window", "weights_pos", "wanting")
 
     def __init__(self, info: ModelInfo, s: Settings):
         self.id = info.model_id
@@ -100,6 +103,7 @@ class _Model:
             smaller = [b for b in compiled if b < pad[n]]
             self.down[n] = smaller[-1] if smaller else 0
         self.est = [e * DEFAULT_CLOCK_MHZ for e in exec_ns]     # ns x MHz, by items n
+        self.b1ns = exec_ns[1]
         self.windows = {b: [] for b in compiled}
         self.wpos = {b: 0 for b in compiled}
         self.queue: deque[Request] = deque()
@@ -114,7 +118,7 @@ class _Model:
 
     def b1(self) -> int:
         """Batch-1 estimate in ns at the nominal clock (for slo_factor and load demand)."""
-        return self.est[1] // DEFAULT_CLOCK_MHZ
+        return self.b1ns
 
     def measure(self, items: int, scaled: int, window: int, p: float) -> None:
         b = self.pad[items]
@@ -128,6 +132,7 @@ class _Model:
         lo = self.down[b] + 1 if self.down[b] else 1
         for n in range(lo, b + 1):
             self.est[n] = value
+        self.b1ns = self.est[1] // DEFAULT_CLOCK_MHZ
 
     def measure_weights(self, duration: int, window: int, p: float) -> None:
         w = self.weights_window
@@ -273,7 +278,8 @@ class Infer4Scheduler(Scheduler):
             front = i == 0
         m.items += req.batch_size
         self._queued += 1
-        self._load_dirty = True
+        if len(m.gpus) + len(m.loading_gpus) < len(self._gpus):
+            self._load_dirty = True         # a load could help (more) with this request
         if front:
             if dl < m.timeout_key:
                 m.timeout_key = dl
@@ -483,58 +489,70 @@ class Infer4Scheduler(Scheduler):
         self._load_dirty = False
         if not cands:
             return      # a load result will set _load_dirty again
-        self._next_load = now + LOAD_INTERVAL * max(1, len(self._wanting) // 32)
-        demand: dict[int, int] = {}
+        wanting = self._wanting
+        # a pass costs O(models waiting); space passes out as that grows
+        self._next_load = now + LOAD_INTERVAL * max(1, len(wanting) >> 3)
+        n_gpus = len(self._gpus)
+        max_load_slo = s.max_load_slo
+        demand = []                 # (model, queued work, copies)
         share_of: dict[int, float] = {}
-        for mid, m in list(self._wanting.items()):
+        loadable = False
+        for mid, m in list(wanting.items()):
             q = m.queue
             if not q:
                 m.wanting = False
-                del self._wanting[mid]
+                del wanting[mid]
                 continue
             back = q[-1]
-            b1 = m.b1()
-            if back.arrival + s.max_load_slo <= now or back.exec_deadline <= now + m.weights_est + b1:
+            b1 = m.b1ns
+            if back.arrival + max_load_slo <= now or back.exec_deadline <= now + m.weights_est + b1:
                 continue            # no queued request could still be helped by a load
             d = m.items * b1
-            demand[mid] = d
             k = len(m.gpus) + len(m.loading_gpus)
+            demand.append((m, d, k))
             if k:
                 share = d / k
                 for h in m.gpus:
                     share_of[h.index] = share_of.get(h.index, 0.0) + share
                 for h in m.loading_gpus:
                     share_of[h.index] = share_of.get(h.index, 0.0) + share
-        if not demand:
-            return
+            if k < n_gpus:
+                loadable = True
+        if not loadable:
+            return      # every model that could use a load is on every GPU already
         capacity = s.default_slo
         ranked = []
-        for mid, d in demand.items():
-            m = self._models[mid]
-            k = len(m.gpus) + len(m.loading_gpus)
+        for m, d, k in demand:
+            if k >= n_gpus:
+                continue
             unmet = float(d)
             if k:
                 share = d / k
-                for h in m.gpus + m.loading_gpus:
+                for h in m.gpus:
+                    unmet -= share * min(1.0, capacity / share_of[h.index])
+                for h in m.loading_gpus:
                     unmet -= share * min(1.0, capacity / share_of[h.index])
             if unmet > 0.5:
-                ranked.append((-unmet, mid))
+                ranked.append((-unmet, m.id))
         if not ranked:
             return
         ranked.sort()
+        # least busy GPUs choose first (expected exec backlog plus queued demand on them), so
+        # new copies spread out; ties go to the GPU with the most free pages
+        cands.sort(key=lambda g: (max(0, g.exec_free - now) + share_of.get(g.index, 0.0), -g.free_pages))
         chosen: set[int] = set()
+        models = self._models
         for g in cands:
             for _, mid in ranked:
+                if g.loads >= s.max_loads_per_gpu or g.load_free >= horizon:
+                    break
                 if mid in chosen or mid in g.loaded or mid in g.loading:
                     continue
-                m = self._models[mid]
-                if m.pages > g.total_pages:
-                    continue
-                if self._make_room(g, m, now):
+                m = models[mid]
+                if m.pages <= g.total_pages and self._make_room(g, m, now):
                     self._send_load(g, m, now)
                     chosen.add(mid)
                     self._load_dirty = True     # there may be more to load next pass
-                    break
 
     def _make_room(self, g: _Gpu, m: _Model, now: int) -> bool:
         """Evict (models without queued requests, LRU first, then any, LRU) until `m` fits on
