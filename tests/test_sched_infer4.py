@@ -406,3 +406,54 @@ def test_overload_goodput_stays_near_batched_capacity():
     ok = sim.with_status(Status.SUCCESS)
     assert len(ok) >= 0.8 * capacity
     assert all(x.time <= x.req.deadline for x in ok)
+
+
+def test_cold_starts_spread_over_gpus_and_meet_slo():
+    models = models_from_profile("h200", ["resnet50"], copies=400)
+    sim = Simulator("infer4", models, workers=1, gpus=4, noise=0.05, seed=2)
+    n = sim.poisson(rate=300, duration=1 * SECOND)     # mostly first requests: a load each
+    sim.run()
+    assert len(sim.with_status(Status.SUCCESS)) == n
+    assert all(x.time <= x.req.deadline for x in sim.responses.values())
+    per_gpu = [g["loads"] for g in sim.sched.stats()["gpus"]]
+    assert min(per_gpu) > 0 and max(per_gpu) < 2 * min(per_gpu)
+    assert sum(x.req.is_coldstart for x in sim.responses.values()) > n / 2
+
+
+def test_rejoined_worker_gets_new_gpus_and_models_load_again():
+    models = {0: model_info(0, EXEC)}
+    clock, out = Clock(), Recorder()
+    sched = make_scheduler("infer4", {}, clock, out)
+    sched.start(models, {0: worker(1, 100, (0,), models.values())})
+    sched.on_worker_lost(0)
+    r = request(clock)
+    sched.on_request(r)
+    sched.tick()
+    assert not out.actions                      # no GPU: waits
+    sched.on_worker_joined(0, worker(1, 100, (), models.values()))
+    clock.now += 1 * MS
+    sched.tick()
+    (wid, load, _), = out.actions
+    assert type(load) is LoadWeights and wid == 0
+    from clockwork.transport.schema import LoadWeightsResult
+    sched.on_result(0, load, LoadWeightsResult(load.action_id, 0, 0, 0, 0, 1 * MS), [])
+    sched.tick()
+    infer = out.actions[-1][1]
+    assert type(infer) is Infer
+    sched.on_result(0, infer, infer_result(infer, clock.now, 1 * MS), [bytes(8)])
+    assert out.responses[r.id][0] == Status.SUCCESS
+    gpus = sched.stats()["gpus"]
+    assert [g["index"] for g in gpus] == [1]    # a new global index, the old one is gone
+
+
+def test_stats_report_queues_and_gpus():
+    sched, clock, out = setup(models={0: model_info(0, EXEC), 1: model_info(1, EXEC)}, loaded=(0,))
+    for _ in range(3):
+        sched.on_request(request(clock, model_id=1))     # model 1 is not loaded: stays queued
+    sched.on_request(request(clock, model_id=0))
+    sched.tick()
+    st = sched.stats()
+    assert st["queued"] == 3 and st["queues"] == {1: 3}
+    (g,) = st["gpus"]
+    assert g["infers_in_flight"] == 1 and g["loads_in_flight"] == 1
+    assert g["backlog_ns"] == EXEC[1] and g["free_pages"] == 98
