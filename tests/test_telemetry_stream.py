@@ -241,7 +241,9 @@ def test_worker_health(system):
     w = ctl.workers[0]
     assert {g.health for g in publish(ctl, pub).gpus} == {"ok"}
     w.alive = False
-    assert {g.health for g in publish(ctl, pub).gpus} == {"lost"}
+    lost = publish(ctl, pub).gpus
+    assert {g.health for g in lost} == {"lost"}
+    assert {(g.utilization, g.temperature_c) for g in lost} == {(-1.0, -1)}   # last readings are stale
     w.alive, w.joined = True, False          # answering again, not yet handed to the scheduler
     assert {g.health for g in publish(ctl, pub).gpus} == {"starting"}
     w.state = None                           # never answered: one row for the worker

@@ -201,7 +201,7 @@ class TelemetryPublisher:
                                            0.0, 0.0, 0, 0, 0, 0, len(w.pending)))
                 continue
             health = ("ok" if w.joined or c.phase != "running" else "starting") if w.alive else "lost"
-            readings = {r.gpu_id: r for r in w.readings}
+            readings = {r.gpu_id: r for r in w.readings} if w.alive else {}   # stale once lost
             for gs in st.gpus:
                 g = rec.gpu(w.id, gs.gpu_id)
                 cur = (g.infers, g.inferences, g.exec_ns, g.loads, g.evicts, g.errors)

@@ -165,6 +165,42 @@ class TopState:
 
 # ---------------------------------------------------------------------- rendering
 
+# GPU table columns; on narrow terminals the ones marked False are left out
+GPU_COLUMNS = (("GPU", True), ("NAME", False), ("HEALTH", True), ("UTIL%", True), ("BUSY%", True),
+               ("INFER/s", True), ("REQ/s", True), ("LOAD/s", True), ("EVICT/s", False), ("MODELS", True),
+               ("PAGES", True), ("CLOCK", False), ("TEMP", False), ("MEM GiB", False), ("OUTST", True),
+               ("RTTus", False))
+NARROW = 140
+
+
+def _gpu_table(snap: tm.Snapshot, width: int):
+    from rich.table import Table
+    from rich.text import Text
+
+    keep = [width >= NARROW or essential for _, essential in GPU_COLUMNS]
+    table = Table(box=None, header_style="bold reverse", pad_edge=False, expand=True)
+    for (col, _), k in zip(GPU_COLUMNS, keep):
+        if k:
+            table.add_column(col, justify="left" if col in ("GPU", "NAME", "HEALTH") else "right",
+                             no_wrap=True)
+    for g in snap.gpus:
+        health = Text(g.health, style={"ok": "green", "lost": "bold red"}.get(g.health, "yellow"))
+        if g.gpu_id < 0:
+            cells = [f"W{g.worker_id}", g.address, health] + ["-"] * (len(GPU_COLUMNS) - 3)
+        else:
+            cells = [
+                f"W{g.worker_id}-GPU{g.gpu_id}", g.name, health,
+                _num(100 * g.utilization if g.utilization >= 0 else -1), f"{100 * g.busy:.1f}",
+                f"{g.infer_rate:.1f}", f"{g.request_rate:.1f}", f"{g.load_rate:.1f}", f"{g.evict_rate:.1f}",
+                str(g.loaded_models), f"{g.total_pages - g.free_pages}/{g.total_pages}",
+                "-" if g.sm_clock_mhz < 0 else str(g.sm_clock_mhz),
+                "-" if g.temperature_c < 0 else f"{g.temperature_c}C",
+                "-" if g.memory_used < 0 else f"{g.memory_used / 2**30:.1f}/{g.memory_total / 2**30:.0f}",
+                str(g.outstanding), f"{g.rtt_ns / 1e3:.0f}"]
+        table.add_row(*(c for c, k in zip(cells, keep) if k))
+    return table
+
+
 def render(state: TopState, width: int = 120, height: int = 40, now: float | None = None,
            interactive: bool = True):
     """The whole screen as one rich renderable (without the key help when not interactive)."""
@@ -225,25 +261,7 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
         parts.append(Text("failures: " + "  ".join(f"{k} {v}" for k, v in snap.failures.items()),
                           style="red"))
 
-    gpus = Table(box=None, header_style="bold reverse", pad_edge=False, expand=True)
-    for col in ("GPU", "NAME", "HEALTH", "UTIL%", "BUSY%", "INFER/s", "REQ/s", "LOAD/s", "EVICT/s",
-                "MODELS", "PAGES", "CLOCK", "TEMP", "MEM GiB", "OUTST", "RTTus"):
-        gpus.add_column(col, justify="left" if col in ("GPU", "NAME", "HEALTH") else "right",
-                        no_wrap=True)
-    for g in snap.gpus:
-        hs = {"ok": "green", "lost": "bold red"}.get(g.health, "yellow")
-        if g.gpu_id < 0:
-            gpus.add_row(f"W{g.worker_id}", g.address, Text(g.health, style=hs), *["-"] * 13)
-            continue
-        gpus.add_row(
-            f"W{g.worker_id}-GPU{g.gpu_id}", g.name, Text(g.health, style=hs),
-            _num(100 * g.utilization if g.utilization >= 0 else -1), f"{100 * g.busy:.1f}",
-            f"{g.infer_rate:.1f}", f"{g.request_rate:.1f}", f"{g.load_rate:.1f}", f"{g.evict_rate:.1f}",
-            str(g.loaded_models), f"{g.total_pages - g.free_pages}/{g.total_pages}",
-            "-" if g.sm_clock_mhz < 0 else str(g.sm_clock_mhz),
-            "-" if g.temperature_c < 0 else f"{g.temperature_c}C",
-            "-" if g.memory_used < 0 else f"{g.memory_used / 2**30:.1f}/{g.memory_total / 2**30:.0f}",
-            str(g.outstanding), f"{g.rtt_ns / 1e3:.0f}")
+    gpus = _gpu_table(snap, width)
 
     rows = state.models()
     sort_key = SORTS[state.sort][0]
