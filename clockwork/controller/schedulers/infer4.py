@@ -775,9 +775,11 @@ class Infer4Scheduler(Scheduler):
         now = self.clock()
         gpus = []
         for g in self._gpus.values():
+            # measured exec time over a window of at least a second (several callers may ask)
             elapsed = now - g.stats_at
             util = (g.exec_ns - g.stats_exec_ns) / elapsed if elapsed > 0 else 0.0
-            g.stats_at, g.stats_exec_ns = now, g.exec_ns
+            if elapsed >= 1_000_000_000:
+                g.stats_at, g.stats_exec_ns = now, g.exec_ns
             gpus.append({
                 "index": g.index, "name": g.ref.name, "worker_id": g.worker_id, "gpu_id": g.gpu_id,
                 "utilization": round(util, 4), "infers_in_flight": g.infers,
