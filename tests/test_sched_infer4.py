@@ -263,18 +263,22 @@ def test_loads_on_demand_only_and_evicts_lru_when_pages_run_short():
 
 
 def test_eviction_prefers_models_without_demand():
-    models = [model_info(i, {1: 30 * MS}, num_pages=1) for i in range(3)]
-    sim = Simulator("infer4", models, total_pages=2, latency=0)
-    sim.request(0, 0)
-    sim.request(0, 1)
-    sim.run(until=70 * MS)            # both loaded and served; model 0 is the older
-    for t in range(0, 150, 10):       # model 0 keeps getting requests, model 1 is idle
-        sim.request(70 * MS + t * MS, 0, slo_ns=400 * MS)
-    sim.request(75 * MS, 2, slo_ns=400 * MS)
-    sim.run()
-    evicts = [a.model_id for _, _, a in sim.actions if type(a) is EvictWeights]
-    assert evicts and evicts[0] == 1
-    assert not sim.unanswered()
+    models = {i: model_info(i, EXEC, num_pages=1) for i in range(4)}
+    models[2] = model_info(2, {1: 7 * MS}, num_pages=1)
+    sched, clock, out = setup({"max_batch_size": 1}, models=models, loaded=(0, 1, 2), pages=3)
+    for _ in range(12):
+        sched.on_request(request(clock, model_id=2))   # keeps the GPU busy: model 2 in flight
+    sched.tick()
+    waiting = request(clock, model_id=0)                # model 0 (least recently used) waits
+    sched.on_request(waiting)
+    sched.on_request(request(clock, model_id=3))        # needs a page
+    clock.now += 200_000                                # past the load-decision interval
+    sched.tick()
+    evicts = [a.model_id for _, a, _ in out.actions if type(a) is EvictWeights]
+    loads = [a.model_id for _, a, _ in out.actions if type(a) is LoadWeights]
+    assert evicts == [1]          # idle, though model 0 is less recently used
+    assert loads == [3]
+    assert waiting.id not in out.responses
 
 
 def test_at_most_max_loads_per_gpu_outstanding():
