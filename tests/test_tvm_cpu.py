@@ -173,3 +173,22 @@ def test_bad_target_is_a_clear_error():
         build.target_key("cuda", "90")
     with pytest.raises(build.BuildError, match="unknown target"):
         build.target_key("rocm", None)
+
+
+def test_bundle_weights_regenerate_from_seed(zoo, tmp_path):
+    """Bundles ship models without weights.bin; regenerating must give the same bytes, and a
+    mismatch with the recorded sha256 must be an error, not silently different weights."""
+    import json
+    import shutil
+    d = tmp_path / "mlp"
+    d.mkdir()
+    shutil.copy(zoo / "mlp" / "model.json", d / "model.json")
+    build.materialize_weights(d, log=lambda *a: None)
+    assert (d / "weights.bin").read_bytes() == (zoo / "mlp" / "weights.bin").read_bytes()
+    (d / "weights.bin").unlink()
+    meta = json.loads((d / "model.json").read_text())
+    meta["weights"]["sha256"] = "0" * 64
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(build.BuildError, match="differ"):
+        build.materialize_weights(d, log=lambda *a: None)
+    assert not (d / "weights.bin").exists()
