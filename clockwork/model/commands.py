@@ -56,6 +56,10 @@ def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, f
                                  param_hint="--batch-sizes") from None
     target_dir = model_dir(out)
     names = list(models) or list(nets.NAMES)
+    try:
+        build.target_key(target, arch if target == "cuda" else None)
+    except build.BuildError as e:
+        raise click.BadParameter(str(e), param_hint="--arch") from None
     where = "llvm (CPU)" if target == "llvm" else f"CUDA {arch}"
     click.echo(f"Building {len(names)} model(s) for {where} into {target_dir}")
     try:
