@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 from ...status import Status
-from ...transport.schema import EvictWeights, Infer, InferResult, LoadWeights, LoadWeightsResult
+from ...transport.schema import (EvictWeights, Infer, InferResult, LoadWeights, LoadWeightsResult,
+                                 ModelInfo)
 from ..scheduler import Request, Scheduler
 from .common import free_pages, Settings, batch_tables, build_gpus, output_view
 
@@ -45,6 +46,12 @@ class FifoScheduler(Scheduler):
         self._next_index = 0
         self._limit: dict[int, int] = {}
         self._inflight: dict[int, tuple] = {}   # action id -> (kind, gpu, model id, requests)
+
+    def add_models(self, models: dict[int, ModelInfo]) -> None:
+        """Models loaded while running (a LoadModel after startup)."""
+        super().add_models(models)
+        for info in models.values():
+            self._model(info)
 
     def start(self, models, workers):
         super().start(models, workers)

@@ -214,6 +214,12 @@ class Infer4Scheduler(Scheduler):
 
     # ------------------------------------------------------------------ setup
 
+    def add_models(self, models: dict[int, ModelInfo]) -> None:
+        """Models loaded while running (a LoadModel after startup)."""
+        super().add_models(models)
+        for info in models.values():
+            self._add_model(info)
+
     def start(self, models: dict[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
         super().start(models, workers)
         for info in models.values():
