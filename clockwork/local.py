@@ -103,13 +103,18 @@ class LocalCluster:
             write_emulated_zoo(self.model_dir, log=lambda *_: None)
         for i in range(self.n_workers):
             self.start_worker(i)
+        self.start_controller()
+        return self
+
+    def start_controller(self) -> subprocess.Popen:
+        """Start the controller (again, after it died: same ports, output appended)."""
         logs = ["--log-dir", str(self.log_dir)] if self.log_dir else ["--no-logs"]
         self.controller = self._spawn("controller", [
             PY, "-m", "clockwork.controller.command", "--host", "127.0.0.1",
             "--port", str(self.client_port), "--telemetry-port", str(self.telemetry_port),
             "--scheduler", self.scheduler, *logs, *self.controller_args,
             *[f"127.0.0.1:{p}" for p in self.worker_ports]])
-        return self
+        return self.controller
 
     def run_client(self, workload: str, args: list[str] = (), timeout: float | None = None,
                    name: str = "client") -> subprocess.CompletedProcess:
