@@ -15,8 +15,10 @@ reference, never copied), a dict entry, and a deque append for the timeout.
     client.close()
 
 Client-side outcomes that are not controller answers use negative pseudo-statuses
-(NO_ANSWER, SEND_FAILED), so accounting can tell "the controller said timeout" (status 4) from
-"nobody answered".
+(NO_ANSWER, SEND_FAILED, CONNECTION_LOST), so accounting can tell "the controller said timeout"
+(status 4) from "nobody answered". When the connection drops (the controller died or restarted)
+every outstanding request is answered CONNECTION_LOST at once instead of waiting for its
+timeout; ZeroMQ reconnects by itself, so the same Client works again once a controller is back.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from collections import deque
 from typing import Any, Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..config import load_config
 from ..status import Status, describe
@@ -37,6 +40,7 @@ from ..transport.sockets import wait as wait_ready
 
 NO_ANSWER = -1      # no response within the call's timeout (client side)
 SEND_FAILED = -2    # could not even queue the request (send queue full)
+CONNECTION_LOST = -3   # the connection to the controller dropped with the request outstanding
 
 
 def status_name(code: int) -> str:
@@ -44,6 +48,8 @@ def status_name(code: int) -> str:
         return "no answer (client timeout)"
     if code == SEND_FAILED:
         return "send failed (queue full)"
+    if code == CONNECTION_LOST:
+        return "connection to controller lost"
     return describe(code)
 
 
@@ -51,12 +57,14 @@ def _connect(ctx: zmq.Context, host: str, port: int) -> tuple[zmq.Socket, zmq.So
     """A DEALER with sockets.dealer()'s options, plus a monitor for the ZMTP handshake that
     is attached *before* connecting, so the event cannot be missed. The handshake tells
     "a controller is listening" apart from "nothing there" without sending any request (an
-    early Ls would end the controller's LoadModel stage before our models are loaded)."""
+    early Ls would end the controller's LoadModel stage before our models are loaded).
+    The monitor also reports disconnections: answers to requests sent before one can never
+    arrive (the controller routes by connection), so they are failed at once."""
     sock = ctx.socket(zmq.DEALER)
     for opt, value in ((zmq.LINGER, 0), (zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE), (zmq.SNDHWM, 100_000),
                        (zmq.RCVHWM, 100_000), (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000)):
         sock.setsockopt(opt, value)
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
     try:
         sock.connect(tcp(host, port))
     except zmq.ZMQError:
@@ -148,6 +156,8 @@ class Client:
                 self._ctx.term()
             raise ValueError(f"bad address {address!r}: {e.strerror}") from None
         self._transport_up = False
+        self._dropped = False                      # a disconnection not yet handled by poll()
+        self.disconnects = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}
         self._expiry: dict[float, deque] = {}     # one FIFO per distinct timeout: already sorted
@@ -244,7 +254,8 @@ class Client:
             if nxt is not None:
                 left = max(0.0, nxt - self._now())
                 wait = left if wait is None else min(wait, left)
-            wait_ready([sock], wait)
+            wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait)
+        self._read_monitor()
         recv = sock.recv_multipart
         pending = self._pending
         decode = schema.decode
@@ -270,7 +281,19 @@ class Client:
             cb, sent = entry
             cb(msg, frames[1:], now() - sent)
             n += 1
+        if self._dropped:
+            self._dropped = False
+            n += self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
         return n + self._expire()
+
+    def _fail_all(self, status: int, message: str) -> int:
+        """Answer every outstanding request with a client-side status; returns how many."""
+        now = self._now()
+        entries = list(self._pending.items())
+        self.abandon()
+        for rid, (cb, sent) in entries:
+            cb(ErrorResponse(rid, status, message), [], now - sent)
+        return len(entries)
 
     def _next_expiry(self):
         best = None
@@ -343,10 +366,19 @@ class Client:
     @property
     def connected(self) -> bool:
         """Whether a ZeroMQ peer (the controller) ever completed a handshake with us."""
-        if not self._transport_up and self._monitor is not None and self._monitor.poll(0):
-            self._transport_up = True
-            self._close_monitor()
+        self._read_monitor()
         return self._transport_up or self.heard_from_controller
+
+    def _read_monitor(self) -> None:
+        """Handshakes mark the transport up; a disconnection is failed in the next poll()."""
+        mon = self._monitor
+        while mon is not None and mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            event = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._transport_up = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.disconnects += 1
+                self._dropped = True
 
     def _close_monitor(self) -> None:
         if self._monitor is not None:
@@ -357,11 +389,13 @@ class Client:
     def connect(self) -> None:
         """Wait until the controller accepts our connection (at most connect_timeout_s).
         Raises ControllerUnreachable otherwise. Sends nothing."""
+        end = self._now() + self.connect_timeout_s
+        while not self.connected:
+            left = end - self._now()
+            if left <= 0 or self._monitor is None:
+                break
+            self._monitor.poll(max(1, int(left * 1000)))
         if self.connected:
-            return
-        if self._monitor is not None and self._monitor.poll(int(self.connect_timeout_s * 1000)):
-            self._transport_up = True
-            self._close_monitor()
             return
         raise ControllerUnreachable(f"nothing accepted a connection at {self.address} within "
                                     f"{self.connect_timeout_s:g} s: is `cw controller` running there?")
