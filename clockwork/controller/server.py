@@ -13,10 +13,13 @@ Phases, as in the original:
               is in flight starts the scheduler.
   running     requests go to the scheduler; LoadModel still works (new models are added).
 
-A worker that stays silent for worker_timeout_ms is lost: each of its in-flight actions is failed
-with WORKER_LOST through the scheduler (so every request gets an answer), and the controller
-keeps probing it; when it answers again it is reset, its models are loaded again, and it rejoins.
-Results of actions already failed that way arrive late and are discarded.
+A worker that stays silent for worker_timeout_ms (heartbeats), or whose connection closes (its
+process died: a monitor on each link reports it at once), is lost: each of its in-flight actions
+is failed with WORKER_LOST through the scheduler (so every request gets an answer), and the
+controller keeps probing it; when it answers again it is reset, its models are loaded again, and
+it rejoins. Results of actions already failed that way arrive late and are discarded. A worker
+restarted on the same address before its silence was noticed is caught by the connection
+closing, so it is never sent actions meant for the old process's state.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..status import Status
 from ..transport import schema as s
@@ -57,7 +61,7 @@ def set_timer_slack_ns(ns: int = 1) -> bool:
 
 class WorkerLink:
     __slots__ = ("id", "address", "sock", "sync", "state", "alive", "joined", "last_heard",
-                 "last_probe", "pending", "readings")
+                 "last_probe", "pending", "readings", "late", "monitor")
 
     def __init__(self, worker_id: int, address: str, sock: zmq.Socket):
         self.id = worker_id
@@ -71,6 +75,8 @@ class WorkerLink:
         self.last_probe = 0
         self.pending: set[int] = set()
         self.readings: list = []
+        self.late = 0               # results of actions already failed (worker was lost): discarded
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 class Pending:
@@ -151,8 +157,9 @@ class Controller:
             except ImportError:
                 self.telemetry = None
         self._running = False
-        self._sockets = [self.client_sock] + [w.sock for w in self.workers]
+        self._sockets = [self.client_sock] + [w.sock for w in self.workers] + [w.monitor for w in self.workers]
         self._sock_worker = {w.sock: w for w in self.workers}
+        self._monitor_worker = {w.monitor: w for w in self.workers}
 
     # ------------------------------------------------------------------ Outbox for the scheduler
 
@@ -234,8 +241,10 @@ class Controller:
                 for sock in ready:
                     if sock is self.client_sock:
                         self._drain_clients()
-                    else:
+                    elif sock in self._sock_worker:
                         self._drain_worker(self._sock_worker[sock])
+                    else:
+                        self._link_events(self._monitor_worker[sock])
                 if ready and self.phase == "running":
                     nt = self.scheduler.tick()
                     next_tick = nt if nt is not None else self.clock() + HOUSEKEEPING_NS
@@ -250,6 +259,8 @@ class Controller:
         self.action_log.close()
         if self.telemetry is not None:
             self.telemetry.close()
+        for w in self.workers:
+            w.sock.disable_monitor()
         for sock in self._sockets:
             sock.close(0)
 
@@ -258,7 +269,9 @@ class Controller:
         self.action_log.flush()
         for w in self.workers:
             if w.alive and now - w.last_heard > self.worker_timeout:
-                self._worker_lost(w, now)
+                self._drain_worker(w)     # after a stall here, its heartbeats may be waiting unread
+                if now - w.last_heard > self.worker_timeout:
+                    self._worker_lost(w, now, f"no message for {(now - w.last_heard) / 1e6:.0f} ms")
             elif not w.alive and now - w.last_probe > PROBE_INTERVAL_NS:
                 self._probe(w, now)
         if self.telemetry is not None:
@@ -429,9 +442,11 @@ class Controller:
                 if not w.alive and not w.pending:
                     self._probe(w, now)
                 continue
-            p = self.pending.pop(msg.action_id, None)
+            p = self.pending.get(msg.action_id)
             if p is None or p.worker is not w:
-                continue   # late result of an action already failed (worker was lost): discard
+                w.late += 1   # late result of an action already failed (worker was lost): discard
+                continue
+            del self.pending[msg.action_id]
             w.pending.discard(msg.action_id)
             w.sync.add(p.sent, msg.received, msg.sent, now)
             self._deliver(p, msg, data, now)
@@ -486,8 +501,8 @@ class Controller:
         self.send_action(w.id, s.GetWorkerState(next(self.action_ids)), on_done=self._worker_state)
 
     def _worker_state(self, w: WorkerLink, res) -> None:
-        if type(res) is not s.WorkerStateResult:
-            return
+        if type(res) is not s.WorkerStateResult or w.alive:
+            return      # failed, or a second answer (probes resent after a reconnect)
         st = res.state
         w.state = st
         w.alive = True
@@ -533,19 +548,35 @@ class Controller:
             for g in st.gpus:
                 g.loaded_models = []
             w.joined = True
-            self.out(f"Worker {w.id} ({w.address}) joined with {len(st.gpus)} GPUs")
+            self.out(f"Worker {w.id} ({w.address}) joined with {len(st.gpus)} GPUs; "
+                     f"{w.late} late results discarded so far")
             if self.telemetry is not None:   # telemetry: event
                 self.telemetry.event("worker_joined", f"Worker {w.id} ({w.address}) joined with "
                                      f"{len(st.gpus)} GPUs", w.id)
             self.scheduler.on_worker_joined(w.id, st)
 
-    def _worker_lost(self, w: WorkerLink, now: int) -> None:
-        self.out(f"Worker {w.id} ({w.address}) lost: no message for "
-                 f"{(now - w.last_heard) / 1e6:.0f} ms; {len(w.pending)} actions in flight failed")
+    def _link_events(self, w: WorkerLink) -> None:
+        """Connection events of a worker link. A closed connection took every action not yet
+        answered with it (and the process that had our state, if it died): the worker is lost,
+        or, if it already was, its probes are lost and are sent again when it reconnects."""
+        while w.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            event = recv_monitor_message(w.monitor, zmq.NOBLOCK)["event"]
+            now = self.clock()
+            if event == zmq.EVENT_DISCONNECTED:
+                if w.alive:
+                    self._worker_lost(w, now, "connection closed")
+                else:
+                    for aid in sorted(w.pending):
+                        self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} disconnected")
+                    w.last_probe = 0
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not w.alive and self._running:
+                self._probe(w, now)
+
+    def _worker_lost(self, w: WorkerLink, now: int, why: str) -> None:
+        self.out(f"Worker {w.id} ({w.address}) lost: {why}; {len(w.pending)} actions in flight failed")
         w.alive = False
         if self.telemetry is not None:   # telemetry: event
-            self.telemetry.event("worker_lost", f"Worker {w.id} ({w.address}) lost: no message for "
-                                 f"{(now - w.last_heard) / 1e6:.0f} ms", w.id)
+            self.telemetry.event("worker_lost", f"Worker {w.id} ({w.address}) lost: {why}", w.id)
         for aid in sorted(w.pending):
             self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} lost")
         w.pending.clear()
