@@ -1,0 +1,244 @@
+"""Faults with real processes: workers killed, stopped and restarted, the controller restarted.
+
+Each test runs a LocalCluster (emulated workers, INFER4 controller) on free loopback ports and
+a client in this process. The invariant checked everywhere: every request sent gets exactly one
+answer (count sent == answered, none of them "no answer"); the failure itself is seen in the
+controller's output (worker lost / joined lines). Waits are for conditions, each bounded.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from clockwork.client.api import CONNECTION_LOST, NO_ANSWER, Client, ClientError
+from clockwork.local import LocalCluster
+from clockwork.status import Status
+
+pytestmark = pytest.mark.timeout(120)
+WAIT_S = 30.0
+WORKER_TIMEOUT_MS = 1000          # conf/default.toml [controller] worker_timeout_ms
+
+
+class Tally:
+    """Counts every answer the client gives for requests sent through it."""
+
+    def __init__(self):
+        self.sent = 0
+        self.answered = 0
+        self.statuses = Counter()
+
+    def cb(self, resp, data, latency_s):
+        self.answered += 1
+        self.statuses[resp.status] += 1
+
+    def send(self, client, model_id, n=1, **kw):
+        for _ in range(n):
+            client.infer_async(model_id, self.cb, timeout_s=WAIT_S, **kw)
+            self.sent += 1
+
+
+def lines(cluster, name="controller"):
+    return list(cluster.output.get(name, []))
+
+
+def wait_for(cluster, pattern, start=0, client=None, tally=None, model_id=None, name="controller"):
+    """Wait (bounded) for a line matching `pattern` in a process's output after line `start`,
+    keeping the client's traffic going (a request every ~5 ms) if a tally is given."""
+    rx = re.compile(pattern)
+    end = time.monotonic() + WAIT_S
+    while time.monotonic() < end:
+        for line in lines(cluster, name)[start:]:
+            m = rx.search(line)
+            if m:
+                return m
+        if tally is not None:
+            tally.send(client, model_id)
+        if client is not None:
+            client.poll(0.005)
+        else:
+            time.sleep(0.005)
+    raise AssertionError(f"no line matching {pattern!r} within {WAIT_S}s:\n" + "".join(lines(cluster, name)[-30:]))
+
+
+def finish(client, tally):
+    """Every request answered: nothing outstanding, nothing unanswered."""
+    assert client.drain(WAIT_S) == 0
+    assert tally.answered == tally.sent, (tally.sent, tally.answered)
+    assert tally.statuses[NO_ANSWER] == 0, tally.statuses
+
+
+def load_traffic(client, tally, model_id, seconds):
+    """Open-loop traffic for a while (about 200 r/s)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        tally.send(client, model_id)
+        client.poll(0.005)
+
+
+@pytest.fixture
+def two_workers():
+    with LocalCluster(gpus=1, workers=2) as c:
+        client = Client(c.address, log=lambda *_: None, timeout_s=WAIT_S)
+        try:
+            mid, _, _ = client.load_model("resnet50", copies=1)
+            client.ls()
+            yield c, client, mid
+        finally:
+            client.close()
+
+
+def test_worker_killed_under_load_then_rejoins(two_workers):
+    cluster, client, mid = two_workers
+    tally = Tally()
+    load_traffic(client, tally, mid, 1.0)
+    assert tally.statuses[Status.SUCCESS] > 0
+    mark = len(lines(cluster))
+    cluster.worker_procs[0].send_signal(signal.SIGKILL)
+    # a dead process closes its connection: noticed at once, before any heartbeat is missed
+    wait_for(cluster, r"Worker 0 .* lost: connection closed", mark, client, tally, mid)
+    before = tally.statuses[Status.SUCCESS]
+    load_traffic(client, tally, mid, 0.5)              # worker 1 alone still serves
+    assert tally.statuses[Status.SUCCESS] > before
+    finish(client, tally)
+
+    mark = len(lines(cluster))
+    cluster.start_worker(0)                            # same port: the controller's probes find it
+    wait_for(cluster, r"Worker 0 .* joined", mark, client, tally, mid)
+    mark = len(lines(cluster))
+    cluster.worker_procs[1].send_signal(signal.SIGKILL)   # now only the rejoined worker can serve
+    wait_for(cluster, r"Worker 1 .* lost", mark, client, tally, mid)
+    before = tally.statuses[Status.SUCCESS]
+    load_traffic(client, tally, mid, 0.5)
+    assert tally.statuses[Status.SUCCESS] > before, tally.statuses   # models loaded on it again
+    finish(client, tally)
+    assert cluster.controller.poll() is None
+
+
+def test_worker_stopped_then_continued_late_results_discarded(two_workers):
+    cluster, client, mid = two_workers
+    tally = Tally()
+    load_traffic(client, tally, mid, 1.0)
+    w0 = cluster.worker_procs[0]
+    mark = len(lines(cluster))
+    w0.send_signal(signal.SIGSTOP)                     # a partition: alive but silent
+    try:
+        m = wait_for(cluster, r"Worker 0 .* lost: no message for (\d+) ms; (\d+) actions in flight failed",
+                     mark, client, tally, mid)
+    finally:
+        w0.send_signal(signal.SIGCONT)
+    assert int(m.group(1)) >= WORKER_TIMEOUT_MS        # noticed through missing heartbeats
+    in_flight = int(m.group(2))
+    m = wait_for(cluster, r"Worker 0 .* joined .*; (\d+) late results discarded", mark, client, tally, mid)
+    # the actions it had when stopped were failed by the controller; their results came later
+    assert in_flight >= 1 and int(m.group(1)) >= 1
+    finish(client, tally)
+
+    mark = len(lines(cluster))
+    cluster.worker_procs[1].send_signal(signal.SIGKILL)   # state consistent: worker 0 serves alone
+    wait_for(cluster, r"Worker 1 .* lost", mark, client, tally, mid)
+    before = tally.statuses[Status.SUCCESS]
+    load_traffic(client, tally, mid, 0.5)
+    assert tally.statuses[Status.SUCCESS] > before, tally.statuses
+    finish(client, tally)
+
+
+def test_worker_killed_during_load_weights():
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S)
+        try:
+            mid, _, _ = client.load_model("resnet50", copies=1)   # on disk only: no weights on the GPU
+            client.ls()
+            worker = cluster.worker_procs[0]
+            worker.send_signal(signal.SIGSTOP)
+            tally = Tally()
+            tally.send(client, mid, 20)                # the controller answers by sending LoadWeights
+            for _ in range(3):
+                client.ls()                            # round trips: the scheduler has ticked since
+            worker.send_signal(signal.SIGKILL)         # ... so it dies with the LoadWeights unanswered
+            worker.wait(WAIT_S)
+            m = wait_for(cluster, r"Worker 0 .* lost: .*; (\d+) actions in flight failed", 0, client)
+            assert int(m.group(1)) >= 1
+            finish(client, tally)
+            assert tally.statuses[Status.SUCCESS] == 0
+
+            mark = len(lines(cluster))
+            cluster.start_worker(0)
+            wait_for(cluster, r"Worker 0 .* joined", mark, client)
+            reply = client.infer(mid)                  # loads weights again on the new worker
+            assert reply.response.status == Status.SUCCESS
+        finally:
+            client.close()
+
+
+def test_controller_restart_errors_not_hangs_and_workers_reset():
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S)
+        try:
+            mid, _, _ = client.load_model("resnet50", copies=2)
+            assert client.infer(mid).response.status == Status.SUCCESS
+            tally = Tally()
+            tally.send(client, mid + 1, 50, slo_ns=10_000_000_000)   # cold model, long SLO: outstanding
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait(WAIT_S)
+            t0 = time.monotonic()
+            finish(client, tally)                      # answered by the client, not by timeouts
+            assert time.monotonic() - t0 < WAIT_S - 1
+            assert tally.statuses[CONNECTION_LOST] + tally.statuses[Status.SUCCESS] == tally.sent
+            with pytest.raises(ClientError):
+                client.infer(mid, timeout_s=2)         # nobody there: an error, not a hang
+
+            mark = len(lines(cluster))
+            cluster.start_controller()
+            # the new controller resets the worker before asking for its state: nothing left
+            m = wait_for(cluster, r"Worker 0 .* (\d+) GPUs (\d+) models", mark)
+            assert m.group(2) == "0"
+            m = wait_for(cluster, r"GPU 0 .* (\d+) loaded models", mark)
+            assert m.group(1) == "0"
+            # the same client reconnects by itself
+            mid2, _, _ = client.load_model("resnet50", copies=1)
+            assert client.infer(mid2).response.status == Status.SUCCESS
+        finally:
+            client.close()
+
+
+def test_worker_restarted_before_its_loss_was_noticed(two_workers):
+    """A new worker process on the same port at once: it has no models, whatever the
+    controller believed of the old one, so it must be reset and rejoin, not be sent Infers."""
+    cluster, client, mid = two_workers
+    tally = Tally()
+    load_traffic(client, tally, mid, 0.5)
+    mark = len(lines(cluster))
+    old = cluster.worker_procs[0]
+    old.send_signal(signal.SIGKILL)
+    old.wait(WAIT_S)
+    cluster.start_worker(0)
+    wait_for(cluster, r"Worker 0 .* joined", mark, client, tally, mid)
+    finish(client, tally)
+    mark = len(lines(cluster))
+    cluster.worker_procs[1].send_signal(signal.SIGKILL)
+    wait_for(cluster, r"Worker 1 .* lost", mark, client, tally, mid)
+    before = tally.statuses[Status.SUCCESS]
+    load_traffic(client, tally, mid, 0.5)
+    assert tally.statuses[Status.SUCCESS] > before, tally.statuses
+    finish(client, tally)
+
+
+def test_worker_stopped_long_then_killed_and_restarted(two_workers):
+    """Probes sent to a stopped worker die with it: the controller must probe the new one."""
+    cluster, client, mid = two_workers
+    tally = Tally()
+    w0 = cluster.worker_procs[0]
+    mark = len(lines(cluster))
+    w0.send_signal(signal.SIGSTOP)
+    wait_for(cluster, r"Worker 0 .* lost", mark, client, tally, mid)
+    load_traffic(client, tally, mid, 1.0)            # probes (every 0.5 s) reach its socket buffer
+    w0.send_signal(signal.SIGKILL)
+    w0.wait(WAIT_S)
+    mark = len(lines(cluster))
+    cluster.start_worker(0)
+    wait_for(cluster, r"Worker 0 .* joined", mark, client, tally, mid)
+    finish(client, tally)
