@@ -13,6 +13,7 @@ request must have been answered: sent == answered, and none of them NO_ANSWER.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the RSS baseline")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop the cluster on the way out
 
     cfg = _quick_config(3600)
     with LocalCluster(gpus=args.gpus, config_file=cfg) as cluster:
