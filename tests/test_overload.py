@@ -1,0 +1,87 @@
+"""Overload with real processes, CI-sized: far more than the emulated GPU can serve.
+
+The figures (goodput as a fraction of capacity, rejection latency, RSS) are measured by
+tools/bench/overload.py; here the properties that must hold at any speed: every request is
+answered, the excess with a rejection status, the per-model queue bound is enforced (memory
+stays bounded) by rejecting OVERLOADED at once, and service continues afterwards.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from clockwork.client.api import Client
+from clockwork.local import LocalCluster
+from clockwork.status import Status
+
+pytestmark = pytest.mark.timeout(120)
+QUEUE_BOUND = 50
+BURST = 2000
+REJECTIONS = {Status.OVERLOADED, Status.COULD_NOT_START_IN_TIME, Status.CONTROLLER_SKIPPED}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    conf = tmp_path / "bounded.toml"
+    conf.write_text(f"[controller]\nmax_queue_per_model = {QUEUE_BOUND}\n")
+    with LocalCluster(gpus=1, config_file=conf) as c:
+        yield c
+
+
+def test_burst_beyond_the_queue_bound_is_rejected_at_once(cluster):
+    client = Client(cluster.address, log=lambda *_: None)
+    try:
+        mid, _, _ = client.load_model("resnet101", copies=1)
+        assert client.infer(mid).response.status == Status.SUCCESS
+        slo_ns = 10_000_000_000               # long SLO: nothing is dropped for its deadline soon
+        answers = []
+        for _ in range(BURST):
+            client.infer_async(mid, lambda r, d, lat: answers.append((r.status, lat)),
+                               slo_ns=slo_ns, timeout_s=60)
+        assert client.drain(60) == 0
+        statuses = Counter(st for st, _ in answers)
+        assert len(answers) == BURST
+        assert set(statuses) <= {Status.SUCCESS} | REJECTIONS, statuses
+        # the GPU cannot serve the burst in time to drain the queue: most of it is over the bound
+        assert statuses[Status.OVERLOADED] > 0 and statuses[Status.SUCCESS] > 0, statuses
+        # served requests all went through the bounded queue; the rest were refused
+        assert statuses[Status.SUCCESS] + statuses[Status.OVERLOADED] == BURST, statuses
+        # rejected at once, not held until their (10 s) deadline
+        assert max(lat for st, lat in answers if st == Status.OVERLOADED) * 1e9 < slo_ns
+        # and the system still serves normally afterwards
+        assert client.infer(mid).response.status == Status.SUCCESS
+        assert cluster.controller.poll() is None
+    finally:
+        client.close()
+
+
+def test_ten_times_capacity_every_request_answered(cluster):
+    """Open loop at about 10x one GPU's resnet101 capacity for a second: all answered, the
+    excess rejected, some served."""
+    import time
+    client = Client(cluster.address, log=lambda *_: None)
+    try:
+        mid, _, _ = client.load_model("resnet101", copies=1)
+        client.infer(mid)
+        statuses = Counter()
+
+        def done(r, d, lat):
+            statuses[r.status] += 1
+
+        sent = 0
+        gap = 1 / 8000.0
+        start = time.perf_counter()
+        nxt = start
+        while time.perf_counter() - start < 1.0:
+            while nxt <= time.perf_counter():
+                client.infer_async(mid, done, timeout_s=60)
+                sent += 1
+                nxt += gap
+            client.poll(0.0005)
+        assert client.drain(60) == 0
+        assert sum(statuses.values()) == sent
+        assert set(statuses) <= {Status.SUCCESS} | REJECTIONS, statuses
+        assert statuses[Status.SUCCESS] > 0 and sum(statuses[s] for s in REJECTIONS) > 0
+    finally:
+        client.close()
