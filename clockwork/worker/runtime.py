@@ -125,7 +125,12 @@ class WorkerRuntime:
         return bool(self._inflight)
 
     def advance(self, now: int) -> None:
-        """Run every timer due at `now` (op completions, executor wake-ups)."""
+        """Run every timer due at `now` (op completions, executor wake-ups), in time order.
+
+        Each runs at its own time t, not at `now`: an op whose end was known in advance (the
+        emulated GPU) ended at t, so the next stage starts at t, as the device would have. A
+        late wake-up of this loop therefore delays only the reply, instead of adding its lag
+        to every stage of an Infer."""
         timers = self._timers
         stats = self.stats
         while timers and timers[0][0] <= now:
@@ -136,11 +141,11 @@ class WorkerRuntime:
                 if obj.wake_at != t:
                     continue              # superseded by an earlier wake-up
                 obj.wake_at = NO_LIMIT
-                obj.advance(now)
+                obj.advance(t)
                 self._arm(obj)
             else:
                 then, obj.then = obj.then, None     # no job <-> op cycle: freed by refcount
-                then(obj, now)
+                then(obj, t)
 
     def poll_backend(self, now: int) -> None:
         for op in self.backend.poll(now):
