@@ -189,3 +189,21 @@ def test_profile_models_and_summary():
     sim.run()
     s = sim.summary()
     assert s["requests"] == n == s["answered"] == sum(s["statuses"].values())
+
+
+def test_closed_loop_keeps_concurrency_and_ends():
+    models = [model_info(0, {1: 5 * MS, 4: 6 * MS})]
+    sim = Simulator("infer4", models, preload=True, latency=0)
+    sim.closed_loop(4, 0, until=200 * MS, slo_ns=10 * MS, think=50_000)   # many instant drops
+    sim.run()
+    assert not sim.unanswered()
+    assert len(sim.requests) > 4
+    assert max(r.arrival for r in sim.requests) < 200 * MS
+    # never more than 4 requests outstanding at once
+    events = sorted([(r.arrival, 1) for r in sim.requests] +
+                    [(x.time, -1) for x in sim.responses.values()], key=lambda e: (e[0], e[1]))
+    level, peak = 0, 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    assert peak == 4

@@ -263,11 +263,13 @@ class Simulator:
             n += 1
 
     def closed_loop(self, clients: int, model_id: int, until: int, slo_ns: int = 0,
-                    start: int = 0) -> None:
-        """`clients` clients each sending one request, the next as soon as it is answered,
-        until `until`."""
+                    start: int = 0, think: int = 100_000) -> None:
+        """`clients` clients each sending one request, the next `think` ns (> 0: a client's
+        round trip; zero would let instant rejections loop forever at one instant) after the
+        answer, until `until`."""
+        think = max(1, think)
         for _ in range(clients):
-            self.at(start, self._arrive, model_id, slo_ns, 0.0, 1, False, (model_id, slo_ns, until))
+            self.at(start, self._arrive, model_id, slo_ns, 0.0, 1, False, (model_id, slo_ns, until, think))
 
     def _respond(self, req, status, message, output, exec_ns):
         now = self.clock.now
@@ -280,8 +282,8 @@ class Simulator:
                 raise AssertionError(f"request {req.id}: output of {len(output)} bytes, expected {expected}")
         self.responses[req.id] = Response(req, status, message, output, exec_ns, now)
         spec = self._closed.pop(req.id, None)
-        if spec is not None and now < spec[2]:
-            self.at(now, self._arrive, spec[0], spec[1], 0.0, 1, False, spec)
+        if spec is not None and now + spec[3] < spec[2]:
+            self.at(now + spec[3], self._arrive, spec[0], spec[1], 0.0, 1, False, spec)
 
     # ------------------------------------------------------------------ workers
 
