@@ -104,6 +104,22 @@ def test_fifo_loads_on_least_loaded_gpu_and_evicts_lru():
     assert {g for _, g, _ in loads} == {0, 1}          # second model to the other (idle) GPU
 
 
+def test_fifo_marks_cold_starts_like_infer4():
+    """A request whose model is on no GPU when it arrives is a cold start (the request log's
+    is_coldstart column, counted by the azure benchmark for both policies)."""
+    models = [model_info(i, {1: 5 * MS}, num_pages=1) for i in range(3)]
+    sim = Simulator("fifo", models, gpus=1, total_pages=2, latency=0)
+    sim.request(0, 0)            # cold
+    sim.request(1 * MS, 0)       # still loading: cold too (weights not there yet)
+    sim.request(30 * MS, 0)      # loaded
+    sim.request(40 * MS, 1)      # cold
+    sim.request(80 * MS, 2)      # cold, evicts model 0
+    sim.request(120 * MS, 0)     # cold again
+    sim.run()
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    assert [r.is_coldstart for r in sim.requests] == [True, True, False, True, True, True]
+
+
 def _latency_by_arrival(sim, lo, hi):
     xs = [x.latency for x in sim.responses.values() if lo <= x.req.arrival < hi]
     return sum(xs) / len(xs)
@@ -159,3 +175,16 @@ def test_churn_every_request_answered_exactly_once(name, seed):
     assert not sim.unanswered()
     assert len(sim.responses) == len(sim.requests)
     assert len(sim.with_status(Status.SUCCESS)) > len(sim.requests) / 3
+
+
+@pytest.mark.parametrize("name", ["infer4", "fifo", "direct", "echo"])
+def test_models_added_while_running_are_served(name):
+    models = [model_info(0, EXEC), model_info(1, EXEC, output_size=20)]
+    sim = Simulator(name, models[:1], latency=0)
+    sim.add_models(10 * MS, models[1:])            # a LoadModel while running
+    sim.request(20 * MS, 1)
+    sim.request(21 * MS, 0)
+    sim.run()
+    assert [x.status for x in sorted(sim.responses.values(), key=lambda x: x.req.model_id)] == [Status.SUCCESS] * 2
+    out = next(x for x in sim.responses.values() if x.req.model_id == 1).output
+    assert out is None or len(out) == 20

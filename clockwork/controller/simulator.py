@@ -301,6 +301,19 @@ class Simulator:
                 aid, type(action).__struct_config__.tag, Status.WORKER_LOST, "worker lost"), [])
         self.sched.on_worker_lost(worker_id)
 
+    def add_models(self, t: int, models: list[ModelInfo]) -> None:
+        """Models loaded on every worker at time `t` (a LoadModel while running)."""
+        self.at(t, self._add_models, models)
+
+    def _add_models(self, models):
+        for m in models:
+            self.models[m.model_id] = m
+            self._tables[m.model_id] = batch_tables(m)
+        need = max([m.output_size * max(m.batch_sizes or [1]) for m in models] + [0])
+        if need > len(self._zeros):
+            self._zeros = bytes(need)
+        self.sched.add_models({m.model_id: m for m in models})
+
     def add_worker(self, t: int, gpus: int = 1, total_pages: int = 1376, preload: bool = False) -> None:
         self.at(t, self._join, gpus, total_pages, preload)
 

@@ -41,6 +41,8 @@ differ where that keeps the per-request cost small:
   (no retry: a window miss means the plan slipped and a retry would rarely meet the deadline),
   except WORKER_LOST, whose requests are re-queued (other GPUs, or a reload, may still make it;
   those already past their exec deadline are answered WORKER_LOST).
+- Results: InferResult times (exec_end) must be in controller time (the edge converts them);
+  LoadWeightsResult times are not used.
 - Evictions never pick a model with an Infer in flight on that GPU (the original could, and the
   Infer then failed with "weights changed").
 
@@ -315,7 +317,8 @@ class Infer4Scheduler(Scheduler):
             _heappush(self._gpu_timers, (t, g.index))
 
     def _respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0):
-        self._counts[status] += 1
+        if 0 <= status < 64:
+            self._counts[status] += 1
         self.out.respond(req, status, message, output, exec_ns)
 
     # ------------------------------------------------------------------ tick
