@@ -88,6 +88,7 @@ class FifoScheduler(Scheduler):
             return
         mid = req.model_id
         holders = [g for g in self._gpus if mid in g.loaded or mid in g.loading or mid in g.blocked]
+        req.is_coldstart = not any(mid in h.loaded for h in holders)    # as infer4: weights nowhere yet
         g = min(holders or self._gpus, key=lambda g: g.queued)
         q = g.queues.get(mid)
         if q is None:
