@@ -43,6 +43,7 @@ from .stats import ControllerStats
 
 FAR_FUTURE = 1 << 62
 MAX_COPIES = 100_000
+MAX_SLO_NS = 3_600_000_000_000
 PROBE_INTERVAL_NS = 500_000_000
 HOUSEKEEPING_NS = 50_000_000
 DRAIN_BATCH = 256
@@ -290,12 +291,16 @@ class Controller:
                 if e.ident is not None:
                     send(sock, s.ErrorResponse(-1, Status.INVALID_REQUEST, str(e)), ident=e.ident)
                 continue
-            if type(msg) is s.InferRequest:
-                self._on_infer(ident, msg, data)
-            elif type(msg) is s.LsRequest:
-                self._on_ls(ident, msg)
-            else:
-                self._on_load_model(ident, msg)
+            try:
+                if type(msg) is s.InferRequest:
+                    self._on_infer(ident, msg, data)
+                elif type(msg) is s.LsRequest:
+                    self._on_ls(ident, msg)
+                else:
+                    self._on_load_model(ident, msg)
+            except Exception as e:   # a bug must cost one request, not the controller
+                self.out(f"internal error handling request {msg.request_id}: {e!r}")
+                send(sock, s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"), ident=ident)
 
     def _on_infer(self, ident: bytes, msg: s.InferRequest, data) -> None:
         self.arrivals += 1
@@ -318,8 +323,9 @@ class Controller:
             if nbytes != msg.batch_size * model.input_size:
                 error = (f"input is {nbytes} bytes; model {msg.model_id} takes "
                          f"{msg.batch_size} x {model.input_size} bytes")
-        if error is None and (msg.slo_ns < 0 or msg.slo_factor < 0 or msg.slo_ns > 3_600_000_000_000):
-            error = "SLO must be between 0 and 1 hour, slo_factor >= 0"
+        if error is None and not (0 <= msg.slo_ns <= MAX_SLO_NS
+                                  and 0 <= msg.slo_factor * model.exec_ns[0] <= MAX_SLO_NS):
+            error = "SLO must be between 0 and 1 hour (slo_ns, or slo_factor x batch-1 exec time)"
         if error is not None:
             send(self.client_sock, s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
                                                    msg.model_id, msg.batch_size), ident=ident)
