@@ -35,7 +35,7 @@ from ..status import Status, describe
 from ..transport import schema
 from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, LoadModelRequest,
                                 LoadModelResponse, LsRequest, LsResponse, ModelInfo, ProtocolError)
-from ..transport.sockets import MAX_MESSAGE_SIZE, parse_address, tcp
+from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
 from ..transport.sockets import wait as wait_ready
 
 NO_ANSWER = -1      # no response within the call's timeout (client side)
@@ -248,7 +248,7 @@ class Client:
         """
         sock = self._sock
         n = 0
-        if not (sock.getsockopt(zmq.EVENTS) & zmq.POLLIN) and timeout_s != 0:
+        if not (sock.get(EVENTS) & POLLIN) and timeout_s != 0:
             wait = timeout_s
             nxt = self._next_expiry()
             if nxt is not None:
@@ -261,8 +261,8 @@ class Client:
         decode = schema.decode
         dec = schema.RESPONSE_DECODER
         now = self._now
-        events = sock.getsockopt
-        while n < max_messages and events(zmq.EVENTS) & zmq.POLLIN:    # cheaper than catching Again
+        events = sock.get
+        while n < max_messages and events(EVENTS) & POLLIN:    # cheaper than catching Again
             frames = recv(zmq.NOBLOCK, copy=False)
             self.heard_from_controller = True
             try:
@@ -372,7 +372,7 @@ class Client:
     def _read_monitor(self) -> None:
         """Handshakes mark the transport up; a disconnection is failed in the next poll()."""
         mon = self._monitor
-        while mon is not None and mon.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while mon is not None and mon.get(EVENTS) & POLLIN:
             event = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True

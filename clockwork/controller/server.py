@@ -36,7 +36,7 @@ from ..status import Status
 from ..transport import schema as s
 from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
-from ..transport.sockets import dealer, parse_address, recv, router, send, send_raw, wait
+from ..transport.sockets import EVENTS, POLLIN, dealer, parse_address, recv, router, send, send_raw, wait
 from . import logs as logs_mod
 from .scheduler import Request
 from .stats import ControllerStats
@@ -145,6 +145,7 @@ class Controller:
         self.max_batch = int(cc["max_batch_size"])
         self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
+        self.max_models = int(cc["max_models"])
         self.print_interval = float(cc["print_interval_s"])
         self.request_log, self.action_log = logs_mod.open_logs(
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
@@ -283,7 +284,7 @@ class Controller:
     def _drain_clients(self) -> None:
         sock = self.client_sock
         for _ in range(DRAIN_BATCH):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not sock.get(EVENTS) & POLLIN:
                 return
             try:
                 ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True)
@@ -352,6 +353,9 @@ class Controller:
             error = (Status.INITIALIZING, "Controller initializing (waiting for workers)")
         elif not 1 <= msg.copies <= MAX_COPIES:
             error = (Status.INVALID_REQUEST, f"copies must be 1..{MAX_COPIES}")
+        elif self.next_model_id + msg.copies > self.max_models:
+            error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
+                     f"{self.max_models} model instances ({self.next_model_id} registered or loading)")
         elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/"):
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")
@@ -434,7 +438,7 @@ class Controller:
     def _drain_worker(self, w: WorkerLink) -> None:
         sock = w.sock
         for _ in range(DRAIN_BATCH):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not sock.get(EVENTS) & POLLIN:
                 return
             try:
                 _, msg, data = recv(sock, s.RESULT_DECODER, routed=False)
@@ -565,7 +569,7 @@ class Controller:
         """Connection events of a worker link. A closed connection took every action not yet
         answered with it (and the process that had our state, if it died): the worker is lost,
         or, if it already was, its probes are lost and are sent again when it reconnects."""
-        while w.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while w.monitor.get(EVENTS) & POLLIN:
             event = recv_monitor_message(w.monitor, zmq.NOBLOCK)["event"]
             now = self.clock()
             if event == zmq.EVENT_DISCONNECTED:

@@ -19,6 +19,11 @@ import zmq
 
 from .schema import Message, ProtocolError, decode, encode
 
+# Plain ints: pyzmq's getsockopt(zmq.EVENTS) & zmq.POLLIN goes through enum objects, which
+# costs ~0.8 us per check on the event loops' hottest line.
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+
 # Frames larger than this are refused by libzmq before they reach Python (oversized-frame guard).
 MAX_MESSAGE_SIZE = 256 * 1024 * 1024
 
@@ -136,7 +141,7 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None) -> list[zmq.Socket]
     deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
     fds = None
     while True:
-        ready = [s for s in sockets if s.getsockopt(zmq.EVENTS) & zmq.POLLIN]
+        ready = [s for s in sockets if s.get(EVENTS) & POLLIN]
         if ready:
             return ready
         remaining = None if deadline is None else deadline - time.monotonic()

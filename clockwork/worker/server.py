@@ -121,7 +121,7 @@ class WorkerServer:
     def _receive(self) -> None:
         rt = self.rt
         for _ in range(MAX_BATCH_RECV):
-            if not self.router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not self.router.get(sockets.EVENTS) & sockets.POLLIN:
                 return
             received = time.monotonic_ns()
             try:
@@ -205,13 +205,13 @@ class WorkerServer:
     def _wait(self, timeout_s: float) -> tuple[bool, bool]:
         """(socket readable, backend fd readable), waiting at most timeout_s (sub-ms exact)."""
         router = self.router
-        if router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if router.get(sockets.EVENTS) & sockets.POLLIN:
             return True, False
         if timeout_s < 0:
             timeout_s = 0
         r, _, _ = select.select(self._select_fds, [], [], timeout_s)
         fd_ready = self._fd is not None and self._fd in r
-        return bool(router.getsockopt(zmq.EVENTS) & zmq.POLLIN), fd_ready
+        return bool(router.get(sockets.EVENTS) & sockets.POLLIN), fd_ready
 
     def close(self) -> None:
         self.router.close(0)
