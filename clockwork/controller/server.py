@@ -145,7 +145,7 @@ class Controller:
         self.max_batch = int(cc["max_batch_size"])
         self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
-        self.max_models = int(cc["max_models"])
+        self.max_models = int(cc.get("max_models", MAX_COPIES))
         self.print_interval = float(cc["print_interval_s"])
         self.request_log, self.action_log = logs_mod.open_logs(
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
@@ -353,9 +353,9 @@ class Controller:
             error = (Status.INITIALIZING, "Controller initializing (waiting for workers)")
         elif not 1 <= msg.copies <= MAX_COPIES:
             error = (Status.INVALID_REQUEST, f"copies must be 1..{MAX_COPIES}")
-        elif self.next_model_id + msg.copies > self.max_models:
+        elif len(self.models) + sum(j.copies for j in self.load_jobs.values()) + msg.copies > self.max_models:
             error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
-                     f"{self.max_models} model instances ({self.next_model_id} registered or loading)")
+                     f"{self.max_models} model instances ({len(self.models)} registered)")
         elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/"):
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")
