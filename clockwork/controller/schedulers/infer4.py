@@ -62,7 +62,7 @@ from .common import DEFAULT_CLOCK_MHZ, Settings, batch_tables, build_gpus, free_
 
 INF = 1 << 62
 EARLIEST_LEAD = 1_000_000       # an Infer may start this much before its expected start
-LATEST_MIN = 1_000_000          # latest >= now + 1 ms + latest_delta (the original's `future`)
+LATEST_MIN = 1_000_000          # latest >= now + 1 ms + latest_delta
 LOAD_INTERVAL = 100_000         # load decisions at most every 100 us (the original's)
 
 _INFER, _LOAD, _EVICT = 0, 1, 2
