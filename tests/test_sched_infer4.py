@@ -461,3 +461,12 @@ def test_stats_report_queues_and_gpus():
     (g,) = st["gpus"]
     assert g["infers_in_flight"] == 1 and g["loads_in_flight"] == 1
     assert g["backlog_ns"] == EXEC[1] and g["free_pages"] == 98
+
+
+def test_absurd_slo_factor_is_an_invalid_request_not_a_crash():
+    sched, clock, out = setup()
+    r = request(clock, slo_factor=float("inf"))
+    sched.on_request(r)
+    assert out.responses[r.id][0] == Status.INVALID_REQUEST
+    sched.tick()
+    assert not out.actions

@@ -268,7 +268,11 @@ class Infer4Scheduler(Scheduler):
             return
         if req.slo_factor > 0:
             s = self.s
-            slo = int(m.b1() * req.slo_factor)
+            slo = m.b1ns * req.slo_factor
+            if not slo < 3.6e12:            # infinite, or over an hour
+                self._respond(req, Status.INVALID_REQUEST, f"slo_factor {req.slo_factor} too large")
+                return
+            slo = int(slo)
             req.slo = slo
             req.deadline = req.arrival + slo
             req.exec_deadline = req.arrival + max(slo - s.buffer, s.schedule_ahead + s.buffer)
