@@ -33,6 +33,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ..config import load_config
 from ..status import Status, describe
 from ..transport import schema
+from ..transport import security as security_mod
 from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, LoadModelRequest,
                                 LoadModelResponse, LsRequest, LsResponse, ModelInfo, ProtocolError)
 from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
@@ -53,7 +54,7 @@ def status_name(code: int) -> str:
     return describe(code)
 
 
-def _connect(ctx: zmq.Context, host: str, port: int) -> tuple[zmq.Socket, zmq.Socket]:
+def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq.Socket, zmq.Socket]:
     """A DEALER with sockets.dealer()'s options, plus a monitor for the ZMTP handshake that
     is attached *before* connecting, so the event cannot be missed. The handshake tells
     "a controller is listening" apart from "nothing there" without sending any request (an
@@ -64,6 +65,8 @@ def _connect(ctx: zmq.Context, host: str, port: int) -> tuple[zmq.Socket, zmq.So
     for opt, value in ((zmq.LINGER, 0), (zmq.MAXMSGSIZE, MAX_MESSAGE_SIZE), (zmq.SNDHWM, 100_000),
                        (zmq.RCVHWM, 100_000), (zmq.RECONNECT_IVL, 100), (zmq.RECONNECT_IVL_MAX, 1000)):
         sock.setsockopt(opt, value)
+    if security is not None:                   # CURVE: our key pair, and the controller's key
+        security.client(sock, security.client_key, "controller")
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
     try:
         sock.connect(tcp(host, port))
@@ -150,7 +153,7 @@ class Client:
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
         try:
-            self._sock, self._monitor = _connect(self._ctx, self.host, self.port)
+            self._sock, self._monitor = _connect(self._ctx, self.host, self.port, security_mod.load(cfg))
         except zmq.ZMQError as e:
             if self._own_ctx:
                 self._ctx.term()

@@ -34,6 +34,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ..status import Status
 from ..transport import schema as s
+from ..transport import security as security_mod
 from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
 from ..transport.sockets import EVENTS, POLLIN, dealer, parse_address, recv, router, send, send_raw, wait
@@ -119,11 +120,14 @@ class Controller:
         self.clock = time.monotonic_ns
         self.action_ids = itertools.count(1)
         self.ctx = zmq.Context.instance()
-        self.client_sock = router(self.ctx, host, client_port or cc["client_port"])
+        self.security = sec = security_mod.load(config)    # None: plain TCP
+        self.client_sock = router(self.ctx, host, client_port or cc["client_port"],
+                                  secure=sec and (lambda sk: sec.server(sk, "controller")))
         self.workers: list[WorkerLink] = []
         for i, addr in enumerate(workers):
             whost, wport = parse_address(addr, config["worker"]["port"])
-            self.workers.append(WorkerLink(i, addr, dealer(self.ctx, whost, wport)))
+            self.workers.append(WorkerLink(i, addr, dealer(
+                self.ctx, whost, wport, secure=sec and (lambda sk: sec.client(sk, "controller", "worker")))))
         if not self.workers:
             raise ValueError("at least one worker address is needed (HOST:PORT)")
         self.scheduler_name = scheduler or cc["scheduler"]
@@ -265,6 +269,8 @@ class Controller:
             w.sock.disable_monitor()
         for sock in self._sockets:
             sock.close(0)
+        if self.security is not None:
+            self.security.close()
 
     def _housekeeping(self, now: int) -> None:
         self.request_log.flush()

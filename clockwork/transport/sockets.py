@@ -55,21 +55,28 @@ def _common(sock: zmq.Socket) -> zmq.Socket:
     return sock
 
 
-def router(ctx: zmq.Context, host: str, port: int) -> zmq.Socket:
+def router(ctx: zmq.Context, host: str, port: int, secure=None) -> zmq.Socket:
     """A listening ROUTER. Unroutable sends (peer gone) are dropped silently, as they must be:
-    a client that disconnects mid-request cannot be allowed to disturb anyone else."""
+    a client that disconnects mid-request cannot be allowed to disturb anyone else.
+    `secure(sock)`, if given, sets CURVE options (transport.security) before binding."""
     sock = _common(ctx.socket(zmq.ROUTER))
     sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    if secure is not None:
+        secure(sock)
     sock.bind(tcp(host, port))
     return sock
 
 
-def dealer(ctx: zmq.Context, host: str, port: int, identity: bytes | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context, host: str, port: int, identity: bytes | None = None,
+           secure=None) -> zmq.Socket:
+    """A connecting DEALER; `secure(sock)`, if given, sets CURVE options before connecting."""
     sock = _common(ctx.socket(zmq.DEALER))
     if identity:
         sock.setsockopt(zmq.IDENTITY, identity)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if secure is not None:
+        secure(sock)
     sock.connect(tcp(host, port))
     return sock
 

@@ -60,9 +60,12 @@ def _stop(signum, frame):
 def worker_command(emulate, backend, host, port, model_dir, config_file, weights_cache):
     """Run a Clockwork worker: it starts empty and executes the actions a controller sends."""
     log = functools.partial(print, flush=True)
+    from ..transport import security as security_mod
     try:
-        cfg = config.load_config(config_file)["worker"]
-    except config.ConfigError as e:
+        full = config.load_config(config_file)
+        cfg = full["worker"]
+        security = security_mod.load(full)
+    except (config.ConfigError, security_mod.SecurityError) as e:
         raise click.ClickException(str(e)) from None
     page_size = int(cfg["page_size"])
     cache = weights_cache or int(cfg["weights_cache_size"])
@@ -94,7 +97,10 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
         log(f"Warning: model directory {mdir} does not exist (LoadModelFromDisk will fail)")
     runtime = WorkerRuntime(dev, mdir, None, **pools)
     try:
-        server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log)
+        server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log,
+                              security=security)
+    except security_mod.SecurityError as e:
+        raise click.ClickException(str(e)) from None
     except zmq.ZMQError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e}") from None
     names = dev.gpu_names()
@@ -106,7 +112,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     signal.signal(signal.SIGINT, _stop)     # also when started in the background (SIGINT ignored)
     gc.collect()
     gc.freeze()
-    log(f"IO service listening on {host}:{port}")
+    log(f"IO service listening on {host}:{port}" + (" (CURVE: controllers' keys only)" if security else ""))
     try:
         server.serve()
     except KeyboardInterrupt:

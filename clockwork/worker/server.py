@@ -66,12 +66,14 @@ def describe_state(state: s.WorkerState, max_models: int = 10) -> str:
 
 class WorkerServer:
     def __init__(self, runtime: WorkerRuntime, host: str, port: int, heartbeat_interval_ms: int = 200,
-                 print_interval_s: float = 10, log=print, ctx: zmq.Context | None = None):
+                 print_interval_s: float = 10, log=print, ctx: zmq.Context | None = None, security=None):
         self.rt = runtime
         runtime.send = self._send
         self.log = log
         self.ctx = ctx or zmq.Context.instance()
-        self.router = sockets.router(self.ctx, host, port)   # raises zmq.ZMQError if taken
+        self.security = security        # transport.security.Security: CURVE, controllers only
+        self.router = sockets.router(self.ctx, host, port,   # raises zmq.ZMQError if taken
+                                     secure=security and (lambda sk: security.server(sk, "worker")))
         self.address = f"{host}:{port}"
         # <= 0 turns heartbeats / stats lines off
         self.heartbeat_ns = int(heartbeat_interval_ms * 1e6) if heartbeat_interval_ms > 0 else None
@@ -215,6 +217,8 @@ class WorkerServer:
 
     def close(self) -> None:
         self.router.close(0)
+        if self.security is not None:
+            self.security.close()
 
 
 # Only a controller sends these (Reset when it connects); anyone may ask for GetWorkerState.
