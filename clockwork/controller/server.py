@@ -362,7 +362,7 @@ class Controller:
         elif len(self.models) + sum(j.copies for j in self.load_jobs.values()) + msg.copies > self.max_models:
             error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
                      f"{self.max_models} model instances ({len(self.models)} registered)")
-        elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/"):
+        elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/") or "\x00" in msg.path:
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")
         if error is not None:
