@@ -163,7 +163,9 @@ class Controller:
             except ImportError:
                 self.telemetry = None
         self._running = False
-        self._sockets = [self.client_sock] + [w.sock for w in self.workers] + [w.monitor for w in self.workers]
+        # Worker sockets come first: wait() lists ready sockets in this order, and a result
+        # frees a GPU and answers requests, which must not queue behind a burst of new ones.
+        self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
         self._sock_worker = {w.sock: w for w in self.workers}
         self._monitor_worker = {w.monitor: w for w in self.workers}
 
