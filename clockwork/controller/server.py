@@ -150,6 +150,10 @@ class Controller:
         self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
         self.max_models = int(cc.get("max_models", MAX_COPIES))
+        # memory bound on inputs: bytes held by requests not yet answered, beyond which OVERLOADED
+        self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
+        self.input_bytes = 0
+        self._held: dict[int, int] = {}     # request id -> its input bytes, until answered
         self.print_interval = float(cc["print_interval_s"])
         self.request_log, self.action_log = logs_mod.open_logs(
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
@@ -189,6 +193,8 @@ class Controller:
         now = self.clock()
         latency = now - req.arrival
         self.departures += 1
+        if self._held:
+            self.input_bytes -= self._held.pop(req.id, 0)
         msg = s.InferResponse(req.client_request_id, status, message, req.model_id, req.batch_size,
                               latency, exec_ns, req.is_coldstart)
         if req.client is not None:
@@ -322,6 +328,7 @@ class Controller:
                 return
         model = self.models.get(msg.model_id)
         error = None
+        nbytes = 0
         if model is None:
             error = f"unknown model id {msg.model_id}"
         elif not 1 <= msg.batch_size <= model.batch_sizes[-1]:
@@ -339,10 +346,18 @@ class Controller:
             send(self.client_sock, s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
                                                    msg.model_id, msg.batch_size), ident=ident)
             return
+        if nbytes and self.input_bytes + nbytes > self.max_input_bytes:
+            send(self.client_sock, s.InferResponse(
+                msg.request_id, Status.OVERLOADED, f"queued requests hold {self.input_bytes} bytes of inputs "
+                f"(limit {self.max_input_bytes})", msg.model_id, msg.batch_size), ident=ident)
+            return
         now = self.clock()
         slo = msg.slo_ns or self.default_slo
         req = Request(next(self.request_ids), ident, msg.request_id, msg.model_id, msg.batch_size,
                       now, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+        if nbytes:
+            self.input_bytes += nbytes
+            self._held[req.id] = nbytes
         self.scheduler.on_request(req)
 
     def _on_ls(self, ident: bytes, msg: s.LsRequest) -> None:
