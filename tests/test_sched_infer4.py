@@ -168,10 +168,11 @@ def test_infer_window():
         sched.tick()
     a1, a2, a3 = out.infers()
     est = EXEC[1]
-    assert (a1.earliest, a1.latest) == (clock.now, clock.now + 1 * MS + 10 * MS)
+    # latest: the last start that still answers within the 100 ms SLO, 1 ms kept for the answer
+    assert (a1.earliest, a1.latest) == (clock.now, clock.now + 100 * MS - est - 1 * MS)
     # the second starts when the first is expected to end
     assert a2.earliest == max(clock.now, clock.now + est - 1 * MS)
-    assert a3.latest == max(clock.now + 11 * MS, clock.now + 2 * est + 10 * MS)
+    assert a3.latest == clock.now + 100 * MS - est - 1 * MS
 
 
 def test_only_schedules_within_schedule_ahead():

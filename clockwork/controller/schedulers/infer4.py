@@ -27,7 +27,11 @@ differ where that keeps the per-request cost small:
   A batch of n requests may be padded up to the next compiled size (the worker supports it),
   where the original only formed compiled sizes; deadlines are checked with the padded size.
 - Infer window: earliest = max(now, expected start - EARLIEST_LEAD) (the original used now),
-  latest = max(now + 1 ms + latest_delta, expected start + latest_delta).
+  latest = max(now + 1 ms, the batch's earliest SLO deadline - its estimate - 1 ms): the last
+  start at which every request of the batch is still answered within its SLO. The original's
+  latest (expected start + latest_delta) both refused starts that would still be in time (an
+  action reaching a CPU-starved worker 12 ms late, with 90 ms of slack left) and allowed ones
+  that finish after the SLO, answered SUCCESS but useless (seen in tools/bench/azure.py).
 - Load demand: a model's queued work (requests x batch-1 estimate) while its newest request could
   still be helped by a load (within max_load_slo of arrival and with time left for load + exec).
   A GPU already holding the model serves its share of that demand in proportion to
@@ -463,9 +467,13 @@ class Infer4Scheduler(Scheduler):
         earliest = t - EARLIEST_LEAD
         if earliest < now:
             earliest = now
-        latest = t + s.latest_delta
-        if latest < now + LATEST_MIN + s.latest_delta:
-            latest = now + LATEST_MIN + s.latest_delta
+        deadline = reqs[0].deadline
+        for r in reqs:
+            if r.deadline < deadline:
+                deadline = r.deadline
+        latest = deadline - e - LATEST_MIN      # the last start that still meets every SLO
+        if latest < now + LATEST_MIN:
+            latest = now + LATEST_MIN
         aid = next(self.out.action_ids)
         data = []
         complete = True
