@@ -85,3 +85,42 @@ def test_ten_times_capacity_every_request_answered(cluster):
         assert statuses[Status.SUCCESS] > 0 and sum(statuses[s] for s in REJECTIONS) > 0
     finally:
         client.close()
+
+
+def test_input_bytes_held_are_bounded(tmp_path):
+    """Requests with inputs beyond [controller] max_queued_input_bytes are refused at once."""
+    import signal
+
+    import numpy as np
+    held = 3
+    size = 3 * 224 * 224 * 4                     # one resnet input
+    conf = tmp_path / "budget.toml"
+    conf.write_text(f"[controller]\nmax_queued_input_bytes = {held * size}\n")
+    with LocalCluster(gpus=1, config_file=conf) as c:
+        client = Client(c.address, log=lambda *_: None)
+        try:
+            mid, _, _ = client.load_model("resnet50", copies=1)
+            x = np.zeros(size // 4, dtype=np.float32)
+            assert client.infer(mid, inputs=x).response.status == Status.SUCCESS
+            worker = c.worker_procs[0]
+            worker.send_signal(signal.SIGSTOP)     # nothing completes: admitted requests stay held
+            try:
+                answers = []
+                for _ in range(10):
+                    client.infer_async(mid, lambda r, d, lat: answers.append(r), inputs=x,
+                                       slo_ns=10_000_000_000, timeout_s=60)
+                client.ls()                        # a round trip: all ten were handled
+                client.poll(0)
+                refused = [r for r in answers if r.status == Status.OVERLOADED]
+                assert len(refused) == 10 - held and all("inputs" in r.message for r in refused)
+            finally:
+                worker.send_signal(signal.SIGCONT)
+            assert client.drain(60) == 0 and len(answers) == 10
+            # answered requests released their bytes: the whole budget is available again
+            again = []
+            for _ in range(held):
+                client.infer_async(mid, lambda r, d, lat: again.append(r.status), inputs=x, timeout_s=60)
+            assert client.drain(60) == 0
+            assert again == [Status.SUCCESS] * held
+        finally:
+            client.close()
