@@ -68,7 +68,8 @@ class OpenLoop:
             self.reject_latency.append(latency_s)
 
     def run(self, duration_s: float, every_s: float = 0.0, on_tick=None) -> None:
-        """Send for duration_s; on_tick(elapsed_s) runs every every_s seconds if given."""
+        """Send for duration_s; on_tick(elapsed_s) runs every every_s seconds if given, and
+        ends the run early by returning True."""
         c = self.client
         start = time.perf_counter()
         nxt = start
@@ -84,7 +85,8 @@ class OpenLoop:
                 self.sent += 1
                 nxt += self.gap
             if now >= next_tick:
-                on_tick(now - start)
+                if on_tick(now - start):
+                    break
                 next_tick += every_s
             c.poll(max(0.0, min(nxt, end) - time.perf_counter()))
 
