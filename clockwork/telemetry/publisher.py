@@ -83,6 +83,9 @@ class TelemetryPublisher:
             sock = ctx.socket(zmq.PUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, SNDHWM)
+            security = getattr(controller, "security", None)
+            if security is not None:      # CURVE: only clients with accepted keys may watch
+                security.server(sock, "controller")
             try:
                 sock.bind(tcp(host, port))
             except zmq.ZMQError as e:

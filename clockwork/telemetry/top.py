@@ -295,16 +295,21 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
 # ---------------------------------------------------------------------- I/O
 
 def _sockets(ctx: zmq.Context, endpoint: str):
+    from ..config import load_config
+    from ..transport import security as security_mod
+    security = security_mod.load(load_config())     # [security] on: CURVE with the client key
     snaps = ctx.socket(zmq.SUB)
     snaps.setsockopt(zmq.LINGER, 0)
     snaps.setsockopt(zmq.CONFLATE, 1)          # only the newest snapshot matters
     snaps.setsockopt(zmq.SUBSCRIBE, tm.TOPIC_SNAPSHOT)
-    snaps.connect(endpoint)
     events = ctx.socket(zmq.SUB)
     events.setsockopt(zmq.LINGER, 0)
     events.setsockopt(zmq.RCVHWM, 1000)
     events.setsockopt(zmq.SUBSCRIBE, tm.TOPIC_EVENTS)
-    events.connect(endpoint)
+    for sock in (snaps, events):
+        if security is not None:
+            security.client(sock, security.client_key, "controller")
+        sock.connect(endpoint)
     return snaps, events
 
 
