@@ -297,7 +297,10 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
 def _sockets(ctx: zmq.Context, endpoint: str):
     from ..config import load_config
     from ..transport import security as security_mod
-    security = security_mod.load(load_config())     # [security] on: CURVE with the client key
+    try:
+        security = security_mod.load(load_config())     # [security] on: CURVE with the client key
+    except ValueError as e:                             # a bad config file or missing keys
+        raise click.ClickException(str(e)) from None
     snaps = ctx.socket(zmq.SUB)
     snaps.setsockopt(zmq.LINGER, 0)
     snaps.setsockopt(zmq.CONFLATE, 1)          # only the newest snapshot matters
