@@ -185,3 +185,33 @@ def test_limit_on_model_instances(secure):
     first, copies, _ = client.load_model("mlp", copies=MAX_MODELS - have)
     assert len(client.ls()) == MAX_MODELS
     assert client.infer(first + copies - 1).response.status == Status.SUCCESS
+
+
+def test_telemetry_link_is_curve_too(secure):
+    """cw top's sockets (client key) get snapshots; a plain subscriber fails the handshake."""
+    from clockwork.telemetry import messages as tm
+    from clockwork.telemetry.top import _sockets
+    endpoint = sockets.tcp("127.0.0.1", secure.telemetry_port)
+    ctx = zmq.Context()
+    try:
+        snaps, events = _sockets(ctx, endpoint)          # reads CLOCKWORK_CONFIG_FILE: security on
+        assert snaps.poll(int(WAIT_S * 1000)), "no snapshot over CURVE"
+        assert isinstance(tm.decode(snaps.recv()), tm.Snapshot)
+        plain = ctx.socket(zmq.SUB)
+        plain.linger = 0
+        plain.setsockopt(zmq.SUBSCRIBE, b"")
+        mon = plain.get_monitor_socket()
+        plain.connect(endpoint)
+        outcome = None
+        deadline = time.monotonic() + WAIT_S
+        while outcome is None and time.monotonic() < deadline:
+            if mon.poll(int(max(1, (deadline - time.monotonic()) * 1000))):
+                ev = recv_monitor_message(mon)["event"]
+                if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED or ev in FAILED:
+                    outcome = ev
+        assert outcome in FAILED
+        assert not plain.poll(200)
+        plain.disable_monitor()
+        mon.close(0)
+    finally:
+        ctx.destroy(linger=0)
