@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from clockwork.client.api import CONNECTION_LOST, NO_ANSWER, Client, ClientError
+from clockwork.client.api import CONNECTION_LOST, NO_ANSWER, Client, RequestFailed
 from clockwork.local import LocalCluster
 from clockwork.status import Status
 
@@ -188,8 +188,9 @@ def test_controller_restart_errors_not_hangs_and_workers_reset():
             finish(client, tally)                      # answered by the client, not by timeouts
             assert time.monotonic() - t0 < WAIT_S - 1
             assert tally.statuses[CONNECTION_LOST] + tally.statuses[Status.SUCCESS] == tally.sent
-            with pytest.raises(ClientError):
-                client.infer(mid, timeout_s=2)         # nobody there: an error, not a hang
+            with pytest.raises(RequestFailed) as e:
+                client.infer(mid)                      # nobody there: an error at once, not a hang
+            assert e.value.status == CONNECTION_LOST
 
             mark = len(lines(cluster))
             cluster.start_controller()

@@ -160,6 +160,7 @@ class Client:
             raise ValueError(f"bad address {address!r}: {e.strerror}") from None
         self._transport_up = False
         self._dropped = False                      # a disconnection not yet handled by poll()
+        self._link_down = False                    # disconnected since the last handshake
         self.disconnects = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}
@@ -218,6 +219,12 @@ class Client:
 
     def _send(self, rid, header, inputs, callback, timeout_s) -> int:
         now = self._now()
+        if self._link_down:
+            # we saw the controller go: nothing is queued for whoever comes back; the request is
+            # answered CONNECTION_LOST in the next poll() (never from inside a send: no recursion)
+            self._dropped = True
+            self._pending[rid] = (callback, now)
+            return rid
         try:
             if inputs is None:
                 self._sock.send(header, zmq.NOBLOCK)
@@ -379,9 +386,11 @@ class Client:
             event = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True
+                self._link_down = False
             elif event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
                 self._dropped = True
+                self._link_down = True
 
     def _close_monitor(self) -> None:
         if self._monitor is not None:
@@ -404,21 +413,24 @@ class Client:
                                     f"{self.connect_timeout_s:g} s: is `cw controller` running there?")
 
     def _retrying(self, send: Callable[[Future, float], None], what: str, attempt_timeout: float):
-        """Send, and resend every retry_interval_s while the controller answers INITIALIZING,
-        for at most connect_timeout_s in all. Each attempt waits attempt_timeout for its answer."""
+        """Send, and resend every retry_interval_s while the controller answers INITIALIZING (or
+        is reconnecting after its connection dropped), for at most connect_timeout_s in all.
+        Each attempt waits attempt_timeout for its answer."""
         deadline = self._now() + self.connect_timeout_s
         told = False
         while True:
             fut = Future()
             send(fut, attempt_timeout)
             r = self._wait(fut, what)
-            if r.status != Status.INITIALIZING:
+            if r.status != Status.INITIALIZING and r.status != CONNECTION_LOST:
                 return r
             if self._now() + self.retry_interval_s > deadline:
-                raise RequestFailed(what, r.status, f"controller still initializing after "
+                state = "initializing" if r.status == Status.INITIALIZING else "unreachable"
+                raise RequestFailed(what, r.status, f"controller still {state} after "
                                     f"{self.connect_timeout_s:g} s: {r.message}")
             if not told:
-                self.log(f"Clockwork initializing, retrying: {r.message or 'controller initializing'}")
+                self.log(f"Clockwork {'initializing' if r.status == Status.INITIALIZING else 'reconnecting'}, "
+                         f"retrying: {r.message or 'controller initializing'}")
                 told = True
             end = self._now() + self.retry_interval_s
             while self._now() < end:          # keep serving other traffic while we wait
