@@ -243,3 +243,27 @@ def test_worker_stopped_long_then_killed_and_restarted(two_workers):
     cluster.start_worker(0)
     wait_for(cluster, r"Worker 0 .* joined", mark, client, tally, mid)
     finish(client, tally)
+
+
+def test_load_model_while_a_worker_dies(two_workers):
+    """A LoadModel broadcast to a worker that dies is answered from the others, and the new
+    model is loaded on the worker when it comes back."""
+    cluster, client, mid = two_workers
+    w0 = cluster.worker_procs[0]
+    w0.send_signal(signal.SIGSTOP)
+    done = []
+    client.load_model_async("resnet18", 2, lambda r, d, lat: done.append(r), timeout_s=WAIT_S)
+    client.ls()                                        # the load has been sent to both workers
+    w0.send_signal(signal.SIGKILL)
+    w0.wait(WAIT_S)
+    assert client.drain(WAIT_S) == 0
+    assert done[0].status == Status.SUCCESS, done[0]
+    new = done[0].model_id
+    mark = len(lines(cluster))
+    cluster.start_worker(0)
+    wait_for(cluster, r"Worker 0 .* joined", mark, client)
+    mark = len(lines(cluster))
+    cluster.worker_procs[1].send_signal(signal.SIGKILL)
+    wait_for(cluster, r"Worker 1 .* lost", mark, client)
+    for m in (mid, new, new + 1):                      # every model, old and new, on worker 0
+        assert client.infer(m).response.status == Status.SUCCESS

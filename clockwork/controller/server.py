@@ -405,7 +405,9 @@ class Controller:
 
     def _load_done(self, job: LoadJob, w: WorkerLink, res) -> None:
         job.waiting.discard(w.id)
-        if type(res) is s.ErrorResult:
+        if type(res) is s.ErrorResult and res.status == Status.WORKER_LOST:
+            pass     # not the model's fault: the others answer, and it gets the model if it rejoins
+        elif type(res) is s.ErrorResult:
             job.error = (res.status, f"worker {w.address}: {res.message}")
         elif job.models is None:
             job.models = res.models
