@@ -568,8 +568,8 @@ class Controller:
 
     def _rejoin_step(self, w: WorkerLink, first: int, res) -> None:
         waiting = self.rejoin_waiting.get(w.id)
-        if waiting is None:
-            return
+        if waiting is None or not w.alive:
+            return      # lost again while reloading: no half-made rejoin
         if type(res) is s.ErrorResult:
             self.out(f"Worker {w.address}: reload of models {first}.. failed: {res.message}")
         waiting.discard(first)
