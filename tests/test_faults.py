@@ -267,3 +267,24 @@ def test_load_model_while_a_worker_dies(two_workers):
     wait_for(cluster, r"Worker 1 .* lost", mark, client)
     for m in (mid, new, new + 1):                      # every model, old and new, on worker 0
         assert client.infer(m).response.status == Status.SUCCESS
+
+
+def test_silence_during_load_from_disk_is_not_a_loss(two_workers):
+    """LoadModelFromDisk blocks a worker's loop (no heartbeats): that is tolerated, unlike
+    silence with nothing but Infers in flight (test_worker_stopped_then_continued...)."""
+    cluster, client, mid = two_workers
+    w0 = cluster.worker_procs[0]
+    mark = len(lines(cluster))
+    w0.send_signal(signal.SIGSTOP)                     # as if its load took long
+    try:
+        done = []
+        client.load_model_async("resnet18", 1, lambda r, d, lat: done.append(r), timeout_s=WAIT_S)
+        end = time.monotonic() + 2.5 * WORKER_TIMEOUT_MS / 1000
+        while time.monotonic() < end:                  # well past the heartbeat timeout
+            client.poll(0.01)
+        assert not any("lost" in line for line in lines(cluster)[mark:]), lines(cluster)[mark:]
+        assert not done                                # still waiting for worker 0's load
+    finally:
+        w0.send_signal(signal.SIGCONT)
+    assert client.drain(WAIT_S) == 0 and done[0].status == Status.SUCCESS, done
+    assert not any("lost" in line for line in lines(cluster)[mark:])

@@ -46,6 +46,10 @@ FAR_FUTURE = 1 << 62
 MAX_COPIES = 100_000
 MAX_SLO_NS = 3_600_000_000_000
 PROBE_INTERVAL_NS = 500_000_000
+# LoadModelFromDisk runs inside the worker's loop (a real GPU worker also warms every batch size
+# then), so it sends no heartbeat meanwhile: that silence is tolerated up to this long. A worker
+# that dies meanwhile is still noticed at once, by its connection closing.
+DISK_LOAD_SILENCE_NS = 60_000_000_000
 HOUSEKEEPING_NS = 50_000_000
 DRAIN_BATCH = 256
 
@@ -286,8 +290,10 @@ class Controller:
         for w in self.workers:
             if w.alive and now - w.last_heard > self.worker_timeout:
                 self._drain_worker(w)     # after a stall here, its heartbeats may be waiting unread
-                if now - w.last_heard > self.worker_timeout:
-                    self._worker_lost(w, now, f"no message for {(now - w.last_heard) / 1e6:.0f} ms")
+                silence = now - w.last_heard
+                if silence > self.worker_timeout and (silence > DISK_LOAD_SILENCE_NS or not any(
+                        type(self.pending[a].action) is s.LoadModelFromDisk for a in w.pending)):
+                    self._worker_lost(w, now, f"no message for {silence / 1e6:.0f} ms")
             elif not w.alive and now - w.last_probe > PROBE_INTERVAL_NS:
                 self._probe(w, now)
         if self.telemetry is not None:
