@@ -10,6 +10,7 @@ keeps being served.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import struct
 import time
@@ -300,3 +301,72 @@ def test_absurd_copies_are_refused(cluster, copies):
     client.drain(WAIT_S)
     assert done and done[0].status == Status.INVALID_REQUEST and "copies" in done[0].message
     _served(cluster)
+
+
+# ------------------------------------------------------------------ a worker obeying absurd actions
+
+@pytest.fixture(scope="module")
+def lone_worker(tmp_path_factory):
+    """A worker of its own (these actions are obeyed: Reset would wipe the cluster's)."""
+    import subprocess
+    import sys
+    from clockwork.model.zoo import write_emulated_zoo
+    zoo = tmp_path_factory.mktemp("zoo")
+    write_emulated_zoo(zoo, log=lambda *a: None)
+    port = sockets.free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("CLOCKWORK_CONFIG_FILE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "clockwork.worker.command", "--emulate", "2", "--host",
+                             "127.0.0.1", "--port", str(port), "--model-dir", str(zoo)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ctx = zmq.Context()
+    sock = sockets.dealer(ctx, "127.0.0.1", port)
+    try:
+        sockets.send(sock, s.LoadModelFromDisk(0, 0, 0, 0, "mlp", 2))
+        assert isinstance(_result(sock), s.LoadModelFromDiskResult)
+        sockets.send(sock, s.LoadWeights(0, 0, 0, 0, 0))
+        assert isinstance(_result(sock), s.LoadWeightsResult)
+        yield proc, sock
+    finally:
+        sock.close(0)
+        ctx.term()
+        proc.kill()
+        proc.wait(WAIT_S)
+
+
+def _result(sock):
+    while True:
+        frames = _one_reply(sock)
+        msg = s.decode(frames[0], s.RESULT_DECODER)
+        if type(msg) is not s.Heartbeat:
+            return msg
+
+
+SMALL = st.one_of(st.integers(-3, 20), I64)
+PAST = st.one_of(st.integers(-(2 ** 63), 1000), st.just(0))       # windows already open
+LATEST = st.one_of(st.just(0), st.integers(-(2 ** 63), 2 ** 63 - 1))
+actions = st.one_of(
+    st.builds(s.Infer, st.just(0), PAST, LATEST, SMALL, SMALL, SMALL, I64),
+    st.builds(s.LoadWeights, st.just(0), PAST, LATEST, SMALL, SMALL, I64),
+    st.builds(s.EvictWeights, st.just(0), PAST, LATEST, SMALL, SMALL),
+    st.builds(s.LoadModelFromDisk, st.just(0), PAST, LATEST, SMALL,
+              st.sampled_from(["mlp", "nope", "../mlp", "/etc", "mlp/model.json", ""]),
+              st.one_of(st.integers(-2, 3), I64), SMALL, I64),
+    st.builds(s.ClearCache, st.just(0), PAST, LATEST),
+    st.builds(s.GetWorkerState, st.just(0)),
+)
+
+
+@FUZZ
+@given(actions, st.lists(st.binary(max_size=128), max_size=3), st.integers(1, 2 ** 40))
+def test_worker_answers_absurd_actions_once(lone_worker, action, data, aid):
+    proc, sock = lone_worker
+    action.action_id = aid
+    sockets.send(sock, action, data)
+    reply = _result(sock)
+    assert reply.action_id == aid, (action, reply)
+    if type(reply) is s.ErrorResult:
+        assert reply.message and reply.status >= Status.ACTION_TOO_EARLY
+    while not _no_more(sock):                          # exactly one answer: nothing else but heartbeats
+        assert type(s.decode(sock.recv_multipart()[0], s.RESULT_DECODER)) is s.Heartbeat
+    assert proc.poll() is None
