@@ -142,6 +142,7 @@ class Client:
         first answer and to keep retrying while the controller initialises. load_timeout_s:
         how long one LoadModel may take once the controller is known to be there."""
         cfg = load_config()
+        security = security_mod.load(cfg)         # SecurityError (a ValueError) before any socket
         self.host, self.port = parse_address(address, cfg["controller"]["client_port"])
         self.address = f"{self.host}:{self.port}"
         self.timeout_s = timeout_s
@@ -153,7 +154,7 @@ class Client:
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
         try:
-            self._sock, self._monitor = _connect(self._ctx, self.host, self.port, security_mod.load(cfg))
+            self._sock, self._monitor = _connect(self._ctx, self.host, self.port, security)
         except zmq.ZMQError as e:
             if self._own_ctx:
                 self._ctx.term()
