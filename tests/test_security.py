@@ -43,7 +43,7 @@ def test_keys_command_writes_pairs_and_accepted_keys(tmp_path):
     assert r.exit_code == 0 and (d / "clients" / "alice.key").exists()
 
 
-def test_missing_keys_are_a_clear_error(tmp_path):
+def test_missing_keys_are_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(security.SecurityError, match="cw keys"):
         security.load({"security": {"enabled": True, "key_dir": str(tmp_path / "none")}})
     assert security.load({"security": {"enabled": False}}) is None
@@ -53,6 +53,9 @@ def test_missing_keys_are_a_clear_error(tmp_path):
     r = CliRunner().invoke(worker_command, ["--emulate", "1", "--config", str(conf), "--host", "127.0.0.1",
                                             "--port", str(sockets.free_port())])
     assert r.exit_code == 1 and "cw keys" in r.output and "Traceback" not in r.output
+    monkeypatch.setenv("CLOCKWORK_CONFIG_FILE", str(conf))
+    with pytest.raises(security.SecurityError, match="cw keys"):
+        Client("127.0.0.1:1")
 
 
 @pytest.fixture(scope="module")
