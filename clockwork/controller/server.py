@@ -37,7 +37,7 @@ from ..transport import schema as s
 from ..transport import security as security_mod
 from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
-from ..transport.sockets import EVENTS, POLLIN, dealer, parse_address, recv, router, send, send_raw, wait
+from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send, send_raw, wait
 from . import logs as logs_mod
 from .scheduler import Request
 from .stats import ControllerStats
@@ -189,7 +189,7 @@ class Controller:
             action.earliest = w.sync.to_worker(action.earliest)
             action.latest = w.sync.to_worker(action.latest)
         try:
-            send(w.sock, action, data, flags=zmq.NOBLOCK)
+            send(w.sock, action, data, flags=NOBLOCK)
         except zmq.Again:
             self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} send queue full")
 

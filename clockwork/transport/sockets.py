@@ -23,6 +23,8 @@ from .schema import Message, ProtocolError, decode, encode
 # costs ~0.8 us per check on the event loops' hottest line.
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
+SNDMORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
 
 # Frames larger than this are refused by libzmq before they reach Python (oversized-frame guard).
 MAX_MESSAGE_SIZE = 256 * 1024 * 1024
@@ -91,15 +93,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 def send(sock: zmq.Socket, msg: Message, data=(), ident: bytes | None = None, flags: int = 0) -> None:
     """Send header + data frames; data buffers go zero-copy (copy=False).
 
-    Pass flags=zmq.NOBLOCK on DEALER sockets whose peer may be gone: zmq.Again is raised instead
-    of blocking once the send queue is full.
+    Pass flags=NOBLOCK on DEALER sockets whose peer may be gone: zmq.Again is raised instead
+    of blocking once the send queue is full. Flags are plain ints: or-ing pyzmq's enum flags
+    builds enum objects, several per message.
     """
     header = encode(msg)
+    more = flags | SNDMORE
     if ident is not None:
-        sock.send(ident, flags | zmq.SNDMORE)
+        sock.send(ident, more)
     if data:
-        sock.send(header, flags | zmq.SNDMORE)
-        sock.send_multipart(data, flags, copy=False)
+        sock.send(header, more)
+        last = len(data) - 1
+        for i, frame in enumerate(data):
+            sock.send(frame, more if i < last else flags, copy=False)
     else:
         sock.send(header, flags)
 
