@@ -3,5 +3,10 @@
 # (README Quick start, second command; .ci/run calls this.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q -e '.[test]'
+# tests/test_top_tmux.py drives `cw top` in a real terminal: it needs tmux (best effort, else it skips)
+command -v tmux >/dev/null || { command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] \
+    && apt-get update -qq && apt-get install -y -qq tmux >/dev/null; } \
+    || echo "tmux not installed: tests/test_top_tmux.py will skip"
+# the TVM extra runs the real model path on the CPU (tests/test_tvm_cpu.py)
+python3 -m pip install -q -e '.[test,tvm]'
 exec python3 -m pytest -q -p no:cacheprovider tests "$@"
