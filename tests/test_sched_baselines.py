@@ -120,6 +120,26 @@ def test_fifo_marks_cold_starts_like_infer4():
     assert [r.is_coldstart for r in sim.requests] == [True, True, False, True, True, True]
 
 
+def test_fifo_load_attempts_grow_linearly_with_blocked_models():
+    """Models waiting for pages are not re-tried on every request and result (found by
+    tools/bench/azure.py: with thousands of models waiting, fifo's controller spent its whole
+    CPU retrying loads that could not fit and served 14% of the GPUs' capacity)."""
+    models = [model_info(i, {1: 5 * MS}, num_pages=1) for i in range(60)]
+    sim = Simulator("fifo", models, gpus=1, total_pages=2, latency=0)
+    attempts = []
+    make_room = sim.sched._make_room
+    sim.sched._make_room = lambda g, mid: attempts.append(mid) or make_room(g, mid)
+    for k in range(3):
+        for i in range(60):
+            sim.request(k * MS, i)
+    sim.run()
+    assert len(sim.responses) == 180
+    assert all(x.status == Status.SUCCESS for x in sim.responses.values())
+    loads = [a.model_id for _, _, a in sim.actions if type(a) is LoadWeights]
+    assert sorted(set(loads)) == list(range(60))
+    assert len(attempts) <= 180 + len(loads)       # one per request or load at most, not per blocked model
+
+
 def _latency_by_arrival(sim, lo, hi):
     xs = [x.latency for x in sim.responses.values() if lo <= x.req.arrival < hi]
     return sum(xs) / len(xs)

@@ -30,7 +30,7 @@ class _Gpu:
         self.queued = 0                         # items queued here
         self.loaded = OrderedDict((mid, None) for mid in state.loaded_models)   # LRU order
         self.loading: set[int] = set()
-        self.blocked: set[int] = set()          # models waiting for pages to be loaded here
+        self.blocked: dict[int, None] = {}      # models waiting for pages here, first request first
         self.busy_model = -1                    # model of the Infer in flight, -1 when idle
         self.free_pages = free_pages(state, models)
         self.batches = 0
@@ -95,21 +95,39 @@ class FifoScheduler(Scheduler):
             q = g.queues[mid] = deque()
         q.append(req)
         g.queued += req.batch_size
-        if mid not in g.loaded and mid not in g.loading:
-            g.blocked.add(mid)
+        if mid not in g.loaded and mid not in g.loading and mid not in g.blocked:
+            if self._make_room(g, mid):
+                self._send_load(g, mid)
+            else:
+                g.blocked[mid] = None
         self._kick(g)
 
-    def _kick(self, g: _Gpu) -> None:
-        """Start loads this GPU waits for, and an Infer if it is idle."""
+    def _load_blocked(self, g: _Gpu) -> None:
+        """Load the models waiting here that now fit, first request first. Room only grows when
+        a result comes back (an Infer ends, a load fails), so this runs then, not per request:
+        retrying every waiting model on every event cost O(waiting x loaded) each time."""
+        room = g.free_pages
+        for other in g.loaded:
+            if other != g.busy_model and not g.queues.get(other):
+                room += self.models[other].num_pages
         for mid in list(g.blocked):
-            if g.queues.get(mid) and self._make_room(g, mid):
-                g.blocked.discard(mid)
+            if room <= 0:
+                break
+            pages = self.models[mid].num_pages
+            if pages <= room and g.queues.get(mid) and self._make_room(g, mid):
+                del g.blocked[mid]
                 self._send_load(g, mid)
+                room -= pages
+
+    def _kick(self, g: _Gpu) -> None:
+        """Start an Infer if this GPU is idle: the oldest request of a loaded model."""
         if g.busy_model >= 0:
             return
         best, oldest = None, None
-        for mid, q in g.queues.items():
-            if q and mid in g.loaded and (oldest is None or q[0].arrival < oldest):
+        queues = g.queues
+        for mid in g.loaded:
+            q = queues.get(mid)
+            if q and (oldest is None or q[0].arrival < oldest):
                 best, oldest = mid, q[0].arrival
         if best is None:
             return
@@ -196,10 +214,9 @@ class FifoScheduler(Scheduler):
                     g.queued -= r.batch_size
                     self.out.respond(r, result.status, result.message)
         if g in self._gpus:
+            if g.blocked:
+                self._load_blocked(g)
             self._kick(g)
-        for other in self._gpus:     # pages freed here may unblock nothing else; others may be idle
-            if other is not g and other.blocked:
-                self._kick(other)
 
     def on_worker_lost(self, worker_id):
         super().on_worker_lost(worker_id)
