@@ -1,5 +1,6 @@
 """End to end over loopback with real processes: emulated worker + controller + client."""
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -129,11 +130,12 @@ def test_overload_gives_rejections_not_growing_latency(cluster, client):
     client.drain(60)
     assert len(results) == 4000
     ok = [lat for st, lat in results if st == Status.SUCCESS]
-    rejected = [st for st, _ in results if st in (Status.COULD_NOT_START_IN_TIME, Status.TIMEOUT,
-                                                  Status.CONTROLLER_SKIPPED,
-                                                  Status.OVERLOADED)]
+    # refused by the controller, or by the worker when CPU contention made it start too late
+    refusals = (Status.COULD_NOT_START_IN_TIME, Status.TIMEOUT, Status.CONTROLLER_SKIPPED,
+                Status.OVERLOADED, Status.ACTION_TOO_LATE)
+    rejected = [st for st, _ in results if st in refusals]
     assert ok and rejected
-    assert len(ok) + len(rejected) == len(results)
+    assert len(ok) + len(rejected) == len(results), Counter(st for st, _ in results)
     # Without admission control the last of these would wait for the whole backlog: 4000
     # requests at ~1,500/s is over 2 s, 50x the SLO. Here what is served is served around its
     # deadline (controller-measured; the margin absorbs CPU contention on a 2-core CI box) and
