@@ -103,17 +103,7 @@ def test_port_in_use_is_a_clear_error(system):
         TelemetryPublisher(ctl, zmq.Context.instance(), "127.0.0.1", 0)
 
 
-def _system_available() -> str | None:
-    try:
-        from clockwork.controller.schedulers import make_scheduler  # noqa: F401
-        import clockwork.worker.command  # noqa: F401
-    except ImportError as e:
-        return f"the worker or schedulers are not available yet: {e}"
-    return None
-
-
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(_system_available() is not None, reason=str(_system_available()))
 def test_metrics_of_a_real_run():
     """`cw controller --metrics-port`: the scrape agrees with what the client saw."""
     import re

@@ -157,17 +157,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
     assert r.exit_code == 1 and "is not a directory" in r.output
 
 
-def _system_available() -> str | None:
-    try:
-        from clockwork.controller.schedulers import make_scheduler  # noqa: F401
-        import clockwork.worker.command  # noqa: F401
-    except ImportError as e:
-        return f"the worker or schedulers are not available yet: {e}"
-    return None
-
-
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(_system_available() is not None, reason=str(_system_available()))
 def test_plots_of_a_recorded_run(tmp_path):
     from clockwork.local import LocalCluster
     logdir = tmp_path / "logs"

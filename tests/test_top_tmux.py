@@ -157,17 +157,7 @@ def test_top_once_without_controller_is_a_clear_error():
     assert r.returncode != 0 and "not a number" in r.stderr and "Traceback" not in r.stderr
 
 
-def _system_available() -> str | None:
-    try:
-        from clockwork.controller.schedulers import make_scheduler  # noqa: F401
-        import clockwork.worker.command  # noqa: F401
-    except ImportError as e:
-        return f"the worker or schedulers are not available yet: {e}"
-    return None
-
-
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(_system_available() is not None, reason=str(_system_available()))
 def test_top_shows_a_running_emulated_system():
     from clockwork.local import LocalCluster
     gpus = 2
