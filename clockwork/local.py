@@ -146,7 +146,8 @@ class LocalCluster:
         self.stop()
 
 
-def _quick_config(print_interval: float) -> Path:
+def quick_config(print_interval: float) -> Path:
+    """A temporary config file that sets every process's stats-line interval (caller deletes it)."""
     fd, path = tempfile.mkstemp(prefix="clockwork-run-", suffix=".toml")
     with os.fdopen(fd, "w") as f:
         for section in ("worker", "controller", "client"):
@@ -168,7 +169,7 @@ def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, wo
     Extra arguments after `--` go to the client workload.
     """
     interval = print_interval or max(1.0, min(10.0, duration / 5))
-    config = _quick_config(interval)
+    config = quick_config(interval)
     click.echo(f"clockwork: emulated worker ({gpus} GPUs) + {scheduler} controller + "
                f"`{workload}` client for {duration:g} s")
     cluster = LocalCluster(gpus=gpus, scheduler=scheduler, config_file=config, echo=True,

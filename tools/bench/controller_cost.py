@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from clockwork.client.api import Client  # noqa: E402
-from clockwork.local import LocalCluster, _quick_config  # noqa: E402
+from clockwork.local import LocalCluster, quick_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -97,7 +97,7 @@ def main():
     ap.add_argument("--scheduler", default="infer4")
     args = ap.parse_args()
     copies = args.copies or 4 * args.gpus
-    cfg = _quick_config(3600)
+    cfg = quick_config(3600)
     print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs, {copies} resnet50 copies, "
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
           f"{os.cpu_count()} cores shared by client, controller and worker")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import OpenLoop  # noqa: E402
 
 from clockwork.client.api import NO_ANSWER, Client, status_name  # noqa: E402
-from clockwork.local import LocalCluster, _quick_config  # noqa: E402
+from clockwork.local import LocalCluster, quick_config  # noqa: E402
 
 
 def main():
@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = []
-    with LocalCluster(gpus=1, workers=2, config_file=_quick_config(3600)) as cluster:
+    with LocalCluster(gpus=1, workers=2, config_file=quick_config(3600)) as cluster:
         client = Client(cluster.address, log=lambda *_: None)
         mid, _, _ = client.load_model(args.model, copies=1)
         client.ls()

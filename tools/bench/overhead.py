@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from clockwork.client.api import Client  # noqa: E402
-from clockwork.local import LocalCluster, _quick_config  # noqa: E402
+from clockwork.local import LocalCluster, quick_config  # noqa: E402
 
 
 def pct(xs, q):
@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--gc", choices=["on", "freeze", "off"], default="freeze",
                     help="client GC policy: on (default CPython), freeze (gc.freeze after setup), off")
     args = ap.parse_args()
-    cfg = _quick_config(3600)
+    cfg = quick_config(3600)
     with LocalCluster(gpus=1, scheduler=args.scheduler, config_file=cfg) as cluster:
         client = Client(cluster.address, log=lambda *_: None)
         mid, _, info = client.load_model(args.model, copies=1)

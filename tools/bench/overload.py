@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import OpenLoop, capacity, pct, pids_of, rss_kib  # noqa: E402
 
 from clockwork.client.api import NO_ANSWER, Client, status_name  # noqa: E402
-from clockwork.local import LocalCluster, _quick_config  # noqa: E402
+from clockwork.local import LocalCluster, quick_config  # noqa: E402
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    cfg = _quick_config(3600)
+    cfg = quick_config(3600)
     with LocalCluster(gpus=args.gpus, config_file=cfg) as cluster:
         cap = capacity(cluster.model_dir, args.model, args.gpus)
         client = Client(cluster.address, log=lambda *_: None)

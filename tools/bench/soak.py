@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import OpenLoop, capacity, pct, pids_of, rss_kib  # noqa: E402
 
 from clockwork.client.api import NO_ANSWER, Client, status_name  # noqa: E402
-from clockwork.local import LocalCluster, _quick_config  # noqa: E402
+from clockwork.local import LocalCluster, quick_config  # noqa: E402
 from clockwork.status import Status  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def main():
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop the cluster on the way out
 
-    cfg = _quick_config(3600)
+    cfg = quick_config(3600)
     with LocalCluster(gpus=args.gpus, config_file=cfg) as cluster:
         cap = capacity(cluster.model_dir, args.model, args.gpus)
         rate = args.load * cap
