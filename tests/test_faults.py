@@ -15,12 +15,13 @@ from collections import Counter
 import pytest
 
 from clockwork.client.api import CONNECTION_LOST, NO_ANSWER, Client, RequestFailed
+from clockwork.config import load_config
 from clockwork.local import LocalCluster
 from clockwork.status import Status
 
 pytestmark = pytest.mark.timeout(120)
 WAIT_S = 30.0
-WORKER_TIMEOUT_MS = 1000          # conf/default.toml [controller] worker_timeout_ms
+WORKER_TIMEOUT_MS = load_config()["controller"]["worker_timeout_ms"]
 
 
 class Tally:
