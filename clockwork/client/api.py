@@ -434,8 +434,11 @@ class Client:
                          f"retrying: {r.message or 'controller initializing'}")
                 told = True
             end = self._now() + self.retry_interval_s
+            reconnecting = r.status == CONNECTION_LOST
             while self._now() < end:          # keep serving other traffic while we wait
                 self.poll(max(0.0, end - self._now()))
+                if reconnecting and not self._link_down:
+                    break                     # a controller is back: ask it now
 
     def load_model(self, path: str, copies: int = 1, timeout_s: float | None = None
                    ) -> tuple[int, int, LoadModelResponse]:
