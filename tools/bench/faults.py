@@ -94,7 +94,7 @@ def main():
         left = client.drain(30)
         client.close()
 
-    print("\n| fault | reaction (ms) | seen | answers to requests sent meanwhile |")
+    print("\n| fault | reaction (ms) | seen | answers received meanwhile (signal .. reaction + 0.5 s) |")
     print("|---|---|---|---|")
     for name, t, line, delta in rows:
         counts = ", ".join(f"{status_name(k)} {v}" for k, v in sorted(delta.items()))
