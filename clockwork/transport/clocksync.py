@@ -31,7 +31,9 @@ class ClockSync:
         self.rtt, self.offset = best
 
     def to_worker(self, t: int) -> int:
-        return t + self.offset
+        """Controller time -> worker time. 0 (an open earliest: "any time") stays 0, so actions
+        sent that way keep their send order in the worker's executors whatever the estimate."""
+        return t + self.offset if t else 0
 
     def to_controller(self, t: int) -> int:
         return t - self.offset
