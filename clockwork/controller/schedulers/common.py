@@ -3,8 +3,10 @@ references built from worker states, and per-request output slicing (zero-copy).
 from __future__ import annotations
 
 from ...config import DEFAULT_CONFIG, tomllib
-from ...transport.schema import ModelInfo, WorkerState
-from ..scheduler import GpuRef
+from ...transport.schema import EvictWeights, LoadWeights, ModelInfo, WorkerState
+from ..scheduler import GpuRef, Scheduler
+
+OPEN = 3600 * 1_000_000_000       # open windows: [0, now + 1 hour]
 
 DEFAULT_CLOCK_MHZ = 1980      # nominal SM clock of an H200; estimates are scaled by the GPU clock
 _defaults: dict | None = None
@@ -114,3 +116,38 @@ def zeros(nbytes: int) -> memoryview:
     if view is None:
         view = _zeros[nbytes] = memoryview(bytes(nbytes))
     return view
+
+
+class OpenWindowLoads(Scheduler):
+    """LoadWeights / EvictWeights with open windows and LRU victims: what the reactive baseline
+    policies (direct, fifo) share. Subclasses keep GPUs with `loaded` (an OrderedDict in LRU
+    order), `free_pages`, `loading` and `ref`, and an `_inflight` dict of action id ->
+    (kind, gpu, model id, requests)."""
+
+    def _lru_victims(self, g, pages: int, in_use) -> list[int] | None:
+        """Models on `g` to evict, least recently used first, so that `pages` pages are free;
+        models for which in_use(id) is true stay. None if even that is not enough."""
+        victims, freed = [], g.free_pages
+        for other in g.loaded:
+            if freed >= pages:
+                break
+            if not in_use(other):
+                victims.append(other)
+                freed += self.models[other].num_pages
+        return victims if freed >= pages else None
+
+    def _evict(self, g, victims: list[int]) -> None:
+        for other in victims:
+            del g.loaded[other]
+            g.free_pages += self.models[other].num_pages
+            aid = next(self.out.action_ids)
+            self._inflight[aid] = ("evict", g, other, None)
+            self.out.send_action(g.ref.worker_id, EvictWeights(aid, 0, self.clock() + OPEN, other, g.ref.gpu_id))
+
+    def _send_load(self, g, mid: int) -> None:
+        g.free_pages -= self.models[mid].num_pages
+        g.loading.add(mid)
+        aid = next(self.out.action_ids)
+        self._inflight[aid] = ("load", g, mid, None)
+        self.out.send_action(g.ref.worker_id, LoadWeights(aid, 0, self.clock() + OPEN, mid, g.ref.gpu_id,
+                                                          self.models[mid].weights_load_ns))

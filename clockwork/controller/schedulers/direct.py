@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ...status import Status
-from ...transport.schema import EvictWeights, Infer, InferResult, LoadWeights, LoadWeightsResult
-from ..scheduler import Request, Scheduler
-from .common import free_pages, build_gpus, output_view
+from ...transport.schema import Infer, InferResult, LoadWeightsResult
+from ..scheduler import Request
+from .common import OPEN, OpenWindowLoads, build_gpus, free_pages, output_view
 
-OPEN = 3600 * 1_000_000_000       # windows are [0, now + 1 hour]
 
 
 class _Gpu:
@@ -24,7 +23,7 @@ class _Gpu:
         self.free_pages = free_pages(state, models)
 
 
-class DirectScheduler(Scheduler):
+class DirectScheduler(OpenWindowLoads):
     name = "direct"
 
     def __init__(self, config, clock, out):
@@ -78,27 +77,11 @@ class DirectScheduler(Scheduler):
     def _load(self, mid: int) -> bool:
         pages = self.models[mid].num_pages
         for g in sorted(self._gpus, key=lambda g: -g.free_pages):
-            victims, freed = [], g.free_pages
-            for other in g.loaded:
-                if freed >= pages:
-                    break
-                if not g.busy.get(other):
-                    victims.append(other)
-                    freed += self.models[other].num_pages
-            if freed < pages:
+            victims = self._lru_victims(g, pages, g.busy.get)
+            if victims is None:
                 continue
-            for other in victims:
-                del g.loaded[other]
-                g.free_pages += self.models[other].num_pages
-                aid = next(self.out.action_ids)
-                self._inflight[aid] = ("evict", g, other, None)
-                self.out.send_action(g.ref.worker_id, EvictWeights(aid, 0, self.clock() + OPEN, other, g.ref.gpu_id))
-            g.free_pages -= pages
-            g.loading.add(mid)
-            aid = next(self.out.action_ids)
-            self._inflight[aid] = ("load", g, mid, None)
-            self.out.send_action(g.ref.worker_id, LoadWeights(aid, 0, self.clock() + OPEN, mid, g.ref.gpu_id,
-                                                              self.models[mid].weights_load_ns))
+            self._evict(g, victims)
+            self._send_load(g, mid)
             return True
         return False
 

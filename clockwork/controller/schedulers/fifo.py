@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 from ...status import Status
-from ...transport.schema import (EvictWeights, Infer, InferResult, LoadWeights, LoadWeightsResult,
-                                 ModelInfo)
-from ..scheduler import Request, Scheduler
-from .common import free_pages, Settings, batch_tables, build_gpus, output_view
+from ...transport.schema import Infer, InferResult, LoadWeightsResult, ModelInfo
+from ..scheduler import Request
+from .common import OPEN, OpenWindowLoads, Settings, batch_tables, build_gpus, free_pages, output_view
 
-OPEN = 3600 * 1_000_000_000
 
 
 class _Gpu:
@@ -36,7 +34,7 @@ class _Gpu:
         self.batches = 0
 
 
-class FifoScheduler(Scheduler):
+class FifoScheduler(OpenWindowLoads):
     name = "fifo"
 
     def __init__(self, config, clock, out):
@@ -156,31 +154,12 @@ class FifoScheduler(Scheduler):
                              data or ())
 
     def _make_room(self, g: _Gpu, mid: int) -> bool:
-        pages = self.models[mid].num_pages
-        victims, freed = [], g.free_pages
-        for other in g.loaded:
-            if freed >= pages:
-                break
-            if other != g.busy_model and not g.queues.get(other):
-                victims.append(other)
-                freed += self.models[other].num_pages
-        if freed < pages:
+        victims = self._lru_victims(g, self.models[mid].num_pages,
+                                    lambda other: other == g.busy_model or bool(g.queues.get(other)))
+        if victims is None:
             return False
-        for other in victims:
-            del g.loaded[other]
-            g.free_pages += self.models[other].num_pages
-            aid = next(self.out.action_ids)
-            self._inflight[aid] = ("evict", g, other, None)
-            self.out.send_action(g.ref.worker_id, EvictWeights(aid, 0, self.clock() + OPEN, other, g.ref.gpu_id))
+        self._evict(g, victims)
         return True
-
-    def _send_load(self, g: _Gpu, mid: int) -> None:
-        g.free_pages -= self.models[mid].num_pages
-        g.loading.add(mid)
-        aid = next(self.out.action_ids)
-        self._inflight[aid] = ("load", g, mid, None)
-        self.out.send_action(g.ref.worker_id, LoadWeights(aid, 0, self.clock() + OPEN, mid, g.ref.gpu_id,
-                                                          self.models[mid].weights_load_ns))
 
     # ------------------------------------------------------------------ results
 
