@@ -35,7 +35,7 @@ from ..status import Status, describe
 from ..transport import schema
 from ..transport import security as security_mod
 from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, LoadModelRequest,
-                                LoadModelResponse, LsRequest, LsResponse, ModelInfo, ProtocolError)
+                                LoadModelResponse, LsRequest, ModelInfo, ProtocolError)
 from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
 from ..transport.sockets import wait as wait_ready
 

@@ -16,7 +16,7 @@ from ..config import ConfigError, inputs_disabled, load_config
 from .api import Client, ClientError
 from .stats import TSV_HEADER, Stats
 from .workloads.engine import Engine, WorkloadError, zoo_models
-from .workloads.registry import ParamError, all_workloads, get, usage_text
+from .workloads.registry import ParamError, all_workloads, get
 
 
 def _epilog() -> str:

@@ -37,7 +37,7 @@ from ..transport import schema as s
 from ..transport import security as security_mod
 from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
-from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send, send_raw, wait
+from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send, wait
 from . import logs as logs_mod
 from .scheduler import Request
 from .stats import ControllerStats

@@ -16,7 +16,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import zmq
 

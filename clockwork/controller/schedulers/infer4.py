@@ -59,7 +59,7 @@ import heapq
 from collections import OrderedDict, deque
 
 from ...status import Status
-from ...transport.schema import (ErrorResult, EvictWeights, Infer, InferResult, LoadWeights,
+from ...transport.schema import (EvictWeights, Infer, InferResult, LoadWeights,
                                  LoadWeightsResult, ModelInfo, WorkerState)
 from ..scheduler import GpuRef, Request, Scheduler
 from .common import DEFAULT_CLOCK_MHZ, Settings, batch_tables, build_gpus, free_pages, output_view
@@ -463,7 +463,6 @@ class Infer4Scheduler(Scheduler):
         m.items -= items
         self._queued -= len(reqs)
         e = est[items] // clk
-        s = self.s
         earliest = t - EARLIEST_LEAD
         if earliest < now:
             earliest = now
