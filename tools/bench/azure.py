@@ -196,7 +196,10 @@ def main() -> None:
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # stop the cluster on the way out
 
-    trace = az.read_trace(az.trace_path(1, a.trace_dir))
+    try:
+        trace = az.read_trace(az.trace_path(1, a.trace_dir))
+    except az.TraceError as e:
+        raise SystemExit(f"azure bench: {e}") from None
     prof = load_profile("h200")["models"]
     zoo = sorted(prof)
     exec_s = {m: {int(b): v / 1e9 for b, v in prof[m]["exec_ns"].items()} for m in zoo}
