@@ -19,6 +19,9 @@ pytestmark = pytest.mark.timeout(120)
 QUEUE_BOUND = 50
 BURST = 2000
 REJECTIONS = {Status.OVERLOADED, Status.COULD_NOT_START_IN_TIME, Status.CONTROLLER_SKIPPED}
+# also answers of an excess request on a CPU-starved machine: the worker refused a start that
+# came too late, or the controller's timeout for a result that came too late
+LATE = {Status.ACTION_TOO_LATE, Status.TIMEOUT}
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ def test_ten_times_capacity_every_request_answered(cluster):
             client.poll(0.0005)
         assert client.drain(60) == 0
         assert sum(statuses.values()) == sent
-        assert set(statuses) <= {Status.SUCCESS} | REJECTIONS, statuses
+        assert set(statuses) <= {Status.SUCCESS} | REJECTIONS | LATE, statuses
         assert statuses[Status.SUCCESS] > 0 and sum(statuses[s] for s in REJECTIONS) > 0
     finally:
         client.close()
