@@ -217,6 +217,7 @@ class Infer4Scheduler(Scheduler):
         self._queued = 0
         self._overloaded = 0
         self._sending = False                          # inside send_action of an Infer
+        self._max_clock = DEFAULT_CLOCK_MHZ             # highest GPU clock seen (MHz)
 
     # ------------------------------------------------------------------ setup
 
@@ -283,6 +284,18 @@ class Infer4Scheduler(Scheduler):
         if not m.gpus:
             req.is_coldstart = True
         dl = req.exec_deadline
+        if q and m.gpus and q[-1].exec_deadline <= dl:
+            # Admission at arrival. Joining the tail, the request finishes no earlier than if
+            # every GPU of the cluster served nothing but this queue, in full batches, from
+            # now on. If even that misses its exec deadline, refuse it now: under overload the
+            # excess is answered at once instead of near its deadline. (A lower bound, so a
+            # request that could still make it is never refused here.)
+            lim = m.limit
+            rounds = -(-(-(-(m.items + req.batch_size) // lim)) // len(self._gpus))
+            if self.clock() + rounds * (m.est[lim] // self._max_clock) > dl:
+                self._respond(req, Status.COULD_NOT_START_IN_TIME,
+                              "could not start in time (queue ahead of it too long)")
+                return
         if not q or q[-1].exec_deadline <= dl:
             q.append(req)
             front = len(q) == 1
@@ -650,6 +663,8 @@ class Infer4Scheduler(Scheduler):
             clock = (result.gpu_clock + result.gpu_clock_before) // 2
             if result.gpu_clock > 0 and g.alive:
                 g.clock = result.gpu_clock
+                if g.clock > self._max_clock:
+                    self._max_clock = g.clock     # fastest clock seen: admission's lower bound
             if clock <= 0:
                 clock = g.clock
             items = 0
