@@ -19,15 +19,6 @@ RESNET_IN, RESNET_OUT, _ = zoo_sizes()["resnet50"]
 
 
 @pytest.fixture
-def echo():
-    ec = EchoController(record=True).start()
-    try:
-        yield ec
-    finally:
-        ec.stop()
-
-
-@pytest.fixture
 def client(echo):
     c = Client(echo.address, timeout_s=10, connect_timeout_s=10, retry_interval_s=0.01, log=lambda m: None)
     try:

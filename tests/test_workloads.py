@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from clockwork.client.api import Client
 from clockwork.client.azure import write_synthetic_trace
 from clockwork.client.command import client_command
-from clockwork.client.echo import EchoController
 from clockwork.client.stats import Stats
 from clockwork.client.workloads.engine import Engine
 from clockwork.client.workloads.experiments import bursty_segments
@@ -52,15 +51,6 @@ def trace_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("azure")
     write_synthetic_trace(d, functions=400, seed=3, mean_rate_per_min=60)
     return d
-
-
-@pytest.fixture
-def echo():
-    ec = EchoController(record=True).start()
-    try:
-        yield ec
-    finally:
-        ec.stop()
 
 
 def run_workload(echo, name, args, duration=0.6, send_inputs=False, seed=0, trace_dir=None):
