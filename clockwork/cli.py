@@ -41,7 +41,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="clockwork")
+@click.version_option(package_name="clockwork", prog_name="cw")
 def main():
     """clockwork: predictable multi-tenant DNN inference serving.
 
@@ -51,4 +51,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="cw")
