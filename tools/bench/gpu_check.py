@@ -27,13 +27,9 @@ from clockwork.model.cuda import CudaBackend  # noqa: E402
 from clockwork.model.format import load_spec  # noqa: E402
 from clockwork.status import Status  # noqa: E402
 from clockwork.transport import schema as s  # noqa: E402
+from benchutil import pct  # noqa: E402
 
 PAGE = 16 << 20
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
 def main():

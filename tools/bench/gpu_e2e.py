@@ -22,13 +22,9 @@ import time
 from pathlib import Path
 
 from clockwork.transport.sockets import free_port
+from benchutil import pct
 
 PY = sys.executable
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
 def read_tsv(path):

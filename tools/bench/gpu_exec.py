@@ -17,11 +17,7 @@ from pathlib import Path
 from clockwork.model.commands import profile_toml
 from clockwork.model.cuda import CudaBackend
 from clockwork.model.format import load_spec, write_measurements
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+from benchutil import pct
 
 
 def main():

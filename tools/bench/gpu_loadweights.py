@@ -22,13 +22,9 @@ from rtdriver import Driver  # noqa: E402
 
 from clockwork.model.cuda import CudaBackend  # noqa: E402
 from clockwork.transport import schema as s  # noqa: E402
+from benchutil import pct  # noqa: E402
 
 PAGE = 16 << 20
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
 def copy_limit(backend, nbytes, chunk, runs):
