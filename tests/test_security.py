@@ -98,6 +98,18 @@ def test_authorized_client_is_served_over_curve(secure):
     assert any("CURVE" in line for line in secure.output["worker"])
 
 
+def _handshake_outcome(mon):
+    """The first handshake event (succeeded or one of FAILED) on a monitor socket, or None
+    if none comes within WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if mon.poll(int(max(1, (deadline - time.monotonic()) * 1000))):
+            ev = recv_monitor_message(mon)["event"]
+            if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED or ev in FAILED:
+                return ev
+    return None
+
+
 def _attempt(port: int, setup=None):
     """Connect a DEALER (optionally set up as a CURVE client) and send an Ls; returns the
     first handshake outcome and whether any reply came."""
@@ -110,13 +122,7 @@ def _attempt(port: int, setup=None):
     sock.connect(sockets.tcp("127.0.0.1", port))
     try:
         sockets.send(sock, s.LsRequest(1))
-        outcome = None
-        deadline = time.monotonic() + WAIT_S
-        while outcome is None and time.monotonic() < deadline:
-            if mon.poll(int(max(1, (deadline - time.monotonic()) * 1000))):
-                ev = recv_monitor_message(mon)["event"]
-                if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED or ev in FAILED:
-                    outcome = ev
+        outcome = _handshake_outcome(mon)
         replied = bool(sock.poll(200))
         return outcome, replied
     finally:
@@ -205,13 +211,7 @@ def test_telemetry_link_is_curve_too(secure):
         plain.setsockopt(zmq.SUBSCRIBE, b"")
         mon = plain.get_monitor_socket()
         plain.connect(endpoint)
-        outcome = None
-        deadline = time.monotonic() + WAIT_S
-        while outcome is None and time.monotonic() < deadline:
-            if mon.poll(int(max(1, (deadline - time.monotonic()) * 1000))):
-                ev = recv_monitor_message(mon)["event"]
-                if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED or ev in FAILED:
-                    outcome = ev
+        outcome = _handshake_outcome(mon)
         assert outcome in FAILED
         assert not plain.poll(200)
         plain.disable_monitor()
