@@ -1,0 +1,147 @@
+"""The real controller edge in simulated time.
+
+`SimController` is clockwork.controller.server.Controller with its sockets replaced by
+network.py's and its clock by the simulation's. Every method that decides something -- request
+validation and admission (_on_infer), the LoadModel broadcast, clock conversion of windows and
+results (send_action, _deliver), loss by silence or closed connection and rejoin (_housekeeping,
+_link_events, _worker_lost, _worker_state, _rejoin), the request and action logs and the stats
+lines -- is inherited unchanged. Only two things are written here:
+
+  * __init__, which builds the same attributes as Controller.__init__ without opening ZeroMQ
+    sockets (Controller has no way to be given its sockets and clock; when it gains one, this
+    becomes a plain Controller(...)); and
+  * the event loop: Controller.run() waits on sockets with the wall clock, so its body is
+    re-expressed as two event handlers (`_turn` for timers, `_readable` for a socket that has
+    messages), doing what one pass of run()'s loop does, in the same order.
+"""
+from __future__ import annotations
+
+import itertools
+
+from ..controller import logs as logs_mod
+from ..controller.server import HOUSEKEEPING_NS, MAX_COPIES, Controller, WorkerLink
+from ..controller.stats import ControllerStats
+
+FAR = 1 << 62
+
+
+class SimController(Controller):
+    def __init__(self, config: dict, loop, network, links: list, scheduler: str | None = None,
+                 log_dir=None, out=print):
+        from ..controller.schedulers import make_scheduler
+
+        cc = config["controller"]
+        self.config = config
+        self.out = out
+        self.loop = loop
+        self.clock = loop
+        self.action_ids = itertools.count(1)
+        self.security = None
+        self.client_sock = network.router_socket("controller", lambda: self._readable(self.client_sock))
+        self.workers: list[WorkerLink] = []
+        for i, lk in enumerate(links):
+            w = WorkerLink(i, f"sim-worker-{i}", lk.dealer)
+            lk.dealer.on_message = (lambda w=w: self._readable(w.sock))
+            w.monitor.on_message = (lambda w=w: self._readable(w.monitor))
+            self.workers.append(w)
+        if not self.workers:
+            raise ValueError("at least one worker is needed")
+        self.scheduler_name = scheduler or cc["scheduler"]
+        self.scheduler = make_scheduler(self.scheduler_name, config, self.clock, self)
+        self.pending = {}
+        self.models = {}
+        self.next_model_id = 0
+        self.load_jobs = {}
+        self.loaded_paths = []
+        self.rejoin_waiting = {}
+        self.phase = "connecting"
+        self.stats = ControllerStats()
+        self.request_ids = itertools.count(1)
+        self.arrivals = 0
+        self.departures = 0
+        self.default_slo = int(cc["default_slo_ms"] * 1e6)
+        self.buffer = int(cc["buffer_ms"] * 1e6)
+        self.schedule_ahead = int(cc["schedule_ahead_ms"] * 1e6)
+        self.max_batch = int(cc["max_batch_size"])
+        self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
+        self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
+        self.max_models = int(cc.get("max_models", MAX_COPIES))
+        self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
+        self.input_bytes = 0
+        self._held = {}
+        self.print_interval = float(cc["print_interval_s"])
+        self.request_log, self.action_log = logs_mod.open_logs(
+            log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
+        self.telemetry = None
+        self._running = False
+        self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
+        self._sock_worker = {w.sock: w for w in self.workers}
+        self._monitor_worker = {w.monitor: w for w in self.workers}
+        self._next_tick = 0
+        self._next_housekeeping = 0
+        self._next_print = FAR
+        self._armed = FAR
+
+    # ------------------------------------------------------------------ run(), as events
+    def begin(self) -> None:
+        """run()'s preamble: greet, probe every worker, arm the timers."""
+        self._running = True
+        self.out(f"Starting Clockwork Controller ({self.scheduler_name})")
+        if self.request_log.path:
+            self.out(f"Logging requests to {self.request_log.path}")
+            self.out(f"Logging actions to {self.action_log.path}")
+        self.out("(Startup-1) Bouncing LS and Infer requests until startup is complete")
+        self.out("(Startup-2) Querying current worker state")
+        for w in self.workers:
+            self._probe(w, self.clock())
+        self._next_print = self.clock() + int(self.print_interval * 1e9)
+        self._arm()
+
+    def _turn(self, t) -> None:
+        """One pass of run()'s loop at a due time: housekeeping, stats lines, scheduler tick."""
+        if t != self._armed:
+            return                       # superseded by an earlier wake-up
+        self._armed = FAR
+        if not self._running:
+            return
+        now = self.clock()
+        if now >= self._next_housekeeping:
+            self._housekeeping(now)
+            self._next_housekeeping = now + HOUSEKEEPING_NS
+        if now >= self._next_print:
+            for line in self.stats.lines(self.print_interval):
+                self.out(line)
+            self._next_print = now + int(self.print_interval * 1e9)
+        if self.phase == "running" and now >= self._next_tick:
+            nt = self.scheduler.tick()
+            self._next_tick = nt if nt is not None else now + HOUSEKEEPING_NS
+        self._arm()
+
+    def _readable(self, sock) -> None:
+        """run()'s handling of a ready socket, then the tick it does after any input."""
+        if not self._running:
+            return
+        if sock is self.client_sock:
+            self._drain_clients()
+        elif sock in self._sock_worker:
+            self._drain_worker(self._sock_worker[sock])
+        else:
+            self._link_events(self._monitor_worker[sock])
+        if self.phase == "running":
+            nt = self.scheduler.tick()
+            self._next_tick = nt if nt is not None else self.clock() + HOUSEKEEPING_NS
+        self._arm()
+
+    def _arm(self) -> None:
+        wake = min(self._next_housekeeping, self._next_print)
+        if self.phase == "running" and self._next_tick < wake:
+            wake = self._next_tick
+        if wake < self._armed:
+            self._armed = wake
+            self.loop.at(wake, self._turn, wake)
+
+    def finish(self) -> None:
+        """Stop serving and close the logs (run()'s finally)."""
+        self._running = False
+        self.request_log.close()
+        self.action_log.close()
