@@ -11,11 +11,13 @@ from ..config import ConfigError
 def _epilog() -> str:
     return ("A config file may hold a [simulate] table (see clockwork/sim/config.py for every key) "
             "and [controller]/[worker] overrides; flags win over it. Logs go to --log-dir in the "
-            "controller's TSV format, so `cw plot` reads them. Workload arguments follow the "
-            "workload name as for `cw client` (`cw client -h` lists them).")
+            "controller's TSV format, so `cw plot` reads them. Options go before the workload; "
+            "everything after its name is the workload's arguments, as for `cw client` "
+            "(`cw client -h` lists them).")
 
 
-@click.command("simulate", context_settings={"help_option_names": ["-h", "--help"]}, epilog=_epilog())
+@click.command("simulate", epilog=_epilog(), context_settings={
+    "help_option_names": ["-h", "--help"], "allow_interspersed_args": False, "ignore_unknown_options": True})
 @click.option("--config", "config_file", default=None, metavar="FILE",
               help="TOML with [simulate] (and optional [controller], [worker]) tables.")
 @click.option("--scheduler", "-s", default=None, help="infer4, fifo, direct or echo [infer4].")
@@ -44,7 +46,8 @@ def _epilog() -> str:
 def simulate_command(config_file, scheduler, workers, gpus, profile, model_dir, models, duration, drain,
                      seed, slo_ms, log_dir, latency_us, jitter_us, distribution, drop_rate, skew_ms,
                      drift_ppm, exec_noise, faults, progress, workload, workload_args):
-    """Simulate WORKLOAD (any `cw client` workload; default simple) on N workers x G GPUs."""
+    """Run WORKLOAD (any `cw client` workload; default simple) in simulated time on the real
+    scheduler, controller edge and worker runtime (emulated GPUs), N workers x G GPUs."""
     from . import config as sim_config
     from .run import SimError, progress_to_stderr, simulate
     try:
