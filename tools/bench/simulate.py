@@ -1,0 +1,131 @@
+"""How fast `cw simulate` runs: wall time against GPUs, model instances and request rate, the
+6-GPU 4,026-instance Azure setup against real time, and (optionally) fidelity against real
+processes at heavier loads than the CI test.
+
+    python tools/bench/simulate.py sweep                  # GPUs, instances, rate
+    python tools/bench/simulate.py azure --trace-dir DIR  # 6 GPUs, 4026 instances, 0.5x/1x/2x
+    python tools/bench/simulate.py fidelity --loads 0.5,1,2 --schedulers infer4,fifo
+
+Every point is one fresh simulation in this process (one core). `speed` is simulated seconds
+(from the workload's start to the last answer) per wall second of the whole run, model loading
+included; `us/request` is wall time per request sent.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from clockwork.sim import config as sim_config  # noqa: E402
+from clockwork.sim.fidelity import from_request_log  # noqa: E402
+from clockwork.sim.run import simulate  # noqa: E402
+
+GPUS_PER_WORKER = 8
+B1_CAPACITY = 1e9 / 4_900_000          # resnet50 batch 1 on the h200 profile, r/s per GPU
+
+
+def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed: int = 0,
+          log_dir: str = "", controller: dict | None = None) -> dict:
+    cfg = sim_config.load(None)
+    cfg.scheduler = scheduler
+    cfg.workers = max(1, -(-gpus // GPUS_PER_WORKER))
+    cfg.gpus = gpus // cfg.workers
+    cfg.duration_s = duration
+    cfg.seed = seed
+    cfg.workload, cfg.workload_args = workload[0], workload[1:]
+    cfg.log_dir = log_dir
+    cfg.base["controller"]["max_models"] = 10_000_000
+    cfg.base["controller"].update(controller or {})
+    oc = simulate(cfg, out=lambda line: None)
+    assert oc.unanswered == 0 and oc.duplicates == 0, oc.line()
+    return dict(gpus=cfg.workers * cfg.gpus, sent=oc.sent, wall=oc.wall_s, sim=oc.sim_s, events=oc.events,
+                speed=oc.sim_s / oc.wall_s, us_per_request=1e6 * oc.wall_s / max(oc.sent, 1),
+                attainment=oc.slo_attainment, goodput=oc.goodput)
+
+
+def show(label: str, p: dict) -> None:
+    print(f"{label:<34} gpus={p['gpus']:<4} requests={p['sent']:<8} wall={p['wall']:7.1f} s "
+          f"speed={p['speed']:6.2f}x  {p['us_per_request']:7.0f} us/request  events={p['events']}  "
+          f"SLO met {p['attainment']:.2f}%", flush=True)
+
+
+def sweep(a) -> None:
+    d = a.duration
+    for g in [int(x) for x in a.gpus.split(",")]:
+        rate = 0.5 * B1_CAPACITY * g
+        show(f"gpus {g} (0.5x, {rate:.0f} r/s, 100 inst)",
+             point(a.scheduler, g, ["poisson-open-loop", "100", f"{rate:.1f}"], d))
+    for n in [int(x) for x in a.instances.split(",")]:
+        show(f"instances {n} (4 gpus, 400 r/s)", point(a.scheduler, 4, ["poisson-open-loop", str(n), "400"], d))
+    for r in [float(x) for x in a.rates.split(",")]:
+        show(f"rate {r:g} r/s (4 gpus, 100 inst)", point(a.scheduler, 4, ["poisson-open-loop", "100", str(r)], d))
+
+
+def azure(a) -> None:
+    import azure as azb                     # tools/bench/azure.py: the same capacity figure
+    from clockwork.client import azure as az
+    from clockwork.model.zoo import load_profile
+    trace = az.read_trace(az.trace_path(1, a.trace_dir))
+    prof = load_profile("h200")["models"]
+    zoo = sorted(prof)
+    exec_s = {m: {int(b): v / 1e9 for b, v in prof[m]["exec_ns"].items()} for m in zoo}
+    names, shares, count0 = azb.instance_shares(trace, 4, zoo, 0, 0)
+    cap = azb.capacity(a.azure_gpus, names, shares, exec_s, 0.05)
+    base = count0 / 60.0 * az.LOAD_PER_WORKER
+    print(f"azure: {len(names)} instances on {a.azure_gpus} GPUs, capacity {cap:.0f} r/s; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+    for sched in a.schedulers.split(","):
+        for x in [float(v) for v in a.loads.split(",")]:
+            wl = ["azure", "--num_workers=1", f"--load_factor={x * cap / base}", "--memory_load_factor=4",
+                  f"--trace_dir={a.trace_dir}"]
+            show(f"azure {sched} {x:g}x ({x * cap:.0f} r/s)", point(sched, a.azure_gpus, wl, a.duration))
+
+
+def fidelity(a) -> None:
+    """The CI fidelity case at more loads: real processes (LocalCluster) vs the simulation."""
+    from clockwork.local import LocalCluster
+    for sched in a.schedulers.split(","):
+        for x in [float(v) for v in a.loads.split(",")]:
+            rate = x * B1_CAPACITY
+            wl = ["poisson-open-loop", "4", f"{rate:.1f}"]
+            with tempfile.TemporaryDirectory() as tmp:
+                conf = Path(tmp, "c.toml")
+                conf.write_text("[controller]\nmax_batch_size = 1\n")
+                load0 = os.getloadavg()[0]
+                with LocalCluster(gpus=1, scheduler=sched, log_dir=Path(tmp, "real"), config_file=conf) as c:
+                    r = c.run_client(wl[0], ["--duration", str(a.duration), "--no-inputs", *wl[1:]], timeout=600)
+                    assert r.returncode == 0, r.stdout[-2000:]
+                real = from_request_log(Path(tmp, "real", "clockwork_request_log.tsv"), a.duration)
+                point(sched, 1, wl, a.duration, log_dir=str(Path(tmp, "sim")), controller={"max_batch_size": 1})
+                sim = from_request_log(Path(tmp, "sim", "clockwork_request_log.tsv"), a.duration)
+            print(f"fidelity {sched} {x:g}x ({rate:.0f} r/s, batch 1, 1 GPU, {a.duration:g} s, load average "
+                  f"{load0:.1f}): real SLO met {real.attainment:.2f}% goodput {real.goodput:.1f} | sim "
+                  f"{sim.attainment:.2f}% {sim.goodput:.1f} | diff {sim.attainment - real.attainment:+.2f} points, "
+                  f"goodput {100 * (sim.goodput / max(real.goodput, 1e-9) - 1):+.1f}%", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["sweep", "azure", "fidelity"])
+    ap.add_argument("--scheduler", default="infer4")
+    ap.add_argument("--schedulers", default="infer4")
+    ap.add_argument("--duration", type=float, default=5.0, help="simulated seconds of sending per point")
+    ap.add_argument("--gpus", default="1,2,4,8,16,32")
+    ap.add_argument("--instances", default="100,1000,10000,100000")
+    ap.add_argument("--rates", default="100,200,400,800,1600")
+    ap.add_argument("--trace-dir", default=None)
+    ap.add_argument("--azure-gpus", type=int, default=6)
+    ap.add_argument("--loads", default="0.5,1,2")
+    a = ap.parse_args()
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
+    {"sweep": sweep, "azure": azure, "fidelity": fidelity}[a.what](a)
+
+
+if __name__ == "__main__":
+    main()
