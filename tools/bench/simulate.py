@@ -7,8 +7,9 @@ processes at heavier loads than the CI test.
     python tools/bench/simulate.py fidelity --loads 0.5,1,2 --schedulers infer4,fifo
 
 Every point is one fresh simulation in this process (one core). `speed` is simulated seconds
-(from the workload's start to the last answer) per wall second of the whole run, model loading
-included; `us/request` is wall time per request sent.
+(from the workload's start to the last answer) per wall second over the same span, model loading
+excluded (setup: loading the models and building the workload, reported apart);
+`us/request` is that run's wall time per request sent.
 """
 from __future__ import annotations
 
@@ -43,13 +44,15 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
     cfg.base["controller"].update(controller or {})
     oc = simulate(cfg, out=lambda line: None)
     assert oc.unanswered == 0 and oc.duplicates == 0, oc.line()
-    return dict(gpus=cfg.workers * cfg.gpus, sent=oc.sent, wall=oc.wall_s, sim=oc.sim_s, events=oc.events,
-                speed=oc.sim_s / oc.wall_s, us_per_request=1e6 * oc.wall_s / max(oc.sent, 1),
+    return dict(gpus=cfg.workers * cfg.gpus, sent=oc.sent, wall=oc.wall_s, setup=oc.wall_s - oc.run_wall_s,
+                sim=oc.run_sim_s, events=oc.events, speed=oc.run_sim_s / oc.run_wall_s,
+                us_per_request=1e6 * oc.run_wall_s / max(oc.sent, 1),
                 attainment=oc.slo_attainment, goodput=oc.goodput)
 
 
 def show(label: str, p: dict) -> None:
     print(f"{label:<34} gpus={p['gpus']:<4} requests={p['sent']:<8} wall={p['wall']:7.1f} s "
+          f"(setup {p['setup']:5.1f} s) "
           f"speed={p['speed']:6.2f}x  {p['us_per_request']:7.0f} us/request  events={p['events']}  "
           f"SLO met {p['attainment']:.2f}%", flush=True)
 
@@ -64,6 +67,15 @@ def sweep(a) -> None:
         show(f"instances {n} (4 gpus, 400 r/s)", point(a.scheduler, 4, ["poisson-open-loop", str(n), "400"], d))
     for r in [float(x) for x in a.rates.split(",")]:
         show(f"rate {r:g} r/s (4 gpus, 100 inst)", point(a.scheduler, 4, ["poisson-open-loop", "100", str(r)], d))
+
+
+def scale(a) -> None:
+    """Many GPUs (workers of 8) and instances at 0.5x of batch-1 capacity."""
+    for spec in a.scale.split(","):
+        g, n = (int(x) for x in spec.split("x"))
+        rate = 0.5 * B1_CAPACITY * g
+        show(f"scale {g} gpus x {n} inst ({rate:.0f} r/s)",
+             point(a.scheduler, g, ["poisson-open-loop", str(n), f"{rate:.1f}"], a.duration))
 
 
 def azure(a) -> None:
@@ -111,19 +123,20 @@ def fidelity(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["sweep", "azure", "fidelity"])
+    ap.add_argument("what", choices=["sweep", "azure", "fidelity", "scale"])
     ap.add_argument("--scheduler", default="infer4")
     ap.add_argument("--schedulers", default="infer4")
     ap.add_argument("--duration", type=float, default=5.0, help="simulated seconds of sending per point")
     ap.add_argument("--gpus", default="1,2,4,8,16,32")
     ap.add_argument("--instances", default="100,1000,10000,100000")
     ap.add_argument("--rates", default="100,200,400,800,1600")
+    ap.add_argument("--scale", default="100x10000,1000x10000,1000x100000", help="GPUSxINSTANCES,...")
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--azure-gpus", type=int, default=6)
     ap.add_argument("--loads", default="0.5,1,2")
     a = ap.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
-    {"sweep": sweep, "azure": azure, "fidelity": fidelity}[a.what](a)
+    {"sweep": sweep, "azure": azure, "fidelity": fidelity, "scale": scale}[a.what](a)
 
 
 if __name__ == "__main__":
