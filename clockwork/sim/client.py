@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 
 from ..status import Status
 from ..transport import schema as s
@@ -108,10 +107,6 @@ class SimClient:
 s_SNDMORE = 2   # zmq.SNDMORE
 
 
-def to_ns(seconds: float) -> int:
-    return int(math.ceil(seconds * 1e9))
-
-
 class EngineDriver:
     """Engine.run() in simulated time: the engine's heap entries (seconds since the start)
     fire at t0 + their time; the run stops sending at the duration."""
@@ -147,22 +142,24 @@ class EngineDriver:
         heap = self.engine._heap
         if not self.engine.running or not heap:
             return
-        t = self.t0 + to_ns(heap[0][0])
+        ts = heap[0][0]
+        t = self.t0 + int(ts * 1e9) + 1          # not before the float time, at most 1 ns after
         if t < self._armed and t < self.end:
             self._armed = t
-            self.loop.at(t, self._fire, t)
+            self.loop.at(t, self._fire, ts)
 
-    def _fire(self, t) -> None:
+    def _fire(self, ts) -> None:
+        t = self.loop.now
         if t != self._armed:
             return
         self._armed = FAR
         e = self.engine
         heap, pop = e._heap, heapq.heappop
-        limit = self.loop.now - self.t0
-        while e.running and heap and to_ns(heap[0][0]) <= limit:
-            ts, _, handler = pop(heap)
-            e.now = ts
-            handler.fire(ts)
+        limit = max(ts, (t - self.t0) / 1e9)     # everything due by now, the armed entry included
+        while e.running and heap and heap[0][0] <= limit:
+            due, _, handler = pop(heap)
+            e.now = due
+            handler.fire(due)
         e.now = self._now_s()
         self._arm()
 
