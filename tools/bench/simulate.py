@@ -34,8 +34,8 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
           log_dir: str = "", controller: dict | None = None) -> dict:
     cfg = sim_config.load(None)
     cfg.scheduler = scheduler
-    cfg.workers = max(1, -(-gpus // GPUS_PER_WORKER))
-    cfg.gpus = gpus // cfg.workers
+    per = next(n for n in (GPUS_PER_WORKER, 10, 5, 4, 2, 1) if gpus % n == 0) if gpus > GPUS_PER_WORKER else gpus
+    cfg.workers, cfg.gpus = gpus // per, per
     cfg.duration_s = duration
     cfg.seed = seed
     cfg.workload, cfg.workload_args = workload[0], workload[1:]
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument("--gpus", default="1,2,4,8,16,32")
     ap.add_argument("--instances", default="100,1000,10000,100000")
     ap.add_argument("--rates", default="100,200,400,800,1600")
-    ap.add_argument("--scale", default="100x10000,1000x10000,1000x100000", help="GPUSxINSTANCES,...")
+    ap.add_argument("--scale", default="100x1000,300x3000,1000x10000", help="GPUSxINSTANCES,...")
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--azure-gpus", type=int, default=6)
     ap.add_argument("--loads", default="0.5,1,2")
