@@ -26,9 +26,11 @@ class LogOutcome:
                 f"attainment={self.attainment:.3f}%, goodput={self.goodput:.1f} r/s)")
 
 
-def from_request_log(path: str | Path, duration_s: float) -> LogOutcome:
+def from_request_log(path: str | Path, duration_s: float, sent: int = 0) -> LogOutcome:
     """Counts from clockwork_request_log.tsv: a request met its SLO if it succeeded (result 0)
-    and was answered at or before its deadline (column t <= deadline, both controller time)."""
+    and was answered at or before its deadline (column t <= deadline, both controller time).
+    `sent`: requests the client sent, if known; those never answered (so in no log) count as
+    misses."""
     n = ok = met = 0
     with open(path, newline="") as f:
         for row in csv.DictReader(f, delimiter="\t"):
@@ -37,4 +39,4 @@ def from_request_log(path: str | Path, duration_s: float) -> LogOutcome:
                 ok += 1
                 if int(row["t"]) <= int(row["deadline"]):
                     met += 1
-    return LogOutcome(n, ok, met, duration_s)
+    return LogOutcome(max(n, sent), ok, met, duration_s)
