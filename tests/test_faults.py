@@ -289,3 +289,63 @@ def test_silence_during_load_from_disk_is_not_a_loss(two_workers):
         w0.send_signal(signal.SIGCONT)
     assert client.drain(WAIT_S) == 0 and done[0].status == Status.SUCCESS, done
     assert not any("lost" in line for line in lines(cluster)[mark:])
+
+
+def test_controller_restart_never_serves_another_model():
+    """Issue 9's reproduction: client A holds resnet50's id; the controller is killed and
+    restarted on the same port; client B loads resnet101 first and gets the same id. A's
+    requests must never be answered with resnet101's output (exec time), and A must load its
+    model again by itself and be served again."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        a = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S, retry_interval_s=0.05)
+        b = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S, retry_interval_s=0.05)
+        try:
+            mid, _, _ = a.load_model("resnet50")
+            r50 = set({m.model_id: m for m in a.ls()}[mid].exec_ns)
+            answers = {"a": [], "b": []}
+
+            def send(client, who, model_id):
+                client.infer_async(model_id, lambda r, d, lat: answers[who].append(r), timeout_s=WAIT_S)
+
+            for _ in range(5):
+                send(a, "a", mid)
+            assert a.drain(WAIT_S) == 0
+            assert [r.status for r in answers["a"]] == [Status.SUCCESS] * 5
+
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait(WAIT_S)
+            mark = len(lines(cluster))
+            cluster.start_controller()
+            wait_for(cluster, r"Awaiting LoadModel", mark)
+            bid, _, _ = b.load_model("resnet101")
+            assert bid == mid                            # the new lifetime reuses the number
+            r101 = set({m.model_id: m for m in b.ls()}[bid].exec_ns)
+            assert r50 and r101 and not r50 & r101
+
+            restart = len(answers["a"])
+            end = time.monotonic() + WAIT_S
+            while time.monotonic() < end:
+                send(a, "a", mid)
+                send(b, "b", bid)
+                a.poll(0.005)
+                b.poll(0)
+                after = [r.status for r in answers["a"][restart:]]
+                if after.count(Status.SUCCESS) >= 10:
+                    break
+            assert a.drain(WAIT_S) == 0 and b.drain(WAIT_S) == 0
+            for r in answers["a"]:
+                if r.status == Status.SUCCESS:
+                    assert r.exec_ns in r50, (r, r50, r101)   # never resnet101's output
+            for r in answers["a"]:
+                assert r.status in (Status.SUCCESS, Status.STALE_EPOCH, CONNECTION_LOST), r
+            for r in answers["b"]:
+                if r.status == Status.SUCCESS:
+                    assert r.exec_ns in r101, r
+            after = [r.status for r in answers["a"][restart:]]
+            assert after.count(Status.SUCCESS) >= 10, Counter(after)
+            assert any(r.status == Status.SUCCESS for r in answers["b"])
+            assert a.restarts_seen == 1
+            assert {m.model_id: m.source for m in a.ls()}[mid].endswith("resnet50")   # caller's ids
+        finally:
+            a.close()
+            b.close()

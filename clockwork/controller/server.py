@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import secrets
 import signal
 import sys
 import time
@@ -52,6 +53,11 @@ PROBE_INTERVAL_NS = 500_000_000
 DISK_LOAD_SILENCE_NS = 60_000_000_000
 HOUSEKEEPING_NS = 50_000_000
 DRAIN_BATCH = 256
+
+
+def new_epoch() -> int:
+    """A random non-zero 63-bit controller epoch (see transport.schema)."""
+    return secrets.randbits(63) or 1
 
 
 def set_timer_slack_ns(ns: int = 1) -> bool:
@@ -123,6 +129,8 @@ class Controller:
         self.out = out
         self.clock = time.monotonic_ns
         self.action_ids = itertools.count(1)
+        # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
+        self.epoch = new_epoch()
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
         self.client_sock = router(self.ctx, host, client_port or cc["client_port"],
@@ -193,6 +201,11 @@ class Controller:
         except zmq.Again:
             self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} send queue full")
 
+    def _reply(self, msg, data=(), *, ident: bytes) -> None:
+        """Send a client an answer stamped with this controller's epoch."""
+        msg.epoch = self.epoch
+        send(self.client_sock, msg, data, ident=ident)
+
     def respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0) -> None:
         now = self.clock()
         latency = now - req.arrival
@@ -200,7 +213,7 @@ class Controller:
         if self._held:
             self.input_bytes -= self._held.pop(req.id, 0)
         msg = s.InferResponse(req.client_request_id, status, message, req.model_id, req.batch_size,
-                              latency, exec_ns, req.is_coldstart)
+                              latency, exec_ns, req.is_coldstart, self.epoch)
         if req.client is not None:
             send(self.client_sock, msg, (output,) if output is not None and status == 0 else (),
                  ident=req.client)
@@ -222,7 +235,7 @@ class Controller:
                 signal.signal(sig, lambda *_: self.stop())
             except ValueError:   # not the main thread (tests): stop() still works
                 pass
-        self.out(f"Starting Clockwork Controller ({self.scheduler_name})")
+        self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
         if self.request_log.path:
             self.out(f"Logging requests to {self.request_log.path}")
             self.out(f"Logging actions to {self.action_log.path}")
@@ -310,7 +323,7 @@ class Controller:
                 ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True)
             except ProtocolError as e:
                 if e.ident is not None:
-                    send(sock, s.ErrorResponse(-1, Status.INVALID_REQUEST, str(e)), ident=e.ident)
+                    self._reply(s.ErrorResponse(-1, Status.INVALID_REQUEST, str(e)), ident=e.ident)
                 continue
             try:
                 if type(msg) is s.InferRequest:
@@ -321,15 +334,21 @@ class Controller:
                     self._on_load_model(ident, msg)
             except Exception as e:   # a bug must cost one request, not the controller
                 self.out(f"internal error handling request {msg.request_id}: {e!r}")
-                send(sock, s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"), ident=ident)
+                self._reply(s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"), ident=ident)
 
     def _on_infer(self, ident: bytes, msg: s.InferRequest, data) -> None:
         self.arrivals += 1
+        if msg.epoch != self.epoch and msg.epoch:
+            self._reply(s.InferResponse(
+                msg.request_id, Status.STALE_EPOCH, f"model id {msg.model_id} belongs to another controller "
+                f"lifetime (epoch {msg.epoch:x}; this controller's is {self.epoch:x}): load the model again",
+                msg.model_id, msg.batch_size), ident=ident)
+            return
         if self.phase != "running":
             if self.phase == "loading" and not self.load_jobs:
                 self._start_scheduling()
             else:
-                send(self.client_sock, s.InferResponse(msg.request_id, Status.INITIALIZING,
+                self._reply(s.InferResponse(msg.request_id, Status.INITIALIZING,
                                                        "Controller initializing", msg.model_id), ident=ident)
                 return
         model = self.models.get(msg.model_id)
@@ -349,11 +368,11 @@ class Controller:
                                   and 0 <= msg.slo_factor * model.exec_ns[0] <= MAX_SLO_NS):
             error = "SLO must be between 0 and 1 hour (slo_ns, or slo_factor x batch-1 exec time)"
         if error is not None:
-            send(self.client_sock, s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
+            self._reply(s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
                                                    msg.model_id, msg.batch_size), ident=ident)
             return
         if nbytes and self.input_bytes + nbytes > self.max_input_bytes:
-            send(self.client_sock, s.InferResponse(
+            self._reply(s.InferResponse(
                 msg.request_id, Status.OVERLOADED, f"queued requests hold {self.input_bytes} bytes of inputs "
                 f"(limit {self.max_input_bytes})", msg.model_id, msg.batch_size), ident=ident)
             return
@@ -370,10 +389,10 @@ class Controller:
         if self.phase == "loading" and not self.load_jobs:
             self._start_scheduling()
         if self.phase != "running":
-            send(self.client_sock, s.LsResponse(msg.request_id, Status.INITIALIZING,
+            self._reply(s.LsResponse(msg.request_id, Status.INITIALIZING,
                                                 "Controller initializing"), ident=ident)
             return
-        send(self.client_sock, s.LsResponse(msg.request_id, Status.SUCCESS, "",
+        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "",
                                             [self.models[k] for k in sorted(self.models)]), ident=ident)
 
     def _on_load_model(self, ident: bytes, msg: s.LoadModelRequest) -> None:
@@ -389,7 +408,7 @@ class Controller:
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")
         if error is not None:
-            send(self.client_sock, s.LoadModelResponse(msg.request_id, error[0], error[1]), ident=ident)
+            self._reply(s.LoadModelResponse(msg.request_id, error[0], error[1]), ident=ident)
             return
         self.out(f"Client --> Req{msg.request_id}:LoadModel path={msg.path} copies={msg.copies}")
         job = LoadJob(ident, msg.request_id, msg.path, self.next_model_id, msg.copies)
@@ -430,7 +449,7 @@ class Controller:
         if job.error is None and job.models is None:
             job.error = (Status.ERROR, "no worker is connected")
         if job.error is not None:
-            send(self.client_sock, s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
+            self._reply(s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
                  ident=job.client)
             return
         new = {m.model_id: m for m in job.models}
@@ -445,7 +464,7 @@ class Controller:
         m = job.models[0]
         self.out(f"Client <-- Rsp{job.request_id}:LoadModel model_id=[{job.model_id}->"
                  f"{job.model_id + job.copies - 1}] input={m.input_size} output={m.output_size}")
-        send(self.client_sock, s.LoadModelResponse(job.request_id, Status.SUCCESS, "", job.model_id,
+        self._reply(s.LoadModelResponse(job.request_id, Status.SUCCESS, "", job.model_id,
                                                    job.copies, m.input_size, m.output_size),
              ident=job.client)
 
