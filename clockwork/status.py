@@ -34,6 +34,7 @@ class Status(IntEnum):
     LOAD_FAILED = 33
     RUNTIME_ERROR = 34
     BAD_MESSAGE = 35
+    NOT_CONTROLLER = 36       # the sender is not the worker's controller link (no Reset from it)
 
 
 # A window failure names the stage that missed it: (action stage, too early/late) -> message.

@@ -73,7 +73,7 @@ def set_timer_slack_ns(ns: int = 1) -> bool:
 
 class WorkerLink:
     __slots__ = ("id", "address", "sock", "sync", "state", "alive", "joined", "last_heard",
-                 "last_probe", "pending", "readings", "late", "monitor")
+                 "last_probe", "pending", "readings", "late", "monitor", "taken")
 
     def __init__(self, worker_id: int, address: str, sock: zmq.Socket):
         self.id = worker_id
@@ -88,6 +88,7 @@ class WorkerLink:
         self.pending: set[int] = set()
         self.readings: list = []
         self.late = 0               # results of actions already failed (worker was lost): discarded
+        self.taken = False          # another controller's Reset took it over: no probes until reconnected
         self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
@@ -120,7 +121,7 @@ class LoadJob:
 
 class Controller:
     def __init__(self, config: dict, workers: list[str], scheduler: str | None = None,
-                 host: str = "0.0.0.0", client_port: int | None = None, log_dir=None,
+                 host: str | None = None, client_port: int | None = None, log_dir=None,
                  out=print, telemetry_port: int | None = None):
         from .schedulers import make_scheduler   # registry lives with the policies
 
@@ -133,6 +134,7 @@ class Controller:
         self.epoch = new_epoch()
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
+        host = host or cc.get("bind", "127.0.0.1")
         self.client_sock = router(self.ctx, host, client_port or cc["client_port"],
                                   secure=sec and (lambda sk: sec.server(sk, "controller")))
         self.workers: list[WorkerLink] = []
@@ -307,7 +309,7 @@ class Controller:
                 if silence > self.worker_timeout and (silence > DISK_LOAD_SILENCE_NS or not any(
                         type(self.pending[a].action) is s.LoadModelFromDisk for a in w.pending)):
                     self._worker_lost(w, now, f"no message for {silence / 1e6:.0f} ms")
-            elif not w.alive and now - w.last_probe > PROBE_INTERVAL_NS:
+            elif not w.alive and not w.taken and now - w.last_probe > PROBE_INTERVAL_NS:
                 self._probe(w, now)
         if self.telemetry is not None:
             self.telemetry.maybe_publish(now)
@@ -499,6 +501,9 @@ class Controller:
                 continue
             now = self.clock()
             w.last_heard = now
+            if type(msg) is s.ErrorResult and msg.status == Status.NOT_CONTROLLER:
+                self._taken_over(w, now, msg.message)
+                continue
             if type(msg) is s.Heartbeat:
                 w.readings = msg.readings
                 if not w.alive and not w.pending:
@@ -632,7 +637,23 @@ class Controller:
                         self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} disconnected")
                     w.last_probe = 0
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not w.alive and self._running:
+                w.taken = False     # a new connection (e.g. the worker restarted): ours again
                 self._probe(w, now)
+
+    def _taken_over(self, w: WorkerLink, now: int, why: str) -> None:
+        """The worker refused us: another controller's Reset made it serve that controller.
+        Stop using it, and do not send Reset back (two controllers would take turns resetting
+        it); it is probed again only when its connection is made anew."""
+        if w.taken:
+            return
+        w.taken = True
+        why = f"taken over by another controller ({why}); not probed again until it reconnects"
+        if w.alive:
+            self._worker_lost(w, now, why)
+        else:
+            self.out(f"Worker {w.id} ({w.address}): {why}")
+            for aid in sorted(w.pending):
+                self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} serves another controller")
 
     def _worker_lost(self, w: WorkerLink, now: int, why: str) -> None:
         self.out(f"Worker {w.id} ({w.address}) lost: {why}; {len(w.pending)} actions in flight failed")
