@@ -403,3 +403,25 @@ def test_a_second_controller_takes_the_worker_without_a_fight():
                 assert c2.infer(m2).response.status == Status.SUCCESS
         finally:
             client.close()
+
+
+def test_cw_client_says_the_controller_is_gone_and_counts_connection_lost():
+    """Issue 9: after kill -9 of the controller `cw client` printed only throughput=0.00 and its
+    summary called the requests the library had answered CONNECTION_LOST unanswered."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = cluster._spawn("client", [
+            sys.executable, "-m", "clockwork.client.command", cluster.address, "-w", "poisson-open-loop",
+            "--duration", "6", "--print-interval", "1", "--", "1", "100", "resnet50"])
+        wait_for(cluster, r"Starting workload", name="client")
+        wait_for(cluster, r"throughput=", name="client")
+        cluster.controller.send_signal(signal.SIGKILL)
+        assert client.wait(WAIT_S + 10) == 0
+        cluster._threads["client"].join(10)
+        out = "".join(lines(cluster, "client"))
+        assert re.search(r"the controller at .* is gone \(connection lost\)", out), out
+        m = re.search(r"Summary: .* sent=(\d+) answered=(\d+) succeeded=\d+ connection lost=(\d+) "
+                      r"unanswered=(\d+)", out)
+        assert m, out
+        sent, answered, lost, unanswered = map(int, m.groups())
+        assert lost > 0 and unanswered == 0 and answered + lost == sent, out
+        assert re.search(rf"status -3 connection to controller lost: {lost} ", out), out

@@ -169,6 +169,7 @@ class Client:
         self._transport_up = False
         self._dropped = False                      # a disconnection not yet handled by poll()
         self._link_down = False                    # disconnected since the last handshake
+        self._told_down = False                    # the user was told the controller is gone
         self.disconnects = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}
@@ -315,7 +316,12 @@ class Client:
             n += 1
         if self._dropped:
             self._dropped = False
-            n += self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            failed = self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            n += failed
+            if self._link_down and not self._told_down:
+                self._told_down = True
+                self.log(f"the controller at {self.address} is gone (connection lost): {failed} outstanding "
+                         f"requests answered CONNECTION_LOST, and so is every request until it is back")
         if self._reload is not None and self._reload.retry:
             self._reload.resend_due(self._now())
         return n + self._expire()
@@ -459,6 +465,9 @@ class Client:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True
                 self._link_down = False
+                if self._told_down:
+                    self._told_down = False
+                    self.log(f"connected to a controller at {self.address} again")
             elif event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
                 self._dropped = True
