@@ -425,3 +425,28 @@ def test_cw_client_says_the_controller_is_gone_and_counts_connection_lost():
         sent, answered, lost, unanswered = map(int, m.groups())
         assert lost > 0 and unanswered == 0 and answered + lost == sent, out
         assert re.search(rf"status -3 connection to controller lost: {lost} ", out), out
+
+
+def test_requests_whose_slo_passed_in_a_stalled_controller_time_out():
+    """Issue 9: requests that waited in a stopped controller were served as if fresh (success,
+    5 s latency). One whose SLO passed before the controller read it is answered TIMEOUT."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S)
+        try:
+            mid, _, _ = client.load_model("resnet50")
+            for _ in range(5):                          # the controller learns this client's delay
+                assert client.infer(mid, slo_ns=1_000_000_000).response.status == Status.SUCCESS
+            slo_ns = 200_000_000
+            tally = Tally()
+            cluster.controller.send_signal(signal.SIGSTOP)
+            try:
+                tally.send(client, mid, 20, slo_ns=slo_ns)
+                time.sleep(3 * slo_ns / 1e9)            # the stall: longer than their SLO
+            finally:
+                cluster.controller.send_signal(signal.SIGCONT)
+            finish(client, tally)
+            assert tally.statuses == {Status.TIMEOUT: 20}, tally.statuses
+            reply = client.infer(mid, slo_ns=1_000_000_000)   # fresh requests are served again
+            assert reply.response.status == Status.SUCCESS
+        finally:
+            client.close()

@@ -222,7 +222,8 @@ class Client:
                 epoch = ids.old_epoch              # an id not loaded again: answered STALE_EPOCH
             else:
                 model_id = current
-        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch))
+        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch,
+                                        time.monotonic_ns()))
         return self._send(rid, header, inputs, callback, timeout_s)
 
     def infer_future(self, model_id: int, **kw) -> Future:

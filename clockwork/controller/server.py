@@ -40,6 +40,7 @@ from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
 from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send, wait
 from . import logs as logs_mod
+from .queuewait import QueueWait
 from .scheduler import Request
 from .stats import ControllerStats
 
@@ -155,6 +156,7 @@ class Controller:
         self.phase = "connecting"
         self.stats = ControllerStats()
         self.request_ids = itertools.count(1)
+        self.queue_wait = QueueWait()
         self.arrivals = 0
         self.departures = 0
         self.default_slo = int(cc["default_slo_ms"] * 1e6)
@@ -300,6 +302,7 @@ class Controller:
             self.security.close()
 
     def _housekeeping(self, now: int) -> None:
+        self.queue_wait.sweep(now)
         self.request_log.flush()
         self.action_log.flush()
         for w in self.workers:
@@ -380,8 +383,14 @@ class Controller:
             return
         now = self.clock()
         slo = msg.slo_ns or self.default_slo
+        # arrival: when the client sent it, as far as we can tell (this loop may have been stalled)
+        waited = self.queue_wait.waited(ident, msg.sent_ns, now)
         req = Request(next(self.request_ids), ident, msg.request_id, msg.model_id, msg.batch_size,
-                      now, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+                      now - waited, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+        if req.deadline <= now:
+            self.respond(req, Status.TIMEOUT, f"its SLO ({slo / 1e6:g} ms) had passed when the controller "
+                         f"read it ({waited / 1e6:.0f} ms after it was sent)")
+            return
         if nbytes:
             self.input_bytes += nbytes
             self._held[req.id] = nbytes

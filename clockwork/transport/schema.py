@@ -92,6 +92,7 @@ class InferRequest(Message, tag=1):
     slo_ns: int = 0               # > 0: explicit SLO; 0: controller default
     user_id: int = 0
     epoch: int = 0                # controller epoch model_id belongs to (0: unchecked)
+    sent_ns: int = 0              # client's monotonic clock at send (0: unknown), see QueueWait
 
 
 class InferResponse(Message, tag=2):
