@@ -235,9 +235,11 @@ class Client:
         rid = next(self._ids)
         return self._send(rid, self._enc(LoadModelRequest(rid, path, copies)), None, callback, timeout_s)
 
-    def ls_async(self, callback: Callback, timeout_s: float | None = None) -> int:
+    def ls_async(self, callback: Callback, timeout_s: float | None = None, first: int = 0) -> int:
+        """One page of the model list: ids >= first (the controller's ids); response.next is
+        the first id of the next page, -1 after the last."""
         rid = next(self._ids)
-        return self._send(rid, self._enc(LsRequest(rid)), None, callback, timeout_s)
+        return self._send(rid, self._enc(LsRequest(rid, first)), None, callback, timeout_s)
 
     def _send(self, rid, header, inputs, callback, timeout_s) -> int:
         now = self._now()
@@ -537,16 +539,28 @@ class Client:
         return first, r.copies, r
 
     def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
-        """The models the controller knows, retried while it initialises."""
-        r = self._retrying(lambda fut, t: self.ls_async(fut._set, t), "ls",
-                           self.connect_timeout_s if timeout_s is None else timeout_s)
-        if r.status != Status.SUCCESS:
-            raise RequestFailed("ls", r.status, r.message)
-        self._settle(r.epoch, self.load_timeout_s)
+        """Every model the controller knows (all pages), retried while it initialises."""
+        timeout = self.connect_timeout_s if timeout_s is None else timeout_s
+        models: list[ModelInfo] = []
+        first = 0
+        epoch = None
+        while True:
+            r = self._retrying(lambda fut, t: self.ls_async(fut._set, t, first), "ls", timeout)
+            if r.status != Status.SUCCESS:
+                raise RequestFailed("ls", r.status, r.message)
+            if epoch is not None and r.epoch != epoch:    # it restarted between pages: start over
+                models, first, epoch = [], 0, None
+                continue
+            epoch = r.epoch
+            models.extend(r.models)
+            if r.next < 0:
+                break
+            first = r.next
+        self._settle(epoch, self.load_timeout_s)
         if self.models.route is not None:          # name models by the caller's ids
-            for m in r.models:
+            for m in models:
                 m.model_id = self.models.handle_block(m.model_id, 1)
-        return list(r.models)
+        return models
 
 
 class _Reload:

@@ -23,6 +23,7 @@ closing, so it is never sent actions meant for the old process's state.
 """
 from __future__ import annotations
 
+import bisect
 import gc
 import itertools
 import secrets
@@ -166,6 +167,10 @@ class Controller:
         self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
         self.max_models = int(cc.get("max_models", MAX_COPIES))
+        self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
+        self.client_copies: dict[bytes, int] = {}    # client connection -> copies registered or loading
+        self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
+        self.model_order: list[int] = []             # model ids, ascending (LS pages)
         # memory bound on inputs: bytes held by requests not yet answered, beyond which OVERLOADED
         self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
         self.input_bytes = 0
@@ -403,8 +408,11 @@ class Controller:
             self._reply(s.LsResponse(msg.request_id, Status.INITIALIZING,
                                                 "Controller initializing"), ident=ident)
             return
-        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "",
-                                            [self.models[k] for k in sorted(self.models)]), ident=ident)
+        order = self.model_order
+        start = bisect.bisect_left(order, msg.first)
+        end = start + self.ls_page_size
+        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", [self.models[k] for k in order[start:end]],
+                                 next=order[end] if end < len(order) else -1), ident=ident)
 
     def _on_load_model(self, ident: bytes, msg: s.LoadModelRequest) -> None:
         error = None
@@ -415,6 +423,10 @@ class Controller:
         elif len(self.models) + sum(j.copies for j in self.load_jobs.values()) + msg.copies > self.max_models:
             error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
                      f"{self.max_models} model instances ({len(self.models)} registered)")
+        elif self.client_copies.get(ident, 0) + msg.copies > self.max_models_per_client:
+            error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
+                     f"{self.max_models_per_client} model instances per client "
+                     f"({self.client_copies.get(ident, 0)} registered or loading by this one)")
         elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/") or "\x00" in msg.path:
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")
@@ -423,6 +435,7 @@ class Controller:
             return
         self.out(f"Client --> Req{msg.request_id}:LoadModel path={msg.path} copies={msg.copies}")
         job = LoadJob(ident, msg.request_id, msg.path, self.next_model_id, msg.copies)
+        self.client_copies[ident] = self.client_copies.get(ident, 0) + msg.copies
         self.next_model_id += msg.copies
         self.load_jobs[job.model_id] = job
         for w in self.workers:
@@ -460,11 +473,14 @@ class Controller:
         if job.error is None and job.models is None:
             job.error = (Status.ERROR, "no worker is connected")
         if job.error is not None:
+            self.client_copies[job.client] -= job.copies
             self._reply(s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
                  ident=job.client)
             return
         new = {m.model_id: m for m in job.models}
         self.models.update(new)
+        for k in new:
+            bisect.insort(self.model_order, k)
         gc.freeze()     # long-lived model state: keep it out of gen-2 passes (~0.3 us/object each)
         if self.telemetry is not None:   # telemetry: event
             self.telemetry.event("model_registered", f"models {job.model_id}..{job.model_id + job.copies - 1} "

@@ -127,6 +127,7 @@ class LoadModelResponse(Message, tag=4):
 
 class LsRequest(Message, tag=5):
     request_id: int
+    first: int = 0                # list models with ids >= first (one page; see LsResponse.next)
 
 
 class LsResponse(Message, tag=6):
@@ -135,6 +136,7 @@ class LsResponse(Message, tag=6):
     message: str = ""
     models: list[ModelInfo] = []
     epoch: int = 0
+    next: int = -1                # first id of the next page (-1: this was the last)
 
 
 class ErrorResponse(Message, tag=7):
