@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .transport.sockets import free_port
+from .values import POSITIVE
 
 PY = sys.executable
 
@@ -199,12 +200,12 @@ def quick_config(print_interval: float) -> Path:
 
 
 @click.command("run")
-@click.option("--duration", "-d", type=float, default=30.0, show_default=True, help="Seconds of workload.")
+@click.option("--duration", "-d", type=POSITIVE.click("S"), default=30.0, show_default=True, help="Seconds of workload.")
 @click.option("--gpus", "-n", type=click.IntRange(1, 4096), default=2, show_default=True, help="Emulated GPUs.")
 @click.option("--workload", "-w", default="simple", show_default=True, help="Client workload (see `cw client -h`).")
 @click.option("--scheduler", "-s", default="infer4", show_default=True)
 @click.option("--log-dir", default=None, help="Write request/action TSV logs here.")
-@click.option("--print-interval", type=float, default=None, help="Seconds between stats lines.")
+@click.option("--print-interval", type=POSITIVE.click("S"), default=None, help="Seconds between stats lines.")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, workload_args):
     """Run an emulated worker, a controller and a client on this machine and print their stats.

@@ -125,8 +125,12 @@ class Controller:
         self.action_ids = itertools.count(1)
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
-        self.client_sock = router(self.ctx, host, client_port or cc["client_port"],
-                                  secure=sec and (lambda sk: sec.server(sk, "controller")))
+        self.client_port = client_port or cc["client_port"]
+        try:
+            self.client_sock = router(self.ctx, host, self.client_port,
+                                      secure=sec and (lambda sk: sec.server(sk, "controller")))
+        except zmq.ZMQError as e:     # e.g. the port is in use: one line, not a traceback
+            raise ValueError(f"cannot listen for clients on {host}:{self.client_port}: {e}") from None
         self.workers: list[WorkerLink] = []
         for i, addr in enumerate(workers):
             whost, wport = parse_address(addr, config["worker"]["port"])
