@@ -56,6 +56,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "max_load_slo_ms": NON_NEGATIVE,
         "max_queue_per_model": POSITIVE_INT,
         "worker_timeout_ms": POSITIVE,
+        "worker_connect_timeout_s": NON_NEGATIVE,
         "max_models": POSITIVE_INT,
         "max_queued_input_bytes": NON_NEGATIVE_INT,
         "print_interval_s": POSITIVE,

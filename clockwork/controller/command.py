@@ -27,7 +27,7 @@ from ..config import ConfigError, flag_type, load_config, log_dir
 def controller_command(workers, scheduler, host, port, telemetry_port, metrics_port, log_dir, no_logs,
                        config_file, slo_ms, max_batch, generate_inputs):
     """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
-    from .server import serve
+    from .server import WorkersUnreachable, serve
     try:
         config = load_config(config_file)
     except ConfigError as e:
@@ -46,7 +46,7 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
         logs = None if no_logs else log_dir_or_fail(log_dir)
         serve(config, addresses, scheduler=scheduler, host=host, client_port=port, log_dir=logs,
               telemetry_port=telemetry_port, out=lambda line: print(line, flush=True))
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, WorkersUnreachable) as e:
         raise click.ClickException(str(e))
 
 
