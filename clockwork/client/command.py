@@ -14,6 +14,7 @@ import click
 
 from ..config import ConfigError, flag_type, inputs_disabled, load_config
 from ..values import NON_NEGATIVE, POSITIVE, Spec
+from ..runfiles import open_new
 from .api import Client, ClientError
 from .stats import TSV_HEADER, Stats
 from .workloads.engine import Engine, WorkloadError, zoo_models
@@ -102,9 +103,11 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
     try:
         if request_log:
             try:
-                tsv = open(request_log, "w", buffering=1 << 20)
+                tsv, kept = open_new(request_log, buffering=1 << 20)
             except OSError as e:
-                raise click.UsageError(f"cannot write request log {request_log}: {e.strerror}") from None
+                raise click.UsageError(f"cannot write request log {request_log}: {e.strerror or e}") from None
+            if kept:
+                click.echo(f"previous request log kept as {kept}")
             tsv.write(TSV_HEADER)
         stats = Stats(print_interval_s=print_interval or cfg["client"]["print_interval_s"],
                       log=lambda m: click.echo(m), tsv=tsv)

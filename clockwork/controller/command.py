@@ -48,6 +48,8 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
               telemetry_port=telemetry_port, out=lambda line: print(line, flush=True))
     except (ValueError, KeyError, WorkersUnreachable) as e:
         raise click.ClickException(str(e))
+    except OSError as e:      # e.g. the log files cannot be written
+        raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
 
 
 def log_dir_or_fail(explicit):

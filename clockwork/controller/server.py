@@ -234,9 +234,10 @@ class Controller:
             except ValueError:   # not the main thread (tests): stop() still works
                 pass
         self.out(f"Starting Clockwork Controller ({self.scheduler_name})")
-        if self.request_log.path:
-            self.out(f"Logging requests to {self.request_log.path}")
-            self.out(f"Logging actions to {self.action_log.path}")
+        for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
+            if log.path:
+                self.out(f"Logging {what} to {log.path}"
+                         + (f" (previous run's log kept as {log.kept.name})" if log.kept else ""))
         self.out("(Startup-1) Bouncing LS and Infer requests until startup is complete")
         self.out("(Startup-2) Querying current worker state")
         for w in self.workers:
