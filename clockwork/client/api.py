@@ -49,6 +49,7 @@ from .lifetimes import ModelIds, Registration
 NO_ANSWER = -1      # no response within the call's timeout (client side)
 SEND_FAILED = -2    # could not even queue the request (send queue full)
 CONNECTION_LOST = -3   # the connection to the controller dropped with the request outstanding
+WRONG_PEER = -4     # the peer sent something no controller sends: it is not a clockwork controller
 
 
 def status_name(code: int) -> str:
@@ -58,7 +59,19 @@ def status_name(code: int) -> str:
         return "send failed (queue full)"
     if code == CONNECTION_LOST:
         return "connection to controller lost"
+    if code == WRONG_PEER:
+        return "peer is not a clockwork controller"
     return describe(code)
+
+
+def wrong_peer_message(address: str, header, error: ProtocolError) -> str:
+    """Why the peer at `address` cannot be a controller, from a header we could not decode."""
+    try:
+        schema.decode(header, schema.RESULT_DECODER)
+        what = "it answers like a clockwork worker (a worker's port? clients connect to the controller's client port)"
+    except ProtocolError:
+        what = str(error)
+    return f"{address} is not a clockwork controller: {what}"
 
 
 def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq.Socket, zmq.Socket]:
@@ -91,6 +104,10 @@ class ClientError(Exception):
 
 class ControllerUnreachable(ClientError):
     """No controller answered at all (nothing listening, wrong address, or it is stuck)."""
+
+
+class WrongPeer(ClientError):
+    """The peer answered with something no clockwork controller sends."""
 
 
 class RequestTimeout(ClientError):
@@ -176,6 +193,7 @@ class Client:
         self._expiry: dict[float, deque] = {}     # one FIFO per distinct timeout: already sorted
         self.answered_unknown = 0                  # answers for ids we no longer wait for
         self.bad_messages = 0
+        self.wrong_peer: str | None = None         # why the peer is not a controller, once seen
         self.heard_from_controller = False
         self.models = ModelIds()                   # ids across controller lifetimes
         self._reload: _Reload | None = None        # re-registration with a new controller, under way
@@ -302,9 +320,12 @@ class Client:
             try:
                 msg = decode(frames[0], dec)
             except ProtocolError as e:
+                # a controller never sends what we cannot decode: the peer is of another kind
+                # (or version), so nothing we wait for will come: fail it all now
                 self.bad_messages += 1
-                if self.bad_messages <= 5:
-                    self.log(f"bad message from controller {self.address}: {e}")
+                if self.wrong_peer is None:
+                    self.wrong_peer = wrong_peer_message(self.address, frames[0], e)
+                n += self._fail_all(WRONG_PEER, self.wrong_peer)
                 continue
             if msg.epoch != self.models.epoch and msg.epoch and self.models.epoch:
                 self._new_epoch(msg.epoch)
@@ -436,6 +457,8 @@ class Client:
         while not fut.done():
             self.poll(0.05)
         r = fut.response
+        if r.status == WRONG_PEER:
+            raise WrongPeer(r.message)
         if r.status == NO_ANSWER:
             if not self.connected:
                 raise ControllerUnreachable(

@@ -54,6 +54,7 @@ PROBE_INTERVAL_NS = 500_000_000
 # that dies meanwhile is still noticed at once, by its connection closing.
 DISK_LOAD_SILENCE_NS = 60_000_000_000
 HOUSEKEEPING_NS = 50_000_000
+STARTUP_REPORT_NS = 5_000_000_000     # while connecting: say which workers we wait for this often
 DRAIN_BATCH = 256
 
 
@@ -71,6 +72,10 @@ def set_timer_slack_ns(ns: int = 1) -> bool:
         return libc.prctl(29, ns, 0, 0, 0) == 0   # PR_SET_TIMERSLACK
     except (OSError, AttributeError):
         return False
+
+
+class WorkersUnreachable(RuntimeError):
+    """At start, a worker did not answer within worker_connect_timeout_s."""
 
 
 class WorkerLink:
@@ -137,8 +142,12 @@ class Controller:
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
         host = host or cc.get("bind", "127.0.0.1")
-        self.client_sock = router(self.ctx, host, client_port or cc["client_port"],
-                                  secure=sec and (lambda sk: sec.server(sk, "controller")))
+        self.client_port = client_port or cc["client_port"]
+        try:
+            self.client_sock = router(self.ctx, host, self.client_port,
+                                      secure=sec and (lambda sk: sec.server(sk, "controller")))
+        except zmq.ZMQError as e:     # e.g. the port is in use: one line, not a traceback
+            raise ValueError(f"cannot listen for clients on {host}:{self.client_port}: {e}") from None
         self.workers: list[WorkerLink] = []
         for i, addr in enumerate(workers):
             whost, wport = parse_address(addr, config["worker"]["port"])
@@ -166,6 +175,8 @@ class Controller:
         self.max_batch = int(cc["max_batch_size"])
         self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
+        self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
+        self.started = self.next_startup_report = 0
         self.max_models = int(cc.get("max_models", MAX_COPIES))
         self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
         self.client_copies: dict[bytes, int] = {}    # client connection -> copies registered or loading
@@ -245,14 +256,17 @@ class Controller:
             except ValueError:   # not the main thread (tests): stop() still works
                 pass
         self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
-        if self.request_log.path:
-            self.out(f"Logging requests to {self.request_log.path}")
-            self.out(f"Logging actions to {self.action_log.path}")
+        for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
+            if log.path:
+                self.out(f"Logging {what} to {log.path}"
+                         + (f" (previous run's log kept as {log.kept.name})" if log.kept else ""))
         self.out("(Startup-1) Bouncing LS and Infer requests until startup is complete")
         self.out("(Startup-2) Querying current worker state")
         for w in self.workers:
             self._probe(w, self.clock())
         gc.freeze()
+        self.started = self.clock()
+        self._plan_startup_report(self.started)
         end = None if duration_s is None else self.clock() + int(duration_s * 1e9)
         next_tick = 0
         next_housekeeping = 0
@@ -308,6 +322,8 @@ class Controller:
 
     def _housekeeping(self, now: int) -> None:
         self.queue_wait.sweep(now)
+        if self.phase == "connecting" and now >= self.next_startup_report:
+            self._startup_report(now)
         self.request_log.flush()
         self.action_log.flush()
         for w in self.workers:
@@ -321,6 +337,25 @@ class Controller:
                 self._probe(w, now)
         if self.telemetry is not None:
             self.telemetry.maybe_publish(now)
+
+    def _startup_report(self, now: int) -> None:
+        """Name the workers not yet answering; give up after worker_connect_timeout_s."""
+        self._plan_startup_report(now)
+        silent = ", ".join(f"{w.id} ({w.address})" for w in self.workers if not w.alive)
+        waited = (now - self.started) / 1e9
+        if self.connect_timeout and now - self.started >= self.connect_timeout:
+            raise WorkersUnreachable(f"no answer from worker {silent} within {waited:.0f} s "
+                                     "([controller] worker_connect_timeout_s): is `cw worker` running "
+                                     "there, and is the address right?")
+        limit = f"; giving up after {self.connect_timeout / 1e9:g} s" if self.connect_timeout else ""
+        self.out(f"(Startup-2) waiting for worker {silent}: no answer for {waited:.0f} s{limit}")
+
+    def _plan_startup_report(self, now: int) -> None:
+        nxt = now + STARTUP_REPORT_NS
+        if self.connect_timeout:
+            give_up = self.started + self.connect_timeout
+            nxt = min(nxt, give_up) if now < give_up else nxt
+        self.next_startup_report = nxt
 
     # ------------------------------------------------------------------ clients
 
