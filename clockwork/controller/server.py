@@ -210,14 +210,15 @@ class Controller:
         self.departures += 1
         if self._held:
             self.input_bytes -= self._held.pop(req.id, 0)
+        met = now <= req.deadline
         msg = s.InferResponse(req.client_request_id, status, message, req.model_id, req.batch_size,
-                              latency, exec_ns, req.is_coldstart)
+                              latency, exec_ns, req.is_coldstart, met)
         if req.client is not None:
             send(self.client_sock, msg, (output,) if output is not None and status == 0 else (),
                  ident=req.client)
-        self.stats.request_done(status, latency)
+        self.stats.request_done(status, latency, met)
         self.request_log.add((now, req.id, status, req.user_id, req.model_id, req.slo_factor,
-                              latency, req.deadline, int(now <= req.deadline), self.arrivals,
+                              latency, req.deadline, int(met), self.arrivals,
                               self.departures, int(req.is_coldstart), req.batch_size, req.gpu))
         if self.telemetry is not None:
             self.telemetry.request_done(req, status, latency, now, exec_ns)

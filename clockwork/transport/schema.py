@@ -96,6 +96,7 @@ class InferResponse(Message, tag=2):
     latency_ns: int = 0           # controller arrival -> response, controller clock
     exec_ns: int = 0              # measured exec time of the batch that served it
     is_coldstart: bool = False
+    within_slo: bool = False      # answered by its deadline (arrival + SLO): a success that counts as goodput
 
 
 class LoadModelRequest(Message, tag=3):
