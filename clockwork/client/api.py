@@ -57,6 +57,22 @@ def status_name(code: int) -> str:
     return describe(code)
 
 
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def handshake_failed_message(address: str, secure: bool) -> str:
+    """Why a ZMTP handshake with the controller failed, as far as we can tell: the security
+    settings of the two ends differ."""
+    if not secure:
+        return (f"the controller at {address} refused our connection's handshake: it requires CURVE "
+                "security. Set [security] enabled = true and key_dir in CLOCKWORK_CONFIG_FILE, with a "
+                "client key pair the controller accepts (`cw keys`; see docs/reliability.md)")
+    return (f"the controller at {address} refused our CURVE handshake: it runs without security, or "
+            "does not accept this client's key, or we hold the wrong controller public key "
+            "([security] key_dir, client_key; `cw keys`)")
+
+
 def wrong_peer_message(address: str, header, error: ProtocolError) -> str:
     """Why the peer at `address` cannot be a controller, from a header we could not decode."""
     try:
@@ -80,7 +96,7 @@ def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq
         sock.setsockopt(opt, value)
     if security is not None:                   # CURVE: our key pair, and the controller's key
         security.client(sock, security.client_key, "controller")
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
     try:
         sock.connect(tcp(host, port))
     except zmq.ZMQError:
@@ -186,6 +202,8 @@ class Client:
         self.answered_unknown = 0                  # answers for ids we no longer wait for
         self.bad_messages = 0
         self.wrong_peer: str | None = None         # why the peer is not a controller, once seen
+        self.handshake_failed: str | None = None   # why ZMTP handshakes fail (security mismatch)
+        self._secure = security is not None
         self.heard_from_controller = False
         self._enc = schema.encode
         self._now = time.perf_counter
@@ -411,6 +429,8 @@ class Client:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True
                 self._link_down = False
+            elif event & HANDSHAKE_FAILED:
+                self.handshake_failed = handshake_failed_message(self.address, self._secure)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
                 self._dropped = True
@@ -426,13 +446,15 @@ class Client:
         """Wait until the controller accepts our connection (at most connect_timeout_s).
         Raises ControllerUnreachable otherwise. Sends nothing."""
         end = self._now() + self.connect_timeout_s
-        while not self.connected:
+        while not self.connected and self.handshake_failed is None:
             left = end - self._now()
             if left <= 0 or self._monitor is None:
                 break
             self._monitor.poll(max(1, int(left * 1000)))
         if self.connected:
             return
+        if self.handshake_failed is not None:
+            raise ControllerUnreachable(self.handshake_failed)
         raise ControllerUnreachable(f"nothing accepted a connection at {self.address} within "
                                     f"{self.connect_timeout_s:g} s: is `cw controller` running there?")
 

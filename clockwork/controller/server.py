@@ -130,6 +130,7 @@ class Controller:
         self.action_ids = itertools.count(1)
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
+        self.host = host
         self.client_port = client_port or cc["client_port"]
         try:
             self.client_sock = router(self.ctx, host, self.client_port,
@@ -235,6 +236,7 @@ class Controller:
             except ValueError:   # not the main thread (tests): stop() still works
                 pass
         self.out(f"Starting Clockwork Controller ({self.scheduler_name})")
+        self.out(self.listening())
         for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
             if log.path:
                 self.out(f"Logging {what} to {log.path}"
@@ -286,6 +288,15 @@ class Controller:
 
     def stop(self) -> None:
         self._running = False
+
+    def listening(self) -> str:
+        """Where clients, `cw top` and Prometheus reach this controller (printed at start)."""
+        tel = self.telemetry
+        pub = tel.port if tel is not None and tel.sock is not None else 0
+        metrics = self.config["controller"].get("metrics_port", 0) if tel is not None and tel.metrics else 0
+        return (f"Listening: clients on {self.host}:{self.client_port}, telemetry "
+                + (f"on {self.host}:{pub}" if pub else "off") + ", metrics "
+                + (f"on http://{self.host}:{metrics}/metrics" if metrics else "off"))
 
     def close(self) -> None:
         self.request_log.close()
