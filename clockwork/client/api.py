@@ -73,14 +73,21 @@ def handshake_failed_message(address: str, secure: bool) -> str:
             "([security] key_dir, client_key; `cw keys`)")
 
 
-def wrong_peer_message(address: str, header, error: ProtocolError) -> str:
-    """Why the peer at `address` cannot be a controller, from a header we could not decode."""
-    try:
-        schema.decode(header, schema.RESULT_DECODER)
-        what = "it answers like a clockwork worker (a worker's port? clients connect to the controller's client port)"
-    except ProtocolError:
-        what = str(error)
-    return f"{address} is not a clockwork controller: {what}"
+def wrong_peer_message(address: str, header) -> str | None:
+    """Why the peer at `address` cannot be a controller, from a header we could not decode as
+    a response: it is a worker's result or a controller's action (another role), or a peer's
+    fatal error text. None for mere garbage (logged and skipped)."""
+    for decoder, role in ((schema.RESULT_DECODER, "a clockwork worker (a worker's port? clients connect "
+                           "to the controller's client port)"), (schema.ACTION_DECODER, "a clockwork controller's "
+                           "worker link")):
+        try:
+            schema.decode(header, decoder)
+        except ProtocolError as e:
+            if str(e).startswith("peer error"):
+                return f"{address} refused us: {e}"
+            continue
+        return f"{address} is not a clockwork controller: it answers like {role}"
+    return None
 
 
 def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq.Socket, zmq.Socket]:
@@ -315,12 +322,16 @@ class Client:
             try:
                 msg = decode(frames[0], dec)
             except ProtocolError as e:
-                # a controller never sends what we cannot decode: the peer is of another kind
-                # (or version), so nothing we wait for will come: fail it all now
+                # a message of another role (a worker's result) means the peer is of another
+                # kind: nothing we wait for will come, so fail it all now
                 self.bad_messages += 1
-                if self.wrong_peer is None:
-                    self.wrong_peer = wrong_peer_message(self.address, frames[0], e)
-                n += self._fail_all(WRONG_PEER, self.wrong_peer)
+                why = wrong_peer_message(self.address, frames[0])
+                if why is None:
+                    if self.bad_messages <= 5:
+                        self.log(f"bad message from controller {self.address}: {e}")
+                    continue
+                self.wrong_peer = why
+                n += self._fail_all(WRONG_PEER, why)
                 continue
             entry = pending.pop(msg.request_id, None)
             if entry is None:
