@@ -15,7 +15,7 @@ reference, never copied), a dict entry, and a deque append for the timeout.
     client.close()
 
 Client-side outcomes that are not controller answers use negative pseudo-statuses
-(NO_ANSWER, SEND_FAILED, CONNECTION_LOST), so accounting can tell "the controller said timeout"
+(NO_ANSWER, SEND_FAILED, CONNECTION_LOST, WRONG_PEER), so accounting can tell "the controller said timeout"
 (status 4) from "nobody answered". When the connection drops (the controller died or restarted)
 every outstanding request is answered CONNECTION_LOST at once instead of waiting for its
 timeout; ZeroMQ reconnects by itself, so the same Client works again once a controller is back.

@@ -56,6 +56,8 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
 def log_dir_or_fail(explicit):
     try:
         return log_dir(explicit)
+    except NotADirectoryError as e:
+        raise click.ClickException(str(e))
     except OSError as e:
         raise click.ClickException(f"cannot create log directory: {e}")
 
