@@ -163,6 +163,8 @@ def log_dir(explicit: str | None = None) -> Path:
     created; if that fails the caller reports it.
     """
     path = Path(explicit or os.environ.get("CLOCKWORK_LOG_DIR") or "logs").resolve()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"log directory {path} {why_not_a_directory(path)}")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
