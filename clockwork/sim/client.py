@@ -37,6 +37,7 @@ class SimClient:
         self.before_answer = None                 # hooks around the callbacks (the driver's)
         self.on_answer = None
         self.address = "sim"
+        self.epoch = 0                            # the controller's, from its LoadModel answers
 
     @property
     def outstanding(self) -> int:
@@ -56,7 +57,8 @@ class SimClient:
     def infer_async(self, model_id: int, callback, inputs=None, batch_size: int = 1,
                     slo_factor: float = 0.0, slo_ns: int = 0, user_id: int = 0, timeout_s=None) -> int:
         rid = next(self._ids)
-        return self._send(s.InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id), callback, inputs)
+        return self._send(s.InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, self.epoch,
+                                         self.loop.now), callback, inputs)
 
     def _on_message(self) -> None:
         inbox = self.sock.inbox
@@ -95,6 +97,7 @@ class SimClient:
         r = self._call(lambda rid: s.LoadModelRequest(rid, path, copies), f"load model {path!r} x{copies}")
         if r.status != Status.SUCCESS:
             raise ClientFailed(f"load model {path!r} x{copies}: status {r.status}: {r.message}")
+        self.epoch = r.epoch
         return r.model_id, r.copies, r
 
     def ls(self, timeout_s=None):

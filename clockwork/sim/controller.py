@@ -20,6 +20,7 @@ import itertools
 
 from ..controller import logs as logs_mod
 from ..controller.server import HOUSEKEEPING_NS, MAX_COPIES, Controller, WorkerLink
+from ..controller.queuewait import QueueWait
 from ..controller.stats import ControllerStats
 
 FAR = 1 << 62
@@ -27,7 +28,7 @@ FAR = 1 << 62
 
 class SimController(Controller):
     def __init__(self, config: dict, loop, network, links: list, scheduler: str | None = None,
-                 log_dir=None, out=print):
+                 log_dir=None, out=print, epoch: int = 1):
         from ..controller.schedulers import make_scheduler
 
         cc = config["controller"]
@@ -36,7 +37,9 @@ class SimController(Controller):
         self.loop = loop
         self.clock = loop
         self.action_ids = itertools.count(1)
+        self.epoch = epoch                # seeded (Controller draws it at random): runs repeat
         self.security = None
+        self.host, self.client_port = "sim", 0
         self.client_sock = network.router_socket("controller", lambda: self._readable(self.client_sock))
         self.workers: list[WorkerLink] = []
         for i, lk in enumerate(links):
@@ -57,6 +60,7 @@ class SimController(Controller):
         self.phase = "connecting"
         self.stats = ControllerStats()
         self.request_ids = itertools.count(1)
+        self.queue_wait = QueueWait()
         self.arrivals = 0
         self.departures = 0
         self.default_slo = int(cc["default_slo_ms"] * 1e6)
@@ -65,7 +69,13 @@ class SimController(Controller):
         self.max_batch = int(cc["max_batch_size"])
         self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
+        self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
+        self.started = self.next_startup_report = 0
         self.max_models = int(cc.get("max_models", MAX_COPIES))
+        self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
+        self.client_copies = {}
+        self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
+        self.model_order = []
         self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
         self.input_bytes = 0
         self._held = {}
@@ -86,14 +96,16 @@ class SimController(Controller):
     def begin(self) -> None:
         """run()'s preamble: greet, probe every worker, arm the timers."""
         self._running = True
-        self.out(f"Starting Clockwork Controller ({self.scheduler_name})")
-        if self.request_log.path:
-            self.out(f"Logging requests to {self.request_log.path}")
-            self.out(f"Logging actions to {self.action_log.path}")
+        self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
+        for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
+            if log.path:
+                self.out(f"Logging {what} to {log.path}")
         self.out("(Startup-1) Bouncing LS and Infer requests until startup is complete")
         self.out("(Startup-2) Querying current worker state")
         for w in self.workers:
             self._probe(w, self.clock())
+        self.started = self.clock()
+        self._plan_startup_report(self.started)
         self._next_print = self.clock() + int(self.print_interval * 1e9)
         self._arm()
 

@@ -167,9 +167,8 @@ class Network:
         self.delivered = 0
 
     def link(self, name: str, router: SimSocket, droppable: bool = False) -> Link:
-        ident = f"{name}#{len(self.routes)}".encode()
-        lk = Link(self, name, ident, router, droppable)
-        self.routes[ident] = lk
+        lk = Link(self, name, f"{name}.0".encode(), router, droppable)
+        self.routes[lk.ident] = lk
         return lk
 
     def router_socket(self, name: str, on_message=None) -> SimSocket:
@@ -231,6 +230,10 @@ class Network:
             self._try_reconnect(lk)
             return
         lk.up = True
+        # a new connection: the ROUTER sees a new identity (a DEALER without a fixed one)
+        del self.routes[lk.ident]
+        lk.ident = f"{lk.name}.{lk.epoch}".encode()
+        self.routes[lk.ident] = lk
         lk.dealer.link_event(HANDSHAKE)
         queued, lk.queued = lk.queued, []
         for frames in queued:

@@ -112,7 +112,8 @@ class Simulation:
             links.append(lk)
         log_dir = Path(cfg.log_dir) if cfg.log_dir else None
         try:
-            self.controller = ctl = _CountingController(config, loop, net, links, cfg.scheduler, log_dir, out)
+            self.controller = ctl = _CountingController(config, loop, net, links, cfg.scheduler, log_dir, out,
+                                                        epoch=seeds.getrandbits(63) or 1)
         except (ValueError, KeyError) as e:
             raise SimError(str(e)) from None
         ctl.outcome = self.outcome

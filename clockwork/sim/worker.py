@@ -155,7 +155,19 @@ class SimWorker:
             except s.ProtocolError as e:
                 self._send(ident, s.ErrorResult(-1, 0, Status.BAD_MESSAGE, str(e), received), ())
                 continue
-            self.controller = ident
+            cls = msg.__class__
+            if ident != self.controller:          # worker/server.py: Reset makes a peer the controller
+                if cls is s.Reset:
+                    if self.controller is not None:
+                        self._send(self.controller, s.ErrorResult(
+                            -1, TAGS[s.Reset], Status.NOT_CONTROLLER,
+                            "another controller took this worker over (Reset)", received), ())
+                    self.controller = ident
+                elif cls is not s.GetWorkerState:
+                    self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.NOT_CONTROLLER,
+                                                    "this worker serves another controller link: a controller "
+                                                    "must send Reset first", received), ())
+                    continue
             try:
                 rt.handle(msg, frames[2:], ident, received)
             except Exception as e:    # as worker/server.py: a bug costs one action
