@@ -167,3 +167,15 @@ def test_cli_run_writes_logs_cw_plot_reads(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "logs" / "plots" / "throughput.png").exists()
+
+
+def test_controller_cpu_cost_delays_answers_and_keeps_exactly_once(tmp_path):
+    """With a cost per message the controller queues work like a busy process: answers come
+    later (here: past their SLO when it saturates), and still exactly once, under faults."""
+    free, _ = run(make(tmp_path / "free", load=0.5, workers=1, duration=3.0))
+    faults = [sim_config.Fault("crash", 0, 1.0, 0.5)]
+    busy, _ = run(make(tmp_path / "busy", load=0.5, workers=1, duration=3.0, controller_us=5000.0,
+                       faults=faults))
+    assert busy.unanswered == 0 and busy.duplicates == 0 and busy.answered == busy.sent
+    assert free.slo_attainment > 99.0
+    assert busy.slo_attainment < free.slo_attainment - 20

@@ -15,6 +15,7 @@
     seed = 0                      # everything random: arrivals, delays, noise, clocks
     slo_ms = 0.0                  # as cw client --slo-ms
     log_dir = ""                  # request/action TSV logs ("": none)
+    controller_us = 0.0           # controller CPU per message handled (0: free; see sim/controller.py)
 
     [simulate.network]            # one-way delay = latency + a random part of mean jitter
     latency_us = 100.0
@@ -73,6 +74,7 @@ class SimConfig:
     seed: int = 0
     slo_ms: float = 0.0
     log_dir: str = ""
+    controller_us: float = 0.0
     latency_us: float = 100.0
     jitter_us: float = 50.0
     distribution: str = "exp"
@@ -88,7 +90,7 @@ class SimConfig:
 _KEYS = {
     "": {"scheduler": str, "workers": int, "gpus": int, "profile": str, "model_dir": str, "workload": str,
          "workload_args": list, "models": str, "duration_s": float, "drain_s": float, "seed": int,
-         "slo_ms": float, "log_dir": str},
+         "slo_ms": float, "log_dir": str, "controller_us": float},
     "network": {"latency_us": float, "jitter_us": float, "distribution": str, "drop_rate": float},
     "clocks": {"skew_ms": float, "drift_ppm": float},
     "noise": {"exec_sigma": float},
@@ -191,7 +193,8 @@ def check(cfg: SimConfig) -> None:
         raise ConfigError(f"gpus must be <= 4096 per worker, got {cfg.gpus}")
     if not cfg.duration_s > 0:
         raise ConfigError(f"duration_s must be > 0, got {cfg.duration_s}")
-    for name in ("drain_s", "latency_us", "jitter_us", "skew_ms", "drift_ppm", "exec_sigma", "slo_ms"):
+    for name in ("drain_s", "latency_us", "jitter_us", "skew_ms", "drift_ppm", "exec_sigma", "slo_ms",
+                 "controller_us"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.drift_ppm >= 1e5:

@@ -13,10 +13,15 @@ lines -- is inherited unchanged. Only two things are written here:
   * the event loop: Controller.run() waits on sockets with the wall clock, so its body is
     re-expressed as two event handlers (`_turn` for timers, `_readable` for a socket that has
     messages), doing what one pass of run()'s loop does, in the same order.
+
+The controller's own CPU time is free unless `message_cost_ns` is set: then it handles one
+message per that many ns (a deterministic stand-in for the real process's cost per message,
+ticks included), so queueing inside a busy controller shows up as it would for real.
 """
 from __future__ import annotations
 
 import itertools
+from collections import deque
 
 from ..controller import logs as logs_mod
 from ..controller.server import HOUSEKEEPING_NS, MAX_COPIES, Controller, WorkerLink
@@ -28,7 +33,7 @@ FAR = 1 << 62
 
 class SimController(Controller):
     def __init__(self, config: dict, loop, network, links: list, scheduler: str | None = None,
-                 log_dir=None, out=print, epoch: int = 1):
+                 log_dir=None, out=print, epoch: int = 1, message_cost_ns: int = 0):
         from ..controller.schedulers import make_scheduler
 
         cc = config["controller"]
@@ -40,12 +45,15 @@ class SimController(Controller):
         self.epoch = epoch                # seeded (Controller draws it at random): runs repeat
         self.security = None
         self.host, self.client_port = "sim", 0
-        self.client_sock = network.router_socket("controller", lambda: self._readable(self.client_sock))
+        self.message_cost = message_cost_ns
+        self._backlog: deque = deque()      # (socket, frames) read but not yet handled (CPU busy)
+        self._busy = False
+        self.client_sock = network.router_socket("controller", lambda: self._arrived(self.client_sock))
         self.workers: list[WorkerLink] = []
         for i, lk in enumerate(links):
             w = WorkerLink(i, f"sim-worker-{i}", lk.dealer)
-            lk.dealer.on_message = (lambda w=w: self._readable(w.sock))
-            w.monitor.on_message = (lambda w=w: self._readable(w.monitor))
+            lk.dealer.on_message = (lambda w=w: self._arrived(w.sock))
+            w.monitor.on_message = (lambda w=w: self._arrived(w.monitor))
             self.workers.append(w)
         if not self.workers:
             raise ValueError("at least one worker is needed")
@@ -128,6 +136,27 @@ class SimController(Controller):
             nt = self.scheduler.tick()
             self._next_tick = nt if nt is not None else now + HOUSEKEEPING_NS
         self._arm()
+
+    # ------------------------------------------------------------------ controller CPU time
+    def _arrived(self, sock) -> None:
+        """A message reached a socket. With a message cost the controller is one CPU that
+        handles one message per `message_cost` ns, in arrival order: the message waits, and its
+        effects (answers, actions) happen when its handling ends, as in a busy real process."""
+        if not self.message_cost:
+            return self._readable(sock)
+        self._backlog.append((sock, sock.inbox.pop()))
+        if not self._busy:
+            self._busy = True
+            self.loop.after(self.message_cost, self._handle_next)
+
+    def _handle_next(self, _=None) -> None:
+        sock, frames = self._backlog.popleft()
+        sock.inbox.append(frames)
+        self._readable(sock)
+        if self._backlog:
+            self.loop.after(self.message_cost, self._handle_next)
+        else:
+            self._busy = False
 
     def _readable(self, sock) -> None:
         """run()'s handling of a ready socket, then the tick it does after any input."""

@@ -113,7 +113,8 @@ class Simulation:
         log_dir = Path(cfg.log_dir) if cfg.log_dir else None
         try:
             self.controller = ctl = _CountingController(config, loop, net, links, cfg.scheduler, log_dir, out,
-                                                        epoch=seeds.getrandbits(63) or 1)
+                                                        epoch=seeds.getrandbits(63) or 1,
+                                                        message_cost_ns=int(cfg.controller_us * 1000))
         except (ValueError, KeyError) as e:
             raise SimError(str(e)) from None
         ctl.outcome = self.outcome
