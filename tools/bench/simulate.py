@@ -32,7 +32,8 @@ B1_CAPACITY = 1e9 / 4_900_000          # resnet50 batch 1 on the h200 profile, r
 
 
 def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed: int = 0,
-          log_dir: str = "", controller: dict | None = None, drain: float | None = None) -> dict:
+          log_dir: str = "", controller: dict | None = None, drain: float | None = None,
+          controller_us: float = 0.0) -> dict:
     cfg = sim_config.load(None)
     cfg.scheduler = scheduler
     per = next(n for n in (GPUS_PER_WORKER, 10, 5, 4, 2, 1) if gpus % n == 0) if gpus > GPUS_PER_WORKER else gpus
@@ -41,6 +42,7 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
     cfg.seed = seed
     cfg.workload, cfg.workload_args = workload[0], workload[1:]
     cfg.log_dir = log_dir
+    cfg.controller_us = controller_us
     if drain is not None:
         cfg.drain_s = drain
     cfg.base["controller"]["max_models"] = 10_000_000
@@ -98,7 +100,9 @@ def azure(a) -> None:
         for x in [float(v) for v in a.loads.split(",")]:
             wl = ["azure", "--num_workers=1", f"--load_factor={x * cap / base}", "--memory_load_factor=4",
                   f"--trace_dir={a.trace_dir}"]
-            show(f"azure {sched} {x:g}x ({x * cap:.0f} r/s)", point(sched, a.azure_gpus, wl, a.duration))
+            for us in [float(v) for v in a.controller_us.split(",")]:
+                show(f"azure {sched} {x:g}x ({x * cap:.0f} r/s)" + (f" ctl {us:g} us" if us else ""),
+                     point(sched, a.azure_gpus, wl, a.duration, controller_us=us))
 
 
 def fidelity(a) -> None:
@@ -140,6 +144,7 @@ def main() -> None:
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--azure-gpus", type=int, default=6)
     ap.add_argument("--loads", default="0.5,1,2")
+    ap.add_argument("--controller-us", default="0", help="controller CPU per message (us), a list")
     a = ap.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
     {"sweep": sweep, "azure": azure, "fidelity": fidelity, "scale": scale}[a.what](a)
