@@ -9,7 +9,9 @@ processes at heavier loads than the CI test.
 Every point is one fresh simulation in this process (one core). `speed` is simulated seconds
 (from the workload's start to the last answer) per wall second over the same span, model loading
 excluded (setup: loading the models and building the workload, reported apart);
-`us/request` is that run's wall time per request sent.
+`us/request` is that run's wall time per request sent. `cpu` is this process's CPU time for the
+whole point and `cpu speed` simulated seconds per CPU second after setup (setup's wall time
+subtracted: an approximation), the figure that does not depend on what else the machine runs.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import os
 import re
 import sys
+import time
 import tempfile
 from pathlib import Path
 
@@ -47,18 +50,22 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
         cfg.drain_s = drain
     cfg.base["controller"]["max_models"] = 10_000_000
     cfg.base["controller"].update(controller or {})
+    cpu0 = time.process_time()
     oc = simulate(cfg, out=lambda line: None)
+    cpu = time.process_time() - cpu0
     assert oc.duplicates == 0 and (oc.unanswered == 0 or drain is not None), oc.line()
     return dict(gpus=cfg.workers * cfg.gpus, sent=oc.sent, unanswered=oc.unanswered, wall=oc.wall_s, setup=oc.wall_s - oc.run_wall_s,
                 sim=oc.run_sim_s, events=oc.events, speed=oc.run_sim_s / oc.run_wall_s,
-                us_per_request=1e6 * oc.run_wall_s / max(oc.sent, 1),
+                us_per_request=1e6 * oc.run_wall_s / max(oc.sent, 1), cpu=cpu,
+                cpu_speed=oc.run_sim_s / max(cpu - (oc.wall_s - oc.run_wall_s), 1e-9),
                 attainment=oc.slo_attainment, goodput=oc.goodput)
 
 
 def show(label: str, p: dict) -> None:
     print(f"{label:<34} gpus={p['gpus']:<4} requests={p['sent']:<8} wall={p['wall']:7.1f} s "
           f"(setup {p['setup']:5.1f} s) "
-          f"speed={p['speed']:6.2f}x  {p['us_per_request']:7.0f} us/request  events={p['events']}  "
+          f"speed={p['speed']:6.2f}x  {p['us_per_request']:7.0f} us/request  cpu={p['cpu']:6.1f} s "
+          f"(cpu speed ~{p['cpu_speed']:5.2f}x)  events={p['events']}  "
           f"SLO met {p['attainment']:.2f}%", flush=True)
 
 
