@@ -38,6 +38,7 @@ class Outcome:
         self.wall_s = 0.0
         self.run_wall_s = 0.0             # wall time from the workload's start (setup excluded)
         self.run_sim_s = 0.0
+        self.run_cpu_s = 0.0              # this process's CPU time over the same span
         self.events = 0
 
     @property
@@ -146,6 +147,7 @@ class Simulation:
             self.driver.start()
             t0 = self.driver.t0
             wall_run0 = time.perf_counter()
+            cpu_run0 = time.process_time()
             for f in self.cfg.faults:
                 loop.at(t0 + int(f.at_s * SECOND), self._fault, f)
             self._wall0 = wall0
@@ -168,6 +170,7 @@ class Simulation:
         oc.sim_s = loop.now / SECOND
         oc.wall_s = time.perf_counter() - wall0
         oc.run_wall_s = time.perf_counter() - wall_run0
+        oc.run_cpu_s = time.process_time() - cpu_run0
         oc.run_sim_s = (loop.now - t0) / SECOND
         oc.events = loop.events
         if self.progress is not None:

@@ -10,8 +10,8 @@ Every point is one fresh simulation in this process (one core). `speed` is simul
 (from the workload's start to the last answer) per wall second over the same span, model loading
 excluded (setup: loading the models and building the workload, reported apart);
 `us/request` is that run's wall time per request sent. `cpu` is this process's CPU time for the
-whole point and `cpu speed` simulated seconds per CPU second after setup (setup's wall time
-subtracted: an approximation), the figure that does not depend on what else the machine runs.
+whole point, and after setup simulated seconds per CPU second and CPU per request: the figures
+that do not depend on what else the machine runs.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
     return dict(gpus=cfg.workers * cfg.gpus, sent=oc.sent, unanswered=oc.unanswered, wall=oc.wall_s, setup=oc.wall_s - oc.run_wall_s,
                 sim=oc.run_sim_s, events=oc.events, speed=oc.run_sim_s / oc.run_wall_s,
                 us_per_request=1e6 * oc.run_wall_s / max(oc.sent, 1), cpu=cpu,
-                cpu_speed=oc.run_sim_s / max(cpu - (oc.wall_s - oc.run_wall_s), 1e-9),
+                cpu_speed=oc.run_sim_s / max(oc.run_cpu_s, 1e-9),
+                cpu_us_per_request=1e6 * oc.run_cpu_s / max(oc.sent, 1),
                 attainment=oc.slo_attainment, goodput=oc.goodput)
 
 
@@ -65,7 +66,7 @@ def show(label: str, p: dict) -> None:
     print(f"{label:<34} gpus={p['gpus']:<4} requests={p['sent']:<8} wall={p['wall']:7.1f} s "
           f"(setup {p['setup']:5.1f} s) "
           f"speed={p['speed']:6.2f}x  {p['us_per_request']:7.0f} us/request  cpu={p['cpu']:6.1f} s "
-          f"(cpu speed ~{p['cpu_speed']:5.2f}x)  events={p['events']}  "
+          f"(after setup: {p['cpu_speed']:5.2f}x, {p['cpu_us_per_request']:4.0f} us/request)  events={p['events']}  "
           f"SLO met {p['attainment']:.2f}%", flush=True)
 
 
