@@ -14,6 +14,8 @@ from __future__ import annotations
 import heapq
 import itertools
 
+import zmq
+
 from ..status import Status
 from ..transport import schema as s
 
@@ -50,7 +52,7 @@ class SimClient:
         if inputs is None:
             self.sock.send(header)
         else:
-            self.sock.send(header, s_SNDMORE)
+            self.sock.send(header, zmq.SNDMORE)
             self.sock.send(inputs)
         return rid
 
@@ -105,9 +107,6 @@ class SimClient:
         if r.status != Status.SUCCESS:
             raise ClientFailed(f"ls: status {r.status}: {r.message}")
         return list(r.models)
-
-
-s_SNDMORE = 2   # zmq.SNDMORE
 
 
 class EngineDriver:

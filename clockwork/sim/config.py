@@ -39,7 +39,6 @@
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,7 +85,7 @@ class SimConfig:
     base: dict = field(default_factory=dict)     # the full clockwork config ([controller], [worker] ...)
 
 
-# key -> (attribute, type, minimum) for each [simulate] sub-table ("" = the table itself)
+# key -> type, per [simulate] sub-table ("" = the table itself); keys are SimConfig attributes
 _KEYS = {
     "": {"scheduler": str, "workers": int, "gpus": int, "profile": str, "model_dir": str, "workload": str,
          "workload_args": list, "models": str, "duration_s": float, "drain_s": float, "seed": int,
@@ -214,7 +213,3 @@ def check(cfg: SimConfig) -> None:
             raise ConfigError(f"fault slow needs factor > 0, got {f.factor}")
     if cfg.model_dir and not Path(cfg.model_dir).is_dir():
         raise ConfigError(f"model_dir {cfg.model_dir}: not a directory")
-
-
-def copied(cfg: SimConfig) -> SimConfig:
-    return copy.deepcopy(cfg)

@@ -15,7 +15,6 @@ after the reconnect; a ROUTER drops what it cannot route.
 """
 from __future__ import annotations
 
-import math
 import random
 import struct
 from collections import deque
@@ -248,7 +247,3 @@ class Network:
         lk.listening = True
         if not lk.up:
             self._try_reconnect(lk)
-
-
-def ceil_ns(seconds: float) -> int:
-    return int(math.ceil(seconds * 1e9))
