@@ -32,6 +32,7 @@ class ConfigError(ValueError):
 SCHEMA: dict[str, dict[str, Spec]] = {
     "worker": {
         "port": PORT,
+        "bind": Spec(str),
         "page_size": POSITIVE_INT,
         "weights_cache_size": POSITIVE_INT,
         "io_pool_size": POSITIVE_INT,
@@ -42,6 +43,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
     "controller": {
         "client_port": PORT,
+        "bind": Spec(str),
         "telemetry_port": PORT_OR_OFF,
         "metrics_port": PORT_OR_OFF,
         "scheduler": Spec(str),

@@ -13,7 +13,9 @@ from ..console import timestamped
 @click.argument("workers", nargs=-1, required=True)
 @click.option("--scheduler", "-s", default=None,
               help="infer4 (Clockwork's), fifo (reactive baseline), direct, echo. Default from config.")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@click.option("--bind", "--host", "host", default=None, metavar="ADDR",
+              help="Interface for the client, telemetry and metrics ports [default: controller.bind in "
+                   "the config, 127.0.0.1: this host only]. 0.0.0.0 for clients on other hosts.")
 @click.option("--port", type=flag_type("controller", "client_port", "PORT"), default=None, help="Client port (default from config: 12346).")
 @click.option("--telemetry-port", type=flag_type("controller", "telemetry_port", "PORT"), default=None, help="Telemetry PUB port (0: off).")
 @click.option("--metrics-port", type=flag_type("controller", "metrics_port", "PORT"), default=None,

@@ -47,7 +47,9 @@ def _stop(signum, frame):
                    "time from each model's measurements.json.")
 @click.option("--backend", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="Device backend when not emulating.")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--bind", "--host", "host", default=None, metavar="ADDR",
+              help="Interface to listen on [default: worker.bind in the config, 127.0.0.1: this host "
+                   "only]. 0.0.0.0 for a controller on another host (see docs/reliability.md).")
 @click.option("--port", "-p", type=config.flag_type("worker", "port", "PORT"), default=None,
               help="Port the controller connects to [default: worker.port in the config, 12345].")
 @click.option("--model-dir", default=None, metavar="DIR",
@@ -73,6 +75,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     if total_pages < 1:
         raise click.ClickException(f"weights cache of {cache} bytes holds no {page_size}-byte page")
     port = port or int(cfg["port"])
+    host = host or str(cfg["bind"])
     mdir = config.model_dir(model_dir)
     pools = dict(page_size=page_size, total_pages=total_pages, io_pool_size=int(cfg["io_pool_size"]),
                  workspace_pool_size=int(cfg["workspace_pool_size"]),
