@@ -61,6 +61,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "worker_timeout_ms": POSITIVE,
         "worker_connect_timeout_s": NON_NEGATIVE,
         "max_models": POSITIVE_INT,
+        "max_models_per_client": POSITIVE_INT,
+        "ls_page_size": POSITIVE_INT,
         "max_queued_input_bytes": NON_NEGATIVE_INT,
         "print_interval_s": POSITIVE,
         "generate_inputs": Spec(bool),

@@ -209,6 +209,7 @@ class Client:
         self._transport_up = False
         self._dropped = False                      # a disconnection not yet handled by poll()
         self._link_down = False                    # disconnected since the last handshake
+        self._told_down = False                    # the user was told the controller is gone
         self.disconnects = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}
@@ -264,7 +265,8 @@ class Client:
                 epoch = ids.old_epoch              # an id not loaded again: answered STALE_EPOCH
             else:
                 model_id = current
-        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch))
+        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch,
+                                        time.monotonic_ns()))
         return self._send(rid, header, inputs, callback, timeout_s)
 
     def infer_future(self, model_id: int, **kw) -> Future:
@@ -276,9 +278,11 @@ class Client:
         rid = next(self._ids)
         return self._send(rid, self._enc(LoadModelRequest(rid, path, copies)), None, callback, timeout_s)
 
-    def ls_async(self, callback: Callback, timeout_s: float | None = None) -> int:
+    def ls_async(self, callback: Callback, timeout_s: float | None = None, first: int = 0) -> int:
+        """One page of the model list: ids >= first (the controller's ids); response.next is
+        the first id of the next page, -1 after the last."""
         rid = next(self._ids)
-        return self._send(rid, self._enc(LsRequest(rid)), None, callback, timeout_s)
+        return self._send(rid, self._enc(LsRequest(rid, first)), None, callback, timeout_s)
 
     def _send(self, rid, header, inputs, callback, timeout_s) -> int:
         now = self._now()
@@ -365,7 +369,12 @@ class Client:
             n += 1
         if self._dropped:
             self._dropped = False
-            n += self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            failed = self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            n += failed
+            if self._link_down and not self._told_down:
+                self._told_down = True
+                self.log(f"the controller at {self.address} is gone (connection lost): {failed} outstanding "
+                         f"requests answered CONNECTION_LOST, and so is every request until it is back")
         if self._reload is not None and self._reload.retry:
             self._reload.resend_due(self._now())
         return n + self._expire()
@@ -511,6 +520,9 @@ class Client:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True
                 self._link_down = False
+                if self._told_down:
+                    self._told_down = False
+                    self.log(f"connected to a controller at {self.address} again")
             elif event & HANDSHAKE_FAILED:
                 self.handshake_failed = handshake_failed_message(self.address, self._secure)
             elif event == zmq.EVENT_DISCONNECTED:
@@ -583,16 +595,28 @@ class Client:
         return first, r.copies, r
 
     def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
-        """The models the controller knows, retried while it initialises."""
-        r = self._retrying(lambda fut, t: self.ls_async(fut._set, t), "ls",
-                           self.connect_timeout_s if timeout_s is None else timeout_s)
-        if r.status != Status.SUCCESS:
-            raise RequestFailed("ls", r.status, r.message)
-        self._settle(r.epoch, self.load_timeout_s)
+        """Every model the controller knows (all pages), retried while it initialises."""
+        timeout = self.connect_timeout_s if timeout_s is None else timeout_s
+        models: list[ModelInfo] = []
+        first = 0
+        epoch = None
+        while True:
+            r = self._retrying(lambda fut, t: self.ls_async(fut._set, t, first), "ls", timeout)
+            if r.status != Status.SUCCESS:
+                raise RequestFailed("ls", r.status, r.message)
+            if epoch is not None and r.epoch != epoch:    # it restarted between pages: start over
+                models, first, epoch = [], 0, None
+                continue
+            epoch = r.epoch
+            models.extend(r.models)
+            if r.next < 0:
+                break
+            first = r.next
+        self._settle(epoch, self.load_timeout_s)
         if self.models.route is not None:          # name models by the caller's ids
-            for m in r.models:
+            for m in models:
                 m.model_id = self.models.handle_block(m.model_id, 1)
-        return list(r.models)
+        return models
 
 
 class _Reload:

@@ -23,7 +23,7 @@ from typing import TextIO
 import numpy as np
 
 from ..status import Status
-from .api import NO_ANSWER, SEND_FAILED, status_name
+from .api import CONNECTION_LOST, NO_ANSWER, SEND_FAILED, status_name
 
 TSV_HEADER = "t_sent\trequest_id\tmodel_id\tuser_id\tbatch_size\tslo_factor\tstatus\tlatency_ms\tcontroller_latency_ms\n"
 
@@ -126,13 +126,15 @@ class Stats:
         lat = self.all_latencies + self._lat
         end = self.clock() if self.stopped_at is None else self.stopped_at
         elapsed = max(end - self.t0, 1e-9)
+        lost = self.by_status.get(CONNECTION_LOST, 0)     # answered by the client: controller gone
         out = [f"Summary: {elapsed:.1f} s, sent={self.sent} answered={self.answered} "
-               f"succeeded={self.succeeded} unanswered={self.sent - self.answered}"
+               f"succeeded={self.succeeded}" + (f" connection lost={lost}" if lost else "") +
+               f" unanswered={self.sent - self.answered - lost}"
                f" (client timeouts={self.by_status.get(NO_ANSWER, 0)}, still outstanding={outstanding},"
                f" not sent={self.by_status.get(SEND_FAILED, 0)})"]
         for code in sorted(self.by_status):
-            if code >= 0:
-                pct = 100.0 * self.by_status[code] / max(self.answered, 1)
+            if code >= 0 or code == CONNECTION_LOST:
+                pct = 100.0 * self.by_status[code] / max(self.answered + lost, 1)
                 out.append(f"  status {code} {status_name(code)}: {self.by_status[code]} ({pct:.2f}%)")
         if lat:
             a = np.asarray(lat) * 1e3
