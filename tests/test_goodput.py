@@ -85,8 +85,9 @@ def test_late_sends_count_only_open_loop_arrivals(echo):
 
 @pytest.mark.timeout(240)
 def test_late_successes_are_not_goodput_end_to_end():
-    """The direct scheduler serves every request however late: with a 1 us SLO every success
-    is late (goodput 0), with a 60 s one every success counts."""
+    """The direct scheduler serves every request it takes up however late: with a 3 ms SLO and
+    resnet50's ~4.9 ms exec every success is late (goodput 0; a request whose SLO passed before
+    it was taken up is a TIMEOUT instead, issue 9 item 12), with a 60 s one every success counts."""
     conf = quick_config(1.0)
     try:
         with LocalCluster(gpus=1, scheduler="direct", config_file=conf) as c:
@@ -95,15 +96,16 @@ def test_late_successes_are_not_goodput_end_to_end():
         conf.unlink()
     assert late.returncode == 0 and ok.returncode == 0, late.stdout + ok.stdout
     late_lines = [x for x in late.stdout.splitlines() if x.startswith("throughput=")]
-    assert late_lines and all("goodput=0.00 slo=0.00%" in x and "success=100.00%" in x for x in late_lines)
+    assert late_lines and all("goodput=0.00 slo=0.00%" in x for x in late_lines)
+    assert any(re.search(r"success=[1-9]", x) for x in late_lines)      # late successes, not goodput
     assert "goodput=0.00 r/s (successes within their SLO) slo=0.00% of answers" in late.stdout
     assert re.search(r"goodput=[1-9]\d*\.\d\d r/s \(successes within their SLO\) slo=100\.00% of answers",
                      ok.stdout)
-    assert re.search(r"Client throughput=[1-9][\d.]* goodput=0\.0 slo=0\.00% success=100\.00%", controller)
+    assert re.search(r"Client throughput=[1-9][\d.]* goodput=0\.0 slo=0\.00% success=[1-9]", controller)
 
 
 def _two_clients(c):
-    late = c.run_client("simple", ["--duration", "2", "--print-interval", "1", "--slo-ms", "0.001",
+    late = c.run_client("simple", ["--duration", "2", "--print-interval", "1", "--slo-ms", "3",
                                    "--connect-timeout", "60"], timeout=180, name="late")
     ok = c.run_client("simple", ["--duration", "2", "--print-interval", "1", "--slo-ms", "60000"],
                       timeout=180, name="ok")
