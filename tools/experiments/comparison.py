@@ -20,13 +20,17 @@ def main() -> None:
     ap.add_argument("--slos", default="10,25,100", help="SLOs in ms")
     ap.add_argument("--gpus", type=int, default=1)
     ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--controller-us", type=float, default=0.0,
+                    help="controller CPU per message (us): closed loops resend at once after a "
+                         "rejection, so with a free controller they spin (see docs/experiments.md)")
     ap.add_argument("--no-plots", action="store_true")
     a = ap.parse_args()
     rows = []
     for sched in a.schedulers.split(","):
         for slo in [float(x) for x in a.slos.split(",")]:
             d = Path(a.out) / f"{sched}-{slo:g}ms"
-            f = run_point(d, sched, a.gpus, ["comparison_experiment2", "15", "16"], a.duration, slo_ms=slo)
+            f = run_point(d, sched, a.gpus, ["comparison_experiment2", "15", "16"], a.duration, slo_ms=slo,
+                          controller_us=a.controller_us)
             f.update(scheduler=sched, slo=slo, throughput=f["requests"] / a.duration)
             rows.append(f)
             print(f"{sched} SLO {slo:g} ms: {f['attainment']:.3f}% within SLO, goodput {f['goodput']:.0f} r/s",

@@ -30,7 +30,8 @@ def workers_for(gpus: int, per_worker: int = 8) -> tuple[int, int]:
 
 
 def run_point(out_dir: Path, scheduler: str, gpus: int, workload: list[str], duration: float,
-              seed: int = 0, controller: dict | None = None, slo_ms: float = 0.0) -> dict:
+              seed: int = 0, controller: dict | None = None, slo_ms: float = 0.0,
+              controller_us: float = 0.0) -> dict:
     """One simulation; its logs go to out_dir. Returns the figures of docs/experiments.md."""
     cfg = sim_config.load(None)
     cfg.scheduler = scheduler
@@ -38,6 +39,7 @@ def run_point(out_dir: Path, scheduler: str, gpus: int, workload: list[str], dur
     cfg.duration_s = duration
     cfg.seed = seed
     cfg.slo_ms = slo_ms
+    cfg.controller_us = controller_us
     cfg.workload, cfg.workload_args = workload[0], list(workload[1:])
     cfg.log_dir = str(out_dir)
     cfg.base["controller"]["max_models"] = 10_000_000
