@@ -2,7 +2,12 @@
 controller, client over loopback) and simulated gives SLO attainment within 0.5 points and
 goodput within 2%. Small and well below capacity on purpose, so that this loaded 2-core
 machine's scheduling noise does not decide the outcome; tools/bench/simulate.py compares
-heavier loads, where the real side depends on the machine's other load."""
+heavier loads, where the real side depends on the machine's other load.
+
+Known limit: the real side is only as steady as the machine. Run alone (as in CI) it passed
+every time here; once, with other jobs holding the 2 cores at load average 11, the real fifo
+run answered 8 of 786 requests late (98.98% against the simulation's 100%) and it failed. That
+is the real processes being starved, not the simulation being off, and the bound stays."""
 import pytest
 
 from clockwork.local import LocalCluster
