@@ -5,7 +5,7 @@ machine's scheduling noise does not decide the outcome; tools/bench/simulate.py 
 heavier loads, where the real side depends on the machine's other load.
 
 Known limit: the real side is only as steady as the machine. Run alone (as in CI) it passed
-every time here; once, with other jobs holding the 2 cores at load average 11, the real fifo
+in all three runs here; once, with other jobs holding the 2 cores at load average 11, the real fifo
 run answered 8 of 786 requests late (98.98% against the simulation's 100%) and it failed. That
 is the real processes being starved, not the simulation being off, and the bound stays."""
 import pytest
