@@ -19,10 +19,10 @@ class _Out:
 
 
 def test_registry_names_and_unknown_name_error():
-    assert set(SCHEDULERS) == {"infer4", "echo", "direct", "fifo"}
+    assert set(SCHEDULERS) == {"infer4", "echo", "direct", "fifo", "clipper"}
     for name in SCHEDULERS:
         assert make_scheduler(name.upper(), {}, lambda: 0, _Out()).name == name
-    with pytest.raises(UnknownScheduler, match=r"unknown scheduler 'infer9' \(known: direct, echo, fifo, infer4\)"):
+    with pytest.raises(UnknownScheduler, match=r"unknown scheduler 'infer9' \(known: clipper, direct, echo, fifo, infer4\)"):
         make_scheduler("infer9", {}, lambda: 0, _Out())
 
 

@@ -110,3 +110,25 @@ def test_worker_crash_every_request_answered_and_the_rest_served(tmp_path, name)
     after = [x for x in r.rows if (x["t"] - x["latency"] - r.t0) / SECOND > 0.6]
     assert after and all(x["result"] == Status.SUCCESS for x in after)
     assert all(x["gpu"] >= 1 for x in after)                 # worker 1's GPU (global index 1)
+
+
+@pytest.mark.parametrize("slo_ms", [10.0, 100.0])
+def test_clipper_adapts_batch_size_to_the_slo(tmp_path, slo_ms):
+    """clipper's AIMD: batches grow from 1 while their exec fits the SLO. resnet50's batch 16
+    takes 10.8 ms: under a 10 ms SLO it backs off below 16, under 100 ms it reaches 16."""
+    cfg = sim_config.load(None)
+    cfg.scheduler, cfg.workers, cfg.gpus, cfg.duration_s, cfg.slo_ms = "clipper", 1, 1, 2.0, slo_ms
+    cfg.workload, cfg.workload_args = "poisson-open-loop", ["2", "3000"]    # overload: queues stay full
+    cfg.log_dir = str(tmp_path)
+    cfg.drain_s = 60.0
+    oc = Simulation(cfg, out=lambda line: None).run()
+    assert oc.unanswered == 0 and oc.duplicates == 0
+    lines = (tmp_path / "clockwork_action_log.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    batches = [int(dict(zip(head, r.split("\t")))["batch_size"]) for r in lines[1:]
+               if "\tInfer\t" in r]
+    assert batches[0] == 1                          # starts at 1
+    if slo_ms == 10.0:
+        assert max(batches) < 16 and max(batches) > 4
+    else:
+        assert max(batches) == 16

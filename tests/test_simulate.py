@@ -64,7 +64,7 @@ def test_same_seed_same_logs_byte_for_byte(tmp_path):
     assert outs[0][1] == outs[1][1]            # printed lines too (wall time aside)
 
 
-@pytest.mark.parametrize("scheduler", ["infer4", "fifo"])
+@pytest.mark.parametrize("scheduler", ["infer4", "fifo", "clipper"])
 @pytest.mark.parametrize("load", [0.5, 2.0])
 def test_every_request_answered_exactly_once_under_faults(tmp_path, scheduler, load):
     faults = [sim_config.Fault("crash", 0, 1.0, 0.7),       # dies, restarts empty, rejoins

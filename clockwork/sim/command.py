@@ -20,7 +20,7 @@ def _epilog() -> str:
     "help_option_names": ["-h", "--help"], "allow_interspersed_args": False, "ignore_unknown_options": True})
 @click.option("--config", "config_file", default=None, metavar="FILE",
               help="TOML with [simulate] (and optional [controller], [worker]) tables.")
-@click.option("--scheduler", "-s", default=None, help="infer4, fifo, direct or echo [infer4].")
+@click.option("--scheduler", "-s", default=None, help="infer4, fifo, clipper, direct or echo [infer4].")
 @click.option("--workers", type=int, default=None, help="Worker processes [1].")
 @click.option("--gpus", type=int, default=None, help="GPUs per worker [2].")
 @click.option("--profile", default=None, help="Device profile of the emulated zoo [h200].")

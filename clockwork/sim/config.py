@@ -2,7 +2,7 @@
 [worker] overrides of conf/default.toml) and/or `cw simulate` flags, which win.
 
     [simulate]
-    scheduler = "infer4"          # infer4 | fifo | direct | echo
+    scheduler = "infer4"          # infer4 | fifo | clipper | direct | echo
     workers = 1                   # worker processes ...
     gpus = 2                      # ... of this many GPUs each
     profile = "h200"              # device profile (conf/profiles) for the emulated zoo
@@ -45,7 +45,7 @@ from pathlib import Path
 from .. import config as config_mod
 from ..config import ConfigError, tomllib
 
-SCHEDULERS = ("infer4", "fifo", "direct", "echo")
+SCHEDULERS = ("infer4", "fifo", "clipper", "direct", "echo")
 FAULT_KINDS = ("crash", "stall", "slow")
 
 

@@ -1,7 +1,7 @@
 """The paper's 10 ms-SLO comparison experiment (comparison_experiment2), simulated: 15 copies of
 resnet50, each driven by a closed loop of 16 clients, every request with a 10 ms SLO, on one
-GPU; infer4 against the fifo baseline (reactive, no admission control, as Clipper/INFaaS-style
-servers are). No adaptive-batching (Clipper/INFaaS-like) baseline exists here yet.
+GPU; infer4 against the fifo baseline (reactive, no admission control) and clipper (fifo with
+Clipper's AIMD adaptive batch sizes).
 
     python tools/experiments/comparison.py --out /tmp/exp-comparison
 """
@@ -16,7 +16,7 @@ from simexp import plot, run_point, table
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="exp-comparison")
-    ap.add_argument("--schedulers", default="infer4,fifo")
+    ap.add_argument("--schedulers", default="infer4,fifo,clipper")
     ap.add_argument("--slos", default="10,25,100", help="SLOs in ms")
     ap.add_argument("--gpus", type=int, default=1)
     ap.add_argument("--duration", type=float, default=20.0)
