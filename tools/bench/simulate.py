@@ -48,7 +48,7 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
     cfg.controller_us = controller_us
     if drain is not None:
         cfg.drain_s = drain
-    cfg.base["controller"]["max_models"] = 10_000_000
+    cfg.base["controller"]["max_models"] = cfg.base["controller"]["max_models_per_client"] = 10_000_000
     cfg.base["controller"].update(controller or {})
     cpu0 = time.process_time()
     oc = simulate(cfg, out=lambda line: None)

@@ -42,7 +42,7 @@ def run_point(out_dir: Path, scheduler: str, gpus: int, workload: list[str], dur
     cfg.controller_us = controller_us
     cfg.workload, cfg.workload_args = workload[0], list(workload[1:])
     cfg.log_dir = str(out_dir)
-    cfg.base["controller"]["max_models"] = 10_000_000
+    cfg.base["controller"]["max_models"] = cfg.base["controller"]["max_models_per_client"] = 10_000_000
     cfg.base["controller"]["print_interval_s"] = 3600
     cfg.base["controller"].update(controller or {})
     cpu0 = time.process_time()
