@@ -132,3 +132,23 @@ def test_clipper_adapts_batch_size_to_the_slo(tmp_path, slo_ms):
         assert max(batches) < 16 and max(batches) > 4
     else:
         assert max(batches) == 16
+
+
+@pytest.mark.xfail(strict=True, reason="infer4's LoadWeights window is latest = now + 11 ms, not tied to "
+                   "the waiting requests' deadlines as its Infer window is: a load that reaches the "
+                   "worker 15 ms after it was sent fails ACTION_TOO_LATE, every time")
+def test_actions_reaching_the_worker_late_still_run_when_their_deadline_allows(tmp_path):
+    """Every message takes 15 ms one way (a worker held off the CPU): more than the original's
+    latest_delta past the planned start, far less than the 100 ms SLO. tests/test_infer4_windows.py
+    checks this for Infers with the model preloaded; here the model must be loaded first, and
+    nothing should fail ACTION_TOO_LATE."""
+    cfg = sim_config.load(None)
+    cfg.workers, cfg.gpus, cfg.duration_s = 1, 1, 2.0
+    cfg.latency_us, cfg.jitter_us = 15_000.0, 0.0
+    cfg.workload, cfg.workload_args = "poisson-open-loop", ["1", "20"]
+    cfg.log_dir = str(tmp_path)
+    oc = Simulation(cfg, out=lambda line: None).run()
+    assert oc.sent > 20 and oc.slo_met == oc.sent
+    lines = (tmp_path / "clockwork_action_log.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    assert all(dict(zip(head, r.split("\t")))["status"] == "0" for r in lines[1:])
