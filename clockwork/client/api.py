@@ -15,7 +15,7 @@ reference, never copied), a dict entry, and a deque append for the timeout.
     client.close()
 
 Client-side outcomes that are not controller answers use negative pseudo-statuses
-(NO_ANSWER, SEND_FAILED, CONNECTION_LOST), so accounting can tell "the controller said timeout"
+(NO_ANSWER, SEND_FAILED, CONNECTION_LOST, WRONG_PEER), so accounting can tell "the controller said timeout"
 (status 4) from "nobody answered". When the connection drops (the controller died or restarted)
 every outstanding request is answered CONNECTION_LOST at once instead of waiting for its
 timeout; ZeroMQ reconnects by itself, so the same Client works again once a controller is back.
@@ -64,14 +64,37 @@ def status_name(code: int) -> str:
     return describe(code)
 
 
-def wrong_peer_message(address: str, header, error: ProtocolError) -> str:
-    """Why the peer at `address` cannot be a controller, from a header we could not decode."""
-    try:
-        schema.decode(header, schema.RESULT_DECODER)
-        what = "it answers like a clockwork worker (a worker's port? clients connect to the controller's client port)"
-    except ProtocolError:
-        what = str(error)
-    return f"{address} is not a clockwork controller: {what}"
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def handshake_failed_message(address: str, secure: bool) -> str:
+    """Why a ZMTP handshake with the controller failed, as far as we can tell: the security
+    settings of the two ends differ."""
+    if not secure:
+        return (f"the controller at {address} refused our connection's handshake: it requires CURVE "
+                "security. Set [security] enabled = true and key_dir in CLOCKWORK_CONFIG_FILE, with a "
+                "client key pair the controller accepts (`cw keys`; see docs/reliability.md)")
+    return (f"the controller at {address} refused our CURVE handshake: it runs without security, or "
+            "does not accept this client's key, or we hold the wrong controller public key "
+            "([security] key_dir, client_key; `cw keys`)")
+
+
+def wrong_peer_message(address: str, header) -> str | None:
+    """Why the peer at `address` cannot be a controller, from a header we could not decode as
+    a response: it is a worker's result or a controller's action (another role), or a peer's
+    fatal error text. None for mere garbage (logged and skipped)."""
+    for decoder, role in ((schema.RESULT_DECODER, "a clockwork worker (a worker's port? clients connect "
+                           "to the controller's client port)"), (schema.ACTION_DECODER, "a clockwork controller's "
+                           "worker link")):
+        try:
+            schema.decode(header, decoder)
+        except ProtocolError as e:
+            if str(e).startswith("peer error"):
+                return f"{address} refused us: {e}"
+            continue
+        return f"{address} is not a clockwork controller: it answers like {role}"
+    return None
 
 
 def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq.Socket, zmq.Socket]:
@@ -87,7 +110,7 @@ def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq
         sock.setsockopt(opt, value)
     if security is not None:                   # CURVE: our key pair, and the controller's key
         security.client(sock, security.client_key, "controller")
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
     try:
         sock.connect(tcp(host, port))
     except zmq.ZMQError:
@@ -194,6 +217,8 @@ class Client:
         self.answered_unknown = 0                  # answers for ids we no longer wait for
         self.bad_messages = 0
         self.wrong_peer: str | None = None         # why the peer is not a controller, once seen
+        self.handshake_failed: str | None = None   # why ZMTP handshakes fail (security mismatch)
+        self._secure = security is not None
         self.heard_from_controller = False
         self.model_ids = ModelIds()                   # ids across controller lifetimes
         self._reload: _Reload | None = None        # re-registration with a new controller, under way
@@ -320,12 +345,16 @@ class Client:
             try:
                 msg = decode(frames[0], dec)
             except ProtocolError as e:
-                # a controller never sends what we cannot decode: the peer is of another kind
-                # (or version), so nothing we wait for will come: fail it all now
+                # a message of another role (a worker's result) means the peer is of another
+                # kind: nothing we wait for will come, so fail it all now
                 self.bad_messages += 1
-                if self.wrong_peer is None:
-                    self.wrong_peer = wrong_peer_message(self.address, frames[0], e)
-                n += self._fail_all(WRONG_PEER, self.wrong_peer)
+                why = wrong_peer_message(self.address, frames[0])
+                if why is None:
+                    if self.bad_messages <= 5:
+                        self.log(f"bad message from controller {self.address}: {e}")
+                    continue
+                self.wrong_peer = why
+                n += self._fail_all(WRONG_PEER, why)
                 continue
             if msg.epoch != self.model_ids.epoch and msg.epoch and self.model_ids.epoch:
                 self._new_epoch(msg.epoch)
@@ -494,6 +523,8 @@ class Client:
                 if self._told_down:
                     self._told_down = False
                     self.log(f"connected to a controller at {self.address} again")
+            elif event & HANDSHAKE_FAILED:
+                self.handshake_failed = handshake_failed_message(self.address, self._secure)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
                 self._dropped = True
@@ -509,13 +540,15 @@ class Client:
         """Wait until the controller accepts our connection (at most connect_timeout_s).
         Raises ControllerUnreachable otherwise. Sends nothing."""
         end = self._now() + self.connect_timeout_s
-        while not self.connected:
+        while not self.connected and self.handshake_failed is None:
             left = end - self._now()
             if left <= 0 or self._monitor is None:
                 break
             self._monitor.poll(max(1, int(left * 1000)))
         if self.connected:
             return
+        if self.handshake_failed is not None:
+            raise ControllerUnreachable(self.handshake_failed)
         raise ControllerUnreachable(f"nothing accepted a connection at {self.address} within "
                                     f"{self.connect_timeout_s:g} s: is `cw controller` running there?")
 

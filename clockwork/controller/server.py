@@ -141,7 +141,7 @@ class Controller:
         self.epoch = new_epoch()
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
-        host = host or cc.get("bind", "127.0.0.1")
+        self.host = host = host or cc.get("bind", "127.0.0.1")
         self.client_port = client_port or cc["client_port"]
         try:
             self.client_sock = router(self.ctx, host, self.client_port,
@@ -232,14 +232,15 @@ class Controller:
         self.departures += 1
         if self._held:
             self.input_bytes -= self._held.pop(req.id, 0)
+        met = now <= req.deadline
         msg = s.InferResponse(req.client_request_id, status, message, req.model_id, req.batch_size,
-                              latency, exec_ns, req.is_coldstart, self.epoch)
+                              latency, exec_ns, req.is_coldstart, self.epoch, met)
         if req.client is not None:
             send(self.client_sock, msg, (output,) if output is not None and status == 0 else (),
                  ident=req.client)
-        self.stats.request_done(status, latency)
+        self.stats.request_done(status, latency, met)
         self.request_log.add((now, req.id, status, req.user_id, req.model_id, req.slo_factor,
-                              latency, req.deadline, int(now <= req.deadline), self.arrivals,
+                              latency, req.deadline, int(met), self.arrivals,
                               self.departures, int(req.is_coldstart), req.batch_size, req.gpu))
         if self.telemetry is not None:
             self.telemetry.request_done(req, status, latency, now, exec_ns)
@@ -256,6 +257,7 @@ class Controller:
             except ValueError:   # not the main thread (tests): stop() still works
                 pass
         self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
+        self.out(self.listening())
         for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
             if log.path:
                 self.out(f"Logging {what} to {log.path}"
@@ -307,6 +309,15 @@ class Controller:
 
     def stop(self) -> None:
         self._running = False
+
+    def listening(self) -> str:
+        """Where clients, `cw top` and Prometheus reach this controller (printed at start)."""
+        tel = self.telemetry
+        pub = tel.port if tel is not None and tel.sock is not None else 0
+        metrics = self.config["controller"].get("metrics_port", 0) if tel is not None and tel.metrics else 0
+        return (f"Listening: clients on {self.host}:{self.client_port}, telemetry "
+                + (f"on {self.host}:{pub}" if pub else "off") + ", metrics "
+                + (f"on http://{self.host}:{metrics}/metrics" if metrics else "off"))
 
     def close(self) -> None:
         self.request_log.close()

@@ -106,6 +106,7 @@ class InferResponse(Message, tag=2):
     exec_ns: int = 0              # measured exec time of the batch that served it
     is_coldstart: bool = False
     epoch: int = 0                # the answering controller's epoch
+    within_slo: bool = False      # answered by its deadline (arrival + SLO): a success that counts as goodput
 
 
 class LoadModelRequest(Message, tag=3):
