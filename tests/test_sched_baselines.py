@@ -140,37 +140,6 @@ def test_fifo_load_attempts_grow_linearly_with_blocked_models():
     assert len(attempts) <= 180 + len(loads)       # one per request or load at most, not per blocked model
 
 
-@pytest.mark.parametrize("name", ["fifo", "direct", "infer4"])
-def test_worker_lost_every_request_answered(name):
-    models = [model_info(i, {1: 2 * MS, 4: 3 * MS}, num_pages=1) for i in range(2)]
-    sim = Simulator(name, models, workers=2, noise=0.1, seed=2)
-    sim.poisson(rate=600, duration=600 * MS)
-    sim.kill_worker(300 * MS, 1)
-    sim.run()
-    assert not sim.unanswered()
-    assert not [a for t, w, a in sim.actions if w == 1 and t > 300 * MS]
-    after = [x for x in sim.responses.values() if x.req.arrival > 320 * MS]
-    assert after and all(x.status == Status.SUCCESS for x in after)
-
-
-@pytest.mark.parametrize("name", ["infer4", "fifo", "direct"])
-@pytest.mark.parametrize("seed", [1, 2])
-def test_churn_every_request_answered_exactly_once(name, seed):
-    """Workers die and join while models page in and out: nobody is left without an answer."""
-    models = [model_info(i, {1: 2 * MS, 2: 2_500_000, 4: 3 * MS}, num_pages=2,
-                         weights_load_ns=2 * MS) for i in range(12)]
-    sim = Simulator(name, models, workers=2, gpus=2, total_pages=9, noise=0.3, seed=seed)
-    sim.poisson(rate=1500, duration=1 * SECOND)
-    sim.kill_worker(200 * MS, 0)
-    sim.add_worker(300 * MS, gpus=1, total_pages=9)
-    sim.kill_worker(600 * MS, 1)
-    sim.add_worker(650 * MS, gpus=2, total_pages=9)
-    sim.run()
-    assert not sim.unanswered()
-    assert len(sim.responses) == len(sim.requests)
-    assert len(sim.with_status(Status.SUCCESS)) > len(sim.requests) / 3
-
-
 @pytest.mark.parametrize("name", ["infer4", "fifo", "direct", "echo"])
 def test_models_added_while_running_are_served(name):
     models = [model_info(0, EXEC), model_info(1, EXEC, output_size=20)]

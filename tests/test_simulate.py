@@ -64,14 +64,18 @@ def test_same_seed_same_logs_byte_for_byte(tmp_path):
     assert outs[0][1] == outs[1][1]            # printed lines too (wall time aside)
 
 
-@pytest.mark.parametrize("scheduler", ["infer4", "fifo", "clipper"])
+@pytest.mark.parametrize("scheduler", ["infer4", "fifo", "clipper", "direct"])
 @pytest.mark.parametrize("load", [0.5, 2.0])
 def test_every_request_answered_exactly_once_under_faults(tmp_path, scheduler, load):
+    """Workers crash and rejoin, stall past the timeout, slow down, lose connections, with
+    skewed clocks and noisy exec times, while 8 models share weights caches that hold 2 of them
+    per GPU (loads and evictions all the time)."""
     faults = [sim_config.Fault("crash", 0, 1.0, 0.7),       # dies, restarts empty, rejoins
               sim_config.Fault("stall", 1, 2.0, 1.5),       # silent past the worker timeout
               sim_config.Fault("slow", 1, 3.5, 0.5, 3.0)]
     cfg = make(tmp_path, scheduler, load, duration=5.0, drop_rate=0.002, skew_ms=30.0, drift_ppm=100.0,
                exec_sigma=0.05, faults=faults)
+    cfg.base["worker"]["weights_cache_size"] = 16 * cfg.base["worker"]["page_size"]   # resnet50: 7 pages
     oc, lines = run(cfg)
     assert oc.sent > 0.9 * load * CAPACITY_PER_GPU * 2 * 5
     assert oc.unanswered == 0 and oc.duplicates == 0, oc.line()
@@ -84,7 +88,7 @@ def test_every_request_answered_exactly_once_under_faults(tmp_path, scheduler, l
     assert "Worker 1 (sim-worker-1) lost: no message" in text
     assert text.count("joined with") >= 2                  # both came back
     statuses = Counter(int(r["result"]) for r in rows)
-    assert statuses[0] > 0.3 * oc.sent
+    assert statuses[0] > 0.1 * oc.sent                     # still serving, in spite of it all
 
 
 def test_skewed_drifting_clocks_are_converted(tmp_path):
