@@ -12,9 +12,12 @@ what lies outside them (time, sockets, processes) is simulated:
                    rejoin, logs, stats) with its sockets replaced by network.py's
     client.py      the real workload engine (clockwork.client.workloads) driven in simulated time
     config.py      the simulation's settings (a TOML file and/or flags), checked with one-line errors
+    fidelity.py    SLO attainment and goodput from a request log, the same way for real and simulated
     run.py         puts them together, runs, prints progress and stats lines
     command.py     `cw simulate`
 
-Determinism: one seeded random.Random per concern (network, noise, faults), no wall clock, no
-dict ordering that depends on hashes: the same config and seed give the same logs byte for byte.
+Determinism: every random draw comes from a random.Random seeded from the one seed (delays,
+drops, exec noise, worker clocks, the controller epoch, and the workloads' own arrival seeds),
+nothing reads the wall clock, and same-time events run in scheduling order: the same config and
+seed give the same logs byte for byte (tests/test_simulate.py).
 """
