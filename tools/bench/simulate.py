@@ -36,7 +36,7 @@ B1_CAPACITY = 1e9 / 4_900_000          # resnet50 batch 1 on the h200 profile, r
 
 def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed: int = 0,
           log_dir: str = "", controller: dict | None = None, drain: float | None = None,
-          controller_us: float = 0.0) -> dict:
+          controller_us: float = 0.0, slo_ms: float = 0.0) -> dict:
     cfg = sim_config.load(None)
     cfg.scheduler = scheduler
     per = next(n for n in (GPUS_PER_WORKER, 10, 5, 4, 2, 1) if gpus % n == 0) if gpus > GPUS_PER_WORKER else gpus
@@ -46,6 +46,7 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
     cfg.workload, cfg.workload_args = workload[0], workload[1:]
     cfg.log_dir = log_dir
     cfg.controller_us = controller_us
+    cfg.slo_ms = slo_ms
     if drain is not None:
         cfg.drain_s = drain
     cfg.base["controller"]["max_models"] = cfg.base["controller"]["max_models_per_client"] = 10_000_000
@@ -125,15 +126,16 @@ def fidelity(a) -> None:
                 conf.write_text("[controller]\nmax_batch_size = 1\n")
                 load0 = os.getloadavg()[0]
                 with LocalCluster(gpus=1, scheduler=sched, log_dir=Path(tmp, "real"), config_file=conf) as c:
-                    r = c.run_client(wl[0], ["--duration", str(a.duration), "--no-inputs", *wl[1:]], timeout=600)
+                    r = c.run_client(wl[0], ["--duration", str(a.duration), "--no-inputs", "--slo-ms",
+                                             str(a.slo_ms), *wl[1:]], timeout=600)
                     assert r.returncode == 0, r.stdout[-2000:]
                 sent = int(re.search(r"Summary: .* sent=(\d+)", r.stdout).group(1))
                 real = from_request_log(Path(tmp, "real", "clockwork_request_log.tsv"), a.duration, sent)
                 # as the real client: wait 5 s for answers, then count what is missing as missed
                 p = point(sched, 1, wl, a.duration, log_dir=str(Path(tmp, "sim")),
-                          controller={"max_batch_size": 1}, drain=5.0)
+                          controller={"max_batch_size": 1}, drain=5.0, slo_ms=a.slo_ms)
                 sim = from_request_log(Path(tmp, "sim", "clockwork_request_log.tsv"), a.duration, p["sent"])
-            print(f"fidelity {sched} {x:g}x ({rate:.0f} r/s, batch 1, 1 GPU, {a.duration:g} s, load average "
+            print(f"fidelity {sched} {x:g}x ({rate:.0f} r/s, batch 1, 1 GPU, SLO {a.slo_ms:g} ms, {a.duration:g} s, load average "
                   f"{load0:.1f}): real SLO met {real.attainment:.2f}% goodput {real.goodput:.1f} | sim "
                   f"{sim.attainment:.2f}% {sim.goodput:.1f} | diff {sim.attainment - real.attainment:+.2f} points, "
                   f"goodput {100 * (sim.goodput / max(real.goodput, 1e-9) - 1):+.1f}%", flush=True)
@@ -152,6 +154,7 @@ def main() -> None:
     ap.add_argument("--trace-dir", default=None)
     ap.add_argument("--azure-gpus", type=int, default=6)
     ap.add_argument("--loads", default="0.5,1,2")
+    ap.add_argument("--slo-ms", type=float, default=100.0, help="fidelity: every request's SLO")
     ap.add_argument("--controller-us", default="0", help="controller CPU per message (us), a list")
     a = ap.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
