@@ -217,3 +217,13 @@ def test_every_client_workload_runs_in_simulation(tmp_path):
         oc, _ = run(cfg)
         assert oc.sent > 0, name
         assert oc.unanswered == 0 and oc.duplicates == 0 and oc.answered == oc.sent, (name, oc.line())
+
+
+def test_worker_cpu_cost_delays_actions_and_keeps_exactly_once(tmp_path):
+    """With a cost per action read the worker process is busy like a stalled one: actions are
+    received late (here: past their windows when it saturates), and still answered once."""
+    free, _ = run(make(tmp_path / "free", load=0.5, workers=1, duration=3.0))
+    busy, _ = run(make(tmp_path / "busy", load=0.5, workers=1, duration=3.0, worker_us=12000.0,
+                       faults=[sim_config.Fault("stall", 0, 1.0, 0.2)]))
+    assert busy.unanswered == 0 and busy.duplicates == 0 and busy.answered == busy.sent
+    assert busy.slo_attainment < free.slo_attainment - 20

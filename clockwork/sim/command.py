@@ -40,6 +40,7 @@ def _epilog() -> str:
 @click.option("--exec-noise", type=float, default=None, help="Log-normal sigma of exec/load times [0].")
 @click.option("--controller-us", type=float, default=None,
               help="Controller CPU per message handled, in us (0: free) [0].")
+@click.option("--worker-us", type=float, default=None, help="Worker CPU per action read, in us (0: free) [0].")
 @click.option("--fault", "faults", multiple=True, metavar="SPEC",
               help="KIND:WORKER@AT_S[+FOR_S][xFACTOR]: crash:0@5+2 (restarts after 2 s), stall:0@5+1, slow:0@0x3.")
 @click.option("--progress/--no-progress", default=None, help="Progress line on stderr [on a terminal].")
@@ -47,7 +48,7 @@ def _epilog() -> str:
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def simulate_command(config_file, scheduler, workers, gpus, profile, model_dir, models, duration, drain,
                      seed, slo_ms, log_dir, latency_us, jitter_us, distribution, drop_rate, skew_ms,
-                     drift_ppm, exec_noise, controller_us, faults, progress, workload, workload_args):
+                     drift_ppm, exec_noise, controller_us, worker_us, faults, progress, workload, workload_args):
     """Run WORKLOAD (any `cw client` workload; default simple) in simulated time on the real
     scheduler, controller edge and worker runtime (emulated GPUs), N workers x G GPUs."""
     from . import config as sim_config
@@ -58,7 +59,7 @@ def simulate_command(config_file, scheduler, workers, gpus, profile, model_dir, 
                      models=models, duration_s=duration, drain_s=drain, seed=seed, slo_ms=slo_ms,
                      log_dir=log_dir, latency_us=latency_us, jitter_us=jitter_us, distribution=distribution,
                      drop_rate=drop_rate, skew_ms=skew_ms, drift_ppm=drift_ppm, exec_sigma=exec_noise,
-                     controller_us=controller_us)
+                     controller_us=controller_us, worker_us=worker_us)
         for k, v in flags.items():
             if v is not None:
                 setattr(cfg, k, v)

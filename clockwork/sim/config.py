@@ -16,6 +16,7 @@
     slo_ms = 0.0                  # as cw client --slo-ms
     log_dir = ""                  # request/action TSV logs ("": none)
     controller_us = 0.0           # controller CPU per message handled (0: free; see sim/controller.py)
+    worker_us = 0.0               # worker CPU per action read (0: free; see sim/worker.py)
 
     [simulate.network]            # one-way delay = latency + a random part of mean jitter
     latency_us = 100.0
@@ -74,6 +75,7 @@ class SimConfig:
     slo_ms: float = 0.0
     log_dir: str = ""
     controller_us: float = 0.0
+    worker_us: float = 0.0
     latency_us: float = 100.0
     jitter_us: float = 50.0
     distribution: str = "exp"
@@ -89,7 +91,8 @@ class SimConfig:
 _KEYS = {
     "": {"scheduler": str, "workers": int, "gpus": int, "profile": str, "model_dir": str, "workload": str,
          "workload_args": list, "models": str, "duration_s": float, "drain_s": float, "seed": int,
-         "slo_ms": float, "log_dir": str, "controller_us": float},
+         "slo_ms": float, "log_dir": str, "controller_us": float,
+         "worker_us": float},
     "network": {"latency_us": float, "jitter_us": float, "distribution": str, "drop_rate": float},
     "clocks": {"skew_ms": float, "drift_ppm": float},
     "noise": {"exec_sigma": float},
@@ -193,7 +196,7 @@ def check(cfg: SimConfig) -> None:
     if not cfg.duration_s > 0:
         raise ConfigError(f"duration_s must be > 0, got {cfg.duration_s}")
     for name in ("drain_s", "latency_us", "jitter_us", "skew_ms", "drift_ppm", "exec_sigma", "slo_ms",
-                 "controller_us"):
+                 "controller_us", "worker_us"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.drift_ppm >= 1e5:

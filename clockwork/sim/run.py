@@ -109,7 +109,8 @@ class Simulation:
             offset = int(seeds.uniform(-cfg.skew_ms, cfg.skew_ms) * 1e6)
             drift = seeds.uniform(-cfg.drift_ppm, cfg.drift_ppm)
             self.workers.append(SimWorker(loop, i, cfg.gpus, model_dir, config["worker"], lk, offset, drift,
-                                          cfg.exec_sigma, seeds.getrandbits(64), device))
+                                          cfg.exec_sigma, seeds.getrandbits(64), device,
+                                          int(cfg.worker_us * 1000)))
             links.append(lk)
         log_dir = Path(cfg.log_dir) if cfg.log_dir else None
         try:

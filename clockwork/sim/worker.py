@@ -10,6 +10,8 @@ edge is tied to a real socket and the wall clock -- plus the faults a simulation
     crash()/restart()   the process dies (its connection closes) and later starts empty
     stall(until)        the process freezes (SIGSTOP, a long GC, a full disk): it reads and
                         runs nothing, then catches up; the controller sees only silence
+    message_cost_ns     optional CPU per action read: the process is busy (as in a stall) for
+                        that long per message, so a loaded worker receives actions late
     slowdown            exec and load times multiplied (a throttled or shared GPU)
 """
 from __future__ import annotations
@@ -56,7 +58,7 @@ class SimBackend(EmulatedBackend):
 class SimWorker:
     def __init__(self, loop, index: int, gpus: int, model_dir: Path, worker_config: dict, link,
                  offset_ns: int = 0, drift_ppm: float = 0.0, noise: float = 0.0, seed: int = 0,
-                 device_name: str = "Emulated GPU"):
+                 device_name: str = "Emulated GPU", message_cost_ns: int = 0):
         self.loop = loop
         self.index = index
         self.gpus = gpus
@@ -69,6 +71,7 @@ class SimWorker:
         self.rng = random.Random(seed)
         self.noise = noise
         self.device_name = device_name
+        self.message_cost = message_cost_ns  # CPU per action read: the process is busy meanwhile
         self.heartbeat_ns = int(worker_config["heartbeat_interval_ms"] * 1e6)
         self.rt: WorkerRuntime | None = None
         self.backend: SimBackend | None = None
@@ -137,16 +140,28 @@ class SimWorker:
     def _resume(self, incarnation) -> None:
         if incarnation != self.incarnation or not self.alive or self.loop.now < self.stalled_until:
             return
-        self._on_message()
+        if self.message_cost:
+            self._handle(1)                # the one whose reading just ended
+            if self.link.router.inbox:     # then busy with the next
+                self.stall(self.loop.now + self.message_cost)
+        else:
+            self._handle()
         self._advance(None)
 
     # ------------------------------------------------------------------ the edge
     def _on_message(self) -> None:
         if not self.alive or self.loop.now < self.stalled_until:
             return
+        if self.message_cost:              # busy reading it; handled when that ends (_resume)
+            self.stall(self.loop.now + self.message_cost)
+            return
+        self._handle()
+
+    def _handle(self, limit: int = 1 << 30) -> None:
         inbox = self.link.router.inbox
         rt = self.rt
-        while inbox:
+        while inbox and limit:
+            limit -= 1
             frames = inbox.popleft()
             received = self.clock()
             ident = frames[0].bytes
