@@ -34,6 +34,10 @@ class Frame:
     __slots__ = ("bytes", "buffer")
 
     def __init__(self, data):
+        if data.__class__ is bytes:          # the common case: a header just encoded
+            self.bytes = data
+            self.buffer = memoryview(data)
+            return
         if isinstance(data, Frame):
             self.bytes, self.buffer = data.bytes, data.buffer
             return

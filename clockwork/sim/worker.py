@@ -86,10 +86,14 @@ class SimWorker:
     # ------------------------------------------------------------------ the worker's clock
     def clock(self) -> int:
         t = self.loop.now
+        if not self.drift:
+            return self.offset + t
         return self.offset + t + int(t * self.drift / 1e6)
 
     def to_sim(self, w: int) -> int:
         """The earliest simulated time at which clock() >= w."""
+        if not self.drift:
+            return w - self.offset
         t = int((w - self.offset) / (1.0 + self.drift / 1e6))
         while self.offset + t + int(t * self.drift / 1e6) < w:
             t += 1
