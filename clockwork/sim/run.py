@@ -39,6 +39,7 @@ class Outcome:
         self.run_wall_s = 0.0             # wall time from the workload's start (setup excluded)
         self.run_sim_s = 0.0
         self.run_cpu_s = 0.0              # this process's CPU time over the same span
+        self.controller_cpu_s = 0.0       # of which in the controller's handlers (whole run)
         self.events = 0
 
     @property
@@ -172,6 +173,7 @@ class Simulation:
         oc.wall_s = time.perf_counter() - wall0
         oc.run_wall_s = time.perf_counter() - wall_run0
         oc.run_cpu_s = time.process_time() - cpu_run0
+        oc.controller_cpu_s = ctl.cpu_ns / 1e9
         oc.run_sim_s = (loop.now - t0) / SECOND
         oc.events = loop.events
         if self.progress is not None:

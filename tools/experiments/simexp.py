@@ -50,7 +50,8 @@ def run_point(out_dir: Path, scheduler: str, gpus: int, workload: list[str], dur
     cpu = time.process_time() - cpu0
     f = figures(out_dir / "clockwork_request_log.tsv", duration)
     f.update(sent=oc.sent, unanswered=oc.unanswered, wall=oc.wall_s, cpu_s=cpu,
-             cpu_us_per_request=1e6 * cpu / max(oc.sent, 1))
+             cpu_us_per_request=1e6 * cpu / max(oc.sent, 1),
+             controller_us_per_request=1e6 * oc.controller_cpu_s / max(oc.sent, 1))
     return f
 
 
