@@ -161,17 +161,22 @@ def test_batch_inputs_are_the_requests_frames_and_output_is_sliced_without_copy(
 
 
 def test_infer_window():
-    sched, clock, out = setup({"schedule_ahead_ms": 10.0})
+    # batch-1 exec 5 ms, longer than EARLIEST_LEAD (1 ms), so an earliest of `now` differs
+    # from "the expected start minus the lead"
+    exec_ns = {1: 5 * MS, 2: 6 * MS}
+    sched, clock, out = setup({"schedule_ahead_ms": 20.0, "max_batch_size": 1},
+                              models={0: model_info(0, exec_ns, output_size=8)})
     clock.now = 5 * MS
     for _ in range(3):      # three batches of 1 (each after the previous was sent)
         sched.on_request(request(clock))
         sched.tick()
     a1, a2, a3 = out.infers()
-    est = EXEC[1]
+    est = exec_ns[1]
     # latest: the last start that still answers within the 100 ms SLO, 1 ms kept for the answer
     assert (a1.earliest, a1.latest) == (clock.now, clock.now + 100 * MS - est - 1 * MS)
-    # the second starts when the first is expected to end
-    assert a2.earliest == max(clock.now, clock.now + est - 1 * MS)
+    # the next ones start when the previous is expected to end, at most 1 ms early
+    assert a2.earliest == clock.now + est - 1 * MS
+    assert a3.earliest == clock.now + 2 * est - 1 * MS
     assert a3.latest == clock.now + 100 * MS - est - 1 * MS
 
 
@@ -282,6 +287,27 @@ def test_eviction_prefers_models_without_demand():
     assert waiting.id not in out.responses
 
 
+def test_never_evicts_a_model_with_an_infer_in_flight():
+    # Two pages, models 0 and 1 loaded, neither with queued requests. Model 0 is the least
+    # recently used but has an Infer in flight: evicting it would fail that Infer
+    # (WEIGHTS_CHANGED), so model 1 makes room for model 2.
+    models = {i: model_info(i, EXEC, num_pages=1) for i in range(3)}
+    sched, clock, out = setup(models=models, loaded=(0, 1), pages=2)
+    sched.on_request(request(clock, model_id=0))
+    sched.tick()
+    sched.on_request(request(clock, model_id=1))
+    sched.tick()
+    a0, a1 = out.infers()
+    clock.now += 3 * MS
+    sched.on_result(0, a1, infer_result(a1, 1 * MS, 1 * MS), [bytes(8)])    # model 1 done
+    sched.on_request(request(clock, model_id=2))                           # needs a page
+    clock.now += 200_000                                # past the load-decision interval
+    sched.tick()
+    evicts = [a.model_id for _, a, _ in out.actions if type(a) is EvictWeights]
+    loads = [a.model_id for _, a, _ in out.actions if type(a) is LoadWeights]
+    assert (evicts, loads) == ([1], [2])
+
+
 def test_at_most_max_loads_per_gpu_outstanding():
     models = [model_info(i, EXEC, num_pages=1, weights_load_ns=5 * MS) for i in range(6)]
     sim = Simulator("infer4", models, config={"max_loads_per_gpu": 2}, latency=0)
@@ -321,6 +347,27 @@ def test_worker_error_is_forwarded_to_the_requests():
     action = out.infers()[0]
     sched.on_result(0, action, ErrorResult(action.action_id, 23, Status.ACTION_TOO_LATE, "late"), [])
     assert [out.responses[r.id][0] for r in reqs] == [Status.ACTION_TOO_LATE] * 2
+
+
+def test_a_send_that_fails_at_once_answers_its_requests_once():
+    # An edge whose send fails at once may report the failure (WORKER_LOST) from inside
+    # send_action. The scheduler must not re-queue and re-send those requests from there: that
+    # loops (the same batch sent again and again) instead of answering them.
+    sched, clock, out = setup()
+    sends = []
+
+    def failing_send(worker_id, action, data=(), expected_end=0):
+        sends.append(action)
+        assert len(sends) < 50, "the same requests are sent again and again"
+        sched.on_result(worker_id, action, ErrorResult(action.action_id, 23, Status.WORKER_LOST,
+                                                       "send queue full"), [])
+    out.send_action = failing_send
+    reqs = [request(clock) for _ in range(3)]
+    for r in reqs:
+        sched.on_request(r)
+    sched.tick()
+    assert len(sends) == 1
+    assert [out.responses[r.id][0] for r in reqs] == [Status.WORKER_LOST] * 3
 
 
 def test_worker_lost_requeues_in_flight_requests_elsewhere():
