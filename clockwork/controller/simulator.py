@@ -29,6 +29,7 @@ import random
 from typing import Callable
 
 from ..model.zoo import load_profile
+from ..percentiles import percentile
 from ..status import Status
 from ..transport.clocksync import ClockSync
 from ..transport.schema import (ErrorResult, EvictWeights, EvictWeightsResult, GpuState, Infer,
@@ -498,7 +499,7 @@ class Simulator:
         met = sum(1 for x in self.with_status(Status.SUCCESS) if x.time <= x.req.deadline)
 
         def pct(p):
-            return ok[min(len(ok) - 1, int(p / 100 * len(ok)))] / MS if ok else None
+            return percentile(ok, p) / MS if ok else None
         return {"requests": len(self.requests), "answered": len(self.responses),
                 "statuses": by_status, "deadline_met": met,
                 "latency_ms": {"p50": pct(50), "p99": pct(99), "max": ok[-1] / MS if ok else None},

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
+from ..percentiles import percentile
+
 CTX = {"help_option_names": ["-h", "--help"]}
 
 
-def _pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+def _pct(xs, q) -> int:
+    return int(percentile(xs, q))
 
 
 # ---------------------------------------------------------------------------------------------

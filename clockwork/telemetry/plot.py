@@ -17,6 +17,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..percentiles import histogram_percentile
+
 CHUNK_ROWS = 200_000
 ACTION_CODES = {"Infer": 1, "LoadWeights": 2, "EvictWeights": 3, "LoadModelFromDisk": 4,
                 "ClearCache": 5, "GetWorkerState": 6, "Reset": 7}
@@ -214,11 +216,7 @@ def scan(request_log: Path | None, action_log: Path | None, bin_s: float = 1.0,
 
 def _percentile_from_hist(counts: np.ndarray, q: float, edges: np.ndarray = LAT_EDGES) -> float:
     """q-th percentile (ns) from bucket counts over `edges`: upper edge of the bucket; NaN if empty."""
-    n = counts.sum()
-    if n == 0:
-        return math.nan
-    i = int(np.searchsorted(np.cumsum(counts), math.ceil(n * q / 100.0)))
-    return float(edges[min(i, len(edges) - 1)])
+    return histogram_percentile(counts.tolist(), q, edges)
 
 
 def _rebin(values: np.ndarray, factor: int, how: str = "sum") -> np.ndarray:

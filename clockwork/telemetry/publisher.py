@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import os
 import time
-from bisect import bisect_left
-from itertools import accumulate
 
 import zmq
 
+from ..percentiles import histogram_percentile
 from ..status import describe
 from ..transport.sockets import tcp
 from . import messages as tm
@@ -48,16 +47,9 @@ def _per_s(n: int, span_s: float) -> float:
 def percentiles(counts: list[int], qs: tuple[float, ...], hi: int) -> list[float]:
     """Latency percentiles (ms) from bucket counts: each bucket's upper bound, capped by the
     observed maximum `hi`; -1 each when there are no samples."""
-    cum = list(accumulate(counts))
-    n = cum[-1]
-    if n == 0:
+    if not any(counts):
         return [-1.0] * len(qs)
-    out = []
-    for q in qs:
-        i = bisect_left(cum, max(1, -(-n * q // 100)))
-        bound = BOUNDS[i] if i < len(BOUNDS) else hi
-        out.append(_ms(min(bound, hi)))
-    return out
+    return [_ms(histogram_percentile(counts, q, BOUNDS, hi)) for q in qs]
 
 
 class TelemetryPublisher:

@@ -22,6 +22,7 @@ import heapq
 import time
 from pathlib import Path
 
+from ..limits import MAX_COPIES
 from ..model.backend import PENDING, Backend, HostModel, LoadError, Op
 from ..model.format import ModelFormatError, load_spec, resolve_model_path
 from ..status import Status
@@ -29,7 +30,6 @@ from ..transport import schema as s
 from .executor import NO_LIMIT, Executor, Task
 from .memory import Arena, GpuMemory
 
-MAX_COPIES = 100_000
 # An action may wait at most this long for its earliest; beyond it the controller's clock
 # conversion is broken (or the action is bogus): ACTION_TOO_EARLY rather than queue forever.
 MAX_AHEAD_NS = 60_000_000_000

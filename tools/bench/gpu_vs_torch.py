@@ -16,10 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+from benchutil import pct
 
 
 def torch_times(batch, runs, tf32, graph):

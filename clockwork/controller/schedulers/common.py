@@ -61,6 +61,11 @@ class Settings:
         self.max_queue_per_model = num("max_queue_per_model", int, 1)
 
 
+def ceil_div(a: int, b: int) -> int:
+    """a / b rounded up, for positive b (integers only: no float rounding)."""
+    return -(-a // b)
+
+
 def build_gpus(workers: dict[int, WorkerState], first_index: int = 0) -> list[tuple[GpuRef, object]]:
     """(GpuRef, GpuState) for every GPU of `workers`, global indices from `first_index` on."""
     out = []
