@@ -1,4 +1,5 @@
-"""Configuration: conf/default.toml, overlaid by CLOCKWORK_CONFIG_FILE, overlaid by CLI flags.
+"""Configuration: clockwork/conf/default.toml (inside the package, so an installed copy finds
+it), overlaid by CLOCKWORK_CONFIG_FILE, overlaid by CLI flags.
 
 Also resolves the environment variables the original honoured (CLOCKWORK_MODEL_DIR,
 CLOCKWORK_LOG_DIR) so every command finds models and logs the same way.
@@ -15,9 +16,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "default.toml"
-PROFILES_DIR = REPO_ROOT / "conf" / "profiles"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_CONFIG = CONF_DIR / "default.toml"
+PROFILES_DIR = CONF_DIR / "profiles"
 
 
 class ConfigError(ValueError):

@@ -91,7 +91,7 @@ def model_info(model_id: int, exec_ns: dict[int, int], weights_load_ns: int = 1 
 
 def models_from_profile(profile: str = "h200", names: list[str] | None = None, copies: int = 1,
                         page_size: int = PAGE_SIZE) -> list[ModelInfo]:
-    """ModelInfos from a conf/profiles entry, `copies` instances of each (consecutive ids)."""
+    """ModelInfos from a clockwork/conf/profiles entry, `copies` instances of each (consecutive ids)."""
     prof = load_profile(profile)
     out = []
     for name, m in prof["models"].items():

@@ -54,7 +54,7 @@ def _stop(signum, frame):
               help="Model directory [default: $CLOCKWORK_MODEL_DIR, else ./zoo]. LoadModelFromDisk "
                    "paths are confined to it.")
 @click.option("--config", "config_file", default=None, metavar="FILE",
-              help="Config file overlaid on conf/default.toml [default: $CLOCKWORK_CONFIG_FILE].")
+              help="Config file overlaid on clockwork/conf/default.toml [default: $CLOCKWORK_CONFIG_FILE].")
 @click.option("--weights-cache", type=_Bytes(), default=None,
               help="Weights cache bytes per GPU, e.g. 21.5GiB [default: worker.weights_cache_size].")
 def worker_command(emulate, backend, host, port, model_dir, config_file, weights_cache):

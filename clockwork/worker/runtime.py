@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..limits import MAX_COPIES
 from ..model.backend import PENDING, Backend, HostModel, LoadError, Op
-from ..model.format import ModelFormatError, load_spec, resolve_model_path
+from ..model.format import ModelFormatError, load_spec, pad_table, resolve_model_path
 from ..status import Status
 from ..transport import schema as s
 from .executor import NO_LIMIT, Executor, Task
@@ -44,11 +44,7 @@ class ModelKind:
         self.host = host
         self.batch_sizes = batch_sizes
         self.max_batch = batch_sizes[-1]
-        self.padded = [0] * (self.max_batch + 1)      # padded[b]: smallest compiled batch >= b
-        for b in range(self.max_batch, 0, -1):
-            if b in batch_sizes:
-                nxt = b
-            self.padded[b] = nxt
+        self.padded = pad_table(batch_sizes)          # padded[b]: smallest compiled batch >= b
         self.input_size = host.input_size
         self.output_size = host.output_size
 

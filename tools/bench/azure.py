@@ -4,7 +4,7 @@ capacity, replaying one minute of an Azure Functions 2019 trace (real or `cw tra
 the `azure` workload's model instances, without inputs.
 
 Capacity (requests/s) is computed before running, from the trace, the workload's own mapping of
-trace rows onto instances and the profiled exec times (conf/profiles/h200.toml):
+trace rows onto instances and the profiled exec times (clockwork/conf/profiles/h200.toml):
   - each instance i gets the share p_i of the replayed minute's requests (exactly as the workload
     maps rows), so at total rate L it receives p_i x L;
   - its requests arriving within one batching window W (default 50 ms, half the 100 ms SLO) are

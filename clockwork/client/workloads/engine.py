@@ -48,7 +48,7 @@ class WorkloadError(Exception):
 
 def zoo_models(explicit: str | None = None) -> list[str]:
     """Names of the models a workload may load: --models, else the model directories in
-    $CLOCKWORK_MODEL_DIR if it exists here, else the emulated zoo (conf/profiles/h200.toml)."""
+    $CLOCKWORK_MODEL_DIR if it exists here, else the emulated zoo (clockwork/conf/profiles/h200.toml)."""
     if explicit:
         return [m.strip() for m in explicit.split(",") if m.strip()]
     mdir = os.environ.get("CLOCKWORK_MODEL_DIR")

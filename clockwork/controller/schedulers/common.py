@@ -3,6 +3,7 @@ references built from worker states, and per-request output slicing (zero-copy).
 from __future__ import annotations
 
 from ...config import DEFAULT_CONFIG, tomllib
+from ...model.format import pad_table
 from ...transport.schema import EvictWeights, LoadWeights, ModelInfo, WorkerState
 from ..scheduler import GpuRef, Scheduler
 
@@ -28,7 +29,7 @@ class Settings:
     """The [controller] keys a policy needs, times in integer ns.
 
     Accepts the whole config (with a "controller" table) or the [controller] table itself;
-    missing keys take conf/default.toml's values."""
+    missing keys take clockwork/conf/default.toml's values."""
 
     def __init__(self, config: dict | None):
         config = config or {}
@@ -91,16 +92,9 @@ def free_pages(gpu, models: dict) -> int:
 def batch_tables(info: ModelInfo) -> tuple[list[int], list[int]]:
     """pad[n] = smallest compiled batch >= n, and exec_ns[n] = profiled time of pad[n], for n in
     1..max compiled batch (index 0 unused). The worker pads a batch b to pad[b]."""
-    sizes = sorted(zip(info.batch_sizes, info.exec_ns)) or [(1, 100_000)]
-    top = sizes[-1][0]
-    pad = [0] * (top + 1)
-    exec_ns = [0] * (top + 1)
-    i = 0
-    for n in range(1, top + 1):
-        while sizes[i][0] < n:
-            i += 1
-        pad[n] = sizes[i][0]
-        exec_ns[n] = max(1, int(sizes[i][1]))
+    profiled = dict(zip(info.batch_sizes, info.exec_ns)) or {1: 100_000}
+    pad = pad_table(profiled)
+    exec_ns = [0] + [max(1, int(profiled[b])) for b in pad[1:]]
     return pad, exec_ns
 
 
