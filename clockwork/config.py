@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     wrong type or range."""
 
 
-# What each key may be. A key of conf/default.toml missing here is still checked for its
+# What each key may be. A key of clockwork/conf/default.toml missing here is still checked for its
 # default's type; tests/test_config.py asks every key to be listed.
 SCHEMA: dict[str, dict[str, Spec]] = {
     "worker": {
@@ -132,6 +132,17 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+_defaults: dict | None = None
+
+
+def defaults() -> dict[str, Any]:
+    """clockwork/conf/default.toml, read once. Shared: do not modify (load_config gives a copy)."""
+    global _defaults
+    if _defaults is None:
+        _defaults = _read(DEFAULT_CONFIG)
+    return _defaults
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:

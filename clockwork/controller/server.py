@@ -33,19 +33,20 @@ import time
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..limits import MAX_COPIES, MAX_SLO_NS
 from ..status import Status
 from ..transport import schema as s
 from ..transport import security as security_mod
 from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
-from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send, wait
+from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send,
+                                 set_timer_slack, wait)
 from . import logs as logs_mod
 from .scheduler import Request
+from .schedulers.common import Settings
 from .stats import ControllerStats
 
 FAR_FUTURE = 1 << 62
-MAX_COPIES = 100_000
-MAX_SLO_NS = 3_600_000_000_000
 PROBE_INTERVAL_NS = 500_000_000
 # LoadModelFromDisk runs inside the worker's loop (a real GPU worker also warms every batch size
 # then), so it sends no heartbeat meanwhile: that silence is tolerated up to this long. A worker
@@ -59,17 +60,6 @@ DRAIN_BATCH = 256
 def new_epoch() -> int:
     """A random non-zero 63-bit controller epoch (see transport.schema)."""
     return secrets.randbits(63) or 1
-
-
-def set_timer_slack_ns(ns: int = 1) -> bool:
-    """Linux rounds timed waits up by the timer slack (50 us by default): set it to 1 ns so a
-    planned wake-up happens when planned. Best effort; returns whether it worked."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(29, ns, 0, 0, 0) == 0   # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        return False
 
 
 class WorkersUnreachable(RuntimeError):
@@ -166,11 +156,7 @@ class Controller:
         self.request_ids = itertools.count(1)
         self.arrivals = 0
         self.departures = 0
-        self.default_slo = int(cc["default_slo_ms"] * 1e6)
-        self.buffer = int(cc["buffer_ms"] * 1e6)
-        self.schedule_ahead = int(cc["schedule_ahead_ms"] * 1e6)
-        self.max_batch = int(cc["max_batch_size"])
-        self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
+        self.settings = Settings(config)      # the [controller] times, parsed once for all
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
         self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
         self.started = self.next_startup_report = 0
@@ -241,7 +227,7 @@ class Controller:
 
     def run(self, duration_s: float | None = None) -> None:
         """Serve until SIGINT/SIGTERM, stop(), or duration_s elapses."""
-        set_timer_slack_ns(1)
+        set_timer_slack(1)
         self._running = True
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -414,9 +400,10 @@ class Controller:
                 f"(limit {self.max_input_bytes})", msg.model_id, msg.batch_size), ident=ident)
             return
         now = self.clock()
-        slo = msg.slo_ns or self.default_slo
+        st = self.settings
+        slo = msg.slo_ns or st.default_slo
         req = Request(next(self.request_ids), ident, msg.request_id, msg.model_id, msg.batch_size,
-                      now, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+                      now, slo, data, msg.user_id, msg.slo_factor, st.buffer, st.schedule_ahead)
         if nbytes:
             self.input_bytes += nbytes
             self._held[req.id] = nbytes
@@ -461,7 +448,7 @@ class Controller:
 
     def _send_load(self, w: WorkerLink, path: str, model_id: int, copies: int, on_done) -> None:
         action = s.LoadModelFromDisk(next(self.action_ids), 0, FAR_FUTURE, model_id, path, copies,
-                                     self.max_batch, self.max_exec_ns)
+                                     self.settings.max_batch_size, self.settings.max_exec)
         self.out(f"Worker <-- A{action.action_id}:LoadModelFromDisk model={model_id} copies={copies} {path}")
         self.send_action(w.id, action, on_done=on_done)
 

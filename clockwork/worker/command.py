@@ -94,7 +94,8 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     import zmq
 
     from .runtime import WorkerRuntime
-    from .server import WorkerServer, describe_state, set_timer_slack
+    from ..transport.sockets import set_timer_slack
+    from .server import WorkerServer, describe_state
 
     if not mdir.is_dir():
         log(f"Warning: model directory {mdir} {config.why_not_a_directory(mdir)} (LoadModelFromDisk will fail)")

@@ -17,7 +17,6 @@ Reset: docs/reliability.md says what that exposes.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import select
 import time
@@ -29,16 +28,7 @@ from ..transport import schema as s
 from ..transport import sockets
 from .runtime import TAGS, WorkerRuntime
 
-PR_SET_TIMERSLACK = 29
 MAX_BATCH_RECV = 256        # messages handled per loop turn before timers get another look
-
-
-def set_timer_slack(ns: int = 1) -> bool:
-    """Ask Linux for `ns` timer slack (default 50 us) so select() wakes on time. Best effort."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _mb(n: int) -> str:

@@ -2,7 +2,7 @@
 references built from worker states, and per-request output slicing (zero-copy)."""
 from __future__ import annotations
 
-from ...config import DEFAULT_CONFIG, tomllib
+from ...config import defaults
 from ...model.format import pad_table
 from ...transport.schema import EvictWeights, LoadWeights, ModelInfo, WorkerState
 from ..scheduler import GpuRef, Scheduler
@@ -10,19 +10,10 @@ from ..scheduler import GpuRef, Scheduler
 OPEN = 3600 * 1_000_000_000       # open windows: [0, now + 1 hour]
 
 DEFAULT_CLOCK_MHZ = 1980      # nominal SM clock of an H200; estimates are scaled by the GPU clock
-_defaults: dict | None = None
 
 
 class SchedulerConfigError(ValueError):
     """A [controller] setting has a value the scheduler cannot use."""
-
-
-def _default_controller() -> dict:
-    global _defaults
-    if _defaults is None:
-        with open(DEFAULT_CONFIG, "rb") as f:
-            _defaults = tomllib.load(f)["controller"]
-    return _defaults
 
 
 class Settings:
@@ -34,10 +25,10 @@ class Settings:
     def __init__(self, config: dict | None):
         config = config or {}
         section = config.get("controller") if isinstance(config.get("controller"), dict) else config
-        defaults = _default_controller()
+        fallback = defaults()["controller"]
 
         def num(key, kind=float, minimum=0.0):
-            value = section.get(key, defaults[key])
+            value = section.get(key, fallback[key])
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SchedulerConfigError(f"[controller] {key} must be a number, got {value!r}")
             if value < minimum:
