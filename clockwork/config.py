@@ -38,7 +38,6 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "weights_cache_size": POSITIVE_INT,
         "io_pool_size": POSITIVE_INT,
         "workspace_pool_size": POSITIVE_INT,
-        "host_io_pool_size": POSITIVE_INT,
         "heartbeat_interval_ms": POSITIVE,
         "print_interval_s": POSITIVE,
     },

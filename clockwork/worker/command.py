@@ -78,8 +78,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     host = host or str(cfg["bind"])
     mdir = config.model_dir(model_dir)
     pools = dict(page_size=page_size, total_pages=total_pages, io_pool_size=int(cfg["io_pool_size"]),
-                 workspace_pool_size=int(cfg["workspace_pool_size"]),
-                 host_io_pool_size=int(cfg["host_io_pool_size"]))
+                 workspace_pool_size=int(cfg["workspace_pool_size"]))
     log("Starting Clockwork Worker")
     log(f"Loading Clockwork worker config from {config.config_source(config_file)}")
     try:

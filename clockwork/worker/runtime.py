@@ -28,7 +28,7 @@ from ..model.format import ModelFormatError, load_spec, pad_table, resolve_model
 from ..status import Status
 from ..transport import schema as s
 from .executor import NO_LIMIT, Executor, Task
-from .memory import Arena, GpuMemory
+from .memory import GpuMemory
 
 # An action may wait at most this long for its earliest; beyond it the controller's clock
 # conversion is broken (or the action is bogus): ACTION_TOO_EARLY rather than queue forever.
@@ -93,7 +93,7 @@ class Stats:
 
 class WorkerRuntime:
     def __init__(self, backend: Backend, model_dir: Path, send, page_size: int, total_pages: int,
-                 io_pool_size: int, workspace_pool_size: int, host_io_pool_size: int, clock=time.monotonic_ns):
+                 io_pool_size: int, workspace_pool_size: int, clock=time.monotonic_ns):
         """`send(reply_to, msg, data_frames)` delivers a result; `clock` only times the
         (synchronous) LoadModelFromDisk."""
         self.backend = backend
@@ -103,7 +103,6 @@ class WorkerRuntime:
         self.page_size = page_size
         self.gpus = [Gpu(i, GpuMemory(total_pages, io_pool_size, workspace_pool_size))
                      for i in range(len(backend.gpu_names()))]
-        self.host_io = Arena(host_io_pool_size)
         self.worker_ex = Executor("worker")
         self.models: dict[int, ModelInstance] = {}
         self.stats = Stats()
@@ -291,7 +290,6 @@ class WorkerRuntime:
             g.resident.clear()
             g.mem.reset()
         self.worker_ex.clear()
-        self.host_io.reset()
         self._timers.clear()
         self._inflight.clear()
         self.backend.reset()
@@ -431,14 +429,14 @@ class _LoadWeightsJob:
 
 class _InferJob:
     """One Infer through its three stages: copy_input -> exec -> copy_output."""
-    __slots__ = ("rt", "a", "m", "gpu", "inputs", "reply_to", "received", "version", "io", "host_io",
+    __slots__ = ("rt", "a", "m", "gpu", "inputs", "reply_to", "received", "version", "io",
                  "ws", "padded", "t_in", "op_exec", "clock_before")
 
     def __init__(self, rt, a, m, gpu, inputs, reply_to, received):
         self.rt, self.a, self.m, self.gpu, self.inputs = rt, a, m, gpu, inputs
         self.reply_to, self.received = reply_to, received
         self.version = 0
-        self.io = self.host_io = self.ws = None
+        self.io = self.ws = None
         self.padded = m.kind.padded[a.batch_size]
         self.t_in = None
         self.op_exec = None
@@ -449,9 +447,6 @@ class _InferJob:
         if self.io is not None:
             gpu.mem.io.release(self.io)
             self.io = None
-        if self.host_io is not None:
-            self.rt.host_io.release(self.host_io)
-            self.host_io = None
         if self.ws is not None:
             gpu.mem.workspace.release(self.ws)
             self.ws = None
@@ -480,11 +475,6 @@ class _InferJob:
         if self.io is None:
             self.fail(Status.IO_POOL_EXHAUSTED, f"copy_input: gpu {gpu.id} io pool exhausted "
                       f"({gpu.mem.io.used} of {gpu.mem.io.size} bytes in use)", now)
-            return None
-        self.host_io = rt.host_io.alloc(self.a.batch_size * per_item)
-        if self.host_io is None:
-            self.fail(Status.IO_POOL_EXHAUSTED, f"copy_input: host io pool exhausted "
-                      f"({rt.host_io.used} of {rt.host_io.size} bytes in use)", now)
             return None
         op = rt.backend.copy_input(gpu.id, kind.host, self.a.batch_size, self.inputs, self.io, now)
         return rt._started(gpu.inputs, op, self.input_done)
@@ -537,8 +527,7 @@ class _InferJob:
         if op.error:
             return self.fail(Status.RUNTIME_ERROR, f"copy_output: {op.error}", now)
         gpu.mem.io.release(self.io)
-        rt.host_io.release(self.host_io)
-        self.io = self.host_io = None
+        self.io = None
         rt._done()
         rt.stats.infers += 1
         t_in, ex = self.t_in, self.op_exec

@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--toml", default=None, help="write clockwork/conf/profiles entries to this file")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20, 16 << 20)
+    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20)
     dev = backend.gpu_names()[0]
     report = {"device": dev, "runs": a.runs, "models": {}}
     toml = []

@@ -57,7 +57,7 @@ def main():
     a = ap.parse_args()
     from clockwork.model.cuda import CudaBackend
     from clockwork.model.format import load_spec
-    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20, 16 << 20)
+    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20)
     hm = backend.load_host_model(load_spec(Path(a.zoo) / "resnet50"))
     prof = backend.profile(hm, 0, a.runs, [1, 16])
     ours = {b: (pct(prof[b], 50), pct(prof[b], 99)) for b in (1, 16)}
