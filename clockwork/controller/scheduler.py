@@ -1,4 +1,4 @@
-"""The contract between the controller's I/O edge and a scheduling policy.
+"""The contract between the controller's I/O edge and a scheduling policy (docs/design.md).
 
 A Scheduler is pure logic: it never touches sockets, threads or sleeps. Time comes from an
 injected `clock()` (integer ns, controller clock), effects go out through an injected Outbox.

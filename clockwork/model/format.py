@@ -1,4 +1,4 @@
-"""The model directory format, one design for every backend.
+"""The model directory format, one design for every backend (docs/design.md, "Model format").
 
     <model>/model.json         metadata (below)
     <model>/measurements.json  profiled timings on one device (needed by the emulated worker)

@@ -1,4 +1,5 @@
-"""WorkerRuntime: the worker's actions on top of one device backend, as pure timed logic.
+"""WorkerRuntime: the worker's actions on top of one device backend, as pure timed logic
+(docs/design.md, "Actions and windows").
 
 Per GPU four executors (serial streams): exec, weights-in, inputs-in, outputs-out; plus one
 worker-wide executor for LoadModelFromDisk and ClearCache. The runtime validates each action,
