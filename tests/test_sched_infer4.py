@@ -349,25 +349,23 @@ def test_worker_error_is_forwarded_to_the_requests():
     assert [out.responses[r.id][0] for r in reqs] == [Status.ACTION_TOO_LATE] * 2
 
 
-def test_a_send_that_fails_at_once_answers_its_requests_once():
-    # An edge whose send fails at once may report the failure (WORKER_LOST) from inside
-    # send_action. The scheduler must not re-queue and re-send those requests from there: that
-    # loops (the same batch sent again and again) instead of answering them.
+def test_a_send_that_failed_is_retried_while_deadlines_allow():
+    # The edge reports a send that failed (its queue to the worker full) as WORKER_LOST after
+    # the tick, never from inside send_action (scheduler contract). The requests go back to
+    # the queue and the next tick sends them again; each is answered once.
     sched, clock, out = setup()
-    sends = []
-
-    def failing_send(worker_id, action, data=(), expected_end=0):
-        sends.append(action)
-        assert len(sends) < 50, "the same requests are sent again and again"
-        sched.on_result(worker_id, action, ErrorResult(action.action_id, 23, Status.WORKER_LOST,
-                                                       "send queue full"), [])
-    out.send_action = failing_send
     reqs = [request(clock) for _ in range(3)]
     for r in reqs:
         sched.on_request(r)
     sched.tick()
-    assert len(sends) == 1
-    assert [out.responses[r.id][0] for r in reqs] == [Status.WORKER_LOST] * 3
+    (failed,) = out.infers()
+    sched.on_result(0, failed, ErrorResult(failed.action_id, 23, Status.WORKER_LOST, "send queue full"), [])
+    assert not out.responses
+    sched.tick()
+    retry = out.infers()[-1]
+    assert retry.action_id != failed.action_id and retry.batch_size == 3
+    sched.on_result(0, retry, infer_result(retry, clock.now, 1 * MS), [bytes(24)])
+    assert [out.responses[r.id][0] for r in reqs] == [Status.SUCCESS] * 3
 
 
 def test_worker_lost_requeues_in_flight_requests_elsewhere():

@@ -10,7 +10,8 @@ Event order the edge guarantees:
     start(models, workers)          once startup has loaded every model on every worker
     add_models(models)              models loaded later, while running
     on_request(req)                 per client Infer (already validated: known model, sizes ok)
-    on_result(worker_id, action, result, data)   per completed action (result may be ErrorResult)
+    on_result(worker_id, action, result, data)   per completed action (result may be ErrorResult;
+                                                 its times in controller time)
     on_worker_lost(worker_id)       after ErrorResults(WORKER_LOST) for its in-flight actions
     on_worker_joined(worker_id, state)
     tick() -> next wake-up time (ns) or None
@@ -55,8 +56,9 @@ class Outbox(Protocol):
     action_ids: itertools.count   # shared source of action ids
 
     def send_action(self, worker_id: int, action: Message, data: list = (), expected_end: int = 0) -> None:
-        """Send `action` (windows in controller time) to a worker. The edge converts the
-        window to the worker's clock in place, so do not read it back after sending.
+        """Send `action` (windows in controller time) to a worker; `action` itself is not
+        changed (the edge sends a copy in the worker's clock). Never calls the scheduler back:
+        a send that fails arrives as an ErrorResult(WORKER_LOST) after the current tick.
         `expected_end` (controller time) is only logged."""
 
     def respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0) -> None:

@@ -178,6 +178,7 @@ class Controller:
             except ImportError:
                 self.telemetry = None
         self._running = False
+        self._failed_sends: list[tuple[int, str]] = []     # (action id, why), delivered after the tick
         # Worker sockets come first: wait() lists ready sockets in this order, and a result
         # frees a GPU and answers requests, which must not queue behind a burst of new ones.
         self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
@@ -187,18 +188,33 @@ class Controller:
     # ------------------------------------------------------------------ Outbox for the scheduler
 
     def send_action(self, worker_id: int, action, data=(), expected_end: int = 0, on_done=None) -> None:
+        """The Outbox's send: `action` stays in controller time (the scheduler's copy); the copy
+        on the wire has its window in the worker's clock. A send that fails is not reported
+        from in here (the scheduler would be called back while it is sending): it becomes a
+        WORKER_LOST result delivered after the current tick."""
         w = self.workers[worker_id]
         now = self.clock()
         aid = action.action_id
         self.pending[aid] = Pending(w, action, now, expected_end, on_done)
         w.pending.add(aid)
-        if hasattr(action, "earliest"):
-            action.earliest = w.sync.to_worker(action.earliest)
-            action.latest = w.sync.to_worker(action.latest)
         try:
-            send(w.sock, action, data, flags=NOBLOCK)
+            send(w.sock, w.sync.action_to_worker(action), data, flags=NOBLOCK)
         except zmq.Again:
-            self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} send queue full")
+            self._failed_sends.append((aid, f"worker {w.address} send queue full"))
+
+    def _deliver_failed_sends(self) -> None:
+        failed, self._failed_sends = self._failed_sends, []
+        for aid, why in failed:
+            self._fail_action(aid, Status.WORKER_LOST, why)
+
+    def _tick(self) -> int:
+        """Run the scheduler's tick, then deliver the sends that failed during it; returns when
+        to tick next (at once if failures were delivered: the scheduler must see them)."""
+        nt = self.scheduler.tick()
+        if self._failed_sends:
+            self._deliver_failed_sends()
+            return self.clock()
+        return nt if nt is not None else self.clock() + HOUSEKEEPING_NS
 
     def _reply(self, msg, data=(), *, ident: bytes) -> None:
         """Send a client an answer stamped with this controller's epoch."""
@@ -263,8 +279,7 @@ class Controller:
                         self.out(line)
                     next_print = now + int(self.print_interval * 1e9)
                 if self.phase == "running" and now >= next_tick:
-                    nt = self.scheduler.tick()
-                    next_tick = nt if nt is not None else now + HOUSEKEEPING_NS
+                    next_tick = self._tick()
                 wake = min(next_housekeeping, next_print)
                 if self.phase == "running":
                     wake = min(wake, next_tick)
@@ -279,8 +294,9 @@ class Controller:
                     else:
                         self._link_events(self._monitor_worker[sock])
                 if ready and self.phase == "running":
-                    nt = self.scheduler.tick()
-                    next_tick = nt if nt is not None else self.clock() + HOUSEKEEPING_NS
+                    next_tick = self._tick()
+                elif self._failed_sends:     # (edge actions: probes, model loads)
+                    self._deliver_failed_sends()
         finally:
             self.close()
 
@@ -521,34 +537,32 @@ class Controller:
             except ProtocolError as e:
                 self.out(f"Worker {w.address}: {e}")
                 continue
-            now = self.clock()
-            w.last_heard = now
-            if type(msg) is s.ErrorResult and msg.status == Status.NOT_CONTROLLER:
-                self._taken_over(w, now, msg.message)
-                continue
-            if type(msg) is s.Heartbeat:
-                w.readings = msg.readings
-                if not w.alive and not w.pending:
-                    self._probe(w, now)
-                continue
-            p = self.pending.get(msg.action_id)
-            if p is None or p.worker is not w:
-                w.late += 1   # late result of an action already failed (worker was lost): discard
-                continue
-            del self.pending[msg.action_id]
-            w.pending.discard(msg.action_id)
-            w.sync.add(p.sent, msg.received, msg.sent, now)
-            self._deliver(p, msg, data, now)
+            self._on_worker_message(w, msg, data, self.clock())
+
+    def _on_worker_message(self, w: WorkerLink, msg, data, now: int) -> None:
+        w.last_heard = now
+        if type(msg) is s.ErrorResult and msg.status == Status.NOT_CONTROLLER:
+            self._taken_over(w, now, msg.message)
+            return
+        if type(msg) is s.Heartbeat:
+            w.readings = msg.readings
+            if not w.alive and not w.pending:
+                self._probe(w, now)
+            return
+        p = self.pending.get(msg.action_id)
+        if p is None or p.worker is not w:
+            w.late += 1   # late result of an action already failed (worker was lost): discard
+            return
+        del self.pending[msg.action_id]
+        w.pending.discard(msg.action_id)
+        # a round trip for the clock estimate; from here on every time is controller time
+        self._deliver(p, w.sync.receive(msg, p.sent, now), data, now)
 
     def _deliver(self, p: Pending, msg, data, now: int) -> None:
         w = p.worker
         action = p.action
         t = type(msg)
         if t is s.InferResult:
-            off = w.sync.offset
-            msg.exec_begin -= off
-            msg.exec_end -= off
-            msg.copy_output_end -= off
             self.stats.action_done(w.id, action.gpu_id, True, msg.exec_duration, now - p.sent, msg.gpu_clock)
             self.action_log.add((now, action.action_id, "Infer", 0, w.id, action.gpu_id, action.model_id,
                                  action.batch_size, action.expected_ns, msg.exec_duration, p.expected_end,
@@ -558,7 +572,7 @@ class Controller:
             self.stats.action_done(w.id, action.gpu_id, False, msg.duration, now - p.sent)
             self.action_log.add((now, action.action_id, "LoadWeights", 0, w.id, action.gpu_id,
                                  action.model_id, 0, action.expected_ns, msg.duration, p.expected_end,
-                                 msg.end - w.sync.offset, 0, 0, 0, msg.received, msg.sent, p.sent,
+                                 msg.end, 0, 0, 0, msg.received, msg.sent, p.sent,
                                  now - p.sent, 0, 0))
         elif t is s.ErrorResult:
             self.action_log.add((now, action.action_id, type(action).__name__, msg.status, w.id,

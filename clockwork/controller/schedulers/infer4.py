@@ -142,7 +142,6 @@ class Infer4Scheduler(Scheduler):
         self._counts = [0] * 64                        # responses by status code
         self._queued = 0
         self._overloaded = 0
-        self._sending = False                          # inside send_action of an Infer
         self._max_clock = DEFAULT_CLOCK_MHZ             # highest GPU clock seen (MHz)
 
     # ------------------------------------------------------------------ setup
@@ -403,12 +402,8 @@ class Infer4Scheduler(Scheduler):
         g.items += items
         g.busy[m.id] = g.busy.get(m.id, 0) + 1
         g.loaded.move_to_end(m.id)
-        self._sending = True
-        try:
-            self.out.send_action(g.worker_id, Infer(aid, earliest, latest, m.id, g.gpu_id, items, e),
-                                 data, t + e)
-        finally:
-            self._sending = False
+        self.out.send_action(g.worker_id, Infer(aid, earliest, latest, m.id, g.gpu_id, items, e),
+                             data, t + e)
 
     # ------------------------------------------------------------------ loads
 
@@ -545,8 +540,8 @@ class Infer4Scheduler(Scheduler):
         self._rearm(g)
         status = getattr(result, "status", Status.ERROR)
         message = getattr(result, "message", "")
-        if status == Status.WORKER_LOST and not self._sending:
-            self._requeue(reqs, now, message)   # (a send that failed at once is not retried)
+        if status == Status.WORKER_LOST:
+            self._requeue(reqs, now, message)
         else:
             for r in reqs:
                 self._respond(r, status, message)
