@@ -34,6 +34,16 @@ class Clock:
 def edge(monkeypatch):
     """(controller, clock, wire): a running-phase controller with one worker (1 GPU, model 0
     loaded) whose handshake taught it the 7 s offset; `wire` lists (message, data) as sent."""
+    yield from _edge(monkeypatch, None)
+
+
+@pytest.fixture
+def logged_edge(monkeypatch, tmp_path):
+    """The same, writing its request and action logs into tmp_path."""
+    yield from _edge(monkeypatch, tmp_path)
+
+
+def _edge(monkeypatch, log_dir):
     clock = Clock()
     monkeypatch.setattr(server_mod.time, "monotonic_ns", clock)
     wire = []
@@ -44,8 +54,10 @@ def edge(monkeypatch):
         if ident is not None:
             real_send(sock, msg, data, ident=ident, flags=flags)
     monkeypatch.setattr(server_mod, "send", capture)
-    c = server_mod.Controller(load_config(), [f"127.0.0.1:{free_port()}"], scheduler="infer4",
-                              client_port=free_port(), out=lambda *a: None)
+    config = load_config()
+    config["controller"].update(telemetry_port=0, metrics_port=0)     # no PUB socket, no port taken
+    c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
+                              client_port=free_port(), out=lambda *a: None, log_dir=log_dir)
     try:
         w = c.workers[0]
         c._probe(w, clock.now)                      # Reset, GetWorkerState
@@ -61,6 +73,7 @@ def edge(monkeypatch):
             c._on_worker_message(w, res, [], clock.now + 2 * LATENCY)
         assert w.alive and w.sync.offset == OFFSET
         c.models.update(models)
+        c._pad[0] = [0, 1, 2]
         c._start_scheduling()
         wire.clear()
         yield c, clock, wire
@@ -145,3 +158,54 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
     assert sent.batch_size == 2
     _answer(c, clock, sent)
     assert sorted(answered) == [(1, Status.SUCCESS), (2, Status.SUCCESS)]
+
+
+def _rows(path):
+    lines = path.read_text().splitlines()
+    header = lines[0].split("\t")
+    return [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+
+
+def test_logs_have_the_originals_meaning(logged_edge, tmp_path):
+    """Request log: deadline = the SLO relative to arrival, deadline_met only for a success
+    within it, per-model counts. Action log: real values in every column the original had."""
+    c, clock, wire = logged_edge
+    c.respond = server_mod.Controller.respond.__get__(c)
+    for rid in (1, 2):                                 # two arrivals of model 0 (ids 1, 2)
+        c._on_infer(b"client", s.InferRequest(rid, 0, 1), [])
+    late = Request(3, None, 3, 0, 1, clock.now - 150 * MS, 100 * MS, [])    # arrived 150 ms ago
+    failed = _request(c, clock, 4)
+    c.respond(late, Status.SUCCESS)                    # a success after its 100 ms SLO: not met
+    c.respond(failed, Status.COULD_NOT_START_IN_TIME)  # not a success: not met either
+    c._tick()
+    (sent, _), = [x for x in wire if type(x[0]) is s.Infer]
+    assert sent.batch_size == 2
+    ran = _answer(c, clock, sent)
+    c.request_log.flush()
+    c.action_log.flush()
+    rows = {int(r["request_id"]): r for r in _rows(c.request_log.path)}
+    slo = str(100 * MS)
+    assert {k: (r["result"], r["deadline"], r["deadline_met"]) for k, r in rows.items()} == {
+        3: ("0", slo, "0"), 4: (str(int(Status.COULD_NOT_START_IN_TIME)), slo, "0"),
+        1: ("0", slo, "1"), 2: ("0", slo, "1")}
+    assert [(r["arrival_count"], r["departure_count"]) for r in rows.values()] == [
+        ("2", "1"), ("2", "2"), ("2", "3"), ("2", "4")]
+    (act,) = [r for r in _rows(c.action_log.path) if r["action_type"] == "Infer"]
+    p_sent = int(act["t"]) - int(act["controller_action_duration"])
+    assert int(act["worker_exec_complete"]) == ran.exec_end - OFFSET - p_sent
+    assert int(act["worker_action_received"]) == ran.received - OFFSET - p_sent
+    assert int(act["worker_copy_output_complete"]) == ran.copy_output_end - OFFSET - p_sent
+    assert act["expected_gpu_clock"] == act["worker_gpu_clock_before"] == act["worker_gpu_clock"] == "1980"
+    assert int(act["goodput"]) == int(act["worker_exec_duration"]) == 2 * MS
+    assert (act["copies_loaded"], act["requests_queued"]) == ("1", "0")
+
+
+def test_evictions_have_a_row():
+    from clockwork.controller.logs import ACTION_COLUMNS
+    p = server_mod.Pending(type("W", (), {"id": 3})(), s.EvictWeights(9, 0, 1 << 62, 5, 1), 1000, 0,
+                           None, (1980, 7, 2))
+    row = dict(zip(ACTION_COLUMNS, server_mod.action_row(p, s.EvictWeightsResult(9, 1100, 1400, 1200, 1300), 1500)))
+    assert (row["action_type"], row["worker_id"], row["gpu_id"], row["model_id"]) == ("EvictWeights", 3, 1, 5)
+    assert (row["worker_action_received"], row["worker_result_sent"], row["controller_action_duration"]) == (
+        100, 400, 500)
+    assert (row["requests_queued"], row["copies_loaded"]) == (7, 2)

@@ -1,4 +1,16 @@
-"""Request and action logs: TSV files with the original's columns.
+"""Request and action logs: TSV files with the original Clockwork's columns, so its analysis
+scripts read them.
+
+Request log: `deadline` is the SLO relative to arrival; `deadline_met` is 1 only for a success
+answered within it; `arrival_count` / `departure_count` count that request's model's arrivals
+and answers so far. `batch_size` and `gpu` (global index, -1: none) are ours.
+Action log: one row per completed LoadWeights, Infer and EvictWeights, and per failed action.
+`t` is when the controller received the result; every *_complete, *_received and *_sent column
+is relative to when the controller sent the action (0: none), all in the controller's clock
+(worker timestamps are converted at the clock boundary, transport/clocksync.py), as the
+original logged them. `goodput` = worker_exec_duration x batch_size / the compiled batch run
+(the exec time spent on real items; padding is not goodput). `requests_queued` and
+`copies_loaded` (GPUs holding the model) are the scheduler's when the action was sent.
 
 Rows are kept as tuples on the hot path and formatted in bulk when flushed (from the event loop's
 housekeeping, every 50 ms, so `tail -F` and `cw plot` see a running controller's rows at once),
@@ -19,9 +31,9 @@ REQUEST_COLUMNS = ("t", "request_id", "result", "user_id", "model_id", "slo_fact
 ACTION_COLUMNS = ("t", "action_id", "action_type", "status", "worker_id", "gpu_id", "model_id",
                   "batch_size", "expected_exec_duration", "worker_exec_duration",
                   "expected_exec_complete", "worker_exec_complete", "expected_gpu_clock",
-                  "worker_gpu_clock", "copy_output_complete", "worker_action_received",
-                  "worker_result_sent", "controller_action_sent", "action_duration",
-                  "requests_queued", "copies_loaded")
+                  "worker_gpu_clock_before", "worker_gpu_clock", "worker_copy_output_complete",
+                  "worker_action_received", "worker_result_sent", "controller_action_duration",
+                  "goodput", "requests_queued", "copies_loaded")
 
 
 class TsvLog:
@@ -37,6 +49,11 @@ class TsvLog:
             self._file, self.kept = open_new(path, buffering=1 << 20)
             self._file.write("\t".join(columns) + "\n")
             self._file.flush()
+
+    @property
+    def on(self) -> bool:
+        """Whether rows are written: build a row only then (hot path)."""
+        return self._file is not None
 
     def add(self, row: tuple) -> None:
         if self._file is not None:

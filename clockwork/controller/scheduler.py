@@ -113,5 +113,12 @@ class Scheduler:
         return None
 
     def stats(self) -> dict:
-        """Numbers for periodic stats lines and telemetry (queue lengths and such)."""
+        """Numbers for periodic stats lines and telemetry (queue lengths and such). Must not
+        change any state: several readers may ask at any time."""
         return {}
+
+    def log_context(self, worker_id: int, gpu_id: int, model_id: int) -> tuple[int, int, int]:
+        """For the action log, as an action is sent: (the GPU clock in MHz its estimate was
+        planned with, 0 if none; requests queued; GPUs holding model_id). Asked only while
+        the action log is on."""
+        return 0, 0, 0

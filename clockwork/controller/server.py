@@ -34,6 +34,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..limits import MAX_COPIES, MAX_SLO_NS
+from ..model.format import pad_table
 from ..status import Status
 from ..transport import schema as s
 from ..transport import security as security_mod
@@ -89,14 +90,15 @@ class WorkerLink:
 
 class Pending:
     """An action sent and not yet answered."""
-    __slots__ = ("worker", "action", "sent", "expected_end", "on_done")
+    __slots__ = ("worker", "action", "sent", "expected_end", "on_done", "context")
 
-    def __init__(self, worker, action, sent, expected_end, on_done):
+    def __init__(self, worker, action, sent, expected_end, on_done, context):
         self.worker = worker
         self.action = action
         self.sent = sent
         self.expected_end = expected_end
         self.on_done = on_done      # None: the scheduler's; else an edge callback
+        self.context = context      # Scheduler.log_context() when sent, if the action log is on
 
 
 class LoadJob:
@@ -156,6 +158,8 @@ class Controller:
         self.request_ids = itertools.count(1)
         self.arrivals = 0
         self.departures = 0
+        self._pad: dict[int, list[int]] = {}     # model id -> model.format.pad_table, for goodput
+        self._model_counts: dict[int, list[int]] = {}   # model id -> [arrivals, answers], for the request log
         self.settings = Settings(config)      # the [controller] times, parsed once for all
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
         self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
@@ -195,7 +199,10 @@ class Controller:
         w = self.workers[worker_id]
         now = self.clock()
         aid = action.action_id
-        self.pending[aid] = Pending(w, action, now, expected_end, on_done)
+        context = None
+        if on_done is None and self.action_log.on:
+            context = self.scheduler.log_context(worker_id, action.gpu_id, action.model_id)
+        self.pending[aid] = Pending(w, action, now, expected_end, on_done, context)
         w.pending.add(aid)
         try:
             send(w.sock, w.sync.action_to_worker(action), data, flags=NOBLOCK)
@@ -233,9 +240,12 @@ class Controller:
             send(self.client_sock, msg, (output,) if output is not None and status == 0 else (),
                  ident=req.client)
         self.stats.request_done(status, latency)
-        self.request_log.add((now, req.id, status, req.user_id, req.model_id, req.slo_factor,
-                              latency, req.deadline, int(now <= req.deadline), self.arrivals,
-                              self.departures, int(req.is_coldstart), req.batch_size, req.gpu))
+        if self.request_log.on:
+            counts = self._model_counts.setdefault(req.model_id, [0, 0])
+            counts[1] += 1
+            self.request_log.add((now, req.id, status, req.user_id, req.model_id, req.slo_factor,
+                                  latency, req.slo, int(status == Status.SUCCESS and latency <= req.slo),
+                                  counts[0], counts[1], int(req.is_coldstart), req.batch_size, req.gpu))
         if self.telemetry is not None:
             self.telemetry.request_done(req, status, latency, now, exec_ns)
 
@@ -377,6 +387,8 @@ class Controller:
 
     def _on_infer(self, ident: bytes, msg: s.InferRequest, data) -> None:
         self.arrivals += 1
+        if self.request_log.on:
+            self._model_counts.setdefault(msg.model_id, [0, 0])[0] += 1
         if msg.epoch != self.epoch and msg.epoch:
             self._reply(s.InferResponse(
                 msg.request_id, Status.STALE_EPOCH, f"model id {msg.model_id} belongs to another controller "
@@ -494,6 +506,9 @@ class Controller:
             return
         new = {m.model_id: m for m in job.models}
         self.models.update(new)
+        pad = pad_table(job.models[0].batch_sizes)
+        for mid in new:
+            self._pad[mid] = pad
         gc.freeze()     # long-lived model state: keep it out of gen-2 passes (~0.3 us/object each)
         if self.telemetry is not None:   # telemetry: event
             self.telemetry.event("model_registered", f"models {job.model_id}..{job.model_id + job.copies - 1} "
@@ -564,22 +579,11 @@ class Controller:
         t = type(msg)
         if t is s.InferResult:
             self.stats.action_done(w.id, action.gpu_id, True, msg.exec_duration, now - p.sent, msg.gpu_clock)
-            self.action_log.add((now, action.action_id, "Infer", 0, w.id, action.gpu_id, action.model_id,
-                                 action.batch_size, action.expected_ns, msg.exec_duration, p.expected_end,
-                                 msg.exec_end, 0, msg.gpu_clock, msg.copy_output_end, msg.received,
-                                 msg.sent, p.sent, now - p.sent, 0, 0))
         elif t is s.LoadWeightsResult:
             self.stats.action_done(w.id, action.gpu_id, False, msg.duration, now - p.sent)
-            self.action_log.add((now, action.action_id, "LoadWeights", 0, w.id, action.gpu_id,
-                                 action.model_id, 0, action.expected_ns, msg.duration, p.expected_end,
-                                 msg.end, 0, 0, 0, msg.received, msg.sent, p.sent,
-                                 now - p.sent, 0, 0))
-        elif t is s.ErrorResult:
-            self.action_log.add((now, action.action_id, type(action).__name__, msg.status, w.id,
-                                 getattr(action, "gpu_id", -1), getattr(action, "model_id", -1),
-                                 getattr(action, "batch_size", 0), getattr(action, "expected_ns", 0), 0,
-                                 p.expected_end, 0, 0, 0, 0, msg.received, msg.sent, p.sent,
-                                 now - p.sent, 0, 0))
+        if self.action_log.on and (p.context is not None or t is s.ErrorResult):
+            pad = self._pad.get(getattr(action, "model_id", -1)) if t is s.InferResult else None
+            self.action_log.add(action_row(p, msg, now, pad[action.batch_size] if pad else 0))
         if self.telemetry is not None:   # telemetry: per action counters
             self.telemetry.action_done(w, action, msg, now)
         if p.on_done is not None:
@@ -709,6 +713,34 @@ class Controller:
             w.joined = False
             self.scheduler.on_worker_lost(w.id)
         w.last_probe = now
+
+
+def action_row(p: Pending, msg, now: int, padded: int = 0) -> tuple:
+    """The action log's row (logs.ACTION_COLUMNS) for the result `msg` (controller time) of `p`;
+    `padded`: the compiled batch size an Infer ran."""
+    a, sent = p.action, p.sent
+
+    def rel(t):                 # relative to when the action was sent; 0: none
+        return t - sent if t else 0
+    clock, queued, copies = p.context or (0, 0, 0)
+    head = (now, a.action_id, type(a).__name__)
+    where = (p.worker.id, getattr(a, "gpu_id", -1), getattr(a, "model_id", -1))
+    expected = getattr(a, "expected_ns", 0)
+    t = type(msg)
+    if t is s.InferResult:
+        goodput = msg.exec_duration * a.batch_size // padded if padded else msg.exec_duration
+        return (*head, 0, *where, a.batch_size, expected, msg.exec_duration, rel(p.expected_end),
+                rel(msg.exec_end), clock, msg.gpu_clock_before, msg.gpu_clock, rel(msg.copy_output_end),
+                rel(msg.received), rel(msg.sent), now - sent, goodput, queued, copies)
+    if t is s.LoadWeightsResult:
+        return (*head, 0, *where, 1, expected, msg.duration, rel(p.expected_end), rel(msg.end), 0, 0, 0,
+                0, rel(msg.received), rel(msg.sent), now - sent, msg.duration, queued, copies)
+    if t is s.EvictWeightsResult:
+        return (*head, 0, *where, 1, 0, msg.end - msg.begin, 0, rel(msg.end), 0, 0, 0, 0,
+                rel(msg.received), rel(msg.sent), now - sent, 0, queued, copies)
+    status = getattr(msg, "status", 0)      # an ErrorResult (or a result the log has no row for)
+    return (*head, status, *where, getattr(a, "batch_size", 0), expected, 0, rel(p.expected_end), 0,
+            clock, 0, 0, 0, rel(msg.received), rel(msg.sent), now - sent, 0, queued, copies)
 
 
 def serve(config: dict, workers: list[str], **kw) -> None:

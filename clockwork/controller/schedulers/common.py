@@ -114,6 +114,12 @@ class OpenWindowLoads(Scheduler):
     order), `free_pages`, `loading` and `ref`, and an `_inflight` dict of action id ->
     (kind, gpu, model id, requests)."""
 
+    def queued_requests(self) -> int:
+        return 0
+
+    def log_context(self, worker_id: int, gpu_id: int, model_id: int) -> tuple[int, int, int]:
+        return 0, self.queued_requests(), sum(1 for g in self._gpus if model_id in g.loaded)
+
     def _lru_victims(self, g, pages: int, in_use) -> list[int] | None:
         """Models on `g` to evict, least recently used first, so that `pages` pages are free;
         models for which in_use(id) is true stay. None if even that is not enough."""

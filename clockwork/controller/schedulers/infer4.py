@@ -132,6 +132,7 @@ class Infer4Scheduler(Scheduler):
         self.s = Settings(config)
         self._models: dict[int, _Model] = {}
         self._gpus: dict[int, _Gpu] = {}
+        self._by_ref: dict[tuple[int, int], _Gpu] = {}   # (worker id, gpu id) -> GPU
         self._next_index = 0
         self._timeouts: list[tuple[int, int]] = []     # (front exec deadline, model id)
         self._gpu_timers: list[tuple[int, int]] = []   # (time, gpu index)
@@ -170,6 +171,7 @@ class Infer4Scheduler(Scheduler):
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
             g = _Gpu(ref, free_pages(gs, self._models), now)
             self._gpus[ref.index] = g
+            self._by_ref[(worker_id, ref.gpu_id)] = g
             self._next_index = ref.index + 1
             for mid in gs.loaded_models:
                 m = self._models.get(mid)
@@ -613,6 +615,7 @@ class Infer4Scheduler(Scheduler):
         for g in lost:
             g.alive = False
             del self._gpus[g.index]
+            self._by_ref.pop((g.worker_id, g.gpu_id), None)
             for mid in g.loaded:
                 m = self._models.get(mid)
                 if m is not None and g in m.gpus:
@@ -636,6 +639,11 @@ class Infer4Scheduler(Scheduler):
         self._add_worker(worker_id, state)
 
     # ------------------------------------------------------------------ stats
+
+    def log_context(self, worker_id: int, gpu_id: int, model_id: int) -> tuple[int, int, int]:
+        g = self._by_ref.get((worker_id, gpu_id))
+        m = self._models.get(model_id)
+        return g.clock if g is not None else 0, self._queued, len(m.gpus) if m is not None else 0
 
     def estimate(self, model_id: int, batch_size: int, gpu_index: int | None = None) -> int:
         """Current exec estimate (ns) of `batch_size` items of a model, at a GPU's clock."""
