@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from clockwork.config import load_config
+from clockwork.controller import admission, logs, worker_links
 from clockwork.controller import server as server_mod
 from clockwork.controller.scheduler import Request
 from clockwork.controller.simulator import MS, model_info
@@ -47,13 +48,14 @@ def _edge(monkeypatch, log_dir):
     clock = Clock()
     monkeypatch.setattr(server_mod.time, "monotonic_ns", clock)
     wire = []
-    real_send = server_mod.send
+    real_send = worker_links.send
 
     def capture(sock, msg, data=(), ident=None, flags=0):
         wire.append((msg, list(data)))
         if ident is not None:
             real_send(sock, msg, data, ident=ident, flags=flags)
-    monkeypatch.setattr(server_mod, "send", capture)
+    monkeypatch.setattr(worker_links, "send", capture)       # actions to workers
+    monkeypatch.setattr(admission, "send", capture)          # answers to clients
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0)     # no PUB socket, no port taken
     c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
@@ -126,7 +128,7 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
     c, clock, wire = edge
     sending = []
     fail_next = [True]
-    capture = server_mod.send
+    capture = worker_links.send
 
     def send(sock, msg, data=(), ident=None, flags=0):
         sending.append(True)
@@ -137,7 +139,7 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
             capture(sock, msg, data, ident, flags)
         finally:
             sending.pop()
-    monkeypatch.setattr(server_mod, "send", send)
+    monkeypatch.setattr(worker_links, "send", send)
     results = []
     on_result = c.scheduler.on_result
 
@@ -202,9 +204,9 @@ def test_logs_have_the_originals_meaning(logged_edge, tmp_path):
 
 def test_evictions_have_a_row():
     from clockwork.controller.logs import ACTION_COLUMNS
-    p = server_mod.Pending(type("W", (), {"id": 3})(), s.EvictWeights(9, 0, 1 << 62, 5, 1), 1000, 0,
+    p = worker_links.Pending(type("W", (), {"id": 3})(), s.EvictWeights(9, 0, 1 << 62, 5, 1), 1000, 0,
                            None, (1980, 7, 2))
-    row = dict(zip(ACTION_COLUMNS, server_mod.action_row(p, s.EvictWeightsResult(9, 1100, 1400, 1200, 1300), 1500)))
+    row = dict(zip(ACTION_COLUMNS, logs.action_row(p, s.EvictWeightsResult(9, 1100, 1400, 1200, 1300), 1500)))
     assert (row["action_type"], row["worker_id"], row["gpu_id"], row["model_id"]) == ("EvictWeights", 3, 1, 5)
     assert (row["worker_action_received"], row["worker_result_sent"], row["controller_action_duration"]) == (
         100, 400, 500)

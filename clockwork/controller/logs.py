@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 from ..runfiles import open_new
+from ..transport import schema as s
 
 REQUEST_COLUMNS = ("t", "request_id", "result", "user_id", "model_id", "slo_factor", "latency",
                    "deadline", "deadline_met", "arrival_count", "departure_count", "is_coldstart",
@@ -34,6 +35,34 @@ ACTION_COLUMNS = ("t", "action_id", "action_type", "status", "worker_id", "gpu_i
                   "worker_gpu_clock_before", "worker_gpu_clock", "worker_copy_output_complete",
                   "worker_action_received", "worker_result_sent", "controller_action_duration",
                   "goodput", "requests_queued", "copies_loaded")
+
+
+def action_row(p, msg, now: int, padded: int = 0) -> tuple:
+    """The action log's row (logs.ACTION_COLUMNS) for the result `msg` (controller time) of `p`;
+    `padded`: the compiled batch size an Infer ran."""
+    a, sent = p.action, p.sent
+
+    def rel(t):                 # relative to when the action was sent; 0: none
+        return t - sent if t else 0
+    clock, queued, copies = p.context or (0, 0, 0)
+    head = (now, a.action_id, type(a).__name__)
+    where = (p.worker.id, getattr(a, "gpu_id", -1), getattr(a, "model_id", -1))
+    expected = getattr(a, "expected_ns", 0)
+    t = type(msg)
+    if t is s.InferResult:
+        goodput = msg.exec_duration * a.batch_size // padded if padded else msg.exec_duration
+        return (*head, 0, *where, a.batch_size, expected, msg.exec_duration, rel(p.expected_end),
+                rel(msg.exec_end), clock, msg.gpu_clock_before, msg.gpu_clock, rel(msg.copy_output_end),
+                rel(msg.received), rel(msg.sent), now - sent, goodput, queued, copies)
+    if t is s.LoadWeightsResult:
+        return (*head, 0, *where, 1, expected, msg.duration, rel(p.expected_end), rel(msg.end), 0, 0, 0,
+                0, rel(msg.received), rel(msg.sent), now - sent, msg.duration, queued, copies)
+    if t is s.EvictWeightsResult:
+        return (*head, 0, *where, 1, 0, msg.end - msg.begin, 0, rel(msg.end), 0, 0, 0, 0,
+                rel(msg.received), rel(msg.sent), now - sent, 0, queued, copies)
+    status = getattr(msg, "status", 0)      # an ErrorResult (or a result the log has no row for)
+    return (*head, status, *where, getattr(a, "batch_size", 0), expected, 0, rel(p.expected_end), 0,
+            clock, 0, 0, 0, rel(msg.received), rel(msg.sent), now - sent, 0, queued, copies)
 
 
 class TsvLog:
