@@ -132,7 +132,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
             try:
                 from ..telemetry.publisher import TelemetryPublisher
-                self.telemetry = TelemetryPublisher(self, self.ctx, host, telemetry_port)
+                self.telemetry = TelemetryPublisher(self, self.ctx, host, telemetry_port,
+                                                    security=self.security)
             except ImportError:
                 self.telemetry = None
         self._running = False
@@ -278,6 +279,26 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.next_startup_report = nxt
 
     # ------------------------------------------------------------------ clients
+
+    def telemetry_view(self):
+        """The narrow view telemetry reads (telemetry.publisher.ControllerView), once per snapshot."""
+        from ..telemetry.publisher import ControllerView, WorkerView
+        outstanding: dict[tuple[int, int], int] = {}
+        for p in self.pending.values():
+            key = (p.worker.id, getattr(p.action, "gpu_id", -1))
+            outstanding[key] = outstanding.get(key, 0) + 1
+        workers = []
+        for w in self.workers:
+            health = ("connecting" if w.state is None else
+                      "lost" if not w.alive else
+                      "ok" if w.joined or self.phase != "running" else "starting")
+            workers.append(WorkerView(w.id, w.address, health, w.state, w.readings if w.alive else [],
+                                      len(w.pending), int(w.sync.offset), int(w.sync.rtt)))
+        try:
+            stats = self.scheduler.stats() or {}
+        except Exception:   # a scheduler bug must not take the controller down
+            stats = None
+        return ControllerView(self.phase, self.scheduler_name, self.models, workers, outstanding, stats)
 
     def _start_scheduling(self) -> None:
         live = {w.id: w.state for w in self.workers if w.alive}
