@@ -154,7 +154,7 @@ def run_point(args, scheduler: str, load_factor: float, log_dir: Path) -> dict:
 
         watcher = threading.Thread(target=mark_start, daemon=True)
         watcher.start()
-        wl = [f"--num_workers=1", f"--load_factor={load_factor}", f"--memory_load_factor={args.memory_level}",
+        wl = ["--num_workers=1", f"--load_factor={load_factor}", f"--memory_load_factor={args.memory_level}",
               f"--interval={args.interval}", f"--trace_dir={args.trace_dir}", "--use_all_models=1"]
         res = cluster.run_client("azure", ["--duration", str(args.duration), "--no-inputs",
                                            "--seed", str(args.seed), "--drain", "10", *wl],
