@@ -41,6 +41,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "workspace_pool_size": POSITIVE_INT,
         "heartbeat_interval_ms": POSITIVE,
         "print_interval_s": POSITIVE,
+        "emulated_clock_offset_ns": Spec(int, -(1 << 60), 1 << 60),
     },
     "controller": {
         "client_port": PORT,

@@ -165,3 +165,30 @@ def test_infer4_with_skewed_and_drifting_worker_clocks(worker_clock):
     n, ok, met, sim = _infer4_outcome(worker_clock)
     assert ok == met == n, sim.summary()
     assert not sim.errors
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("offset", [OFFSET, -OFFSET])
+def test_a_worker_whose_clock_is_seconds_off_serves_every_request(tmp_path, offset):
+    """Real processes: an emulated worker whose clock reads 7 s more (or less) than the
+    controller's. Every window reaches it in its own clock and every result comes back in the
+    controller's, so requests succeed as with synchronised clocks; with the controller's
+    conversion switched off or reversed they fail ACTION_TOO_LATE, or wait seconds and time out."""
+    from clockwork.client.api import Client
+    from clockwork.local import LocalCluster
+    conf = tmp_path / "skew.toml"
+    conf.write_text(f"[worker]\nemulated_clock_offset_ns = {offset}\n")
+    with LocalCluster(gpus=1, config_file=conf) as cluster:
+        client = Client(cluster.address, log=lambda *_: None, timeout_s=30)
+        try:
+            mid, _, _ = client.load_model("resnet50", copies=1)
+            answers = []
+            for _ in range(40):
+                client.infer_async(mid, lambda r, d, lat: answers.append(r.status), timeout_s=30)
+                client.poll(0.01)
+            assert client.drain(30) == 0
+            assert answers == [Status.SUCCESS] * 40, answers
+        finally:
+            client.close()

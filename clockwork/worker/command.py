@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+import time
 
 import click
 
@@ -98,10 +99,14 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
 
     if not mdir.is_dir():
         log(f"Warning: model directory {mdir} {config.why_not_a_directory(mdir)} (LoadModelFromDisk will fail)")
-    runtime = WorkerRuntime(dev, mdir, None, **pools)
+    offset = int(cfg["emulated_clock_offset_ns"])
+    if offset and not emulate:
+        raise click.ClickException("[worker] emulated_clock_offset_ns applies to emulated workers only")
+    clock = (lambda: time.monotonic_ns() + offset) if offset else time.monotonic_ns
+    runtime = WorkerRuntime(dev, mdir, None, clock=clock, **pools)
     try:
         server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log,
-                              security=security)
+                              security=security, clock=clock)
     except security_mod.SecurityError as e:
         raise click.ClickException(str(e)) from None
     except zmq.ZMQError as e:
