@@ -27,7 +27,7 @@ windows), load_planning.py (load demand, eviction victims).
   (no retry: a window miss means the plan slipped and a retry would rarely meet the deadline),
   except WORKER_LOST, whose requests are re-queued (other GPUs, or a reload, may still make it;
   those already past their exec deadline are answered WORKER_LOST).
-- Results: InferResult times (exec_end) are in controller time (the edge converts them);
+- Results: every time in a result (exec_end) is in controller time (the edge converts them);
   LoadWeightsResult times are not used.
 
 The edge must call tick() after every batch of events, and again no later than the time it
@@ -594,7 +594,7 @@ class Infer4Scheduler(Scheduler):
             s = self.s
             m.measure_weights(result.duration, s.estimate_window, s.estimate_percentile)
             if g.loads == 0 and g.load_free > now:
-                g.load_free = now          # (result.end is in worker time: not converted)
+                g.load_free = now          # (the load is done: its weights executor is free)
         else:
             if g.loads == 0 and g.load_free > now:
                 g.load_free = now
