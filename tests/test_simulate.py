@@ -204,9 +204,9 @@ def test_every_client_workload_runs_in_simulation(tmp_path):
     """Any `cw client` workload runs on the simulated client (the real engine), every request
     answered exactly once. A workload needing something SimClient lacks fails here."""
     from clockwork.client.azure import write_synthetic_trace
-    from clockwork.client.workloads import registry
+    from clockwork.client import workloads
     write_synthetic_trace(tmp_path / "trace", functions=300)
-    names = sorted(registry.all_workloads())
+    names = sorted(workloads.all_workloads())
     assert len(names) >= 16
     for name in names:
         args = list(WORKLOAD_ARGS.get(name, []))

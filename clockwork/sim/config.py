@@ -1,11 +1,11 @@
 """The settings of one simulation: a [simulate] table (in a TOML file beside any [controller] /
-[worker] overrides of conf/default.toml) and/or `cw simulate` flags, which win.
+[worker] overrides of clockwork/conf/default.toml) and/or `cw simulate` flags, which win.
 
     [simulate]
     scheduler = "infer4"          # infer4 | fifo | clipper | direct | echo
     workers = 1                   # worker processes ...
     gpus = 2                      # ... of this many GPUs each
-    profile = "h200"              # device profile (conf/profiles) for the emulated zoo
+    profile = "h200"              # device profile (clockwork/conf/profiles) for the emulated zoo
     model_dir = ""                # a model directory instead of the profile's zoo
     workload = "simple"           # any `cw client` workload
     workload_args = []            # its arguments, as on the cw client command line
@@ -165,7 +165,7 @@ def parse_fault(text: str) -> Fault:
 
 def load(path: str | None) -> SimConfig:
     """Defaults, then $CLOCKWORK_CONFIG_FILE, then `path`: its [simulate] table configures the
-    simulation, its other tables override conf/default.toml as for every command."""
+    simulation, its other tables override clockwork/conf/default.toml as for every command."""
     cfg = SimConfig()
     cfg.base = config_mod.load_config(None)
     if path:

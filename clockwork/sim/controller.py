@@ -1,11 +1,11 @@
 """The real controller edge in simulated time.
 
 `SimController` is clockwork.controller.server.Controller with its sockets replaced by
-network.py's and its clock by the simulation's. Every method that decides something -- request
-validation and admission (_on_infer), the LoadModel broadcast, clock conversion of windows and
-results (send_action, _deliver), loss by silence or closed connection and rejoin (_housekeeping,
-_link_events, _worker_lost, _worker_state, _rejoin), the request and action logs and the stats
-lines -- is inherited unchanged. Only two things are written here:
+network.py's and its clock by the simulation's. Every method that decides something is
+inherited unchanged: request validation and admission (admission.py), the LoadModel broadcast
+(model_loading.py), clock conversion of windows and results, loss by silence or closed
+connection and rejoin (worker_links.py), housekeeping, the request and action logs and the
+stats lines (server.py). Only two things are written here:
 
   * __init__, which builds the same attributes as Controller.__init__ without opening ZeroMQ
     sockets (Controller has no way to be given its sockets and clock; when it gains one, this
@@ -25,9 +25,12 @@ from collections import deque
 from time import process_time_ns
 
 from ..controller import logs as logs_mod
-from ..controller.server import HOUSEKEEPING_NS, MAX_COPIES, Controller, WorkerLink
 from ..controller.queuewait import QueueWait
+from ..controller.schedulers.common import Settings
+from ..controller.server import HOUSEKEEPING_NS, Controller
 from ..controller.stats import ControllerStats
+from ..controller.worker_links import WorkerLink
+from ..limits import MAX_COPIES
 
 FAR = 1 << 62
 
@@ -72,11 +75,9 @@ class SimController(Controller):
         self.queue_wait = QueueWait()
         self.arrivals = 0
         self.departures = 0
-        self.default_slo = int(cc["default_slo_ms"] * 1e6)
-        self.buffer = int(cc["buffer_ms"] * 1e6)
-        self.schedule_ahead = int(cc["schedule_ahead_ms"] * 1e6)
-        self.max_batch = int(cc["max_batch_size"])
-        self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
+        self._pad = {}
+        self._model_counts = {}
+        self.settings = Settings(config)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
         self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
         self.started = self.next_startup_report = 0
@@ -93,6 +94,7 @@ class SimController(Controller):
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
         self.telemetry = None
         self._running = False
+        self._failed_sends = []
         self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
         self._sock_worker = {w.sock: w for w in self.workers}
         self._monitor_worker = {w.monitor: w for w in self.workers}
@@ -138,8 +140,7 @@ class SimController(Controller):
                 self.out(line)
             self._next_print = now + int(self.print_interval * 1e9)
         if self.phase == "running" and now >= self._next_tick:
-            nt = self.scheduler.tick()
-            self._next_tick = nt if nt is not None else now + HOUSEKEEPING_NS
+            self._next_tick = self._tick()
         self._arm()
         self.cpu_ns += process_time_ns() - cpu0
 
@@ -176,8 +177,9 @@ class SimController(Controller):
         else:
             self._link_events(self._monitor_worker[sock])
         if self.phase == "running":
-            nt = self.scheduler.tick()
-            self._next_tick = nt if nt is not None else self.clock() + HOUSEKEEPING_NS
+            self._next_tick = self._tick()
+        elif self._failed_sends:         # (edge actions: probes, model loads)
+            self._deliver_failed_sends()
         self._arm()
         self.cpu_ns += process_time_ns() - cpu0
 

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from ..client.stats import Stats
-from ..client.workloads import registry
+from ..client import workloads
+from ..client.workloads.registry import ParamError
 from ..client.workloads.engine import Engine, WorkloadError, zoo_models
 from ..config import ConfigError
 from ..model.zoo import load_profile, write_emulated_zoo
@@ -128,9 +129,9 @@ class Simulation:
                              duration_s=cfg.duration_s, slo_ns=int(cfg.slo_ms * 1e6),
                              log=lambda line: out(f"[client] {line}"), zoo=zoo)
         try:
-            self.spec = registry.get(cfg.workload)
+            self.spec = workloads.get(cfg.workload)
             self.params = self.spec.parse(list(cfg.workload_args))
-        except registry.ParamError as e:
+        except ParamError as e:
             raise SimError(str(e).splitlines()[0]) from None
         self.driver = EngineDriver(loop, self.engine, self.client, int(cfg.duration_s * SECOND))
 

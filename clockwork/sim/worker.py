@@ -104,8 +104,7 @@ class SimWorker:
         cfg = self.cfg
         pools = dict(page_size=int(cfg["page_size"]),
                      total_pages=int(cfg["weights_cache_size"]) // int(cfg["page_size"]),
-                     io_pool_size=int(cfg["io_pool_size"]), workspace_pool_size=int(cfg["workspace_pool_size"]),
-                     host_io_pool_size=int(cfg["host_io_pool_size"]))
+                     io_pool_size=int(cfg["io_pool_size"]), workspace_pool_size=int(cfg["workspace_pool_size"]))
         self.backend = SimBackend(self.gpus, self.rng, self.noise, device_name=self.device_name, **pools)
         self.backend.slowdown = self.slowdown
         self.rt = WorkerRuntime(self.backend, self.model_dir, self._send, clock=self.clock, **pools)
