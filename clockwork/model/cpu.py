@@ -69,6 +69,7 @@ class CpuBackend(Backend):
             image = aligned_bytes(tr.weights_image_size(spec))
             tr.read_weights(spec, image)
             compiled = tr.CompiledModel(spec.path / spec.code[CODE_KEY], self.dev)
+            compiled.check_dtype(spec)
         except (ValueError, OSError, RuntimeError) as e:
             raise LoadError(str(e)) from None
         hm = CpuHostModel(spec, self.page_size, {}, 0, image, compiled)

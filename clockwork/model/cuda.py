@@ -195,6 +195,7 @@ class CudaBackend(Backend):
             for g in self._gpus:
                 cu.check(rt.cudaSetDevice(g.index), "cudaSetDevice")
                 hm.compiled.append(tr.CompiledModel(spec.path / spec.code[key], g.dev))
+                hm.compiled[-1].check_dtype(spec)
             self._warm_up(hm)
         except (OSError, RuntimeError, ValueError) as e:
             hm.close()

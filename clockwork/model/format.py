@@ -8,6 +8,8 @@
 
 model.json:
     {"format": 1, "name": "resnet50",
+     "dtype": "float16",              # of weights and compute (absent: float32); every compiled
+                                      # module is checked to be compiled for it
      "input":  {"shape": [3, 224, 224], "dtype": "float32"},   # one item; batch dim excluded
      "output": {"shape": [1000], "dtype": "float32"},
      "batch_sizes": [1, 2, 4, 8, 16],
@@ -80,6 +82,7 @@ class ModelSpec:
     exec_ns: dict[int, int] = field(default_factory=dict)
     exec_p99_ns: dict[int, int] = field(default_factory=dict)
     device: str | None = None
+    dtype: str = "float32"               # weights/compute dtype the code was compiled for
 
     @property
     def input_size(self) -> int:
@@ -165,6 +168,7 @@ def load_spec(path: str | os.PathLike) -> ModelSpec:
                                 int(t["offset"]), int(t["nbytes"])) for t in w.get("tensors", [])],
             weights_file=w.get("file"),
             code=dict(meta.get("code", {})),
+            dtype=str(meta.get("dtype", "float32")),
         )
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, ModelFormatError):
