@@ -115,7 +115,8 @@ class CpuBackend(Backend):
             cache[dst:dst + n] = hm.image[off:off + n]
 
     # ------------------------------------------------------------------ device operations
-    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
+                     instance: int = -1) -> Op:
         t0 = time.perf_counter_ns()
         self._copy_pages(hm, self._caches[gpu], pages)
         d = time.perf_counter_ns() - t0
@@ -136,7 +137,7 @@ class CpuBackend(Backend):
         return Op(now, now + d, d)
 
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
-                workspace: Region, now: int) -> Op:
+                workspace: Region, now: int, instance: int = -1) -> Op:
         t0 = time.perf_counter_ns()
         op = Op(now)
         try:
