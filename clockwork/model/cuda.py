@@ -14,7 +14,9 @@ on the exec stream (set as its current stream). Every op is bracketed by two CUD
 duration is the events' elapsed time, its completion found by poll() (cudaEventQuery).
 Weights are passed to the compiled function as zero-copy views of their cache pages, cached
 per placement. SM clocks come from NVML (pynvml) before and after each Infer; this backend only
-reads GPU settings, never changes them.
+reads GPU settings, never changes them. With CLOCKWORK_CUDA_GATE=1 an exec is enqueued behind a
+wait on a host-written counter (cuStreamWaitValue64) and released once fully enqueued, so its
+measured duration is GPU time without host submission gaps (see _gate_close).
 
 CUDA graphs (`graphs=True`, or CLOCKWORK_CUDA_GRAPHS=1): the weights cache is made of physical
 pages (cuMemCreate) and every model instance gets a fixed virtual range onto which LoadWeights
@@ -96,7 +98,7 @@ class CudaHostModel(HostModel):
 class _Gpu:
     __slots__ = ("index", "dev", "name", "arch", "cache", "io", "ws", "host_io", "host_io_view",
                  "s_exec", "s_weights", "s_in", "s_out", "s_capture", "events", "nvml", "out_at",
-                 "fixed", "graphs")
+                 "fixed", "graphs", "gate_host", "gate_dev", "gate_n", "gate_value")
 
 
 class _Graph:
@@ -110,11 +112,15 @@ class CudaBackend(Backend):
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
                  workspace_pool_size: int, host_io_pool_size: int, gpus: list[int] | None = None,
-                 graphs: bool | None = None):
+                 graphs: bool | None = None, gate: bool | None = None):
         super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
         if graphs is None:
             graphs = os.environ.get("CLOCKWORK_CUDA_GRAPHS", "0") == "1"
+        if gate is None:
+            gate = os.environ.get("CLOCKWORK_CUDA_GATE", "0") == "1"
         self.graphs = graphs
+        self.gate = gate
+        self.gate_error: str | None = None
         self.graph_errors: list[str] = []     # captures that failed (those batches run direct)
         self.cu = cu = _Cuda()
         err, count = cu.rt.cudaGetDeviceCount()
@@ -162,6 +168,15 @@ class CudaBackend(Backend):
         g.events = [cu.check(rt.cudaEventCreateWithFlags(rt.cudaEventDefault), "event")
                     for _ in range(EVENTS_PER_GPU)]
         tr.set_stream(g.dev, int(g.s_exec))
+        g.gate_n, g.gate_host = 0, 0
+        if self.gate:
+            try:
+                self._open_gate(g)
+            except Exception as e:          # no stream memory ops here: run without the gate
+                self.gate_error = f"GPU {i}: exec gate unavailable ({type(e).__name__}: {e})"
+                if g.gate_host:
+                    rt.cudaFreeHost(g.gate_host)
+                g.gate_host = 0
         g.nvml = self._nvml.nvmlDeviceGetHandleByIndex(i) if self._nvml else None
         g.out_at = {}
         return g
@@ -276,12 +291,17 @@ class CudaBackend(Backend):
                     gr = self._capture(g, f, xgv, views)
                 out[b] = []
                 for _ in range(runs):
-                    cu.check(rt.cudaEventRecord(e0, g.s_exec), "event")
-                    if gr is None:
-                        f(x, *views)
-                    else:
-                        self._replay(g, gr, xin, 0, b * hm.input_size)
-                    cu.check(rt.cudaEventRecord(e1, g.s_exec), "event")
+                    n = self._gate_close(g)
+                    try:
+                        cu.check(rt.cudaEventRecord(e0, g.s_exec), "event")
+                        if gr is None:
+                            f(x, *views)
+                        else:
+                            self._replay(g, gr, xin, 0, b * hm.input_size)
+                        cu.check(rt.cudaEventRecord(e1, g.s_exec), "event")
+                    finally:
+                        if n:
+                            self._gate_open(g, n)
                     cu.check(rt.cudaEventSynchronize(e1), "sync")
                     out[b].append(int(cu.check(rt.cudaEventElapsedTime(e0, e1), "elapsed") * 1e6))
                 if gr is not None:
@@ -370,6 +390,17 @@ class CudaBackend(Backend):
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
                 workspace: Region, now: int, instance: int = -1) -> Op:
         g = self._gpus[gpu]
+        n = 0
+        try:
+            n = self._gate_close(g)
+            return self._enqueue_exec(g, gpu, hm, padded_batch, pages, io, now, instance)
+        except Exception as e:
+            return self._failed(g, None, now, e)
+        finally:
+            if n:
+                self._gate_open(g, n)
+
+    def _enqueue_exec(self, g, gpu, hm, padded_batch, pages, io, now, instance) -> Op:
         ev = None
         try:
             gr = g.graphs.get((instance, padded_batch))
@@ -467,7 +498,48 @@ class CudaBackend(Backend):
             rt.cudaFree(g.io)
             rt.cudaFree(g.ws)
             rt.cudaFreeHost(g.host_io)
+            if g.gate_host:
+                rt.cudaFreeHost(g.gate_host)
         self._gpus = []
+
+    # ------------------------------------------------------------------ exec gate
+    # An exec's work is enqueued behind a wait on a host-written counter and released only
+    # once all of it is enqueued, so the GPU runs it back to back: host submission time and
+    # its jitter (Python, cuda-python, TVM's launches) stay out of the measured exec.
+    def _open_gate(self, g) -> None:
+        cu, rt = self.cu, self.cu.rt
+        try:
+            from cuda.bindings import driver as drv
+        except ImportError:
+            from cuda import cuda as drv
+        self._drv = drv
+        g.gate_host = cu.check(rt.cudaHostAlloc(64, rt.cudaHostAllocMapped | rt.cudaHostAllocPortable),
+                               "gate flag")
+        g.gate_value = ctypes.c_uint64.from_address(g.gate_host)
+        g.gate_value.value = 0
+        g.gate_dev = int(cu.check(rt.cudaHostGetDevicePointer(g.gate_host, 0), "gate flag pointer"))
+        self._gate_close(g)                    # checks the driver takes it: opened at once
+        self._gate_open(g, g.gate_n)
+        cu.check(rt.cudaStreamSynchronize(g.s_exec), "gate check")
+
+    def _gate_close(self, g) -> int:
+        """Enqueue 'wait until the counter reaches n' on the exec stream; returns n (0: no gate)."""
+        if not g.gate_host:
+            return 0
+        self._set(g)
+        drv = self._drv
+        g.gate_n += 1
+        res = drv.cuStreamWaitValue64(drv.CUstream(int(g.s_exec)), drv.CUdeviceptr(g.gate_dev),
+                                      g.gate_n,
+                                      int(drv.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ))
+        err = res[0] if isinstance(res, tuple) else res
+        if err != drv.CUresult.CUDA_SUCCESS:
+            g.gate_n -= 1
+            raise CudaError(f"cuStreamWaitValue64: {err}")
+        return g.gate_n
+
+    def _gate_open(self, g, n: int) -> None:
+        g.gate_value.value = n
 
     # ------------------------------------------------------------------ CUDA graphs
     def _capture(self, g, f, x, views) -> _Graph:

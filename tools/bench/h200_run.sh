@@ -38,6 +38,11 @@ step graphs-mode
 CLOCKWORK_CUDA_GRAPHS=1 python3 tools/bench/gpu_check.py --zoo $BD/zoo --infers $INF --json $OUT/check_graphs.json 2>&1 | tee $OUT/check_graphs.log
 CLOCKWORK_CUDA_GRAPHS=1 python3 tools/bench/gpu_exec.py --zoo $BD/zoo --models $MODELS --runs $RUNS --toml $OUT/h200_profiles_graphs.toml --json $OUT/exec_graphs.json 2>&1 | tee $OUT/exec_graphs.log
 CLOCKWORK_CUDA_GRAPHS=1 python3 tools/bench/gpu_loadweights.py --zoo $BD/zoo --json $OUT/load_graphs.json 2>&1 | tee $OUT/load_graphs.log
+step exec-gate
+# the exec gate (GPU released once an exec is fully enqueued), without and with graphs
+CLOCKWORK_CUDA_GATE=1 python3 tools/bench/gpu_exec.py --zoo $BD/zoo --models $MODELS --runs $RUNS --json $OUT/exec_gate.json 2>&1 | tee $OUT/exec_gate.log
+CLOCKWORK_CUDA_GATE=1 CLOCKWORK_CUDA_GRAPHS=1 python3 tools/bench/gpu_exec.py --zoo $BD/zoo --models $MODELS --runs $RUNS --json $OUT/exec_gate_graphs.json 2>&1 | tee $OUT/exec_gate_graphs.log
+CLOCKWORK_CUDA_GATE=1 CLOCKWORK_CUDA_GRAPHS=1 python3 tools/bench/gpu_check.py --zoo $BD/zoo --infers $INF --json $OUT/check_gate_graphs.json 2>&1 | tee $OUT/check_gate_graphs.log
 step check-model
 cw check-model $BD/zoo/resnet50 --runs 20 2>&1 | tee $OUT/check_model.log
 step loadweights
