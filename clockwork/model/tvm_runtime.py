@@ -11,8 +11,9 @@ import ctypes
 import os
 from pathlib import Path
 
+from .nets import DTYPES
+
 _tvm = None
-DTYPES = ("float32", "float16")        # the dtypes clockwork.model.nets builds
 
 
 class TvmUnavailable(RuntimeError):
