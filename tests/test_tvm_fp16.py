@@ -132,3 +132,32 @@ def test_broken_tvm_ffi_is_refused_for_tensor_core_builds(monkeypatch):
     with pytest.raises(build.BuildError, match="apache-tvm-ffi==0.1.14.post0"):
         build.build_zoo(["mlp"], "/nonexistent", "cuda", "sm_90")
     build._check_tvm_ffi("cuda", "float32")        # float32 has no tensorization: allowed
+
+
+def _tvm_ffi_tensorizes() -> bool:
+    from importlib import metadata
+    return not metadata.version("apache-tvm-ffi").startswith(build.TVM_FFI_BROKEN_TENSORIZE)
+
+
+@pytest.mark.skipif(not _tvm_ffi_tensorizes(), reason="this apache-tvm-ffi segfaults in tensorization")
+def test_tensor_cores_for_large_fp16_gemms_only():
+    """The CUDA schedule (no GPU or nvcc needed to schedule): WMMA tensor cores for the fp16
+    MLP's GEMMs whose dims are all >= 16 (batch 16: 16x512x784, 16x512x512), the default rules
+    for the rest (batch 1; the 10-wide classifier)."""
+    from tvm import relax, tirx
+    from tvm.target import Target
+
+    from clockwork.model import schedules
+    mod = nets.relax_module(nets.get("mlp", "float16"), [1, 16])
+    target = Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+    with target:
+        mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.FuseOps(),
+                                        relax.transform.FuseTIR()])(mod)
+        tensorized = {}
+        for gv, f in mod.functions.items():
+            if isinstance(f, tirx.PrimFunc) and "matmul" in gv.name_hint:
+                sch = schedules.TensorCoresFirst().apply(f, target, False)
+                tensorized[schedules.gemm_dims(f)] = sch is not None and "wmma" in sch.mod.script()
+    assert tensorized.pop((16, 512, 784)) and tensorized.pop((16, 512, 512))
+    assert tensorized.pop((16, 10, 512)) is False
+    assert tensorized and not any(tensorized.values())       # batch 1 (no static GEMM dims)
