@@ -15,12 +15,13 @@ from clockwork.sim.run import SimError, Simulation, simulate
 
 pytestmark = pytest.mark.timeout(300)
 
-# resnet50 batch 1 takes 4.9 ms on the h200 profile: with batches of 1 a GPU serves ~204 r/s
-CAPACITY_PER_GPU = 1e9 / 4_900_000
+PROFILE = "h200-fp32"     # resnet50 batch 1 takes 4.9 ms: with batches of 1 a GPU serves ~204 r/s
+CAPACITY_PER_GPU = 1e9 / 4_880_896
 
 
 def make(tmp_path=None, scheduler="infer4", load=0.5, gpus=1, workers=2, duration=4.0, seed=0, **kw):
     cfg = sim_config.load(None)
+    cfg.profile = PROFILE
     cfg.scheduler = scheduler
     cfg.gpus = gpus
     cfg.workers = workers

@@ -12,6 +12,7 @@ slow still fails it by 12-32 points."""
 import pytest
 
 from clockwork.local import LocalCluster
+from clockwork.model.zoo import write_emulated_zoo
 from clockwork.sim import config as sim_config
 from clockwork.sim.fidelity import from_request_log
 from clockwork.sim.run import simulate
@@ -19,7 +20,8 @@ from clockwork.sim.run import simulate
 pytestmark = pytest.mark.timeout(240)
 
 DURATION = 8.0
-WORKLOAD = ["poisson-open-loop", "4", "100"]      # 0.5x of one H200 (resnet50, batch 1: 4.9 ms)
+PROFILE = "h200-fp32"                             # resnet50 batch 1: 4.9 ms
+WORKLOAD = ["poisson-open-loop", "4", "100"]      # 0.5x of one such GPU
 CONFIG = "[controller]\nmax_batch_size = 1\n"    # no batching: capacity is 1 / exec time
 SLO_MS = 500     # a loaded machine stalls real processes for 100+ ms at times: not a simulation matter
 
@@ -29,12 +31,15 @@ def test_real_processes_and_simulation_agree(tmp_path, scheduler):
     real_logs = tmp_path / "real"
     conf = tmp_path / "clockwork.toml"
     conf.write_text(CONFIG)
-    with LocalCluster(gpus=1, scheduler=scheduler, log_dir=real_logs, config_file=conf) as cluster:
+    zoo = tmp_path / "zoo"
+    write_emulated_zoo(zoo, PROFILE, log=lambda *_: None)
+    with LocalCluster(gpus=1, scheduler=scheduler, log_dir=real_logs, config_file=conf, model_dir=zoo) as cluster:
         r = cluster.run_client(WORKLOAD[0], ["--duration", str(DURATION), "--no-inputs", "--slo-ms",
                                              str(SLO_MS), *WORKLOAD[1:]], timeout=120)
         assert r.returncode == 0, r.stdout
     cfg = sim_config.load(str(conf))
     cfg.scheduler, cfg.workers, cfg.gpus, cfg.duration_s = scheduler, 1, 1, DURATION
+    cfg.model_dir = str(zoo)                     # the very model directories the real worker read
     cfg.workload, cfg.workload_args = WORKLOAD[0], WORKLOAD[1:]
     cfg.log_dir = str(tmp_path / "sim")
     cfg.slo_ms = SLO_MS

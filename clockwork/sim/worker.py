@@ -48,11 +48,11 @@ class SimBackend(EmulatedBackend):
             op.end = op.begin + op.duration
         return op
 
-    def load_weights(self, gpu, hm, pages, now):
-        return self._stretch(super().load_weights(gpu, hm, pages, now))
+    def load_weights(self, *args, **kw):          # whatever the Backend interface passes
+        return self._stretch(super().load_weights(*args, **kw))
 
-    def execute(self, gpu, hm, padded_batch, pages, io, workspace, now):
-        return self._stretch(super().execute(gpu, hm, padded_batch, pages, io, workspace, now))
+    def execute(self, *args, **kw):
+        return self._stretch(super().execute(*args, **kw))
 
 
 class SimWorker:

@@ -4,7 +4,7 @@ infer4 and fifo, on a Poisson open loop over copies of resnet50.
     python tools/experiments/slo_sweep.py --out /tmp/exp-slo
 
 Every request carries the same SLO (`cw client --slo-ms`); the load is a fraction of the GPUs'
-batch-1 capacity (resnet50 on the h200 profile: 4.9 ms, ~204 r/s per GPU).
+batch-1 capacity (resnet50 on the h200-fp32 profile: 4.9 ms, ~204 r/s per GPU).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from simexp import plot, run_point, table
 
-B1_CAPACITY = 1e9 / 4_900_000
+B1_CAPACITY = 1e9 / 4_880_896     # resnet50 batch 1 on simexp.PROFILE (float32 H200)
 
 
 def main() -> None:
