@@ -7,8 +7,9 @@ heavier loads, where the real side depends on the machine's other load.
 The real side is only as steady as the machine: with a 100 ms SLO, on this machine at load
 average ~11 (other jobs), the fifo case failed twice in full-suite runs (once: 8 of 786 real
 requests late, 98.98% against the simulation's 100%) as the processes were held off the CPU. A 500 ms SLO
-makes the case robust to such stalls without touching the bounds; a simulated worker 2.5x too
-slow still fails it by 12-32 points."""
+makes it robust to most such stalls without touching the bounds (a simulated worker 2.5x too
+slow still fails it by 12-32 points); at load average 14 a full-suite run still failed it once
+(infer4), while it passed alone minutes later. On an unshared CI machine it should not."""
 import pytest
 
 from clockwork.local import LocalCluster
