@@ -1,0 +1,463 @@
+"""`cw frontend` (KServe v2 / Open Inference Protocol) with the real tritonclient, http and grpc,
+against real processes: front end + controller + emulated worker on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
+
+from clockwork.client.api import NO_ANSWER, Client
+from clockwork.client.echo import EchoController
+from clockwork.local import LocalCluster
+from clockwork.model.zoo import load_profile
+from clockwork.status import Status
+from frontend_procs import Frontend
+
+pytestmark = pytest.mark.timeout(180)
+
+PROFILE = load_profile("h200")["models"]
+MLP_IN = tuple(PROFILE["mlp"]["input"]["shape"])
+MLP_OUT = tuple(PROFILE["mlp"]["output"]["shape"])
+MAX_BODY_MB = 1
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with LocalCluster(gpus=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def fe(cluster):
+    with Frontend(cluster.address, cluster.env(), "--model", "mlp", "--model", "resnet50:2",
+                  "--max-body-mb", str(MAX_BODY_MB)) as f:
+        f.wait_ready()
+        yield f
+
+
+@pytest.fixture(scope="module")
+def native(cluster, fe):
+    """clockwork's own client on the same controller: the reference path."""
+    c = Client(cluster.address, log=lambda *_: None)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def http(fe):
+    c = th.InferenceServerClient(fe.http)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def grpcc(fe):
+    c = tg.InferenceServerClient(fe.grpc)
+    yield c
+    c.close()
+
+
+def mlp_input(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((batch, *MLP_IN), dtype=np.float32)
+
+
+def http_input(x: np.ndarray, binary: bool = True, name: str = "input", datatype: str = "FP32"):
+    i = th.InferInput(name, list(x.shape), datatype)
+    i.set_data_from_numpy(x, binary_data=binary)
+    return i
+
+
+def grpc_input(x: np.ndarray, name: str = "input", datatype: str = "FP32"):
+    i = tg.InferInput(name, list(x.shape), datatype)
+    i.set_data_from_numpy(x)
+    return i
+
+
+def model_id(native: Client, name: str, version: int = 1) -> int:
+    ids = sorted(m.model_id for m in native.ls() if m.source.rstrip("/").endswith("/" + name))
+    return ids[version - 1]
+
+
+def http_error(call) -> InferenceServerException:
+    with pytest.raises(InferenceServerException) as e:
+        call()
+    return e.value
+
+
+def raw_http(address: str, request: bytes) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 exchange on a fresh connection; returns (status, headers, body)."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+        n = int(headers.get("content-length", 0))
+        while len(body) < n:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+
+
+def post(address: str, path: str, body: bytes, extra: str = "") -> tuple[int, dict, bytes]:
+    return raw_http(address, (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n").encode() + body)
+
+
+@contextmanager
+def stopped(proc):
+    """The process SIGSTOPped (it accepts connections but answers nothing) until the block ends."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+
+
+# ---------------------------------------------------------------- health and metadata
+
+def test_health_and_server_metadata(fe, http, grpcc):
+    assert http.is_server_live() and http.is_server_ready()
+    assert grpcc.is_server_live() and grpcc.is_server_ready()
+    for meta in (http.get_server_metadata(), grpcc.get_server_metadata(as_json=True)):
+        assert meta["name"] == "clockwork"
+        assert "binary_tensor_data" in meta["extensions"]
+
+
+def test_model_metadata_names_datatypes_and_batch_dim(fe, http, grpcc):
+    for meta in (http.get_model_metadata("mlp"), grpcc.get_model_metadata("mlp", as_json=True)):
+        assert meta["name"] == "mlp"
+        (i,), (o,) = meta["inputs"], meta["outputs"]
+        assert (i["name"], i["datatype"], [int(d) for d in i["shape"]]) == ("input", "FP32", [-1, *MLP_IN])
+        assert (o["name"], o["datatype"], [int(d) for d in o["shape"]]) == ("output", "FP32", [-1, *MLP_OUT])
+    assert http.get_model_metadata("resnet50")["versions"] == ["1", "2"]
+    assert http.get_model_metadata("resnet50", "2")["inputs"][0]["shape"] == \
+        [-1, *PROFILE["resnet50"]["input"]["shape"]]
+    config = http.get_model_config("mlp")
+    assert config["max_batch_size"] == max(int(b) for b in PROFILE["mlp"]["exec_ns"])
+    assert grpcc.get_model_config("mlp").config.max_batch_size == config["max_batch_size"]
+
+
+def test_model_ready(fe, http, grpcc):
+    assert http.is_model_ready("mlp") and grpcc.is_model_ready("mlp")
+    assert http.is_model_ready("resnet50", "2") and grpcc.is_model_ready("resnet50", "2")
+    assert not http.is_model_ready("resnet50", "3") and not grpcc.is_model_ready("resnet50", "3")
+    assert not http.is_model_ready("nosuchmodel") and not grpcc.is_model_ready("nosuchmodel")
+
+
+# ---------------------------------------------------------------- inference
+
+def test_infer_outputs_match_the_native_client_byte_for_byte(fe, http, grpcc, native):
+    x = mlp_input(3)
+    reference = native.infer(model_id(native, "mlp"), inputs=x.tobytes(), batch_size=3).output
+    assert len(reference) == 3 * 4 * int(np.prod(MLP_OUT))
+    out_binary = http.infer("mlp", [http_input(x)]).as_numpy("output")
+    as_json = http.infer("mlp", [http_input(x, binary=False)],
+                         outputs=[th.InferRequestedOutput("output", binary_data=False)])
+    assert "data" in as_json.get_response()["outputs"][0]         # really JSON, not binary
+    out_json = as_json.as_numpy("output")
+    out_grpc = grpcc.infer("mlp", [grpc_input(x)]).as_numpy("output")
+    for out in (out_binary, out_json, out_grpc):
+        assert out.shape == (3, *MLP_OUT) and out.dtype == np.float32
+        assert out.tobytes() == reference
+
+
+def test_versions_address_copies(fe, http, native):
+    x = np.zeros((1, *PROFILE["resnet50"]["input"]["shape"]), np.float32)
+    for version in ("1", "2"):
+        r = http.infer("resnet50", [http_input(x)], model_version=version).get_response()
+        assert r["model_version"] == version
+        assert r["parameters"]["clockwork_model_id"] == model_id(native, "resnet50", int(version))
+    assert http.infer("resnet50", [http_input(x)]).get_response()["parameters"]["clockwork_model_id"] == \
+        model_id(native, "resnet50", 1)
+
+
+def test_stream_infer_answers_each_request(fe, native):
+    x = mlp_input(1)
+    reference = native.infer(model_id(native, "mlp"), inputs=x.tobytes()).output
+    answers = []
+    c = tg.InferenceServerClient(fe.grpc)
+    try:
+        c.start_stream(callback=lambda result, error: answers.append((result, error)))
+        c.async_stream_infer("mlp", [grpc_input(x)])
+        c.async_stream_infer("nosuchmodel", [grpc_input(x)])
+        c.async_stream_infer("mlp", [grpc_input(x)])
+        c.stop_stream()                    # waits for the answers
+    finally:
+        c.close()
+    assert len(answers) == 3
+    assert answers[0][1] is None and answers[0][0].as_numpy("output").tobytes() == reference
+    assert answers[1][0] is None and "nosuchmodel" in str(answers[1][1])
+    assert answers[2][1] is None
+
+
+class RecordingEcho(EchoController):
+    """The echo controller, also keeping the input bytes of every Infer."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.inputs: list[bytes] = []
+
+    def _infer(self, msg, data):
+        self.inputs.append(b"".join(bytes(f.buffer) for f in data))
+        return super()._infer(msg, data)
+
+
+def test_inputs_and_slo_reach_the_controller_intact():
+    """Against the echo controller, which records what it receives (and whose models carry
+    no tensor descriptions: served as UINT8 bytes)."""
+    with RecordingEcho(record=True) as echo:
+        loader = Client(echo.address, log=lambda *_: None)
+        try:
+            first, _, info = loader.load_model("mlp")
+        finally:
+            loader.close()
+        with Frontend(echo.address, dict(os.environ)) as f:
+            f.wait_ready()
+            h = th.InferenceServerClient(f.http)
+            g = tg.InferenceServerClient(f.grpc)
+            try:
+                meta = h.get_model_metadata("mlp")
+                assert meta["inputs"][0]["datatype"] == "UINT8"
+                assert meta["inputs"][0]["shape"] == [-1, info.input_size]
+                xs = [np.random.default_rng(i).integers(0, 256, (2, info.input_size), dtype=np.uint8)
+                      for i in range(4)]
+                h.infer("mlp", [http_input(xs[0], datatype="UINT8")], parameters={"slo_ms": 12.5})
+                g.infer("mlp", [grpc_input(xs[1], datatype="UINT8")], parameters={"slo_ms": 7})
+                h.infer("mlp", [http_input(xs[2], binary=False, datatype="UINT8")])
+                typed = pb.ModelInferRequest(model_name="mlp")        # gRPC typed contents, not raw
+                t = typed.inputs.add(name="input", datatype="UINT8", shape=list(xs[3].shape))
+                t.contents.uint_contents.extend(xs[3].ravel().tolist())
+                with grpc.insecure_channel(f.grpc) as ch:
+                    tg.service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(typed, timeout=30)
+            finally:
+                h.close()
+                g.close()
+    assert echo.inputs == [x.tobytes() for x in xs]
+    assert [(m, slo_ns) for m, _, slo_ns, _ in echo.infers] == \
+        [(first, 12_500_000), (first, 7_000_000), (first, 0), (first, 0)]
+
+
+# ---------------------------------------------------------------- errors
+
+def test_invalid_inputs_are_400_and_invalid_argument(fe, http, grpcc):
+    x = mlp_input(2)
+    cases = [  # (input name, array, datatype, parameters, what the error names)
+        ("input", x.astype(np.float64), "FP64", None, "FP32"),
+        ("input", x[:, :-1], "FP32", None, "shape"),
+        ("input", mlp_input(17), "FP32", None, "batch size 17"),
+        ("image", x, "FP32", None, "'input'"),
+        ("input", x, "FP32", {"slo_ms": -1}, "slo_ms"),
+        ("input", x, "FP32", {"slo_ms": "fast"}, "slo_ms"),
+    ]
+    for name, arr, datatype, params, says in cases:
+        e = http_error(lambda: http.infer("mlp", [http_input(arr, name=name, datatype=datatype)],
+                                          parameters=params))
+        assert e.status() == "400" and says in e.message(), (says, e)
+        e = http_error(lambda: grpcc.infer("mlp", [grpc_input(arr, name=name, datatype=datatype)],
+                                           parameters=params))
+        assert e.status() == "StatusCode.INVALID_ARGUMENT" and says in e.message(), (says, e)
+        assert f"clockwork status {int(Status.INVALID_REQUEST)}" in e.message()
+    status, _, body = post(fe.http, "/v2/models/mlp/infer", json.dumps(
+        {"inputs": [{"name": "input", "shape": [2, *MLP_IN], "datatype": "FP32", "data": [1.0] * 5}]}).encode())
+    err = json.loads(body)
+    assert status == 400 and "elements" in err["error"]
+    assert (err["clockwork_status"], err["clockwork_status_name"]) == (6, "invalid request")
+
+
+def test_unknown_model_or_version_is_404_and_not_found(fe, http, grpcc):
+    x = mlp_input(1)
+    for name, version in (("nosuchmodel", ""), ("resnet50", "3")):
+        e = http_error(lambda: http.infer(name, [http_input(x)], model_version=version))
+        assert e.status() == "404" and name in e.message()
+        e = http_error(lambda: grpcc.infer(name, [grpc_input(x)], model_version=version))
+        assert e.status() == "StatusCode.NOT_FOUND" and name in e.message()
+    assert http_error(lambda: http.get_model_metadata("nosuchmodel")).status() == "404"
+
+
+def test_malformed_json_and_protobuf_are_answered_and_harmless(fe, http, grpcc):
+    for body, says in ((b"{not json", "malformed JSON"), (b'{"inputs": 5}', "malformed inference request"),
+                       (b"", "malformed JSON")):
+        status, _, reply = post(fe.http, "/v2/models/mlp/infer", body)
+        assert status == 400 and says in json.loads(reply)["error"], reply
+    header = b'{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","parameters":{"binary_data_size":3136}}]}'
+    for length in (len(header) + 10_000, 0, "x"):       # header length outside the body
+        status, _, reply = post(fe.http, "/v2/models/mlp/infer", header + bytes(3136),
+                                f"Inference-Header-Content-Length: {length}\r\n")
+        assert status == 400 and "Inference-Header-Content-Length" in json.loads(reply)["error"]
+    status, _, reply = post(fe.http, "/v2/models/mlp/infer", header + bytes(3000),   # too few bytes
+                            f"Inference-Header-Content-Length: {len(header)}\r\n")
+    assert status == 400 and "binary_data_size" in json.loads(reply)["error"]
+    with grpc.insecure_channel(fe.grpc) as ch:
+        call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")   # bytes in, bytes out
+        with pytest.raises(grpc.RpcError) as e:
+            call(b"\xff\xff\xff\xff garbage", timeout=30)
+        # grpc's own answer to an undecodable message (the servicer never sees it)
+        assert e.value.code() == grpc.StatusCode.UNKNOWN and "Error parsing" in e.value.details()
+    x = mlp_input(1)
+    assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+    assert grpcc.infer("mlp", [grpc_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+
+
+def test_oversize_bodies_are_refused(fe, http, grpcc):
+    big = np.zeros((2, *PROFILE["resnet50"]["input"]["shape"]), np.float32)
+    assert big.nbytes > MAX_BODY_MB << 20
+    e = http_error(lambda: http.infer("resnet50", [http_input(big)]))
+    assert e.status() == "413"
+    e = http_error(lambda: grpcc.infer("resnet50", [grpc_input(big)]))
+    assert e.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert http.infer("resnet50", [http_input(big[:1])]).as_numpy("output").shape[0] == 1
+
+
+def test_no_answer_in_time_is_504_and_deadline_exceeded(cluster, fe, http, grpcc):
+    x = mlp_input(1)
+    with stopped(cluster.controller):
+        e = http_error(lambda: http.infer("mlp", [http_input(x)], timeout=300_000))
+        assert e.status() == "504"
+        assert json.loads(post(fe.http, "/v2/models/mlp/infer", json.dumps(
+            {"inputs": [{"name": "input", "shape": [1, *MLP_IN], "datatype": "FP32", "data": [0.0] * 784}],
+             "parameters": {"timeout": 300_000}}).encode())[2])["clockwork_status"] == NO_ANSWER
+        e = http_error(lambda: grpcc.infer("mlp", [grpc_input(x)], timeout=300_000))
+        assert e.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+
+
+def test_controller_rejection_is_503_with_clockwork_status():
+    """A controller that holds no inputs at all rejects every request OVERLOADED at once."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write("[controller]\nmax_queued_input_bytes = 1\n")
+    try:
+        with LocalCluster(gpus=1, config_file=Path(f.name)) as c, \
+                Frontend(c.address, c.env(), "--model", "mlp") as front:
+            front.wait_ready()
+            x = mlp_input(1)
+            h = th.InferenceServerClient(front.http)
+            g = tg.InferenceServerClient(front.grpc)
+            try:
+                e = http_error(lambda: h.infer("mlp", [http_input(x)]))
+                assert e.status() == "503" and "limit" in e.message()
+                status, _, body = post(front.http, "/v2/models/mlp/infer", json.dumps(
+                    {"inputs": [{"name": "input", "shape": [1, *MLP_IN], "datatype": "FP32",
+                                 "data": [0.0] * 784}]}).encode())
+                err = json.loads(body)
+                assert status == 503 and (err["clockwork_status"], err["clockwork_status_name"]) == \
+                    (int(Status.OVERLOADED), "overloaded")
+                e = http_error(lambda: g.infer("mlp", [grpc_input(x)]))
+                assert e.status() == "StatusCode.UNAVAILABLE"
+                assert f"clockwork status {int(Status.OVERLOADED)}: overloaded" in e.message()
+            finally:
+                h.close()
+                g.close()
+    finally:
+        os.unlink(f.name)
+
+
+# ---------------------------------------------------------------- misbehaving clients, limits
+
+def test_client_disconnecting_mid_request_disturbs_nobody(cluster, fe, http):
+    header = b'{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","parameters":{"binary_data_size":3136}}]}'
+    request = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(header) + 3136}\r\n"
+               f"Inference-Header-Content-Length: {len(header)}\r\n\r\n").encode() + header
+    host, port = fe.http.split(":")
+    with socket.create_connection((host, int(port))) as s:     # gone half-way through the body
+        s.sendall(request + bytes(1000))
+    with stopped(cluster.controller):                          # gone while the controller works
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(request + bytes(3136))
+            wait_for_metric(fe, "clockwork_frontend_inflight_requests", 1)
+    x = mlp_input(1)
+    assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+    assert fe.proc.poll() is None
+
+
+def metric(address: str, name: str) -> float:
+    status, _, body = raw_http(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    values = [float(l.rsplit(" ", 1)[1]) for l in body.decode().splitlines() if l.startswith(name)]
+    return sum(values)
+
+
+def wait_for_metric(fe, name: str, value: float, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(fe.http, name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.02)
+
+
+def test_connection_and_inflight_limits(cluster, fe):
+    with Frontend(cluster.address, cluster.env(), "--max-connections", "3", "--max-inflight", "1") as f:
+        f.wait_ready(grpc=True)                   # no HTTP connection of ours left over
+        host, port = f.http.split(":")
+        live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        held = [socket.create_connection((host, int(port))) for _ in range(3)]
+        try:
+            for s in held:                        # each one answered: all three are open
+                s.sendall(live)
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            status, _, body = raw_http(f.http, live)
+            assert status == 503 and b"limit of 3 connections" in body
+        finally:
+            for s in held:
+                s.close()
+        x = mlp_input(1)
+        g = tg.InferenceServerClient(f.grpc)
+        try:
+            with stopped(cluster.controller):
+                g.async_infer("mlp", [grpc_input(x)], callback=lambda *a: None, client_timeout=60)
+                wait_for_metric(f, "clockwork_frontend_inflight_requests", 1)
+                e = http_error(lambda: g.infer("mlp", [grpc_input(x)]))
+                assert e.status() == "StatusCode.UNAVAILABLE" and "in flight" in e.message()
+        finally:
+            g.close()
+
+
+def test_metrics_count_requests_and_failures(fe, http):
+    ok0 = metric(fe.http, 'clockwork_frontend_requests_total{code="200",protocol="http"}')
+    nf0 = metric(fe.http, 'clockwork_frontend_requests_total{code="404",protocol="http"}')
+    x = mlp_input(1)
+    for _ in range(3):
+        http.infer("mlp", [http_input(x)])
+    http_error(lambda: http.infer("nosuchmodel", [http_input(x)]))
+    assert metric(fe.http, 'clockwork_frontend_requests_total{code="200",protocol="http"}') == ok0 + 3
+    assert metric(fe.http, 'clockwork_frontend_requests_total{code="404",protocol="http"}') == nf0 + 1
+    assert metric(fe.http, 'clockwork_frontend_request_duration_seconds_count{protocol="http"}') >= 3
+    assert metric(fe.http, "clockwork_frontend_controller_ready") == 1
+
+
+# ---------------------------------------------------------------- controller restart (last: it kills it)
+
+def test_frontend_survives_a_controller_restart(cluster, fe, http, grpcc):
+    x = mlp_input(1)
+    cluster.controller.terminate()
+    cluster.controller.wait(30)
+    fe.wait_ready(False)
+    assert not grpcc.is_server_ready()
+    e = http_error(lambda: http.infer("mlp", [http_input(x)]))
+    assert e.status() == "503" and "not ready" in e.message()
+    e = http_error(lambda: grpcc.infer("mlp", [grpc_input(x)]))
+    assert e.status() == "StatusCode.UNAVAILABLE"
+    cluster.start_controller()
+    fe.wait_ready(True)                     # the front end loaded mlp again (--model)
+    assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+    assert grpcc.infer("mlp", [grpc_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
