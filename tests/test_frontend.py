@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
@@ -14,6 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from click.testing import CliRunner
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from tritonclient.grpc import service_pb2 as pb
@@ -24,6 +28,7 @@ from clockwork.client.echo import EchoController
 from clockwork.local import LocalCluster
 from clockwork.model.zoo import load_profile
 from clockwork.status import Status
+from clockwork.transport.security import keys_command
 from frontend_procs import Frontend
 
 pytestmark = pytest.mark.timeout(180)
@@ -380,13 +385,15 @@ def test_client_disconnecting_mid_request_disturbs_nobody(cluster, fe, http):
     request = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(header) + 3136}\r\n"
                f"Inference-Header-Content-Length: {len(header)}\r\n\r\n").encode() + header
     host, port = fe.http.split(":")
-    with socket.create_connection((host, int(port))) as s:     # gone half-way through the body
+    x = mlp_input(1)
+    with socket.create_connection((host, int(port))) as s:     # slow: half the body, then waits
         s.sendall(request + bytes(1000))
+        assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+    # ... and is gone half-way through the body
     with stopped(cluster.controller):                          # gone while the controller works
         with socket.create_connection((host, int(port))) as s:
             s.sendall(request + bytes(3136))
             wait_for_metric(fe, "clockwork_frontend_inflight_requests", 1)
-    x = mlp_input(1)
     assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
     assert fe.proc.poll() is None
 
@@ -424,7 +431,7 @@ def test_connection_and_inflight_limits(cluster, fe):
         g = tg.InferenceServerClient(f.grpc)
         try:
             with stopped(cluster.controller):
-                g.async_infer("mlp", [grpc_input(x)], callback=lambda *a: None, client_timeout=60)
+                g.async_infer("mlp", [grpc_input(x)], callback=lambda result, error: None, client_timeout=60)
                 wait_for_metric(f, "clockwork_frontend_inflight_requests", 1)
                 e = http_error(lambda: g.infer("mlp", [grpc_input(x)]))
                 assert e.status() == "StatusCode.UNAVAILABLE" and "in flight" in e.message()
@@ -461,3 +468,42 @@ def test_frontend_survives_a_controller_restart(cluster, fe, http, grpcc):
     fe.wait_ready(True)                     # the front end loaded mlp again (--model)
     assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
     assert grpcc.infer("mlp", [grpc_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+
+
+# ---------------------------------------------------------------- CURVE to the controller, TLS to clients
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command for a test certificate")
+def test_curve_to_the_controller_and_tls_to_clients(tmp_path):
+    keys = tmp_path / "keys"
+    assert CliRunner().invoke(keys_command, ["--dir", str(keys)]).exit_code == 0
+    conf = tmp_path / "secure.toml"
+    conf.write_text(f'[security]\nenabled = true\nkey_dir = "{keys}"\n')
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    with LocalCluster(gpus=1, config_file=conf) as c, \
+            Frontend(c.address, c.env(), "--model", "mlp", "--tls-cert", str(cert), "--tls-key", str(key)) as f:
+        assert any("CURVE" in line for line in c.output["worker"])         # the cluster's links are secure
+        h = th.InferenceServerClient(f.http, ssl=True, ssl_context_factory=lambda *a, **kw:
+                                     ssl.create_default_context(cafile=str(cert)))
+        g = tg.InferenceServerClient(f.grpc, ssl=True, root_certificates=str(cert))
+        try:
+            deadline = time.monotonic() + 60
+            while not g.is_server_ready():
+                assert time.monotonic() < deadline and f.proc.poll() is None, "".join(f.lines)
+                time.sleep(0.05)
+            x = mlp_input(1)
+            assert h.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+            assert g.infer("mlp", [grpc_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+        finally:
+            h.close()
+            g.close()
+        host, port = f.http.split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:   # plain HTTP: not served
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = s.recv(4096)
+            except ConnectionResetError:
+                answer = b""
+        assert not answer.startswith(b"HTTP/")

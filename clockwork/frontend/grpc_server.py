@@ -57,8 +57,7 @@ class GrpcFrontend(pbg.GRPCInferenceServiceServicer):
 
     async def start(self, host: str, port: int) -> int:
         limits = self.inference.limits
-        self.server = grpc.aio.server(
-            maximum_concurrent_rpcs=limits.max_inflight,
+        self.server = grpc.aio.server(       # no maximum_concurrent_rpcs: it would refuse health checks too
             options=[("grpc.max_receive_message_length", limits.max_body),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)])
