@@ -1,0 +1,64 @@
+"""The front end's pure parts: model names / versions / tensors from LS, and the status mapping."""
+import grpc
+import pytest
+
+from clockwork.client.api import CONNECTION_LOST, NO_ANSWER, SEND_FAILED
+from clockwork.frontend.errors import FrontendError, http_status
+from clockwork.frontend.registry import Registry
+from clockwork.status import Status
+from clockwork.transport.schema import ModelInfo
+
+
+def info(model_id, source, shape=(3, 4), dtype="float32", out_shape=(5,), out_dtype="float16",
+         batch_sizes=(1, 2, 8)):
+    import numpy as np
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize if dtype else 7
+    out = int(np.prod(out_shape)) * np.dtype(out_dtype).itemsize if out_dtype else 3
+    return ModelInfo(model_id, source, size, out, 100, 1, list(batch_sizes), [1] * len(batch_sizes), 1,
+                     list(shape) if dtype else [], dtype, list(out_shape) if out_dtype else [], out_dtype)
+
+
+def test_names_versions_and_default_copy():
+    reg = Registry([info(5, "/models/zoo/resnet50"), info(2, "zoo/resnet50/"), info(3, "mlp"),
+                    info(9, "/other/resnet50")])
+    assert sorted(reg.models) == ["mlp", "resnet50"]
+    assert reg.versions("resnet50") == ["1", "2", "3"]
+    assert [reg.get("resnet50", v).model_id for v in ("1", "2", "3")] == [2, 5, 9]
+    assert reg.get("resnet50").model_id == 2                 # no version: the lowest model id
+    assert reg.get("resnet50", "4") is None and reg.get("nosuch") is None
+
+
+def test_tensors_metadata_and_config():
+    reg = Registry([info(0, "m", shape=(3, 4), dtype="float32", out_shape=(5,), out_dtype="float16")])
+    m = reg.get("m")
+    meta = reg.metadata(m)
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 4]}]
+    assert meta["outputs"] == [{"name": "output", "datatype": "FP16", "shape": [-1, 5]}]
+    config = Registry.config(m)
+    assert config["max_batch_size"] == 8
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, 4]}]
+    assert (m.input_size, m.output_size) == (48, 10)
+
+
+@pytest.mark.parametrize("dtype,shape", [("", ()), ("complex64", (2,)), ("float32", (1000,))])
+def test_undescribed_or_inconsistent_tensors_are_served_as_bytes(dtype, shape):
+    m = ModelInfo(0, "m", 48, 10, 1, 1, [1], [1], 1, list(shape), dtype, [5], "float16")
+    v = Registry([m]).get("m")
+    assert (v.input.datatype, v.input.shape) == ("UINT8", (48,))
+    assert (v.output.datatype, v.output.shape) == ("FP16", (5,))
+
+
+def test_status_mapping():
+    rejected = (Status.INITIALIZING, Status.CONTROLLER_SKIPPED, Status.COULD_NOT_START_IN_TIME,
+                Status.OVERLOADED, Status.WORKER_LOST, CONNECTION_LOST, SEND_FAILED)
+    for code in Status:
+        expected = (200 if code == Status.SUCCESS else 400 if code == Status.INVALID_REQUEST
+                    else 504 if code == Status.TIMEOUT else 503 if code in rejected else 500)
+        assert http_status(code) == expected, code
+    assert http_status(NO_ANSWER) == 504 and http_status(CONNECTION_LOST) == 503
+    e = FrontendError.from_status(Status.COULD_NOT_START_IN_TIME, "too late")
+    assert e.grpc_code == grpc.StatusCode.UNAVAILABLE
+    assert e.body() == {"error": "too late", "clockwork_status": 8,
+                        "clockwork_status_name": "could not start in time"}
+    assert e.details() == "too late [clockwork status 8: could not start in time]"
+    assert FrontendError.from_status(NO_ANSWER, "").grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED
