@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -506,3 +507,33 @@ def test_curve_to_the_controller_and_tls_to_clients(tmp_path):
             except ConnectionResetError:
                 answer = b""
         assert not answer.startswith(b"HTTP/")
+
+
+def test_cw_run_serves_the_protocol_beside_its_workload():
+    """`cw run --http PORT`: the workload's models answer tritonclient while the workload runs."""
+    from clockwork.transport.sockets import free_port
+    port = free_port()
+    run = subprocess.Popen([sys.executable, "-m", "clockwork.cli", "run", "--gpus", "1", "--duration", "8",
+                            "--http", str(port), "--workload", "simple", "--", "--model", "mlp"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        h = th.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            deadline = time.monotonic() + 60
+            while True:                         # ready, and the workload has loaded its model
+                try:
+                    if h.is_model_ready("mlp"):
+                        break
+                except (InferenceServerException, OSError):
+                    pass                        # not listening yet
+                assert time.monotonic() < deadline and run.poll() is None, "front end never served mlp"
+                time.sleep(0.1)
+            assert h.infer("mlp", [http_input(mlp_input(1))]).as_numpy("output").shape == (1, *MLP_OUT)
+        finally:
+            h.close()
+        out, _ = run.communicate(timeout=120)
+        assert run.returncode == 0 and "[frontend] frontend: HTTP on 127.0.0.1:" in out, out
+    finally:
+        if run.poll() is None:
+            run.terminate()
+            run.wait(10)
