@@ -175,9 +175,9 @@ def test_params_positional_named_and_errors():
     assert p == p2
     with pytest.raises(ParamError, match="needs: copies"):
         spec.parse(["resnet50"])
-    with pytest.raises(ParamError, match="not one of"):
+    with pytest.raises(ParamError, match="must be one of"):
         spec.parse("resnet50 4 gaussian 100 2 32 2 mul 7".split())
-    with pytest.raises(ParamError, match="not a valid int"):
+    with pytest.raises(ParamError, match="must be an integer"):
         spec.parse("resnet50 four poisson 100 2 32 2 mul 7".split())
     with pytest.raises(ParamError, match="no parameter --bogus"):
         get("simple").parse(["--bogus", "1"])
