@@ -219,14 +219,24 @@ def test_stream_infer_answers_each_request(fe, native):
 
 
 class RecordingEcho(EchoController):
-    """The echo controller, also keeping the input bytes of every Infer."""
+    """The echo controller, also keeping the input bytes and epoch of every Infer, and
+    stamping its answers with an epoch as a controller does."""
+    EPOCH = 0x5EED
 
     def __post_init__(self):
         super().__post_init__()
         self.inputs: list[bytes] = []
+        self.epochs: list[int] = []
+
+    def _answer(self, msg, data):
+        response, frames = super()._answer(msg, data)
+        if response is not None:
+            response.epoch = self.EPOCH
+        return response, frames
 
     def _infer(self, msg, data):
         self.inputs.append(b"".join(bytes(f.buffer) for f in data))
+        self.epochs.append(msg.epoch)
         return super()._infer(msg, data)
 
 
@@ -261,6 +271,7 @@ def test_inputs_and_slo_reach_the_controller_intact():
                 h.close()
                 g.close()
     assert echo.inputs == [x.tobytes() for x in xs]
+    assert echo.epochs == [RecordingEcho.EPOCH] * 4       # ids named with the lifetime they are from
     assert [(m, slo_ns) for m, _, slo_ns, _ in echo.infers] == \
         [(first, 12_500_000), (first, 7_000_000), (first, 0), (first, 0)]
 

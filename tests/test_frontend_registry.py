@@ -2,7 +2,7 @@
 import grpc
 import pytest
 
-from clockwork.client.api import CONNECTION_LOST, NO_ANSWER, SEND_FAILED
+from clockwork.client.api import CONNECTION_LOST, NO_ANSWER, SEND_FAILED, WRONG_PEER
 from clockwork.frontend.errors import FrontendError, http_status
 from clockwork.frontend.registry import Registry
 from clockwork.status import Status
@@ -50,7 +50,8 @@ def test_undescribed_or_inconsistent_tensors_are_served_as_bytes(dtype, shape):
 
 def test_status_mapping():
     rejected = (Status.INITIALIZING, Status.CONTROLLER_SKIPPED, Status.COULD_NOT_START_IN_TIME,
-                Status.OVERLOADED, Status.WORKER_LOST, CONNECTION_LOST, SEND_FAILED)
+                Status.OVERLOADED, Status.WORKER_LOST, Status.STALE_EPOCH, CONNECTION_LOST, SEND_FAILED,
+                WRONG_PEER)
     for code in Status:
         expected = (200 if code == Status.SUCCESS else 400 if code == Status.INVALID_REQUEST
                     else 504 if code == Status.TIMEOUT else 503 if code in rejected else 500)

@@ -3,8 +3,9 @@
     invalid input (front end or controller)     400 INVALID_ARGUMENT  (fix the request)
     unknown model / version                     404 NOT_FOUND
     controller rejection: could not start in time, controller skipped, overloaded, worker
-      lost, initializing; the front end at its in-flight limit; controller unreachable or
-      the connection lost with the request outstanding
+      lost, initializing, stale epoch (it restarted); the front end at its in-flight limit;
+      controller unreachable, not a controller, or the connection lost with the request
+      outstanding
                                                 503 UNAVAILABLE       (retry, elsewhere or later)
     timeout (controller's, or no answer in time) 504 DEADLINE_EXCEEDED
     anything else (a worker error, an internal error)
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import grpc
 
-from ..client.api import CONNECTION_LOST, NO_ANSWER, SEND_FAILED, status_name
+from ..client.api import CONNECTION_LOST, NO_ANSWER, SEND_FAILED, WRONG_PEER, status_name
 from ..status import Status
 
 GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
@@ -27,8 +28,8 @@ _HTTP = {
     Status.INVALID_REQUEST: 400,
     Status.TIMEOUT: 504, NO_ANSWER: 504,
     Status.INITIALIZING: 503, Status.CONTROLLER_SKIPPED: 503, Status.COULD_NOT_START_IN_TIME: 503,
-    Status.OVERLOADED: 503, Status.WORKER_LOST: 503,
-    CONNECTION_LOST: 503, SEND_FAILED: 503,
+    Status.OVERLOADED: 503, Status.WORKER_LOST: 503, Status.STALE_EPOCH: 503,
+    CONNECTION_LOST: 503, SEND_FAILED: 503, WRONG_PEER: 503,
 }
 
 

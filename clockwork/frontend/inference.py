@@ -98,6 +98,8 @@ class Inference:
         finally:
             self.inflight -= 1
         if response.status != Status.SUCCESS:
+            if response.status == Status.STALE_EPOCH:
+                self.link.stale()
             raise FrontendError.from_status(response.status, response.message)
         out = frames[0].buffer if frames else b""
         if len(out) != batch * m.output_size:

@@ -9,8 +9,9 @@ expires overdue requests.
 
 Readiness: ready once an LS succeeded (the controller is past initialisation and reachable) and
 the models the front end was asked to load (`--model`) are there; not ready from the moment the
-connection drops (ZeroMQ reconnects by itself; the next successful LS makes it ready again, with
-the new controller's model ids). The registry is refreshed every refresh_s, and at once when a
+connection drops or an answer says STALE_EPOCH (ZeroMQ reconnects by itself; the next successful
+LS makes it ready again, with the new controller's model ids and epoch, which every Infer then
+names: a request can never reach another model that took an old id). The registry is refreshed every refresh_s, and at once when a
 request names a model it does not know (a model loaded a moment ago by another client).
 """
 from __future__ import annotations
@@ -141,6 +142,11 @@ class ControllerLink:
         self._schedule_pump()
         return fut
 
+    def stale(self) -> None:
+        """An answer said our model ids are from another controller lifetime: list again."""
+        self._set_ready(False, f"the controller at {self.address} restarted")
+        self._wake.set()
+
     # ------------------------------------------------------------------ registry
 
     async def lookup(self, name: str, version: str = ""):
@@ -163,6 +169,10 @@ class ControllerLink:
         if r.status != Status.SUCCESS:
             self._set_ready(False, f"controller {self.address}: {r.message or r.status}")
             return False
+        if r.epoch and r.epoch != self.client.models.epoch:
+            # a controller lifetime (epoch) of its own: our Infers name it, so an id from an
+            # older lifetime is answered STALE_EPOCH, never served by another model
+            self.client.models.adopt(r.epoch)
         self.registry = Registry(r.models)
         missing = [(path, copies) for path, copies in self.load if model_name(path) not in self.registry.models]
         if missing:
