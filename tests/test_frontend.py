@@ -548,3 +548,43 @@ def test_cw_run_serves_the_protocol_beside_its_workload():
         if run.poll() is None:
             run.terminate()
             run.wait(10)
+
+
+def test_several_processes_share_the_ports(cluster, fe):
+    """--processes 2: two front ends on the same ports (SO_REUSEPORT), both serving; SIGTERM to
+    the parent stops them all."""
+    from clockwork.transport.sockets import free_port
+    http_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", cluster.address,
+                             "--host", "127.0.0.1", "--http", str(http_port), "--grpc", str(grpc_port),
+                             "--processes", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=cluster.env())
+    address = f"127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if raw_http(address, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "not ready"
+            time.sleep(0.1)
+        header = json.dumps({"inputs": [{"name": "input", "shape": [1, *MLP_IN], "datatype": "FP32",
+                                         "parameters": {"binary_data_size": 3136}}]}).encode()
+        for _ in range(10):                       # a fresh connection each: whichever process
+            status, _, _ = post(address, "/v2/models/mlp/infer", header + bytes(3136),
+                                f"Inference-Header-Content-Length: {len(header)}\r\n")
+            assert status == 200
+        g = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            assert g.infer("mlp", [grpc_input(mlp_input(1))]).as_numpy("output").shape == (1, *MLP_OUT)
+        finally:
+            g.close()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert out.count(f"frontend: HTTP on 127.0.0.1:{http_port}") == 2, out
+    with pytest.raises(OSError):                  # nobody listens any more
+        socket.create_connection(("127.0.0.1", http_port), timeout=5).close()

@@ -31,7 +31,7 @@ def parse_model(text: str) -> tuple[str, int]:
 
 async def serve(address: str, *, host: str, http_port: int | None, grpc_port: int | None,
                 models: list[tuple[str, int]], timeout_s: float, refresh_s: float, limits,
-                tls_cert: str | None, tls_key: str | None, log=print) -> None:
+                tls_cert: str | None, tls_key: str | None, reuse_port: bool = False, log=print) -> None:
     from .grpc_server import GrpcFrontend
     from .http_server import HttpFrontend
     from .inference import Inference
@@ -57,12 +57,12 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
         if http_port is not None:
             http = HttpFrontend(inference, metrics, ssl_context=ssl_context)
             servers.append(http)
-            port = await http.start(host, http_port)
+            port = await http.start(host, http_port, reuse_port)
             log(f"frontend: HTTP on {host}:{port}{' (TLS)' if ssl_context else ''}")
         if grpc_port is not None:
             g = GrpcFrontend(inference, metrics, credentials=credentials)
             servers.append(g)
-            port = await g.start(host, grpc_port)
+            port = await g.start(host, grpc_port, reuse_port)
             log(f"frontend: gRPC on {host}:{port}{' (TLS)' if credentials else ''}")
         log(f"frontend: controller {link.address}")
         stop = asyncio.Event()
@@ -74,6 +74,38 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
         for s in servers:
             await s.close()
         await link.close()
+
+
+def supervise(argv: list[str], processes: int) -> int:
+    """Run `processes` front ends with these arguments, all listening on the same ports
+    (SO_REUSEPORT: the kernel spreads connections over them), until SIGINT / SIGTERM or until
+    one of them exits (then the others are stopped too). Returns the exit status."""
+    import subprocess
+    import threading
+    procs = [subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", *argv, "--reuse-port"])
+             for _ in range(processes)]
+    stop = threading.Event()
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.2):
+            exited = [p for p in procs if p.poll() is not None]
+            if exited:
+                print(f"frontend: process {exited[0].pid} exited with status {exited[0].returncode}: "
+                      f"stopping the others", flush=True)
+                return exited[0].returncode or 1
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 @click.command("frontend", context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,8 +131,12 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
               help="HTTP connections at once; beyond: answered 503 and closed.")
 @click.option("--tls-cert", default=None, metavar="PEM", help="Serve HTTPS and gRPC over TLS with this certificate.")
 @click.option("--tls-key", default=None, metavar="PEM", help="The certificate's private key.")
+@click.option("--processes", type=int, default=1, show_default=True,
+              help="Front-end processes sharing the ports (SO_REUSEPORT): one event loop each, "
+                   "for more requests/s than one core serves. Needs fixed ports.")
+@click.option("--reuse-port", is_flag=True, hidden=True)
 def frontend_command(address, http_port, grpc_port, host, models, timeout_s, refresh_s, max_body_mb,
-                     max_batch, max_inflight, max_connections, tls_cert, tls_key):
+                     max_batch, max_inflight, max_connections, tls_cert, tls_key, processes, reuse_port):
     """Serve KServe v2 / Open Inference Protocol (HTTP and gRPC) in front of a controller.
 
     ADDRESS is the controller's HOST[:PORT] (port: [controller] client_port). CURVE to the
@@ -122,6 +158,20 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
             raise click.BadParameter(f"{name} must be >= 1")
     if timeout_s <= 0 or refresh_s <= 0 or max_body_mb <= 0 or max_batch < 0:
         raise click.BadParameter("--timeout, --refresh and --max-body-mb must be > 0, --max-batch >= 0")
+    if processes < 1:
+        raise click.BadParameter("--processes must be >= 1")
+    if processes > 1:
+        if http_port == 0 or grpc_port == 0:
+            raise click.BadParameter("--processes > 1 needs fixed --http / --grpc ports (or -1: off)")
+        argv = [address, "--http", str(http_port), "--grpc", str(grpc_port), "--host", host,
+                "--timeout", str(timeout_s), "--refresh", str(refresh_s), "--max-body-mb", str(max_body_mb),
+                "--max-batch", str(max_batch), "--max-inflight", str(max_inflight),
+                "--max-connections", str(max_connections)]
+        for m in models:
+            argv += ["--model", m]
+        if tls_cert:
+            argv += ["--tls-cert", tls_cert, "--tls-key", tls_key]
+        sys.exit(supervise(argv, processes))
     limits = Limits(max_batch=max_batch, max_inflight=max_inflight, max_body=int(max_body_mb * 2**20),
                     max_connections=max_connections)
     try:
@@ -138,7 +188,7 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
                           grpc_port=None if grpc_port < 0 else grpc_port,
                           models=[parse_model(m) for m in models], timeout_s=timeout_s,
                           refresh_s=refresh_s, limits=limits, tls_cert=tls_cert, tls_key=tls_key,
-                          log=lambda m: print(m, flush=True)))
+                          reuse_port=reuse_port, log=lambda m: print(m, flush=True)))
     except (ValueError, OSError) as e:       # bad address, port in use, unreadable key files
         raise click.ClickException(str(e))
     except KeyboardInterrupt:

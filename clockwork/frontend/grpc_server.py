@@ -100,18 +100,27 @@ class GrpcFrontend(pbg.GRPCInferenceServiceServicer):
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen on host:port (0: a free port); returns the port."""
         limits = self.inference.limits
         self.server = grpc.aio.server(       # no maximum_concurrent_rpcs: it would refuse health checks too
             options=[("grpc.max_receive_message_length", limits.max_body),
                      ("grpc.max_send_message_length", -1),
-                     ("grpc.so_reuseport", 0)])
+                     ("grpc.so_reuseport", 1 if reuse_port else 0)])
         _register(self, self.server)
         address = f"{host}:{port}"
-        if self.credentials is not None:
-            self.port = self.server.add_secure_port(address, self.credentials)
+        try:
+            if self.credentials is not None:
+                self.port = self.server.add_secure_port(address, self.credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as e:
+            self.port = 0
+            why = f" ({e})"
         else:
-            self.port = self.server.add_insecure_port(address)
+            why = ""
+        if not self.port:
+            raise OSError(f"gRPC: cannot listen on {address}{why}: in use?")
         await self.server.start()
         return self.port
 

@@ -118,8 +118,9 @@ class HttpFrontend:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on host:port (0: a free port); returns the port."""
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen on host:port (0: a free port); returns the port. reuse_port: share the port
+        with other front-end processes (SO_REUSEPORT)."""
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         server = self._runner.server
@@ -131,7 +132,7 @@ class HttpFrontend:
             return server()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(connection, host, port, ssl=self.ssl_context,
-                                                backlog=1024, reuse_address=True)
+                                                backlog=1024, reuse_address=True, reuse_port=reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
