@@ -63,3 +63,34 @@ def test_status_mapping():
                         "clockwork_status_name": "could not start in time"}
     assert e.details() == "too late [clockwork status 8: could not start in time]"
     assert FrontendError.from_status(NO_ANSWER, "").grpc_code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_link_loads_missing_models_once_and_keeps_an_unchanged_registry(echo, monkeypatch):
+    """ControllerLink on asyncio against the echo controller (in-process, records requests)."""
+    import asyncio
+
+    from clockwork.client.api import Client
+    from clockwork.frontend import link as link_mod
+    from clockwork.frontend.link import ControllerLink
+    monkeypatch.setattr(link_mod, "MISS_REFRESH_S", 0.0)     # a miss may list again at once
+
+    async def main():
+        link = ControllerLink(echo.address, refresh_s=3600, load=[("zoo/mlp", 2)], log=lambda *_: None)
+        await link.start()
+        try:
+            assert await link.refresh()
+            assert link.ready and link.registry.versions("mlp") == ["1", "2"]
+            assert echo.received["load"] == 1
+            first = link.registry
+            assert await link.refresh()
+            assert link.registry is first and echo.received["load"] == 1    # nothing new: kept
+            other = Client(echo.address, log=lambda *_: None)                # another client loads
+            try:
+                other.load_model("resnet50")
+            finally:
+                other.close()
+            assert await link.lookup("resnet50") is not None                # a miss lists again
+            assert link.registry is not first and echo.received["load"] == 2
+        finally:
+            await link.close()
+    asyncio.run(main())

@@ -97,6 +97,7 @@ class ControllerLink:
         if client.disconnects != self._disconnects:
             self._disconnects = client.disconnects
             self._set_ready(False, f"connection to the controller at {self.address} lost")
+            self.registry = Registry()           # whoever answers next lists from scratch
             self._wake.set()
 
     def _schedule_pump(self) -> None:
@@ -145,6 +146,7 @@ class ControllerLink:
     def stale(self) -> None:
         """An answer said our model ids are from another controller lifetime: list again."""
         self._set_ready(False, f"the controller at {self.address} restarted")
+        self.registry = Registry()
         self._wake.set()
 
     # ------------------------------------------------------------------ registry
@@ -173,7 +175,11 @@ class ControllerLink:
             # a controller lifetime (epoch) of its own: our Infers name it, so an id from an
             # older lifetime is answered STALE_EPOCH, never served by another model
             self.client.models.adopt(r.epoch)
-        self.registry = Registry(r.models)
+        reg = self.registry
+        if r.epoch != reg.epoch or len(r.models) != reg.count:
+            # a controller lifetime only ever adds models: same epoch and count, same models
+            # (so a refresh of thousands of models does not rebuild every 2 s)
+            self.registry = Registry(r.models, r.epoch)
         missing = [(path, copies) for path, copies in self.load if model_name(path) not in self.registry.models]
         if missing:
             loads = [self._call(lambda cb, t, p=p, c=c: self.client.load_model_async(p, c, cb, t),

@@ -81,7 +81,9 @@ def _version(name: str, number: int, m: ModelInfo) -> ModelVersion:
 class Registry:
     """name -> versions, rebuilt from each LS answer (never mutated afterwards)."""
 
-    def __init__(self, models: list[ModelInfo] = ()):
+    def __init__(self, models: list[ModelInfo] = (), epoch: int = 0):
+        self.epoch = epoch                  # the controller lifetime the model ids belong to
+        self.count = len(models)
         by_name: dict[str, list[ModelInfo]] = {}
         for m in sorted(models, key=lambda m: m.model_id):
             by_name.setdefault(model_name(m.source), []).append(m)
