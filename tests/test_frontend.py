@@ -553,23 +553,24 @@ def test_cw_run_serves_the_protocol_beside_its_workload():
 def test_several_processes_share_the_ports(cluster, fe):
     """--processes 2: two front ends on the same ports (SO_REUSEPORT), both serving; SIGTERM to
     the parent stops them all."""
+    import threading
     from clockwork.transport.sockets import free_port
     http_port, grpc_port = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", cluster.address,
                              "--host", "127.0.0.1", "--http", str(http_port), "--grpc", str(grpc_port),
                              "--processes", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=cluster.env())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     address = f"127.0.0.1:{http_port}"
+    listening = (f"frontend: HTTP on {address}", f"frontend: gRPC on 127.0.0.1:{grpc_port}",
+                 f"frontend: controller {cluster.address} ready")
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                if raw_http(address, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "not ready"
-            time.sleep(0.1)
+        while not all("".join(lines).count(x) == 2 for x in listening):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)   # both ready
+            time.sleep(0.05)
         header = json.dumps({"inputs": [{"name": "input", "shape": [1, *MLP_IN], "datatype": "FP32",
                                          "parameters": {"binary_data_size": 3136}}]}).encode()
         for _ in range(10):                       # a fresh connection each: whichever process
@@ -583,8 +584,8 @@ def test_several_processes_share_the_ports(cluster, fe):
             g.close()
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert out.count(f"frontend: HTTP on 127.0.0.1:{http_port}") == 2, out
+        proc.wait(60)
+        reader.join(10)
+    assert proc.returncode == 0, "".join(lines)
     with pytest.raises(OSError):                  # nobody listens any more
         socket.create_connection(("127.0.0.1", http_port), timeout=5).close()

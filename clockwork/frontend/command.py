@@ -76,6 +76,12 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
         await link.close()
 
 
+def log_line(text: str) -> None:
+    """One write per line: the processes of --processes share one stdout without mixing lines."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def supervise(argv: list[str], processes: int) -> int:
     """Run `processes` front ends with these arguments, all listening on the same ports
     (SO_REUSEPORT: the kernel spreads connections over them), until SIGINT / SIGTERM or until
@@ -188,7 +194,7 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
                           grpc_port=None if grpc_port < 0 else grpc_port,
                           models=[parse_model(m) for m in models], timeout_s=timeout_s,
                           refresh_s=refresh_s, limits=limits, tls_cert=tls_cert, tls_key=tls_key,
-                          reuse_port=reuse_port, log=lambda m: print(m, flush=True)))
+                          reuse_port=reuse_port, log=log_line))
     except (ValueError, OSError) as e:       # bad address, port in use, unreadable key files
         raise click.ClickException(str(e))
     except KeyboardInterrupt:
