@@ -407,6 +407,7 @@ def test_client_disconnecting_mid_request_disturbs_nobody(cluster, fe, http):
             wait_for_metric(fe, "clockwork_frontend_inflight_requests", 1)
     assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
     assert fe.proc.poll() is None
+    assert not any("Traceback" in line or "internal error" in line for line in fe.lines), "".join(fe.lines)
 
 
 def metric(address: str, name: str) -> float:
@@ -589,3 +590,13 @@ def test_several_processes_share_the_ports(cluster, fe):
     assert proc.returncode == 0, "".join(lines)
     with pytest.raises(OSError):                  # nobody listens any more
         socket.create_connection(("127.0.0.1", http_port), timeout=5).close()
+
+
+def test_large_json_request_is_decoded_off_the_loop(fe, http):
+    """A JSON tensor above the offload threshold (resnet50: 150528 values) is served as well."""
+    from clockwork.frontend.http_server import JSON_OFFLOAD
+    x = np.zeros((1, *PROFILE["resnet50"]["input"]["shape"]), np.float32)
+    body_estimate = x.size * len("0.0,")
+    assert JSON_OFFLOAD < body_estimate < MAX_BODY_MB << 20
+    r = http.infer("resnet50", [http_input(x, binary=False)])
+    assert r.as_numpy("output").shape == (1, *PROFILE["resnet50"]["output"]["shape"])

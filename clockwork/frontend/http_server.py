@@ -13,8 +13,9 @@ Request parameters: "slo_ms" (the clockwork SLO; the controller's default otherw
 "timeout" (microseconds, Triton's), "binary_data_output"; per output "binary_data".
 
 aiohttp on uvloop, chosen by measurement (BENCHMARKS.md, "KServe v2 front end"). Bodies are
-read without blocking the loop (a slow client only holds its own connection); JSON headers
-above JSON_OFFLOAD bytes are decoded on a thread so one huge body does not stall the others.
+read without blocking the loop (a slow client only holds its own connection; one that leaves
+mid-body costs nothing more); JSON above JSON_OFFLOAD bytes is decoded and turned into a
+tensor on a thread, so one huge body does not stall the others.
 Binary input data goes to the controller as a slice of the received body (no copy).
 """
 from __future__ import annotations
@@ -96,6 +97,7 @@ class HttpFrontend:
 
     def __init__(self, inference: Inference, metrics, *, ssl_context=None):
         self.inference = inference
+        self.log = inference.link.log
         self.link = inference.link
         self.metrics = metrics
         self.ssl_context = ssl_context
@@ -196,6 +198,13 @@ class HttpFrontend:
             self.metrics.failure("http", 413, None)
             return _json({"error": f"request body larger than the limit of "
                                    f"{self.inference.limits.max_body} bytes"}, 413)
+        except ConnectionError:          # the client left before its body arrived: nobody to answer
+            self.metrics.failure("http", 499, None)
+            return web.Response(status=499)
+        except Exception as e:           # a bug costs one request, one line, never the server
+            self.metrics.failure("http", 500, None)
+            self.log(f"frontend: internal error serving {request.path}: {e!r}")
+            return _json({"error": f"internal error: {e!r}"}, 500)
         self.metrics.success("http", time.perf_counter() - t0)
         return response
 
@@ -233,6 +242,9 @@ class HttpFrontend:
         elif json_end != len(body):
             raise bad_request(f"{len(body) - json_end} bytes after the JSON header but no input "
                               f"has binary_data_size")
+        elif json_end > JSON_OFFLOAD:
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, _json_tensor, t, t.datatype, batch * m.input.item_elements)
         else:
             data = _json_tensor(t, t.datatype, batch * m.input.item_elements)
         params = req.parameters
