@@ -181,8 +181,15 @@ class GrpcFrontend(pbg.GRPCInferenceServiceServicer):
         except FrontendError as e:
             self.metrics.failure("grpc", e.http, e.status)
             await self._abort(context, e)
+        except Exception as e:           # a bug costs one request, one line, never the server
+            await self._abort(context, self._internal(e))
         self.metrics.success("grpc", time.perf_counter() - t0)
         return response
+
+    def _internal(self, e: Exception) -> FrontendError:
+        self.metrics.failure("grpc", 500, None)
+        self.link.log(f"frontend: internal error serving ModelInfer: {e!r}")
+        return FrontendError(500, f"internal error: {e!r}")
 
     async def ModelStreamInfer(self, request_iterator, context):
         async for request in request_iterator:
@@ -192,6 +199,9 @@ class GrpcFrontend(pbg.GRPCInferenceServiceServicer):
             except FrontendError as e:
                 self.metrics.failure("grpc", e.http, e.status)
                 yield pb.ModelStreamInferResponse(error_message=e.details())
+                continue
+            except Exception as e:       # as in ModelInfer
+                yield pb.ModelStreamInferResponse(error_message=self._internal(e).details())
                 continue
             self.metrics.success("grpc", time.perf_counter() - t0)
             yield pb.ModelStreamInferResponse(infer_response=response)
