@@ -600,3 +600,17 @@ def test_large_json_request_is_decoded_off_the_loop(fe, http):
     assert JSON_OFFLOAD < body_estimate < MAX_BODY_MB << 20
     r = http.infer("resnet50", [http_input(x, binary=False)])
     assert r.as_numpy("output").shape == (1, *PROFILE["resnet50"]["output"]["shape"])
+
+
+@pytest.mark.parametrize("which", ["--http", "--grpc"])
+def test_port_in_use_and_bad_arguments_are_one_line_errors(which):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--grpc" if which == "--http" else "--http"
+        for args in ([which, str(port), other, "0"], ["--model", "mlp:x"], ["--processes", "2", "--http", "0"]):
+            r = subprocess.run([sys.executable, "-m", "clockwork.cli", "frontend", "127.0.0.1:9",
+                                "--host", "127.0.0.1", *args], capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout, r.stderr
+            assert r.stderr.strip().splitlines()[-1].startswith("Error:"), r.stderr
