@@ -206,16 +206,33 @@ def test_stream_infer_answers_each_request(fe, native):
     c = tg.InferenceServerClient(fe.grpc)
     try:
         c.start_stream(callback=lambda result, error: answers.append((result, error)))
-        c.async_stream_infer("mlp", [grpc_input(x)])
-        c.async_stream_infer("nosuchmodel", [grpc_input(x)])
-        c.async_stream_infer("mlp", [grpc_input(x)])
+        c.async_stream_infer("mlp", [grpc_input(x)], request_id="a")
+        c.async_stream_infer("nosuchmodel", [grpc_input(x)], request_id="b")
+        c.async_stream_infer("mlp", [grpc_input(x)], request_id="c")
         c.stop_stream()                    # waits for the answers
     finally:
         c.close()
-    assert len(answers) == 3
-    assert answers[0][1] is None and answers[0][0].as_numpy("output").tobytes() == reference
-    assert answers[1][0] is None and "nosuchmodel" in str(answers[1][1])
-    assert answers[2][1] is None
+    results = {r.get_response().id: r for r, e in answers if e is None}
+    errors = [e for r, e in answers if e is not None]
+    assert len(answers) == 3 and sorted(results) == ["a", "c"]       # answered as they finish
+    assert all(r.as_numpy("output").tobytes() == reference for r in results.values())
+    assert len(errors) == 1 and "nosuchmodel" in str(errors[0])
+
+
+def test_stream_requests_are_served_concurrently(cluster, fe):
+    x = mlp_input(1)
+    answers = []
+    c = tg.InferenceServerClient(fe.grpc)
+    try:
+        c.start_stream(callback=lambda result, error: answers.append((result, error)))
+        with stopped(cluster.controller):       # both wait for the controller at once
+            c.async_stream_infer("mlp", [grpc_input(x)], request_id="a")
+            c.async_stream_infer("mlp", [grpc_input(x)], request_id="b")
+            wait_for_metric(fe, "clockwork_frontend_inflight_requests", 2)
+        c.stop_stream()
+    finally:
+        c.close()
+    assert sorted(r.get_response().id for r, e in answers if e is None) == ["a", "b"]
 
 
 class RecordingEcho(EchoController):

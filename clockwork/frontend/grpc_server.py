@@ -3,7 +3,7 @@
 The message classes and the service registration are the generated code tritonclient ships
 (tritonclient.grpc.service_pb2 / service_pb2_grpc), so the wire format is Triton's own.
 Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
-ModelInfer and ModelStreamInfer (requests of one stream are answered in order); the other
+ModelInfer and ModelStreamInfer (requests of one stream served concurrently); the other
 methods answer UNIMPLEMENTED. Input tensors come in raw_input_contents (no copy: the bytes go
 to the controller as they are) or in the typed `contents` fields; outputs always go out in
 raw_output_contents. A request that does not decode is INVALID_ARGUMENT. Errors are gRPC codes (errors.py) whose details end with clockwork's status,
@@ -11,6 +11,7 @@ which also travels as trailing metadata `clockwork-status`.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -192,19 +193,42 @@ class GrpcFrontend(pbg.GRPCInferenceServiceServicer):
         return FrontendError(500, f"internal error: {e!r}")
 
     async def ModelStreamInfer(self, request_iterator, context):
-        async for request in request_iterator:
+        """Requests of one stream are served concurrently; each answer goes out when it is
+        ready (match them by request id, as with Triton)."""
+        answers: asyncio.Queue = asyncio.Queue()
+        running: set = set()
+
+        async def serve(request):
             t0 = time.perf_counter()
             try:
                 response = await self._infer(request, None)
             except FrontendError as e:
                 self.metrics.failure("grpc", e.http, e.status)
-                yield pb.ModelStreamInferResponse(error_message=e.details())
-                continue
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=e.details()))
+                return
             except Exception as e:       # as in ModelInfer
-                yield pb.ModelStreamInferResponse(error_message=self._internal(e).details())
-                continue
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=self._internal(e).details()))
+                return
             self.metrics.success("grpc", time.perf_counter() - t0)
-            yield pb.ModelStreamInferResponse(infer_response=response)
+            answers.put_nowait(pb.ModelStreamInferResponse(infer_response=response))
+
+        async def read():
+            async for request in request_iterator:
+                task = asyncio.ensure_future(serve(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            while running:
+                await asyncio.wait(list(running))
+            answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
 
     async def _infer(self, request, deadline_s: float | None) -> pb.ModelInferResponse:
         """deadline_s: the time left of the call's gRPC deadline (the client's timeout)."""
