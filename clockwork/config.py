@@ -5,6 +5,7 @@ CLOCKWORK_LOG_DIR) so every command finds models and logs the same way.
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -60,6 +61,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "worker_timeout_ms": POSITIVE,
         "worker_connect_timeout_s": NON_NEGATIVE,
         "max_models": POSITIVE_INT,
+        "max_models_per_client": POSITIVE_INT,
+        "ls_page_size": POSITIVE_INT,
         "max_queued_input_bytes": NON_NEGATIVE_INT,
         "print_interval_s": POSITIVE,
         "generate_inputs": Spec(bool),
@@ -94,7 +97,7 @@ def flag_type(section: str, key: str, metavar: str | None = None):
     return SCHEMA[section][key].click(metavar)
 
 
-def _validate(cfg: dict, where: str) -> None:
+def _validate(cfg: dict, defaults: dict, where: str) -> None:
     for section, table in cfg.items():
         if not isinstance(table, dict):
             continue
@@ -102,7 +105,7 @@ def _validate(cfg: dict, where: str) -> None:
             if isinstance(value, dict):
                 continue
             try:
-                table[key] = spec_of(section, key, value).check(value)
+                table[key] = spec_of(section, key, defaults[section][key]).check(value)
             except ValueError as e:
                 raise ConfigError(f"{where}: [{section}] {key} {e}") from None
 
@@ -137,9 +140,10 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Defaults, then `path` or $CLOCKWORK_CONFIG_FILE on top. Returns a fresh dict."""
     path = path or os.environ.get("CLOCKWORK_CONFIG_FILE") or None
     cfg = _read(DEFAULT_CONFIG)
+    defaults = copy.deepcopy(cfg)
     if path:
         _merge(cfg, _read(Path(path)), str(path))
-    _validate(cfg, str(path or DEFAULT_CONFIG))
+    _validate(cfg, defaults, str(path or DEFAULT_CONFIG))
     return cfg
 
 
@@ -161,6 +165,8 @@ def log_dir(explicit: str | None = None) -> Path:
     created; if that fails the caller reports it.
     """
     path = Path(explicit or os.environ.get("CLOCKWORK_LOG_DIR") or "logs").resolve()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"log directory {path} {why_not_a_directory(path)}")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -139,3 +139,10 @@ def test_trace_dir_that_is_a_file_is_not_called_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("AZURE_TRACE_DIR")
     with pytest.raises(TraceError, match="`cw trace synth DIR`"):
         trace_path(3)
+
+
+def test_log_dir_that_is_a_file_is_said_so(tmp_path):
+    f = tmp_path / "logs"
+    f.write_text("x")
+    r = _invoke(controller_command, ["--log-dir", str(f), "127.0.0.1:1"])
+    assert r.exit_code == 1 and f"log directory {f} is a file, not a directory" in r.output

@@ -72,3 +72,9 @@ def test_specs_refuse_non_finite_and_out_of_range_text():
     with pytest.raises(ValueError, match=">= 0 and < 1"):
         half_open.parse("1")
     assert not math.isnan(Spec(float).parse("1e300"))
+
+
+def test_a_key_missing_from_the_schema_is_still_checked_for_its_defaults_type(tmp_path, monkeypatch):
+    monkeypatch.delitem(SCHEMA["worker"], "print_interval_s")
+    with pytest.raises(ConfigError, match=r"\[worker\] print_interval_s must be an integer, got 'soon'"):
+        _load(tmp_path, '[worker]\nprint_interval_s = "soon"\n')

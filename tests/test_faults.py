@@ -403,3 +403,50 @@ def test_a_second_controller_takes_the_worker_without_a_fight():
                 assert c2.infer(m2).response.status == Status.SUCCESS
         finally:
             client.close()
+
+
+def test_cw_client_says_the_controller_is_gone_and_counts_connection_lost():
+    """Issue 9: after kill -9 of the controller `cw client` printed only throughput=0.00 and its
+    summary called the requests the library had answered CONNECTION_LOST unanswered."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = cluster._spawn("client", [
+            sys.executable, "-m", "clockwork.client.command", cluster.address, "-w", "poisson-open-loop",
+            "--duration", "6", "--print-interval", "1", "--", "1", "100", "resnet50"])
+        wait_for(cluster, r"Starting workload", name="client")
+        wait_for(cluster, r"throughput=", name="client")
+        cluster.controller.send_signal(signal.SIGKILL)
+        assert client.wait(WAIT_S + 10) == 0
+        cluster._threads["client"].join(10)
+        out = "".join(lines(cluster, "client"))
+        assert re.search(r"the controller at .* is gone \(connection lost\)", out), out
+        m = re.search(r"Summary: .* sent=(\d+) answered=(\d+) succeeded=\d+ connection lost=(\d+) "
+                      r"unanswered=(\d+)", out)
+        assert m, out
+        sent, answered, lost, unanswered = map(int, m.groups())
+        assert lost > 0 and unanswered == 0 and answered + lost == sent, out
+        assert re.search(rf"status -3 connection to controller lost: {lost} ", out), out
+
+
+def test_requests_whose_slo_passed_in_a_stalled_controller_time_out():
+    """Issue 9: requests that waited in a stopped controller were served as if fresh (success,
+    5 s latency). One whose SLO passed before the controller read it is answered TIMEOUT."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S)
+        try:
+            mid, _, _ = client.load_model("resnet50")
+            for _ in range(5):                          # the controller learns this client's delay
+                assert client.infer(mid, slo_ns=1_000_000_000).response.status == Status.SUCCESS
+            slo_ns = 200_000_000
+            tally = Tally()
+            cluster.controller.send_signal(signal.SIGSTOP)
+            try:
+                tally.send(client, mid, 20, slo_ns=slo_ns)
+                time.sleep(3 * slo_ns / 1e9)            # the stall: longer than their SLO
+            finally:
+                cluster.controller.send_signal(signal.SIGCONT)
+            finish(client, tally)
+            assert tally.statuses == {Status.TIMEOUT: 20}, tally.statuses
+            reply = client.infer(mid, slo_ns=1_000_000_000)   # fresh requests are served again
+            assert reply.response.status == Status.SUCCESS
+        finally:
+            client.close()

@@ -322,7 +322,7 @@ def test_stats_lines_and_summary():
     st.maybe_print()
     a = np.array(lat) * 1e3
     p50, p99 = np.percentile(a, [50, 99])
-    assert lines == [f"throughput={5 / 2.0:.2f} min={a.min():.2f} max={a.max():.2f} mean={a.mean():.2f} "
+    assert lines == [f"throughput={5 / 2.0:.2f} goodput=0.00 slo=0.00% min={a.min():.2f} max={a.max():.2f} mean={a.mean():.2f} "
                      f"p50={p50:.2f} p99={p99:.2f} success={100 * 4 / 5:.2f}%"]
     assert st.sent == 6 and st.answered == 5 and st.succeeded == 4
     s = st.summary(outstanding=0)

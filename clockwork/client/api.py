@@ -15,7 +15,7 @@ reference, never copied), a dict entry, and a deque append for the timeout.
     client.close()
 
 Client-side outcomes that are not controller answers use negative pseudo-statuses
-(NO_ANSWER, SEND_FAILED, CONNECTION_LOST), so accounting can tell "the controller said timeout"
+(NO_ANSWER, SEND_FAILED, CONNECTION_LOST, WRONG_PEER), so accounting can tell "the controller said timeout"
 (status 4) from "nobody answered". When the connection drops (the controller died or restarted)
 every outstanding request is answered CONNECTION_LOST at once instead of waiting for its
 timeout; ZeroMQ reconnects by itself, so the same Client works again once a controller is back.
@@ -64,14 +64,37 @@ def status_name(code: int) -> str:
     return describe(code)
 
 
-def wrong_peer_message(address: str, header, error: ProtocolError) -> str:
-    """Why the peer at `address` cannot be a controller, from a header we could not decode."""
-    try:
-        schema.decode(header, schema.RESULT_DECODER)
-        what = "it answers like a clockwork worker (a worker's port? clients connect to the controller's client port)"
-    except ProtocolError:
-        what = str(error)
-    return f"{address} is not a clockwork controller: {what}"
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def handshake_failed_message(address: str, secure: bool) -> str:
+    """Why a ZMTP handshake with the controller failed, as far as we can tell: the security
+    settings of the two ends differ."""
+    if not secure:
+        return (f"the controller at {address} refused our connection's handshake: it requires CURVE "
+                "security. Set [security] enabled = true and key_dir in CLOCKWORK_CONFIG_FILE, with a "
+                "client key pair the controller accepts (`cw keys`; see docs/reliability.md)")
+    return (f"the controller at {address} refused our CURVE handshake: it runs without security, or "
+            "does not accept this client's key, or we hold the wrong controller public key "
+            "([security] key_dir, client_key; `cw keys`)")
+
+
+def wrong_peer_message(address: str, header) -> str | None:
+    """Why the peer at `address` cannot be a controller, from a header we could not decode as
+    a response: it is a worker's result or a controller's action (another role), or a peer's
+    fatal error text. None for mere garbage (logged and skipped)."""
+    for decoder, role in ((schema.RESULT_DECODER, "a clockwork worker (a worker's port? clients connect "
+                           "to the controller's client port)"), (schema.ACTION_DECODER, "a clockwork controller's "
+                           "worker link")):
+        try:
+            schema.decode(header, decoder)
+        except ProtocolError as e:
+            if str(e).startswith("peer error"):
+                return f"{address} refused us: {e}"
+            continue
+        return f"{address} is not a clockwork controller: it answers like {role}"
+    return None
 
 
 def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq.Socket, zmq.Socket]:
@@ -87,7 +110,7 @@ def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq
         sock.setsockopt(opt, value)
     if security is not None:                   # CURVE: our key pair, and the controller's key
         security.client(sock, security.client_key, "controller")
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
     try:
         sock.connect(tcp(host, port))
     except zmq.ZMQError:
@@ -186,6 +209,7 @@ class Client:
         self._transport_up = False
         self._dropped = False                      # a disconnection not yet handled by poll()
         self._link_down = False                    # disconnected since the last handshake
+        self._told_down = False                    # the user was told the controller is gone
         self.disconnects = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}
@@ -193,6 +217,8 @@ class Client:
         self.answered_unknown = 0                  # answers for ids we no longer wait for
         self.bad_messages = 0
         self.wrong_peer: str | None = None         # why the peer is not a controller, once seen
+        self.handshake_failed: str | None = None   # why ZMTP handshakes fail (security mismatch)
+        self._secure = security is not None
         self.heard_from_controller = False
         self.models = ModelIds()                   # ids across controller lifetimes
         self._reload: _Reload | None = None        # re-registration with a new controller, under way
@@ -244,7 +270,8 @@ class Client:
                 epoch = ids.old_epoch              # an id not loaded again: answered STALE_EPOCH
             else:
                 model_id = current
-        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch))
+        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch,
+                                        time.monotonic_ns()))
         return self._send(rid, header, inputs, callback, timeout_s)
 
     def infer_future(self, model_id: int, **kw) -> Future:
@@ -256,9 +283,11 @@ class Client:
         rid = next(self._ids)
         return self._send(rid, self._enc(LoadModelRequest(rid, path, copies)), None, callback, timeout_s)
 
-    def ls_async(self, callback: Callback, timeout_s: float | None = None) -> int:
+    def ls_async(self, callback: Callback, timeout_s: float | None = None, first: int = 0) -> int:
+        """One page of the model list: ids >= first (the controller's ids); response.next is
+        the first id of the next page, -1 after the last."""
         rid = next(self._ids)
-        return self._send(rid, self._enc(LsRequest(rid)), None, callback, timeout_s)
+        return self._send(rid, self._enc(LsRequest(rid, first)), None, callback, timeout_s)
 
     def _send(self, rid, header, inputs, callback, timeout_s) -> int:
         now = self._now()
@@ -321,12 +350,16 @@ class Client:
             try:
                 msg = decode(frames[0], dec)
             except ProtocolError as e:
-                # a controller never sends what we cannot decode: the peer is of another kind
-                # (or version), so nothing we wait for will come: fail it all now
+                # a message of another role (a worker's result) means the peer is of another
+                # kind: nothing we wait for will come, so fail it all now
                 self.bad_messages += 1
-                if self.wrong_peer is None:
-                    self.wrong_peer = wrong_peer_message(self.address, frames[0], e)
-                n += self._fail_all(WRONG_PEER, self.wrong_peer)
+                why = wrong_peer_message(self.address, frames[0])
+                if why is None:
+                    if self.bad_messages <= 5:
+                        self.log(f"bad message from controller {self.address}: {e}")
+                    continue
+                self.wrong_peer = why
+                n += self._fail_all(WRONG_PEER, why)
                 continue
             if msg.epoch != self.models.epoch and msg.epoch and self.models.epoch:
                 self._new_epoch(msg.epoch)
@@ -341,7 +374,12 @@ class Client:
             n += 1
         if self._dropped:
             self._dropped = False
-            n += self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            failed = self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            n += failed
+            if self._link_down and not self._told_down:
+                self._told_down = True
+                self.log(f"the controller at {self.address} is gone (connection lost): {failed} outstanding "
+                         f"requests answered CONNECTION_LOST, and so is every request until it is back")
         if self._reload is not None and self._reload.retry:
             self._reload.resend_due(self._now())
         return n + self._expire()
@@ -487,6 +525,11 @@ class Client:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True
                 self._link_down = False
+                if self._told_down:
+                    self._told_down = False
+                    self.log(f"connected to a controller at {self.address} again")
+            elif event & HANDSHAKE_FAILED:
+                self.handshake_failed = handshake_failed_message(self.address, self._secure)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
                 self._dropped = True
@@ -502,13 +545,15 @@ class Client:
         """Wait until the controller accepts our connection (at most connect_timeout_s).
         Raises ControllerUnreachable otherwise. Sends nothing."""
         end = self._now() + self.connect_timeout_s
-        while not self.connected:
+        while not self.connected and self.handshake_failed is None:
             left = end - self._now()
             if left <= 0 or self._monitor is None:
                 break
             self._monitor.poll(max(1, int(left * 1000)))
         if self.connected:
             return
+        if self.handshake_failed is not None:
+            raise ControllerUnreachable(self.handshake_failed)
         raise ControllerUnreachable(f"nothing accepted a connection at {self.address} within "
                                     f"{self.connect_timeout_s:g} s: is `cw controller` running there?")
 
@@ -555,16 +600,28 @@ class Client:
         return first, r.copies, r
 
     def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
-        """The models the controller knows, retried while it initialises."""
-        r = self._retrying(lambda fut, t: self.ls_async(fut._set, t), "ls",
-                           self.connect_timeout_s if timeout_s is None else timeout_s)
-        if r.status != Status.SUCCESS:
-            raise RequestFailed("ls", r.status, r.message)
-        self._settle(r.epoch, self.load_timeout_s)
+        """Every model the controller knows (all pages), retried while it initialises."""
+        timeout = self.connect_timeout_s if timeout_s is None else timeout_s
+        models: list[ModelInfo] = []
+        first = 0
+        epoch = None
+        while True:
+            r = self._retrying(lambda fut, t: self.ls_async(fut._set, t, first), "ls", timeout)
+            if r.status != Status.SUCCESS:
+                raise RequestFailed("ls", r.status, r.message)
+            if epoch is not None and r.epoch != epoch:    # it restarted between pages: start over
+                models, first, epoch = [], 0, None
+                continue
+            epoch = r.epoch
+            models.extend(r.models)
+            if r.next < 0:
+                break
+            first = r.next
+        self._settle(epoch, self.load_timeout_s)
         if self.models.route is not None:          # name models by the caller's ids
-            for m in r.models:
+            for m in models:
                 m.model_id = self.models.handle_block(m.model_id, 1)
-        return list(r.models)
+        return models
 
 
 class _Reload:

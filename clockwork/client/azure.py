@@ -71,7 +71,7 @@ def trace_path(day: int = 1, where: str | os.PathLike | None = None) -> Path:
     d = Path(directory)
     if not d.is_dir():
         from ..config import why_not_a_directory
-        raise TraceError(f"Azure trace directory {d} {why_not_a_directory(d)}")
+        raise TraceError(f"Azure trace {'' if where else 'directory '}{d} {why_not_a_directory(d)}")
     for pattern in FILE_PATTERNS:
         p = d / pattern.format(day)
         if p.exists():

@@ -121,6 +121,7 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
             engine.run(drain_s=drain)
         except KeyboardInterrupt:
             engine.stop("interrupted")
+            stats.stop()
             click.echo("Interrupted; waiting briefly for outstanding answers")
             left = client.drain(min(drain, 2.0))
             client.abandon()

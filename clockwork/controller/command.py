@@ -6,6 +6,7 @@ import sys
 import click
 
 from ..config import ConfigError, flag_type, load_config, log_dir
+from ..console import timestamped
 
 
 @click.command("controller")
@@ -47,7 +48,7 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
     try:
         logs = None if no_logs else log_dir_or_fail(log_dir)
         serve(config, addresses, scheduler=scheduler, host=host, client_port=port, log_dir=logs,
-              telemetry_port=telemetry_port, out=lambda line: print(line, flush=True))
+              telemetry_port=telemetry_port, out=timestamped())
     except (ValueError, KeyError, WorkersUnreachable) as e:
         raise click.ClickException(str(e))
     except OSError as e:      # e.g. the log files cannot be written
@@ -57,6 +58,8 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
 def log_dir_or_fail(explicit):
     try:
         return log_dir(explicit)
+    except NotADirectoryError as e:
+        raise click.ClickException(str(e))
     except OSError as e:
         raise click.ClickException(f"cannot create log directory: {e}")
 

@@ -23,6 +23,7 @@ closing, so it is never sent actions meant for the old process's state.
 """
 from __future__ import annotations
 
+import bisect
 import gc
 import itertools
 import secrets
@@ -40,6 +41,7 @@ from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
 from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send, wait
 from . import logs as logs_mod
+from .queuewait import QueueWait
 from .scheduler import Request
 from .stats import ControllerStats
 
@@ -139,7 +141,7 @@ class Controller:
         self.epoch = new_epoch()
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
-        host = host or cc.get("bind", "127.0.0.1")
+        self.host = host = host or cc.get("bind", "127.0.0.1")
         self.client_port = client_port or cc["client_port"]
         try:
             self.client_sock = router(self.ctx, host, self.client_port,
@@ -164,6 +166,7 @@ class Controller:
         self.phase = "connecting"
         self.stats = ControllerStats()
         self.request_ids = itertools.count(1)
+        self.queue_wait = QueueWait()
         self.arrivals = 0
         self.departures = 0
         self.default_slo = int(cc["default_slo_ms"] * 1e6)
@@ -175,6 +178,10 @@ class Controller:
         self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
         self.started = self.next_startup_report = 0
         self.max_models = int(cc.get("max_models", MAX_COPIES))
+        self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
+        self.client_copies: dict[bytes, int] = {}    # client connection -> copies registered or loading
+        self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
+        self.model_order: list[int] = []             # model ids, ascending (LS pages)
         # memory bound on inputs: bytes held by requests not yet answered, beyond which OVERLOADED
         self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
         self.input_bytes = 0
@@ -225,14 +232,15 @@ class Controller:
         self.departures += 1
         if self._held:
             self.input_bytes -= self._held.pop(req.id, 0)
+        met = now <= req.deadline
         msg = s.InferResponse(req.client_request_id, status, message, req.model_id, req.batch_size,
-                              latency, exec_ns, req.is_coldstart, self.epoch)
+                              latency, exec_ns, req.is_coldstart, self.epoch, met)
         if req.client is not None:
             send(self.client_sock, msg, (output,) if output is not None and status == 0 else (),
                  ident=req.client)
-        self.stats.request_done(status, latency)
+        self.stats.request_done(status, latency, met)
         self.request_log.add((now, req.id, status, req.user_id, req.model_id, req.slo_factor,
-                              latency, req.deadline, int(now <= req.deadline), self.arrivals,
+                              latency, req.deadline, int(met), self.arrivals,
                               self.departures, int(req.is_coldstart), req.batch_size, req.gpu))
         if self.telemetry is not None:
             self.telemetry.request_done(req, status, latency, now, exec_ns)
@@ -249,6 +257,7 @@ class Controller:
             except ValueError:   # not the main thread (tests): stop() still works
                 pass
         self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
+        self.out(self.listening())
         for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
             if log.path:
                 self.out(f"Logging {what} to {log.path}"
@@ -301,6 +310,15 @@ class Controller:
     def stop(self) -> None:
         self._running = False
 
+    def listening(self) -> str:
+        """Where clients, `cw top` and Prometheus reach this controller (printed at start)."""
+        tel = self.telemetry
+        pub = tel.port if tel is not None and tel.sock is not None else 0
+        metrics = self.config["controller"].get("metrics_port", 0) if tel is not None and tel.metrics else 0
+        return (f"Listening: clients on {self.host}:{self.client_port}, telemetry "
+                + (f"on {self.host}:{pub}" if pub else "off") + ", metrics "
+                + (f"on http://{self.host}:{metrics}/metrics" if metrics else "off"))
+
     def close(self) -> None:
         self.request_log.close()
         self.action_log.close()
@@ -314,6 +332,7 @@ class Controller:
             self.security.close()
 
     def _housekeeping(self, now: int) -> None:
+        self.queue_wait.sweep(now)
         if self.phase == "connecting" and now >= self.next_startup_report:
             self._startup_report(now)
         self.request_log.flush()
@@ -415,8 +434,14 @@ class Controller:
             return
         now = self.clock()
         slo = msg.slo_ns or self.default_slo
+        # arrival: when the client sent it, as far as we can tell (this loop may have been stalled)
+        waited = self.queue_wait.waited(ident, msg.sent_ns, now)
         req = Request(next(self.request_ids), ident, msg.request_id, msg.model_id, msg.batch_size,
-                      now, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+                      now - waited, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+        if req.deadline <= now:
+            self.respond(req, Status.TIMEOUT, f"its SLO ({slo / 1e6:g} ms) had passed when the controller "
+                         f"read it ({waited / 1e6:.0f} ms after it was sent)")
+            return
         if nbytes:
             self.input_bytes += nbytes
             self._held[req.id] = nbytes
@@ -429,8 +454,11 @@ class Controller:
             self._reply(s.LsResponse(msg.request_id, Status.INITIALIZING,
                                                 "Controller initializing"), ident=ident)
             return
-        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "",
-                                            [self.models[k] for k in sorted(self.models)]), ident=ident)
+        order = self.model_order
+        start = bisect.bisect_left(order, msg.first)
+        end = start + self.ls_page_size
+        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", [self.models[k] for k in order[start:end]],
+                                 next=order[end] if end < len(order) else -1), ident=ident)
 
     def _on_load_model(self, ident: bytes, msg: s.LoadModelRequest) -> None:
         error = None
@@ -441,6 +469,10 @@ class Controller:
         elif len(self.models) + sum(j.copies for j in self.load_jobs.values()) + msg.copies > self.max_models:
             error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
                      f"{self.max_models} model instances ({len(self.models)} registered)")
+        elif self.client_copies.get(ident, 0) + msg.copies > self.max_models_per_client:
+            error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
+                     f"{self.max_models_per_client} model instances per client "
+                     f"({self.client_copies.get(ident, 0)} registered or loading by this one)")
         elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/") or "\x00" in msg.path:
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")
@@ -449,6 +481,7 @@ class Controller:
             return
         self.out(f"Client --> Req{msg.request_id}:LoadModel path={msg.path} copies={msg.copies}")
         job = LoadJob(ident, msg.request_id, msg.path, self.next_model_id, msg.copies)
+        self.client_copies[ident] = self.client_copies.get(ident, 0) + msg.copies
         self.next_model_id += msg.copies
         self.load_jobs[job.model_id] = job
         for w in self.workers:
@@ -486,11 +519,14 @@ class Controller:
         if job.error is None and job.models is None:
             job.error = (Status.ERROR, "no worker is connected")
         if job.error is not None:
+            self.client_copies[job.client] -= job.copies
             self._reply(s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
                  ident=job.client)
             return
         new = {m.model_id: m for m in job.models}
         self.models.update(new)
+        for k in new:
+            bisect.insort(self.model_order, k)
         gc.freeze()     # long-lived model state: keep it out of gen-2 passes (~0.3 us/object each)
         if self.telemetry is not None:   # telemetry: event
             self.telemetry.event("model_registered", f"models {job.model_id}..{job.model_id + job.copies - 1} "

@@ -98,6 +98,7 @@ class InferRequest(Message, tag=1):
     slo_ns: int = 0               # > 0: explicit SLO; 0: controller default
     user_id: int = 0
     epoch: int = 0                # controller epoch model_id belongs to (0: unchecked)
+    sent_ns: int = 0              # client's monotonic clock at send (0: unknown), see QueueWait
 
 
 class InferResponse(Message, tag=2):
@@ -111,6 +112,7 @@ class InferResponse(Message, tag=2):
     exec_ns: int = 0              # measured exec time of the batch that served it
     is_coldstart: bool = False
     epoch: int = 0                # the answering controller's epoch
+    within_slo: bool = False      # answered by its deadline (arrival + SLO): a success that counts as goodput
 
 
 class LoadModelRequest(Message, tag=3):
@@ -132,6 +134,7 @@ class LoadModelResponse(Message, tag=4):
 
 class LsRequest(Message, tag=5):
     request_id: int
+    first: int = 0                # list models with ids >= first (one page; see LsResponse.next)
 
 
 class LsResponse(Message, tag=6):
@@ -140,6 +143,7 @@ class LsResponse(Message, tag=6):
     message: str = ""
     models: list[ModelInfo] = []
     epoch: int = 0
+    next: int = -1                # first id of the next page (-1: this was the last)
 
 
 class ErrorResponse(Message, tag=7):

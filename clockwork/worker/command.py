@@ -1,7 +1,6 @@
 """`cw worker`: start a worker process (also `python -m clockwork.worker.command`)."""
 from __future__ import annotations
 
-import functools
 import gc
 import signal
 import sys
@@ -9,6 +8,7 @@ import sys
 import click
 
 from .. import config
+from ..console import timestamped
 from ..model.backend import BackendUnavailable, backend_class
 
 
@@ -61,7 +61,7 @@ def _stop(signum, frame):
               help="Weights cache bytes per GPU, e.g. 21.5GiB [default: worker.weights_cache_size].")
 def worker_command(emulate, backend, host, port, model_dir, config_file, weights_cache):
     """Run a Clockwork worker: it starts empty and executes the actions a controller sends."""
-    log = functools.partial(print, flush=True)
+    log = timestamped()
     from ..transport import security as security_mod
     try:
         full = config.load_config(config_file)
