@@ -377,17 +377,19 @@ def test_no_answer_in_time_is_504_and_deadline_exceeded(cluster, fe, http, grpcc
 
 
 def test_controller_rejection_is_503_with_clockwork_status():
-    """A controller that holds no inputs at all rejects every request OVERLOADED at once."""
+    """A controller that holds no inputs at all rejects every request OVERLOADED at once (and
+    lists its models one per LS page: the front end reads every page)."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write("[controller]\nmax_queued_input_bytes = 1\n")
+        f.write("[controller]\nmax_queued_input_bytes = 1\nls_page_size = 1\n")
     try:
         with LocalCluster(gpus=1, config_file=Path(f.name)) as c, \
-                Frontend(c.address, c.env(), "--model", "mlp") as front:
+                Frontend(c.address, c.env(), "--model", "mlp", "--model", "resnet50:2") as front:
             front.wait_ready()
             x = mlp_input(1)
             h = th.InferenceServerClient(front.http)
             g = tg.InferenceServerClient(front.grpc)
             try:
+                assert h.get_model_metadata("resnet50")["versions"] == ["1", "2"] and h.is_model_ready("mlp")
                 e = http_error(lambda: h.infer("mlp", [http_input(x)]))
                 assert e.status() == "503" and "limit" in e.message()
                 status, _, body = post(front.http, "/v2/models/mlp/infer", json.dumps(

@@ -11,7 +11,9 @@ Readiness: ready once an LS succeeded (the controller is past initialisation and
 the models the front end was asked to load (`--model`) are there; not ready from the moment the
 connection drops or an answer says STALE_EPOCH (ZeroMQ reconnects by itself; the next successful
 LS makes it ready again, with the new controller's model ids and epoch, which every Infer then
-names: a request can never reach another model that took an old id). The registry is refreshed every refresh_s, and at once when a
+names: a request can never reach another model that took an old id). A refresh asks only for
+models added since the last one (LS pages from the next id), so thousands of models cost
+nothing while nothing changes. The registry is refreshed every refresh_s, and at once when a
 request names a model it does not know (a model loaded a moment ago by another client).
 """
 from __future__ import annotations
@@ -165,21 +167,41 @@ class ControllerLink:
             self._refresh = asyncio.ensure_future(self._do_refresh())
         return asyncio.shield(self._refresh)
 
+    async def _list_new(self):
+        """The models added since the registry was built: LS pages from the registry's next id
+        (a controller lifetime only ever adds models, with growing ids), or every page when the
+        lifetime (epoch) changed. Returns (failed answer or None, new models, epoch)."""
+        reg = self.registry
+        first, models, epoch = reg.next_id, [], None
+        while True:
+            r = await self._call(lambda cb, t, f=first: self.client.ls_async(cb, t, f),
+                                 min(self.timeout_s, 5.0))
+            if r.status != Status.SUCCESS:
+                return r, [], 0
+            if r.epoch != (reg.epoch if epoch is None else epoch) and (first or models):
+                first, models, epoch, reg = 0, [], r.epoch, Registry()   # another lifetime: from 0
+                continue
+            epoch = r.epoch
+            models.extend(m for m in r.models if m.model_id >= first)    # a peer may ignore `first`
+            if r.next < 0:
+                return None, models, epoch
+            first = r.next
+
     async def _do_refresh(self) -> bool:
         self._last_refresh = time.monotonic()
-        r = await self._call(lambda cb, t: self.client.ls_async(cb, t), min(self.timeout_s, 5.0))
-        if r.status != Status.SUCCESS:
-            self._set_ready(False, f"controller {self.address}: {r.message or r.status}")
+        failed, new, epoch = await self._list_new()
+        if failed is not None:
+            self._set_ready(False, f"controller {self.address}: {failed.message or failed.status}")
             return False
-        if r.epoch and r.epoch != self.client.models.epoch:
+        if epoch and epoch != self.client.models.epoch:
             # a controller lifetime (epoch) of its own: our Infers name it, so an id from an
             # older lifetime is answered STALE_EPOCH, never served by another model
-            self.client.models.adopt(r.epoch)
+            self.client.models.adopt(epoch)
         reg = self.registry
-        if r.epoch != reg.epoch or len(r.models) != reg.count:
-            # a controller lifetime only ever adds models: same epoch and count, same models
-            # (so a refresh of thousands of models does not rebuild every 2 s)
-            self.registry = Registry(r.models, r.epoch)
+        if epoch != reg.epoch:
+            self.registry = Registry(new, epoch)
+        elif new:
+            self.registry = Registry(reg.infos + new, epoch)
         missing = [(path, copies) for path, copies in self.load if model_name(path) not in self.registry.models]
         if missing:
             loads = [self._call(lambda cb, t, p=p, c=c: self.client.load_model_async(p, c, cb, t),

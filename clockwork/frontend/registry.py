@@ -83,9 +83,10 @@ class Registry:
 
     def __init__(self, models: list[ModelInfo] = (), epoch: int = 0):
         self.epoch = epoch                  # the controller lifetime the model ids belong to
-        self.count = len(models)
+        self.infos = sorted(models, key=lambda m: m.model_id)
+        self.next_id = self.infos[-1].model_id + 1 if self.infos else 0   # LS from here for new ones
         by_name: dict[str, list[ModelInfo]] = {}
-        for m in sorted(models, key=lambda m: m.model_id):
+        for m in self.infos:
             by_name.setdefault(model_name(m.source), []).append(m)
         self.models: dict[str, dict[str, ModelVersion]] = {
             name: {str(i): _version(name, i, m) for i, m in enumerate(copies, 1)}
