@@ -9,7 +9,11 @@ tritonclient.http.aio (binary tensor data) and tritonclient.grpc.aio (raw conten
 real input tensors. Prints throughput, p50 / p99 latency seen by the caller, and the front
 end's CPU time per request (from /proc/PID/stat; the load generator runs in this process).
 
-    python tools/bench/frontend.py [--concurrency 1,4,16,64] [--duration 3] [--model mlp]
+    python tools/bench/frontend.py [--concurrency 1,4,16,64] [--duration 3] [--model mlp] [--batch 1]
+
+--batch N sends N inputs per request (one clockwork request of batch size N, as the front end
+serves a protocol batch): compare `--concurrency 4` with `--concurrency 1 --batch 4` for the
+same inputs in flight, split into requests by the caller or batched in one.
 """
 from __future__ import annotations
 
@@ -45,16 +49,18 @@ def native(address: str, model_id: int, x: np.ndarray, concurrency: int, duratio
     end = time.perf_counter() + duration
     errors = [0]
 
+    batch = x.shape[0]
+
     def done(resp, data, latency_s):
         if resp.status == 0:
             lat.append(latency_s)
         else:
             errors[0] += 1
         if time.perf_counter() < end:
-            client.infer_async(model_id, done, buf)
+            client.infer_async(model_id, done, buf, batch)
     try:
         for _ in range(concurrency):
-            client.infer_async(model_id, done, buf)
+            client.infer_async(model_id, done, buf, batch)
         while client.outstanding:
             client.poll(0.05)
     finally:
@@ -95,17 +101,19 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--model", default="mlp")
     p.add_argument("--gpus", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1, help="inputs per request")
     a = p.parse_args()
     shape = load_profile("h200")["models"][a.model]["input"]["shape"]
-    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    x = np.random.default_rng(0).random((a.batch, *shape), dtype=np.float32)
     with LocalCluster(gpus=a.gpus) as c, Frontend(c.address, c.env(), "--model", a.model) as fe:
         fe.wait_ready()
         loader = Client(c.address, log=lambda *_: None)
         model_id = min(m.model_id for m in loader.ls() if m.source.rstrip("/").endswith("/" + a.model))
         loader.close()
-        print(f"# {a.model}, closed loop {a.duration:g} s per point, emulated worker ({a.gpus} GPUs), "
-              f"{os.cpu_count()} CPUs")
-        print(f"{'path':8s} {'conc':>5s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'frontend CPU us/req':>20s}")
+        print(f"# {a.model}, batch {a.batch} per request, closed loop {a.duration:g} s per point, "
+              f"emulated worker ({a.gpus} GPUs), {os.cpu_count()} CPUs")
+        print(f"{'path':8s} {'conc':>5s} {'req/s':>8s} {'inputs/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+              f"{'frontend CPU us/req':>20s}")
         for conc in [int(v) for v in a.concurrency.split(",")]:
             for path in ("native", "http", "grpc"):
                 c0 = cpu_s(fe.proc.pid)
@@ -117,7 +125,8 @@ def main() -> None:
                                              conc, a.duration))
                 secs = time.perf_counter() - t0
                 cpu = (cpu_s(fe.proc.pid) - c0) / max(1, len(lat)) * 1e6 if path != "native" else float("nan")
-                print(f"{path:8s} {conc:5d} {len(lat) / secs:8.0f} {pct(lat, 50) * 1e3:8.3f} "
+                print(f"{path:8s} {conc:5d} {len(lat) / secs:8.0f} {len(lat) * a.batch / secs:9.0f} "
+                      f"{pct(lat, 50) * 1e3:8.3f} "
                       f"{pct(lat, 99) * 1e3:8.3f} {cpu:20.1f}", flush=True)
 
 
