@@ -192,8 +192,8 @@ def test_infer_outputs_match_the_native_client_byte_for_byte(fe, http, grpcc, na
 def test_versions_address_copies(fe, http, native):
     x = np.zeros((1, *PROFILE["resnet50"]["input"]["shape"]), np.float32)
     for version in ("1", "2"):
-        r = http.infer("resnet50", [http_input(x)], model_version=version).get_response()
-        assert r["model_version"] == version
+        r = http.infer("resnet50", [http_input(x)], model_version=version, parameters={"slo_ms": 1000}).get_response()
+        assert r["model_version"] == version and r["parameters"]["clockwork_within_slo"] is True
         assert r["parameters"]["clockwork_model_id"] == model_id(native, "resnet50", int(version))
     assert http.infer("resnet50", [http_input(x)]).get_response()["parameters"]["clockwork_model_id"] == \
         model_id(native, "resnet50", 1)

@@ -272,5 +272,6 @@ class GrpcFrontend(pbg.GRPCInferenceServiceServicer):
         tensor.shape.extend((batch, *o.shape))
         response.parameters["clockwork_model_id"].int64_param = m.model_id
         response.parameters["clockwork_latency_ns"].int64_param = answer.latency_ns
+        response.parameters["clockwork_within_slo"].bool_param = answer.within_slo
         response.raw_output_contents.append(bytes(out))
         return response

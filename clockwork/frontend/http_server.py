@@ -262,7 +262,8 @@ class HttpFrontend:
         tensor = {"name": o.name, "datatype": o.datatype, "shape": [batch, *o.shape]}
         head = {"model_name": m.name, "model_version": m.version, "outputs": [tensor],
                 "parameters": {"clockwork_model_id": m.model_id, "clockwork_latency_ns": answer.latency_ns,
-                               "clockwork_exec_ns": answer.exec_ns, "clockwork_coldstart": answer.is_coldstart}}
+                               "clockwork_exec_ns": answer.exec_ns, "clockwork_coldstart": answer.is_coldstart,
+                               "clockwork_within_slo": answer.within_slo}}
         if req.id:
             head["id"] = req.id
         if not binary:

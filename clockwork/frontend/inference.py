@@ -5,7 +5,7 @@ shape, bytes, parameters) and call `model()`, `check_input()` and `run()`; every
 FrontendError carrying its HTTP status (errors.py maps it to gRPC). A batch of n in one
 protocol request is sent as ONE clockwork request of batch_size n: one deadline for the whole
 batch, one answer, one output frame (n clockwork requests would cost n times the per-request
-work at every hop, and could answer part of a batch).
+work at every hop, and could answer part of a batch; measured in BENCHMARKS.md).
 """
 from __future__ import annotations
 
