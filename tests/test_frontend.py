@@ -633,3 +633,31 @@ def test_port_in_use_and_bad_arguments_are_one_line_errors(which):
                                 "--host", "127.0.0.1", *args], capture_output=True, text=True, timeout=60)
             assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout, r.stderr
             assert r.stderr.strip().splitlines()[-1].startswith("Error:"), r.stderr
+
+
+def test_cw_controller_starts_a_frontend_child():
+    """`cw controller --http PORT`: the protocol served beside the controller, stopped with it."""
+    from clockwork.transport.sockets import free_port
+    port = free_port()
+    with LocalCluster(gpus=1, controller_args=("--http", str(port))) as c:
+        loader = Client(c.address, log=lambda *_: None)
+        try:
+            loader.load_model("mlp")
+        finally:
+            loader.close()
+        h = th.InferenceServerClient(f"127.0.0.1:{port}")
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if h.is_model_ready("mlp"):
+                        break
+                except (InferenceServerException, OSError):
+                    pass                        # not listening yet
+                assert time.monotonic() < deadline, "".join(c.output.get("controller", []))
+                time.sleep(0.1)
+            assert h.infer("mlp", [http_input(mlp_input(1))]).as_numpy("output").shape == (1, *MLP_OUT)
+        finally:
+            h.close()
+    with pytest.raises(OSError):                # stopped with the controller
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

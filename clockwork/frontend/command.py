@@ -76,6 +76,21 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
         await link.close()
 
 
+def spawn(controller: str, host: str, http_port: int | None, grpc_port: int | None,
+          config_file: str | None = None):
+    """`cw frontend` as a child process (for `cw controller --http/--grpc`); its output goes
+    where ours goes. Returns the Popen; the caller stops it."""
+    import os
+    import subprocess
+    env = dict(os.environ)
+    if config_file:                     # the same config: [security] keys for CURVE among others
+        env["CLOCKWORK_CONFIG_FILE"] = config_file
+    return subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", controller, "--host", host,
+                             "--http", str(-1 if http_port is None else http_port),
+                             "--grpc", str(-1 if grpc_port is None else grpc_port)],
+                            env=env, stdin=subprocess.DEVNULL)
+
+
 def log_line(text: str) -> None:
     """One write per line: the processes of --processes share one stdout without mixing lines."""
     sys.stdout.write(text + "\n")
@@ -120,7 +135,8 @@ def supervise(argv: list[str], processes: int) -> int:
               help="HTTP/REST port (0: any free port, -1: no HTTP).")
 @click.option("--grpc", "grpc_port", type=int, default=8001, show_default=True,
               help="gRPC port (0: any free port, -1: no gRPC).")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--model", "-m", "models", multiple=True, metavar="MODEL[:COPIES]",
               help="Load this model at the controller unless it has it (also after a controller "
                    "restart). Repeatable.")
