@@ -193,10 +193,10 @@ class ControllerLink:
         if failed is not None:
             self._set_ready(False, f"controller {self.address}: {failed.message or failed.status}")
             return False
-        if epoch and epoch != self.client.models.epoch:
+        if epoch and epoch != self.client.model_ids.epoch:
             # a controller lifetime (epoch) of its own: our Infers name it, so an id from an
             # older lifetime is answered STALE_EPOCH, never served by another model
-            self.client.models.adopt(epoch)
+            self.client.model_ids.adopt(epoch)
         reg = self.registry
         if epoch != reg.epoch:
             self.registry = Registry(new, epoch)
