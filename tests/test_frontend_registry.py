@@ -94,3 +94,31 @@ def test_link_loads_missing_models_once_and_keeps_an_unchanged_registry(echo, mo
         finally:
             await link.close()
     asyncio.run(main())
+
+
+def test_metrics_exposition_parses_and_counts():
+    """Read back with prometheus-client's own parser: counters, cumulative buckets (a value on
+    a bound counts in that bound's bucket), gauges."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from clockwork.frontend.metrics import BUCKETS_S, FrontendMetrics
+    m = FrontendMetrics(lambda: 3)
+    observed = [BUCKETS_S[0] / 2, BUCKETS_S[1], BUCKETS_S[1] * 1.5, 10.0]
+    for s in observed:
+        m.success("http", s)
+    m.failure("grpc", 503, 8)
+    m.failure("http", 413, None)
+    m.set_ready(True)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(m.exposition().decode()) for s in f.samples}
+    assert samples[("clockwork_frontend_requests_total", (("code", "200"), ("protocol", "http")))] == 4
+    assert samples[("clockwork_frontend_requests_total", (("code", "413"), ("protocol", "http")))] == 1
+    assert samples[("clockwork_frontend_failures_total", (("clockwork_status", "8"), ("protocol", "grpc")))] == 1
+    for bound in BUCKETS_S:
+        key = ("clockwork_frontend_request_duration_seconds_bucket", (("le", repr(bound)), ("protocol", "http")))
+        assert samples[key] == sum(s <= bound for s in observed), bound
+    assert samples[("clockwork_frontend_request_duration_seconds_count", (("protocol", "http"),))] == 4
+    assert samples[("clockwork_frontend_request_duration_seconds_sum", (("protocol", "http"),))] == \
+        pytest.approx(sum(observed))
+    assert samples[("clockwork_frontend_inflight_requests", ())] == 3
+    assert samples[("clockwork_frontend_controller_ready", ())] == 1
