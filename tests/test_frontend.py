@@ -628,7 +628,8 @@ def test_port_in_use_and_bad_arguments_are_one_line_errors(which):
         taken.listen()
         port = taken.getsockname()[1]
         other = "--grpc" if which == "--http" else "--http"
-        for args in ([which, str(port), other, "0"], ["--model", "mlp:x"], ["--processes", "2", "--http", "0"]):
+        for args in ([which, str(port), other, "0"], ["--model", "mlp:x"], ["--processes", "2", "--http", "0"],
+                     [which, "70000"]):
             r = subprocess.run([sys.executable, "-m", "clockwork.cli", "frontend", "127.0.0.1:9",
                                 "--host", "127.0.0.1", *args], capture_output=True, text=True, timeout=60)
             assert r.returncode != 0 and "Traceback" not in r.stderr + r.stdout, r.stderr

@@ -131,9 +131,9 @@ def supervise(argv: list[str], processes: int) -> int:
 
 @click.command("frontend", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("address", default="127.0.0.1")
-@click.option("--http", "http_port", type=int, default=8000, show_default=True,
+@click.option("--http", "http_port", type=click.IntRange(-1, 65535), default=8000, show_default=True,
               help="HTTP/REST port (0: any free port, -1: no HTTP).")
-@click.option("--grpc", "grpc_port", type=int, default=8001, show_default=True,
+@click.option("--grpc", "grpc_port", type=click.IntRange(-1, 65535), default=8001, show_default=True,
               help="gRPC port (0: any free port, -1: no gRPC).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface).")
