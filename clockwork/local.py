@@ -211,9 +211,9 @@ def quick_config(print_interval: float) -> Path:
 @click.option("--scheduler", "-s", default="infer4", show_default=True)
 @click.option("--log-dir", default=None, help="Write request/action TSV logs here.")
 @click.option("--print-interval", type=POSITIVE.click("S"), default=None, help="Seconds between stats lines.")
-@click.option("--http", "http_port", type=int, default=-1, metavar="PORT",
+@click.option("--http", "http_port", type=click.IntRange(-1, 65535), default=-1, metavar="PORT",
               help="Also serve KServe v2 HTTP on PORT (`cw frontend`, docs/frontend.md).")
-@click.option("--grpc", "grpc_port", type=int, default=-1, metavar="PORT",
+@click.option("--grpc", "grpc_port", type=click.IntRange(-1, 65535), default=-1, metavar="PORT",
               help="Also serve KServe v2 gRPC on PORT.")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, http_port, grpc_port,

@@ -27,9 +27,9 @@ from ..console import timestamped
 @click.option("--max-batch", type=flag_type("controller", "max_batch_size", "N"), default=None, help="Largest batch to schedule.")
 @click.option("--generate-inputs", is_flag=True, default=None,
               help="Inputs are generated, not sent by clients (as CLOCKWORK_DISABLE_INPUTS=1).")
-@click.option("--http", "http_port", type=int, default=None, metavar="PORT",
+@click.option("--http", "http_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Also serve KServe v2 HTTP on PORT: a `cw frontend` child (docs/frontend.md).")
-@click.option("--grpc", "grpc_port", type=int, default=None, metavar="PORT",
+@click.option("--grpc", "grpc_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Also serve KServe v2 gRPC on PORT (a `cw frontend` child).")
 def controller_command(workers, scheduler, host, port, telemetry_port, metrics_port, log_dir, no_logs,
                        config_file, slo_ms, max_batch, generate_inputs, http_port, grpc_port):
