@@ -443,9 +443,17 @@ def wait_for_metric(fe, name: str, value: float, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
-def test_connection_and_inflight_limits(cluster, fe):
-    with Frontend(cluster.address, cluster.env(), "--max-connections", "3", "--max-inflight", "1") as f:
+def test_batch_connection_and_inflight_limits(cluster, fe):
+    with Frontend(cluster.address, cluster.env(), "--max-connections", "3", "--max-inflight", "1",
+                  "--max-batch", "2") as f:
         f.wait_ready(grpc=True)                   # no HTTP connection of ours left over
+        g = tg.InferenceServerClient(f.grpc)
+        try:
+            e = http_error(lambda: g.infer("mlp", [grpc_input(mlp_input(3))]))
+            assert e.status() == "StatusCode.INVALID_ARGUMENT" and "(1..2)" in e.message()
+            assert g.infer("mlp", [grpc_input(mlp_input(2))]).as_numpy("output").shape == (2, *MLP_OUT)
+        finally:
+            g.close()
         host, port = f.http.split(":")
         live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
         held = [socket.create_connection((host, int(port))) for _ in range(3)]
