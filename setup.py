@@ -6,6 +6,7 @@ setup(
     version="0.1.0",
     description="Predictable multi-tenant DNN inference serving (a Python Clockwork)",
     packages=find_packages(include=["clockwork", "clockwork.*"]),
+    package_data={"clockwork": ["conf/*.toml", "conf/profiles/*.toml"]},   # defaults and device profiles
     python_requires=">=3.10",
     install_requires=[
         "pyzmq>=25",

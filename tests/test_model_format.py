@@ -120,3 +120,12 @@ def test_config_override_and_unknown_keys(tmp_path):
     f.write_text("[controller]\nslo = 1\n")
     with pytest.raises(ConfigError, match="unknown key 'slo'"):
         load_config(f)
+
+
+def test_pad_table_is_the_smallest_compiled_size_at_least_n():
+    from clockwork.model.format import pad_table
+    for sizes in ([1], [1, 2, 4, 8, 16], [16, 1, 4], [3, 5]):
+        pad = pad_table(sizes)
+        assert len(pad) == max(sizes) + 1
+        for n in range(1, max(sizes) + 1):
+            assert pad[n] == min(b for b in sizes if b >= n)

@@ -264,8 +264,8 @@ def test_stats_line_counts_and_resets(zoo):
     from clockwork.model.emulated import EmulatedBackend
     from clockwork.worker.runtime import WorkerRuntime
     from clockwork.worker.server import WorkerServer
-    backend = EmulatedBackend(1, PAGE, CACHE_PAGES, 1 << 20, 1 << 20, 1 << 20)
-    rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 20, 1 << 20, 1 << 20)
+    backend = EmulatedBackend(1, PAGE, CACHE_PAGES, 1 << 20, 1 << 20)
+    rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 20, 1 << 20)
     ctx = zmq.Context()
     server = WorkerServer(rt, "127.0.0.1", sockets.free_port(), log=lambda *a: None, ctx=ctx)
     try:

@@ -28,11 +28,11 @@ def r50(zoo):
 class Harness:
     """A runtime plus a recording `send` and a hand-driven clock."""
 
-    def __init__(self, zoo, gpus=2, pages=64, io=512 * MiB, workspace=512 * MiB, host_io=512 * MiB):
+    def __init__(self, zoo, gpus=2, pages=64, io=512 * MiB, workspace=512 * MiB):
         self.sent = []
         self.now = 1_000_000_000
-        self.backend = EmulatedBackend(gpus, PAGE, pages, io, workspace, host_io)
-        self.rt = WorkerRuntime(self.backend, zoo, self._send, PAGE, pages, io, workspace, host_io,
+        self.backend = EmulatedBackend(gpus, PAGE, pages, io, workspace)
+        self.rt = WorkerRuntime(self.backend, zoo, self._send, PAGE, pages, io, workspace,
                                 clock=lambda: self.now)
         self.ids = iter(range(1, 1 << 30))
 
@@ -255,7 +255,7 @@ def test_infer_stages_and_padding(zoo, r50):
     assert len(data) == 1 and len(data[0]) == 3 * r50.output_size
     assert h.rt.stats.pending == 0 and h.rt.stats.infers == 1
     mem = h.rt.gpus[0].mem
-    assert mem.io.used == 0 and mem.workspace.used == 0 and h.rt.host_io.used == 0
+    assert mem.io.used == 0 and mem.workspace.used == 0
 
 
 def test_infer_generates_inputs_when_none_sent(zoo, r50):
@@ -329,7 +329,7 @@ def test_evict_during_infer_is_weights_changed(zoo, r50):
     h.run()
     assert isinstance(h.result(evict)[0], s.EvictWeightsResult)
     assert "exec" in error(h.result(aid)[0], Status.WEIGHTS_CHANGED).message
-    assert h.rt.gpus[0].mem.io.used == 0 and h.rt.host_io.used == 0
+    assert h.rt.gpus[0].mem.io.used == 0
 
 
 def test_evict_and_reload_between_input_copy_and_exec_is_weights_changed(zoo, r50):
@@ -399,19 +399,6 @@ def test_io_pool_exhausted(zoo, r50):
     aid = infer(h)           # released: works again
     h.run()
     assert isinstance(h.result(aid)[0], s.InferResult)
-
-
-def test_host_io_pool_exhausted(zoo, r50):
-    per = r50.input_size + r50.output_size
-    h = Harness(zoo, host_io=per + per // 2)
-    h.load_model()
-    h.load_weights()
-    ok = infer(h)
-    aid = infer(h)           # the host pool holds one item at a time
-    h.run()
-    assert isinstance(h.result(ok)[0], s.InferResult)
-    assert "host io pool" in error(h.result(aid)[0], Status.IO_POOL_EXHAUSTED).message
-    assert h.rt.gpus[0].mem.io.used == 0                 # the device io taken first was given back
 
 
 def test_workspace_exhausted(zoo):
@@ -575,7 +562,7 @@ def test_backend_exceptions_fail_the_action_and_leak_nothing(zoo):
     h.run()
     assert "exec" in error(h.result(aid)[0], Status.RUNTIME_ERROR).message
     mem = h.rt.gpus[0].mem
-    assert mem.io.used == 0 and mem.workspace.used == 0 and h.rt.host_io.used == 0
+    assert mem.io.used == 0 and mem.workspace.used == 0
     assert h.rt.stats.pending == 0
 
 
@@ -668,7 +655,7 @@ def test_an_op_callback_that_raises_fails_its_infer_once(zoo):
     h.run()
     msg = error(h.result(aid)[0], Status.RUNTIME_ERROR)
     assert "nvml went away" in msg.message
-    assert h.rt.stats.pending == 0 and h.rt.gpus[0].mem.io.used == 0 and h.rt.host_io.used == 0
+    assert h.rt.stats.pending == 0 and h.rt.gpus[0].mem.io.used == 0
     h.backend.gpu_clock_mhz = real
     ok = infer(h)
     h.run()

@@ -130,12 +130,11 @@ class Backend:
     stable_outputs = False      # True: Op.output buffers are never rewritten (sent zero-copy)
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int):
+                 workspace_pool_size: int):
         self.page_size = page_size
         self.total_pages = total_pages
         self.io_pool_size = io_pool_size
         self.workspace_pool_size = workspace_pool_size
-        self.host_io_pool_size = host_io_pool_size
 
     # ------------------------------------------------------------------ devices
     def gpu_names(self) -> list[str]:

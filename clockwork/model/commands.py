@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
+from ..percentiles import percentile
+
 CTX = {"help_option_names": ["-h", "--help"]}
 
 
-def _pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+def _pct(xs, q) -> int:
+    return int(percentile(xs, q))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def profile_group():
 @click.option("--backend", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
 @click.option("--gpu", default=0, show_default=True)
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(3, 100000))
-@click.option("--print-toml", is_flag=True, help="Also print a conf/profiles entry per model.")
+@click.option("--print-toml", is_flag=True, help="Also print a clockwork/conf/profiles entry per model.")
 def profile_model_command(paths, backend, gpu, runs, print_toml):
     """Measure models on their device and write each one's measurements.json."""
     from .format import write_measurements
@@ -152,7 +153,7 @@ def profile_model_command(paths, backend, gpu, runs, print_toml):
 
 
 def profile_toml(spec, load_ns, exec_ns, p99) -> str:
-    """A conf/profiles/<device>.toml entry for one measured model."""
+    """A clockwork/conf/profiles/<device>.toml entry for one measured model."""
     def table(d):
         return "{ " + ", ".join(f"{b} = {v}" for b, v in sorted(d.items())) + " }"
     return (f"[models.{spec.name}]\n"

@@ -47,8 +47,8 @@ class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int, num_gpus: int = 1):
-        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
+                 workspace_pool_size: int, num_gpus: int = 1):
+        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size)
         self.dev = tr.import_tvm().cpu(0)
         self._caches = [aligned_bytes(total_pages * page_size) for _ in range(num_gpus)]
         self._io = [aligned_bytes(io_pool_size) for _ in range(num_gpus)]

@@ -92,8 +92,8 @@ class CudaBackend(Backend):
     poll_interval_ns = 20_000
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int, gpus: list[int] | None = None):
-        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
+                 workspace_pool_size: int, gpus: list[int] | None = None):
+        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size)
         self.cu = cu = _Cuda()
         err, count = cu.rt.cudaGetDeviceCount()
         if err != cu.ok or count < 1:

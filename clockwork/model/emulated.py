@@ -27,9 +27,9 @@ class EmulatedBackend(Backend):
     stable_outputs = True       # slices of a zero buffer nobody writes
 
     def __init__(self, num_gpus: int, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int, device_name: str = "Emulated GPU",
+                 workspace_pool_size: int, device_name: str = "Emulated GPU",
                  memory_total: int = 141 * 1024 ** 3):
-        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
+        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size)
         if num_gpus < 1:
             raise ValueError("an emulated worker needs at least one GPU")
         self._names = [f"{device_name} {i}" for i in range(num_gpus)]

@@ -1,4 +1,4 @@
-"""The model directory format, one design for every backend.
+"""The model directory format, one design for every backend (docs/design.md, "Model format").
 
     <model>/model.json         metadata (below)
     <model>/measurements.json  profiled timings on one device (needed by the emulated worker)
@@ -157,10 +157,22 @@ class ModelSpec:
 
     def padded_batch(self, batch_size: int) -> int | None:
         """Smallest compiled batch size >= batch_size (the worker pads), None if too big."""
-        for b in self.batch_sizes:
-            if b >= batch_size:
-                return b
-        return None
+        pad = pad_table(self.batch_sizes)
+        return pad[batch_size] if 1 <= batch_size < len(pad) else None
+
+
+def pad_table(batch_sizes) -> list[int]:
+    """pad[n] = the smallest compiled batch size >= n, for n in 1..max (pad[0] unused): a batch
+    of n items runs the kernel of pad[n], its inputs padded. The one definition of padding, for
+    the worker and the schedulers alike."""
+    sizes = sorted(set(batch_sizes))
+    pad = [0] * (sizes[-1] + 1 if sizes else 1)
+    i = 0
+    for n in range(1, len(pad)):
+        while sizes[i] < n:
+            i += 1
+        pad[n] = sizes[i]
+    return pad
 
 
 def layout_pages(sizes: list[int], page_size: int, align: int = TENSOR_ALIGN):

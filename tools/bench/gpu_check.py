@@ -44,11 +44,11 @@ def main():
     t0 = time.time()
     if a.backend == "cpu":
         from clockwork.model.cpu import CpuBackend
-        backend = CpuBackend(PAGE, 64, 256 << 20, 256 << 20, 256 << 20)
+        backend = CpuBackend(PAGE, 64, 256 << 20, 256 << 20)
     else:
-        backend = CudaBackend(PAGE, 64, 256 << 20, 256 << 20, 256 << 20)
+        backend = CudaBackend(PAGE, 64, 256 << 20, 256 << 20)
     print(f"backend up in {time.time() - t0:.1f} s: {backend.gpu_names()}", flush=True)
-    d = Driver(backend, zoo, PAGE, 64, 256 << 20, 256 << 20, 256 << 20)
+    d = Driver(backend, zoo, PAGE, 64, 256 << 20, 256 << 20)
     report = {"device": backend.gpu_names()[0], "models": {}}
     ok_all = True
     for i, name in enumerate(a.models.split(",")):

@@ -16,10 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+from benchutil import pct
 
 
 def torch_times(batch, runs, tf32, graph):
@@ -60,7 +57,7 @@ def main():
     a = ap.parse_args()
     from clockwork.model.cuda import CudaBackend
     from clockwork.model.format import load_spec
-    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20, 16 << 20)
+    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20)
     hm = backend.load_host_model(load_spec(Path(a.zoo) / "resnet50"))
     prof = backend.profile(hm, 0, a.runs, [1, 16])
     ours = {b: (pct(prof[b], 50), pct(prof[b], 99)) for b in (1, 16)}

@@ -7,7 +7,7 @@ The bundle holds:
                 libtvm_runtime_cuda.so and the libcudart.so.13 it links; no libtvm_compiler.so)
   wheels/       wheels for the host's Python that it lacks (default cp312: apache-tvm-ffi,
                 ml_dtypes, pyzmq, msgspec), taken from --wheels or downloaded with pip
-  src/          the clockwork package, conf/ and tools/bench/
+  src/          the clockwork package (with its conf/) and tools/bench/
   zoo/          compiled models: model.json, measurements.json, *.so -- without weights.bin:
                 zoo weights are seeded random, so setup.sh regenerates them (checked by sha256)
   env.sh        PYTHONPATH, TVM_USE_RUNTIME_LIB=1, TVM_FFI_DISABLE_TORCH_C_DLPACK=1,
@@ -178,7 +178,6 @@ def main():
     src = a.out / "src"
     shutil.copytree(REPO / "clockwork", src / "clockwork",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(REPO / "conf", src / "conf")
     shutil.copytree(REPO / "tools" / "bench", src / "tools" / "bench",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     names = copy_zoo(a.zoo, a.out / "zoo")
