@@ -34,6 +34,10 @@ PAGES = 6
 POOL = 1 << 20
 DEVICE_BASE = 0xD << 44          # above user space: a device address is never a host one
 OK, NOT_READY, BAD_HANDLE, BAD_VALUE = 0, 600, 400, 1
+# CUDA device i is physical GPU PHYSICAL[i] (as with CUDA_VISIBLE_DEVICES=2,0,3,1); NVML counts
+# physical GPUs in PCI order (bus ids BUS) and ignores CUDA_VISIBLE_DEVICES
+PHYSICAL = [2, 0, 3, 1]
+BUS = [0x19, 0x3B, 0x4C, 0x5D]
 
 
 class Misuse(AssertionError):
@@ -79,7 +83,8 @@ class FakeCudart:
         return (OK,)
 
     def cudaGetDeviceProperties(self, i):
-        return OK, types.SimpleNamespace(name=f"Fake H200 #{i}".encode(), major=9, minor=0)
+        return OK, types.SimpleNamespace(name=f"Fake H200 #{i}".encode(), major=9, minor=0,
+                                         pciDomainID=0, pciBusID=BUS[PHYSICAL[i]], pciDeviceID=0)
 
     def cudaMalloc(self, n):
         d = self.current
@@ -303,14 +308,19 @@ def digest(weights: bytes, x: bytes) -> bytes:
 
 
 class FakeNvml:
+    """Physical GPU j (PCI order) has SM clock 1000 + 100 j and (j + 1) GiB."""
     NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 0, 1, 0
 
     def __init__(self, n):
         self.n = n
 
-    def nvmlDeviceGetHandleByIndex(self, i):
-        assert 0 <= i < self.n
-        return types.SimpleNamespace(index=i)
+    def nvmlDeviceGetHandleByIndex(self, j):
+        assert 0 <= j < self.n
+        return types.SimpleNamespace(index=j)
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus_id: bytes):
+        return self.nvmlDeviceGetHandleByIndex(
+            [f"{0:08X}:{b:02X}:{0:02X}.0".encode() for b in BUS].index(bus_id.upper()))
 
     def nvmlDeviceGetClockInfo(self, h, which):
         return 1000 + 100 * h.index + which
@@ -389,8 +399,9 @@ def test_four_gpus_each_get_their_own_streams_events_memory_and_nvml(zoo, monkey
     assert h.backend.gpu_names() == [f"Fake H200 #{i}" for i in range(G)]
     readings = h.backend.readings(h.now)
     assert [r.gpu_id for r in readings] == list(range(G))
-    assert [h.backend.gpu_clock_mhz(i) for i in range(G)] == [1000 + 100 * i for i in range(G)]
-    assert [r.memory_total for r in readings] == [(i + 1) << 30 for i in range(G)]
+    # each CUDA device reads its own physical GPU's NVML figures
+    assert [h.backend.gpu_clock_mhz(i) for i in range(G)] == [1000 + 100 * j for j in PHYSICAL]
+    assert [r.memory_total for r in readings] == [(j + 1) << 30 for j in PHYSICAL]
     assert h.cuda.misuse == []
 
 

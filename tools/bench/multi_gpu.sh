@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15 in one device call: one `cw worker --backend cuda` over every GPU of the host.
-#   1. cw profile check / cw check-model / gpu_check.py on each GPU alone (CUDA_VISIBLE_DEVICES),
+#   1. cw profile check (all GPUs), cw check-model and gpu_check.py on each GPU alone (CUDA_VISIBLE_DEVICES),
 #      then gpu_multi_load.py: one model loaded on all GPUs at once, outputs compared across GPUs
 #   2. LoadWeights to all GPUs at once beside the pinned-copy limit per GPU and all at once
 #   3. e2e: resnet50 copies on every GPU, poisson-open-loop at 50% / 90% of the combined
@@ -32,9 +32,10 @@ else
 fi
 echo "GPUs: $G  zoo: $ZOO"
 if [ "$EMULATE" = 0 ]; then
+    step "profile check (NVML: every GPU of the host)"
+    cw profile check 2>&1 | tee $OUT/profile_check.log
     for i in $(seq 0 $((G - 1))); do
-        step "GPU $i alone: profile check, check-model, correctness"
-        CUDA_VISIBLE_DEVICES=$i cw profile check > $OUT/profile_check_gpu$i.log 2>&1
+        step "GPU $i alone: check-model, correctness"
         CUDA_VISIBLE_DEVICES=$i cw check-model $ZOO/resnet50 --runs 20 > $OUT/check_model_gpu$i.log 2>&1
         CUDA_VISIBLE_DEVICES=$i python3 tools/bench/gpu_check.py --zoo $ZOO --infers 30 --json $OUT/check_gpu$i.json > $OUT/check_gpu$i.log 2>&1
         tail -n 3 $OUT/check_gpu$i.log
