@@ -22,6 +22,7 @@ from clockwork.model import cuda as cuda_mod
 from clockwork.model import nets
 from clockwork.model import tvm_runtime as real_tr
 from clockwork.model.build import write_weights
+from clockwork.model.fixed_weights import VmmDriver
 from clockwork.model.format import write_measurements, write_metadata
 from clockwork.transport import schema as s
 from clockwork.worker.runtime import WorkerRuntime
@@ -64,6 +65,8 @@ class FakeCudart:
                                                     cudaMemcpyDeviceToDevice="D2D")
         self.cudaHostAllocPortable, self.cudaHostAllocMapped = 1, 2
         self.cudaStreamNonBlocking, self.cudaEventDefault = 1, 0
+        self.cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeRelaxed=2)
+        self.graph_launches = []        # (graph's device, stream's device)
 
     def _bad(self, what, code=BAD_HANDLE):
         self.misuse.append(what)
@@ -136,7 +139,7 @@ class FakeCudart:
             return self._bad(f"event of GPU {e.device} recorded on a stream of GPU {st.device}")
         e.done = False
         e.stream = st
-        st.queue.append(lambda: setattr(e, "done", True))
+        st.enqueue(lambda: setattr(e, "done", True))
         return (OK,)
 
     def cudaEventQuery(self, e):
@@ -157,6 +160,32 @@ class FakeCudart:
     def cudaStreamSynchronize(self, st):
         while st.queue:
             st.queue.pop(0)()
+        return (OK,)
+
+    # CUDA graphs: capture records a stream's ops; a launch enqueues them on another stream
+    def cudaStreamBeginCapture(self, st, mode):
+        st.capture = []
+        return (OK,)
+
+    def cudaStreamEndCapture(self, st):
+        ops, st.capture = st.capture, None
+        return OK, types.SimpleNamespace(ops=ops, device=st.device)
+
+    def cudaGraphInstantiate(self, graph, flags):
+        return OK, graph
+
+    def cudaGraphLaunch(self, graph, st):
+        self.graph_launches.append((graph.device, st.device))
+        if graph.device != st.device:
+            return self._bad(f"graph of GPU {graph.device} launched on a stream of GPU {st.device}")
+        for op in graph.ops:
+            st.enqueue(op)
+        return (OK,)
+
+    def cudaGraphExecDestroy(self, graph):
+        return (OK,)
+
+    def cudaGraphDestroy(self, graph):
         return (OK,)
 
     def cudaMemcpyAsync(self, dst, src, n, kind, st):
@@ -187,7 +216,7 @@ class FakeCudart:
                 _, bd, od = self.device_of(dst, n)
                 _, bs, os_ = self.device_of(src, n)
                 bd[od:od + n] = bs[os_:os_ + n]
-        st.queue.append(run)
+        st.enqueue(run)
         if kind == "H2D" and n == PAGE_BYTES[0]:
             busy = {x.device for x in self.streams if any(True for _ in x.queue)}
             self.max_in_flight_weights = max(self.max_in_flight_weights, len(busy))
@@ -197,9 +226,52 @@ class FakeCudart:
 PAGE_BYTES = [0]            # bytes of the model's first page (a weights copy, for in-flight counts)
 
 
+class FakeDeviceVmm(VmmDriver):
+    """CudaVmmDriver(device) over FakeCudart's memory: physical pages of `device`, mapped into
+    virtual ranges that then resolve as that device's memory. Needs `device` current, as the
+    driver API needs its context."""
+    granularity = 2 << 20
+
+    def __init__(self, rt: FakeCudart, device: int):
+        self.rt, self.device = rt, device
+        self.made: dict[int, tuple[int, bytearray]] = {}
+        self.next_va = DEVICE_BASE + (device << 40) + (1 << 39)
+
+    def _current(self, what):
+        if self.rt.current != self.device:
+            self.rt.misuse.append(f"{what} for GPU {self.device} with GPU {self.rt.current} current")
+
+    def create(self, size):
+        self._current("cuMemCreate")
+        h = len(self.made) + 1
+        self.made[h] = (self.device, bytearray(size))
+        return h
+
+    def reserve(self, size):
+        va, self.next_va = self.next_va, self.next_va + size + (1 << 30)
+        return va
+
+    def map(self, va, size, handle):
+        self._current("cuMemMap")
+        self.rt.dev_mem[self.device][va] = self.made[handle][1]
+
+    def unmap(self, va, size):
+        del self.rt.dev_mem[self.device][va]
+
+    def free_range(self, va, size):
+        pass
+
+    def release(self, handle):
+        del self.made[handle]
+
+
 class FakeStream:
     def __init__(self, handle, device):
         self.handle, self.device, self.queue = handle, device, []
+        self.capture = None             # ops recorded into a graph instead of run
+
+    def enqueue(self, op):
+        (self.queue if self.capture is None else self.capture).append(op)
 
     def __int__(self):
         return self.handle
@@ -237,7 +309,7 @@ class FakeTvm:
         self.stream_of[dev.index] = st
 
     def raw_view(self, ptr, shape, dtype, dev, owner=None):
-        return FakeTensor(ptr, tuple(shape), dtype, dev)
+        return FakeTensor(ptr, tuple(shape), dtype, dev, owner)
 
     def weight_views(self, base, page_size, pages, tensors, dev, owner=None):
         return [self.raw_view(base + pages[t.page] * page_size + t.offset, t.shape, t.dtype, dev)
@@ -249,8 +321,8 @@ class FakeTvm:
 
 
 class FakeTensor:
-    def __init__(self, ptr, shape, dtype, dev):
-        self.ptr, self.shape, self.dtype, self.dev = ptr, shape, dtype, dev
+    def __init__(self, ptr, shape, dtype, dev, owner=None):
+        self.ptr, self.shape, self.dtype, self.dev, self.owner = ptr, shape, dtype, dev, owner
         self.nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
 
     def data_ptr(self):
@@ -285,7 +357,7 @@ class FakeCompiled:
                 o = b"".join(digest(w, xs[i * item:(i + 1) * item]) for i in range(b))
                 _, buf, off = rt.device_of(out.ptr, len(o))
                 buf[off:off + len(o)] = o
-            self.tvm.stream_of[d].queue.append(run)
+            self.tvm.stream_of[d].enqueue(run)
             return out
         return call
 
@@ -352,14 +424,15 @@ def zoo(tmp_path_factory):
 
 
 class Harness:
-    def __init__(self, zoo, monkeypatch):
+    def __init__(self, zoo, monkeypatch, graphs=False):
         self.cuda = FakeCudart(G)
         self.tvm = FakeTvm(self.cuda)
         self.nvml = FakeNvml(G)
         monkeypatch.setattr(cuda_mod, "_cudart", lambda: self.cuda)
         monkeypatch.setattr(cuda_mod, "_nvml_init", lambda: self.nvml)
         monkeypatch.setattr(cuda_mod, "tr", self.tvm)
-        self.backend = cuda_mod.CudaBackend(PAGE, PAGES, POOL, POOL, graphs=False, gate=False)
+        monkeypatch.setattr(cuda_mod, "CudaVmmDriver", lambda device: FakeDeviceVmm(self.cuda, device))
+        self.backend = cuda_mod.CudaBackend(PAGE, PAGES, POOL, POOL, graphs=graphs, gate=False)
         self.now = 1_000_000_000
         self.sent = {}
         self.rt = WorkerRuntime(self.backend, zoo, self._send, PAGE, PAGES, POOL, POOL,
@@ -405,8 +478,23 @@ def test_four_gpus_each_get_their_own_streams_events_memory_and_nvml(zoo, monkey
     assert h.cuda.misuse == []
 
 
-def test_one_model_on_four_gpus_loads_and_infers_everywhere_at_once(zoo, monkeypatch):
-    h = Harness(zoo, monkeypatch)
+def _placed(h, gpu, m, k, n):
+    """The bytes GPU `gpu` holds for page k of model `m` where its kernels read them."""
+    g, pages = h.backend._gpus[gpu], h.rt.gpus[gpu].resident[m].pages
+    if g.fixed is None:
+        addr = g.cache + pages[k] * PAGE
+    else:                               # through the instance's fixed range, onto GPU gpu's page
+        addr = g.fixed.base(m, len(pages)) + k * PAGE
+        assert g.fixed.driver.device == gpu
+        assert h.cuda.device_of(addr, n)[1] is g.fixed.driver.made[g.fixed.pages[pages[k]]][1]
+    d, buf, o = h.cuda.device_of(addr, n)
+    assert d == gpu
+    return bytes(buf[o:o + n])
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["direct", "graphs"])
+def test_one_model_on_four_gpus_loads_and_infers_everywhere_at_once(zoo, monkeypatch, graphs):
+    h = Harness(zoo, monkeypatch, graphs=graphs)
     pinned_before = len(h.cuda.host)
     (msg, _), = h.wait([h.start(s.LoadModelFromDisk, model_id=0, path="mlp", copies=2)])
     assert isinstance(msg, s.LoadModelFromDiskResult), msg
@@ -418,33 +506,64 @@ def test_one_model_on_four_gpus_loads_and_infers_everywhere_at_once(zoo, monkeyp
     image = ctypes.string_at(hm.host_ptr, hm.host_size)
     weights = b"".join(image[hm.spec.pages[t.page][0] + t.offset:][:t.nbytes]
                        for t in hm.spec.tensors)
+    rng = np.random.default_rng(0)
+
+    def load_everywhere():
+        h.cuda.copies.clear()
+        h.cuda.max_in_flight_weights = 0
+        loads = [h.start(s.LoadWeights, model_id=m, gpu_id=gpu) for gpu in range(G) for m in (0, 1)]
+        for msg, _ in h.wait(loads):
+            assert isinstance(msg, s.LoadWeightsResult), msg
+        assert h.cuda.max_in_flight_weights == G, "LoadWeights to all GPUs were in flight together"
+        assert sorted({c[1] for c in h.cuda.copies if c[0] == "H2D"}) == list(range(G))
+        for gpu in range(G):            # each GPU holds the model where the runtime placed it
+            for m in (0, 1):
+                for k, (off, n) in enumerate(hm.page_slices):
+                    assert _placed(h, gpu, m, k, n) == image[off:off + n], f"GPU {gpu} model {m} page {k}"
+
+    def infer_everywhere():
+        xs = [rng.standard_normal((2, 784), np.float32).tobytes() for _ in range(2 * G)]
+        infers = [h.start(s.Infer, data=[xs[2 * gpu + m]], model_id=m, gpu_id=gpu, batch_size=2)
+                  for gpu in range(G) for m in (0, 1)]
+        for i, (msg, frames) in enumerate(h.wait(infers)):
+            assert isinstance(msg, s.InferResult), msg
+            x = xs[i]
+            assert b"".join(frames) == digest(weights, x[:784 * 4]) + digest(weights, x[784 * 4:]), \
+                f"GPU {i // 2} copy {i % 2}: wrong output"
 
     # every GPU but 0 gets the model in other pages than the first (a blocker holds those)
-    for g in h.rt.gpus[1:]:
-        g.mem.pages.alloc(min(g.id, 2))
-    h.cuda.copies.clear()
-    loads = [h.start(s.LoadWeights, model_id=m, gpu_id=gpu) for gpu in range(G) for m in (0, 1)]
-    for msg, _ in h.wait(loads):
-        assert isinstance(msg, s.LoadWeightsResult), msg
-    assert h.cuda.max_in_flight_weights == G, "LoadWeights to all GPUs were in flight together"
-    h2d = [c for c in h.cuda.copies if c[0] == "H2D"]
-    assert sorted({c[1] for c in h2d}) == list(range(G))
-    for gpu in range(G):                    # each GPU's cache holds the model where placed
-        cache = h.backend._gpus[gpu].cache
-        for m in (0, 1):
-            pages = h.rt.gpus[gpu].resident[m].pages
-            for k, (off, n) in enumerate(hm.page_slices):
-                _, buf, o = h.cuda.device_of(cache + pages[k] * PAGE, n)
-                assert bytes(buf[o:o + n]) == image[off:off + n], f"GPU {gpu} model {m} page {k}"
-
-    rng = np.random.default_rng(0)
-    xs = [rng.standard_normal((2, 784), np.float32).tobytes() for _ in range(2 * G)]
-    infers = [h.start(s.Infer, data=[xs[2 * gpu + m]], model_id=m, gpu_id=gpu, batch_size=2)
-              for gpu in range(G) for m in (0, 1)]
-    for i, (msg, frames) in enumerate(h.wait(infers)):
-        assert isinstance(msg, s.InferResult), msg
-        x = xs[i]
-        assert b"".join(frames) == digest(weights, x[:784 * 4]) + digest(weights, x[784 * 4:]), \
-            f"GPU {i // 2} copy {i % 2}: wrong output"
+    blockers = {g.id: g.mem.pages.alloc(min(g.id, 2)) for g in h.rt.gpus}
+    load_everywhere()
+    infer_everywhere()
+    # evicted everywhere, garbage where the weights were, reloaded into other pages
+    first = {gpu: set(h.rt.gpus[gpu].resident[0].pages) for gpu in range(G)}
+    evicts = [h.start(s.EvictWeights, model_id=m, gpu_id=gpu) for gpu in range(G) for m in (0, 1)]
+    for msg, _ in h.wait(evicts):
+        assert isinstance(msg, s.EvictWeightsResult), msg
+    for gpu in range(G):
+        for p in first[gpu]:
+            _placed_page_fill(h, gpu, p)
+        pages = h.rt.gpus[gpu].mem.pages
+        pages.release(blockers[gpu])
+        free = pages.alloc(pages.free)              # hold model 0's old pages, free the rest
+        pages.release([p for p in free if p not in first[gpu]])
+    load_everywhere()
+    for gpu in range(G):
+        assert first[gpu].isdisjoint(h.rt.gpus[gpu].resident[0].pages)
+    infer_everywhere()
+    if graphs:
+        assert h.cuda.graph_launches and all(a == b for a, b in h.cuda.graph_launches)
+        assert not h.backend.graph_errors, h.backend.graph_errors
     assert h.cuda.misuse == []
     h.backend.close()
+
+
+def _placed_page_fill(h, gpu, page):
+    """Overwrite cache page `page` of GPU `gpu` (as stale bytes left there)."""
+    g = h.backend._gpus[gpu]
+    if g.fixed is None:
+        _, buf, o = h.cuda.device_of(g.cache + page * PAGE, PAGE)
+        buf[o:o + PAGE] = b"\x7f" * PAGE
+    else:
+        buf = g.fixed.driver.made[g.fixed.pages[page]][1]
+        buf[:] = b"\x7f" * len(buf)
