@@ -552,7 +552,8 @@ def test_one_model_on_four_gpus_loads_and_infers_everywhere_at_once(zoo, monkeyp
         assert first[gpu].isdisjoint(h.rt.gpus[gpu].resident[0].pages)
     infer_everywhere()
     if graphs:
-        assert h.cuda.graph_launches and all(a == b for a, b in h.cuda.graph_launches)
+        assert all(a == b for a, b in h.cuda.graph_launches)
+        assert sorted({a for a, _ in h.cuda.graph_launches}) == list(range(G)), "every GPU replays graphs"
         assert not h.backend.graph_errors, h.backend.graph_errors
     assert h.cuda.misuse == []
     h.backend.close()
