@@ -10,7 +10,7 @@
 # Usage (device, after the bundle's setup as in h200_run.sh):
 #   bash tools/bench/multi_gpu.sh [DURATION_S]
 # Without a GPU (checks the driving code; every worker emulated, the per-GPU checks skipped):
-#   cw zoo emulated /tmp/zoo && EMULATE=2 ZOO=/tmp/zoo AZ_MEM=1 bash tools/bench/multi_gpu.sh 5
+#   cw zoo emulated -o /tmp/zoo && EMULATE=2 ZOO=/tmp/zoo AZ_MEM=1 AZ_DUR=10 bash tools/bench/multi_gpu.sh 5
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DUR=${1:-30}
@@ -78,7 +78,7 @@ for L in 0.5 1; do
         dev=("${DEV[@]}"); [ "$MODE" = emulated ] && dev=(--emulate $G)
         step "azure ${L}x on $G GPUs ($MODE)"
         (cd tools/bench && CUDA_VISIBLE_DEVICES=$ALL python3 gpu_e2e.py "${dev[@]}" --zoo $ZOO --workload azure \
-            --args "$AZ" --duration 60 --weights-cache ${AZ_CACHE:-100GiB} --out /tmp/azure_${MODE}_$L) > $OUT/azure_${MODE}_$L.log 2>&1
+            --args "$AZ" --duration ${AZ_DUR:-60} --weights-cache ${AZ_CACHE:-100GiB} --out /tmp/azure_${MODE}_$L) > $OUT/azure_${MODE}_$L.log 2>&1
         cp /tmp/azure_${MODE}_$L/e2e.json $OUT/azure_${MODE}_$L.json; grep -E "success_pct|latency_p" $OUT/azure_${MODE}_$L.json
     done
 done
