@@ -41,6 +41,9 @@ def main():
     ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--zoo", default=os.environ.get("CLOCKWORK_MODEL_DIR", "zoo"))
     ap.add_argument("--weights-cache", default="4GiB")
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client processes, each running the workload with --args (one Python "
+                         "client sends a few thousand r/s)")
     ap.add_argument("--emulate", type=int, default=0, help="an emulated worker with N GPUs instead")
     ap.add_argument("--out", default=None, help="directory for logs and e2e.json")
     a = ap.parse_args()
@@ -70,14 +73,19 @@ def main():
         time.sleep(0.5)
         start("controller", ["controller", f"127.0.0.1:{wport}", "--host", "127.0.0.1", "--port", str(cport),
                              "--telemetry-port", "0", "--log-dir", str(out)])
-        client = start("client", ["client", f"127.0.0.1:{cport}", "--workload", a.workload,
-                                  "--duration", str(a.duration), "--request-log", str(out / "client_requests.tsv"),
-                                  "--print-interval", "5", *wl_args])
-        try:
-            rc = client.wait(timeout=a.duration + 180)
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        result["client_rc"] = rc
+        clients = [start(f"client{k}" if k else "client",
+                         ["client", f"127.0.0.1:{cport}", "--workload", a.workload,
+                          "--duration", str(a.duration), "--seed", str(k),
+                          "--request-log", str(out / f"client_requests{k or ''}.tsv"),
+                          "--print-interval", "5", *wl_args])
+                   for k in range(a.clients)]
+        rcs = []
+        for c in clients:
+            try:
+                rcs.append(c.wait(timeout=a.duration + 180))
+            except subprocess.TimeoutExpired:
+                rcs.append("timeout")
+        result["client_rc"] = rcs[0] if a.clients == 1 else rcs
     finally:
         for name, p, f in reversed(procs):
             if p.poll() is None:
@@ -89,7 +97,7 @@ def main():
                     p.wait()
             f.close()
     try:
-        reqs = read_tsv(out / "client_requests.tsv")
+        reqs = [r for k in range(a.clients) for r in read_tsv(out / f"client_requests{k or ''}.tsv")]
         ok = [r for r in reqs if r["status"] in ("0", "SUCCESS", "success")]
         lat = [float(r["latency_ms"]) for r in ok]
         result.update(requests=len(reqs), succeeded=len(ok),

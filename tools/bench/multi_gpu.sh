@@ -48,10 +48,13 @@ CAP1=$(python3 -c "import json,sys; m=json.load(open('$ZOO/resnet50/measurements
 e2e() {   # name gpus fraction-of-capacity copies [extra gpu_e2e args]
     local name=$1 g=$2 f=$3 n=$4; shift 4
     local rate; rate=$(python3 -c "print(round($f*$g*$CAP1))")
+    # one Python client sends a few thousand r/s: split copies and rate over several
+    local c; c=$(python3 -c "print(max(1, min($n, round($rate / ${RATE_PER_CLIENT:-3000}))))")
     local dev=("${DEV[@]}"); [ "$EMULATE" != 0 ] && dev=(--emulate $g)
-    step "e2e $name: $g GPUs, $n copies, $rate r/s"
+    step "e2e $name: $g GPUs, $n copies, $rate r/s from $c clients"
     (cd tools/bench && CUDA_VISIBLE_DEVICES=${VIS:-} python3 gpu_e2e.py "${dev[@]}" --zoo $ZOO --model resnet50 \
-        --workload poisson-open-loop --args "$n $rate" --duration $DUR --out /tmp/e2e_$name "$@") > $OUT/e2e_$name.log 2>&1
+        --workload poisson-open-loop --clients $c --args "$((n / c)) $((rate / c))" --duration $DUR \
+        --out /tmp/e2e_$name "$@") > $OUT/e2e_$name.log 2>&1
     cp /tmp/e2e_$name/e2e.json $OUT/e2e_$name.json; grep -E "success_pct|latency_p|action_too_late" $OUT/e2e_$name.json
 }
 ALL=$(seq -s, 0 $((G - 1)))
