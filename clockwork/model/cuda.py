@@ -177,7 +177,7 @@ class CudaBackend(Backend):
                 if g.gate_host:
                     rt.cudaFreeHost(g.gate_host)
                 g.gate_host = 0
-        g.nvml = self._nvml.nvmlDeviceGetHandleByIndex(i) if self._nvml else None
+        g.nvml = _nvml_handle(self._nvml, props)
         g.out_at = {}
         return g
 
@@ -636,6 +636,20 @@ class _DeviceBuffer:
             self.rt.cudaFree(self.ptr)
         except Exception:
             pass
+
+
+def _nvml_handle(nvml, props):
+    """The NVML handle of the GPU with these CUDA properties, found by PCI bus id: NVML counts
+    every GPU of the host in PCI order, CUDA only the visible ones (CUDA_VISIBLE_DEVICES) and
+    by default fastest first, so the same index can name two different GPUs. None if not found
+    (its clocks then read as 0)."""
+    if nvml is None:
+        return None
+    bus_id = f"{props.pciDomainID:08X}:{props.pciBusID:02X}:{props.pciDeviceID:02X}.0".encode()
+    try:                        # (bytes: older pynvml passes the argument to ctypes as is)
+        return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+    except Exception:
+        return None
 
 
 def _nvml_init():
