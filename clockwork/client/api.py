@@ -193,10 +193,14 @@ class Client:
 
     def __init__(self, address: str, *, timeout_s: float = 30.0, connect_timeout_s: float | None = None,
                  retry_interval_s: float = 1.0, load_timeout_s: float = 600.0,
-                 ctx: zmq.Context | None = None, log=print, coalesce: bool | None = None):
+                 ctx: zmq.Context | None = None, log=print, coalesce: bool | None = None,
+                 spin_us: float | None = None):
         """timeout_s: default per-Infer timeout. connect_timeout_s: how long to wait for a
         first answer and to keep retrying while the controller initialises. load_timeout_s:
-        how long one LoadModel may take once the controller is known to be there."""
+        how long one LoadModel may take once the controller is known to be there. coalesce:
+        send the Infers made between two polls as one message (default [client] batch_requests).
+        spin_us: busy-wait this long for an answer before sleeping in poll() (default [client]
+        spin_us)."""
         cfg = load_config()
         security = security_mod.load(cfg)         # SecurityError (a ValueError) before any socket
         self.host, self.port = parse_address(address, cfg["controller"]["client_port"])
@@ -207,6 +211,7 @@ class Client:
         self.retry_interval_s = retry_interval_s
         self.load_timeout_s = load_timeout_s
         self.coalesce = cfg["client"]["batch_requests"] if coalesce is None else coalesce
+        self.spin_s = float(cfg["client"]["spin_us"]) / 1e6 if spin_us is None else spin_us / 1e6
         self.log = log
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
@@ -394,7 +399,7 @@ class Client:
             if nxt is not None:
                 left = max(0.0, nxt - self._now())
                 wait = left if wait is None else min(wait, left)
-            wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait)
+            wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait, self.spin_s)
         self._read_monitor()
         recv = sock.recv_multipart
         decode = schema.decode

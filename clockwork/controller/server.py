@@ -137,6 +137,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             except ImportError:
                 self.telemetry = None
         self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
+        self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
         self._running = False
         self._failed_sends: list[tuple[int, str]] = []     # (action id, why), delivered after the tick
         # Worker sockets come first: wait() lists ready sockets in this order, and a result
@@ -205,7 +206,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     wake = min(wake, end)
                 if self.replies.waiting:      # every answer this pass made goes out before we sleep
                     self.replies.flush()
-                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9)
+                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s)
                 for sock in ready:
                     if sock is self.client_sock:
                         self._drain_clients()
