@@ -39,9 +39,9 @@ def controller(monkeypatch):
     waits = []
     real_wait = server_mod.wait
 
-    def checked_wait(sockets, timeout_s):
+    def checked_wait(sockets, timeout_s, spin_s=0.0):
         waits.append(sum(len(q) for q in c.replies.waiting.values()))
-        return real_wait(sockets, min(timeout_s, 0.05))
+        return real_wait(sockets, min(timeout_s, 0.05), spin_s)
     monkeypatch.setattr(server_mod, "wait", checked_wait)
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0)
@@ -147,6 +147,23 @@ def test_a_batch_with_invalid_requests_answers_those_with_errors_and_serves_the_
         new.close(0)
         ctx.term()
     assert not any(waits), "the loop waited while holding answers"
+
+
+def test_a_bug_handling_a_batch_costs_that_batch_not_the_controller(controller):
+    c, address, waits = controller
+
+    def broken(ident, batch, data):
+        raise RuntimeError("planted")
+    c._on_infer_batch = broken
+    ctx = zmq.Context()
+    sock = _dealer(ctx, address)
+    try:
+        sock.send_multipart([s.encode(s.InferRequestBatch([s.InferRequest(1, 0), s.InferRequest(2, 0)]))])
+        sock.send_multipart([s.encode(s.InferRequest(3, 0))])
+        assert _answers(sock, 2) == {-1: [(Status.ERROR, b"")], 3: [(Status.SUCCESS, bytes(OUTPUT))]}
+    finally:
+        sock.close(0)
+        ctx.term()
 
 
 class _Sock:

@@ -125,15 +125,16 @@ class Admission:
                 if type(msg) is s.InferRequest:
                     self._on_infer(ident, msg, data)
                 elif type(msg) is s.InferRequestBatch:
-                    budget -= len(msg.requests) - 1
+                    budget -= max(0, len(msg.requests) - 1)
                     self._on_infer_batch(ident, msg, data)
                 elif type(msg) is s.LsRequest:
                     self._on_ls(ident, msg)
                 else:
                     self._on_load_model(ident, msg)
             except Exception as e:   # a bug must cost one request, not the controller
-                self.out(f"internal error handling request {msg.request_id}: {e!r}")
-                self._reply(s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"), ident=ident)
+                rid = getattr(msg, "request_id", -1)      # -1: a batch (its requests answer on their own)
+                self.out(f"internal error handling request {rid}: {e!r}")
+                self._reply(s.ErrorResponse(rid, Status.ERROR, f"internal error: {e!r}"), ident=ident)
 
     def _on_infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data) -> None:
         """Each request of the batch as if it had come alone, with its own input frames."""

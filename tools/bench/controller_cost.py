@@ -63,19 +63,20 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
-def _client_process(address, model_ids, rate, seconds, slo_ns, seed, coalesce, ready, go, results):
+def _client_process(address, model_ids, rate, seconds, slo_ns, seed, coalesce, burst, ready, go, results):
     """One of --clients N sender processes: connect, wait for the go, send, report."""
     client = Client(address, log=lambda *_: None, coalesce=coalesce)
     client.connect()
     ready.put(True)
     go.wait()
-    results.put(send_load(client, model_ids, rate, seconds, slo_ns, random.Random(seed)))
+    results.put(send_load(client, model_ids, rate, seconds, slo_ns, random.Random(seed), burst))
     client.close()
 
 
 def send_load(client: Client, model_ids: list[int], rate: float, seconds: float, slo_ns: int,
-              rng: random.Random) -> dict:
-    """Open-loop Poisson sends for `seconds`, then wait for the answers."""
+              rng: random.Random, burst: int = 1) -> dict:
+    """Open-loop Poisson sends for `seconds` (in bursts of `burst` requests at once), then wait
+    for the answers."""
     lat = []
     statuses = {}
 
@@ -93,16 +94,17 @@ def send_load(client: Client, model_ids: list[int], rate: float, seconds: float,
         if now >= end:
             break
         while next_t <= now:
-            client.infer_async(rng.choice(model_ids), done, slo_ns=slo_ns, timeout_s=5.0)
-            sent += 1
-            next_t += rng.expovariate(rate)
+            for _ in range(burst):
+                client.infer_async(rng.choice(model_ids), done, slo_ns=slo_ns, timeout_s=5.0)
+            sent += burst
+            next_t += rng.expovariate(rate / burst)
         client.poll(min(max(0.0, next_t - time.perf_counter()), 0.005))
     client.drain(10.0)
     return {"sent": sent, "statuses": statuses, "lat": lat}
 
 
 def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
-             slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True) -> dict:
+             slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1) -> dict:
     import multiprocessing as mp
     procs = []
     if clients > 1:         # separate sender processes, each started and connected beforehand
@@ -110,7 +112,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
         procs = [ctx.Process(target=_client_process, args=(
             client.address, model_ids, rate / clients, seconds, slo_ns, rng.random(), coalesce,
-            ready, go, results)) for _ in range(clients)]
+            burst, ready, go, results)) for _ in range(clients)]
         for p in procs:
             p.start()
         for _ in procs:
@@ -125,7 +127,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         for p in procs:
             p.join()
     else:
-        parts = [send_load(client, model_ids, rate, seconds, slo_ns, rng)]
+        parts = [send_load(client, model_ids, rate, seconds, slo_ns, rng, burst)]
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pid) - cpu0
     py = main_thread_cpu_seconds(pid) - py0
@@ -187,6 +189,7 @@ def main():
     ap.add_argument("--clients", type=int, default=1, help="client processes sharing the rate")
     ap.add_argument("--wire", choices=["batched", "single"], default="batched",
                     help="batched: requests and answers coalesced per message; single: one message each")
+    ap.add_argument("--burst", type=int, default=1, help="requests sent at once per arrival (same total rate)")
     ap.add_argument("--threads", action="store_true", help="print the controller's CPU per thread")
     ap.add_argument("--py-spy", dest="py_spy", default=None, metavar="FILE.svg",
                     help="record the controller with py-spy during the last step")
@@ -197,7 +200,7 @@ def main():
     print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs, {copies} resnet50 copies, "
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
           f"{os.cpu_count()} cores shared by client, controller and worker; wire {args.wire}, "
-          f"{args.clients} client process(es); load average {os.getloadavg()[0]:.1f}")
+          f"{args.clients} client process(es), bursts of {args.burst}; load average {os.getloadavg()[0]:.1f}")
     with LocalCluster(gpus=args.gpus, scheduler=args.scheduler, config_file=cfg) as cluster:
         client = Client(cluster.address, log=lambda *_: None, coalesce=coalesce)
         first, n, _ = client.load_model("resnet50", copies=copies)
@@ -218,7 +221,7 @@ def main():
                                         "--nonblocking", "--format", "raw", "-o", args.py_spy],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             r = run_step(client, cluster.controller.pid, ids, rate, args.seconds,
-                         int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce)
+                         int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst)
             if spy is not None:
                 spy.wait()
             print(f"{r['rate']:8.0f} {r['sent']:7d} {100 * r['within_slo']:7.3f}% "
