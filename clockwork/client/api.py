@@ -347,6 +347,8 @@ class Client:
         return self._send(rid, self._enc(LsRequest(rid, first)), None, callback, timeout_s)
 
     def _send(self, rid, header, inputs, callback, timeout_s) -> int:
+        if self._batch:          # requests leave in the order they were made
+            self._flush()
         now = self._now()
         if self._link_down:
             # we saw the controller go: nothing is queued for whoever comes back; the request is
