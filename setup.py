@@ -22,6 +22,7 @@ setup(
         "tvm": ["apache-tvm==0.27.0.post1"],
         "plot": ["matplotlib>=3.6"],   # `cw plot` only; imported lazily
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6"],
+        "bench": ["py-spy>=0.3"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)
     },
     entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
 )
