@@ -3,8 +3,9 @@
 Single-threaded by design: the caller drives the event loop with `poll(timeout)` (the blocking
 calls drive it themselves), so callbacks run on the caller's thread and need no locks. One
 process sustains tens of thousands of requests per second open loop because the per-request
-path is: encode a ~20-byte header, one non-blocking send (input buffers are zmq.Frames sent by
-reference, never copied), a dict entry, and a deque append for the timeout.
+path is: one struct appended to the batch the next poll() sends (or, with batching off, a
+~20-byte header and one non-blocking send; input buffers are zmq.Frames sent by reference,
+never copied either way), a dict entry, and a deque append for the timeout.
 
     client = Client("127.0.0.1:12346")
     client.connect()                                                   # ControllerUnreachable if nobody there
