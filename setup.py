@@ -28,6 +28,7 @@ setup(
         # (and is the real client the front end's tests use: tools/test.sh installs this extra)
         "frontend": ["aiohttp>=3.9", "uvloop>=0.17", "grpcio>=1.60", "tritonclient[http,grpc]>=2.40"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6"],
+        "bench": ["py-spy>=0.3"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)
     },
     entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
 )

@@ -67,6 +67,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "max_queued_input_bytes": NON_NEGATIVE_INT,
         "print_interval_s": POSITIVE,
         "generate_inputs": Spec(bool),
+        "batch_replies": Spec(bool),
+        "spin_us": Spec(float, lo=0, hi=1_000_000),
     },
     "security": {
         "enabled": Spec(bool),
@@ -76,6 +78,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "client": {
         "connect_timeout_s": POSITIVE,
         "print_interval_s": POSITIVE,
+        "batch_requests": Spec(bool),
+        "spin_us": Spec(float, lo=0, hi=1_000_000),
     },
     "logging": {
         "request_log": Spec(str),

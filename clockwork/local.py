@@ -195,12 +195,15 @@ class LocalCluster:
         self.stop()
 
 
-def quick_config(print_interval: float) -> Path:
-    """A temporary config file that sets every process's stats-line interval (caller deletes it)."""
+def quick_config(print_interval: float, extra: dict | None = None) -> Path:
+    """A temporary config file that sets every process's stats-line interval, plus `extra`
+    ({section: {key: TOML value text}}) (caller deletes it)."""
     fd, path = tempfile.mkstemp(prefix="clockwork-run-", suffix=".toml")
     with os.fdopen(fd, "w") as f:
         for section in ("worker", "controller", "client"):
             f.write(f"[{section}]\nprint_interval_s = {print_interval}\n")
+            for key, value in (extra or {}).get(section, {}).items():
+                f.write(f"{key} = {value}\n")
     return Path(path)
 
 

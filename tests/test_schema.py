@@ -1,5 +1,6 @@
 """Wire schema: every message survives a round trip; bad frames raise ProtocolError."""
 import msgspec
+
 import pytest
 import zmq
 
@@ -100,3 +101,36 @@ def test_router_dealer_zero_copy_frames_round_trip():
         srv.close(0)
         cli.close(0)
         ctx.term()
+
+
+@pytest.mark.timeout(20)
+def test_wait_with_spin_returns_what_is_ready_and_nothing_when_nothing_is():
+    """The spinning wait (config spin_us) finds a queued message, and with nothing coming
+    returns empty (the spin bounded by the timeout)."""
+    ctx = zmq.Context()
+    port = free_port()
+    srv = router(ctx, "127.0.0.1", port)
+    cli = dealer(ctx, "127.0.0.1", port)
+    try:
+        assert wait([srv], 0.0, spin_s=0.001) == []
+        assert wait([srv], 0.002, spin_s=1.0) == []          # the spin never outlasts the timeout
+        send(cli, s.LsRequest(1))
+        assert wait([srv], 10, spin_s=10) == [srv]
+        srv.recv_multipart()
+        send(cli, s.LsRequest(2))
+        assert wait([cli, srv], None, spin_s=1e-9) == [srv]   # spun or slept: either way found
+        assert recv(srv, s.REQUEST_DECODER, routed=True)[1] == s.LsRequest(2)
+    finally:
+        srv.close(0)
+        cli.close(0)
+        ctx.term()
+
+
+def test_batches_round_trip_and_nest_the_single_structs():
+    reqs = [s.InferRequest(1, 2), s.InferRequest(3, 4, batch_size=2, sent_ns=5)]
+    batch = s.decode(s.encode(s.InferRequestBatch(reqs, [0, 2])), s.REQUEST_DECODER)
+    assert batch == s.InferRequestBatch(reqs, [0, 2])
+    answers = s.InferResponseBatch([s.InferResponse(1, 0, epoch=9), s.InferResponse(3, 6, "no")])
+    assert s.decode(s.encode(answers), s.RESPONSE_DECODER) == answers
+    with pytest.raises(s.ProtocolError):        # a batch is a request, never an answer
+        s.decode(s.encode(s.InferRequestBatch(reqs)), s.RESPONSE_DECODER)

@@ -3,8 +3,9 @@
 Single-threaded by design: the caller drives the event loop with `poll(timeout)` (the blocking
 calls drive it themselves), so callbacks run on the caller's thread and need no locks. One
 process sustains tens of thousands of requests per second open loop because the per-request
-path is: encode a ~20-byte header, one non-blocking send (input buffers are zmq.Frames sent by
-reference, never copied), a dict entry, and a deque append for the timeout.
+path is: one struct appended to the batch the next poll() sends (or, with batching off, a
+~20-byte header and one non-blocking send; input buffers are zmq.Frames sent by reference,
+never copied either way), a dict entry, and a deque append for the timeout.
 
     client = Client("127.0.0.1:12346")
     client.connect()                                                   # ControllerUnreachable if nobody there
@@ -13,6 +14,12 @@ reference, never copied), a dict entry, and a deque append for the timeout.
     client.infer_async(first_id, callback=on_reply)                    # on_reply(resp, data, latency_s)
     fut = client.infer_future(first_id); client.poll(0.01); fut.done()
     client.close()
+
+Requests made between two polls go to the controller together, as one InferRequestBatch,
+when poll() begins (or once MAX_BATCH are waiting); answers come back likewise. Nothing waits
+longer than it would have: a request is sent at the latest when the caller next drives the loop,
+where it would have waited for its answer anyway. `batch_requests = false` ([client] in the
+config, or coalesce=False) sends one message per request, as clients before batching did.
 
 Client-side outcomes that are not controller answers use negative pseudo-statuses
 (NO_ANSWER, SEND_FAILED, CONNECTION_LOST, WRONG_PEER), so accounting can tell "the controller said timeout"
@@ -40,8 +47,9 @@ from ..config import load_config
 from ..status import Status, describe
 from ..transport import schema
 from ..transport import security as security_mod
-from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, LoadModelRequest,
-                                LoadModelResponse, LsRequest, ModelInfo, ProtocolError)
+from ..transport.schema import (ErrorResponse, InferRequest, InferRequestBatch, InferResponse,
+                                InferResponseBatch, LoadModelRequest, LoadModelResponse, LsRequest,
+                                ModelInfo, ProtocolError)
 from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
 from ..transport.sockets import wait as wait_ready
 from .lifetimes import ModelIds, Registration
@@ -50,6 +58,8 @@ NO_ANSWER = -1      # no response within the call's timeout (client side)
 SEND_FAILED = -2    # could not even queue the request (send queue full)
 CONNECTION_LOST = -3   # the connection to the controller dropped with the request outstanding
 WRONG_PEER = -4     # the peer sent something no controller sends: it is not a clockwork controller
+
+MAX_BATCH = 256     # requests per InferRequestBatch: beyond, the batch is sent before poll()
 
 
 def status_name(code: int) -> str:
@@ -184,10 +194,14 @@ class Client:
 
     def __init__(self, address: str, *, timeout_s: float = 30.0, connect_timeout_s: float | None = None,
                  retry_interval_s: float = 1.0, load_timeout_s: float = 600.0,
-                 ctx: zmq.Context | None = None, log=print):
+                 ctx: zmq.Context | None = None, log=print, coalesce: bool | None = None,
+                 spin_us: float | None = None):
         """timeout_s: default per-Infer timeout. connect_timeout_s: how long to wait for a
         first answer and to keep retrying while the controller initialises. load_timeout_s:
-        how long one LoadModel may take once the controller is known to be there."""
+        how long one LoadModel may take once the controller is known to be there. coalesce:
+        send the Infers made between two polls as one message (default [client] batch_requests).
+        spin_us: busy-wait this long for an answer before sleeping in poll() (default [client]
+        spin_us)."""
         cfg = load_config()
         security = security_mod.load(cfg)         # SecurityError (a ValueError) before any socket
         self.host, self.port = parse_address(address, cfg["controller"]["client_port"])
@@ -197,6 +211,8 @@ class Client:
                                   else connect_timeout_s)
         self.retry_interval_s = retry_interval_s
         self.load_timeout_s = load_timeout_s
+        self.coalesce = cfg["client"]["batch_requests"] if coalesce is None else coalesce
+        self.spin_s = float(cfg["client"]["spin_us"]) / 1e6 if spin_us is None else spin_us / 1e6
         self.log = log
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
@@ -226,6 +242,11 @@ class Client:
         self.restarts_seen = 0
         self._enc = schema.encode
         self._now = time.perf_counter
+        # requests made since the last poll, sent together by _flush(): their structs, their
+        # input frames in order, and how many frames each has
+        self._batch: list[InferRequest] = []
+        self._batch_frames: list = []
+        self._batch_counts: list[int] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -270,14 +291,56 @@ class Client:
                 epoch = ids.old_epoch              # an id not loaded again: answered STALE_EPOCH
             else:
                 model_id = current
-        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch,
-                                        time.monotonic_ns()))
-        return self._send(rid, header, inputs, callback, timeout_s)
+        req = InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch, time.monotonic_ns())
+        if self.coalesce and not self._link_down:
+            return self._queue(rid, req, inputs, callback, timeout_s)
+        return self._send(rid, self._enc(req), inputs, callback, timeout_s)
 
     def infer_future(self, model_id: int, **kw) -> Future:
         fut = Future()
         self.infer_async(model_id, fut._set, **kw)
         return fut
+
+    def _queue(self, rid, req, inputs, callback, timeout_s) -> int:
+        """Hold an Infer for the batch the next poll() sends (see the module docstring)."""
+        if inputs is None:
+            n = 0
+        elif isinstance(inputs, (list, tuple)):
+            n = len(inputs)
+            self._batch_frames.extend(inputs)
+        else:
+            n = 1
+            self._batch_frames.append(inputs)
+        self._batch.append(req)
+        self._batch_counts.append(n)
+        self._track(rid, callback, self._now(), timeout_s)
+        if len(self._batch) >= MAX_BATCH:
+            self._flush()
+        return rid
+
+    def _flush(self) -> None:
+        """Send the held requests: one alone as an InferRequest (as before batching), several as
+        one InferRequestBatch. If the send queue is full, each is answered SEND_FAILED."""
+        reqs, frames = self._batch, self._batch_frames
+        counts = self._batch_counts
+        self._batch, self._batch_frames, self._batch_counts = [], [], []
+        header = self._enc(reqs[0] if len(reqs) == 1 else
+                           InferRequestBatch(reqs, counts if frames else []))
+        sock = self._sock
+        try:
+            if frames:
+                sock.send(header, zmq.NOBLOCK | zmq.SNDMORE)
+                last = len(frames) - 1
+                for i, frame in enumerate(frames):
+                    sock.send(frame, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0), copy=False)
+            else:
+                sock.send(header, zmq.NOBLOCK)
+        except zmq.Again:      # zmq queues all parts of a message or none
+            for req in reqs:
+                entry = self._pending.pop(req.request_id, None)
+                if entry is not None:
+                    entry[0](ErrorResponse(req.request_id, SEND_FAILED, "send queue full: controller not reading"),
+                             [], 0.0)
 
     def load_model_async(self, path: str, copies: int, callback: Callback, timeout_s: float | None = None) -> int:
         rid = next(self._ids)
@@ -290,6 +353,8 @@ class Client:
         return self._send(rid, self._enc(LsRequest(rid, first)), None, callback, timeout_s)
 
     def _send(self, rid, header, inputs, callback, timeout_s) -> int:
+        if self._batch:          # requests leave in the order they were made
+            self._flush()
         now = self._now()
         if self._link_down:
             # we saw the controller go: nothing is queued for whoever comes back; the request is
@@ -312,13 +377,17 @@ class Client:
             # With a multipart message, zmq either queues all parts or none of them.
             callback(ErrorResponse(rid, SEND_FAILED, "send queue full: controller not reading"), [], 0.0)
             return rid
+        self._track(rid, callback, now, timeout_s)
+        return rid
+
+    def _track(self, rid, callback, now, timeout_s) -> None:
+        """Wait for `rid`'s answer until its timeout."""
         self._pending[rid] = (callback, now)
         t = self.timeout_s if timeout_s is None else timeout_s
         q = self._expiry.get(t)
         if q is None:
             q = self._expiry[t] = deque()
         q.append((now + t, rid))
-        return rid
 
     # ------------------------------------------------------------------ the event loop
 
@@ -328,6 +397,8 @@ class Client:
         Returns the number of callbacks run. Never blocks longer than timeout_s (None: until
         at least one message arrives or a request expires).
         """
+        if self._batch:
+            self._flush()
         sock = self._sock
         n = 0
         if not (sock.get(EVENTS) & POLLIN) and timeout_s != 0:
@@ -336,10 +407,9 @@ class Client:
             if nxt is not None:
                 left = max(0.0, nxt - self._now())
                 wait = left if wait is None else min(wait, left)
-            wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait)
+            wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait, self.spin_s)
         self._read_monitor()
         recv = sock.recv_multipart
-        pending = self._pending
         decode = schema.decode
         dec = schema.RESPONSE_DECODER
         now = self._now
@@ -361,17 +431,10 @@ class Client:
                 self.wrong_peer = why
                 n += self._fail_all(WRONG_PEER, why)
                 continue
-            if msg.epoch != self.model_ids.epoch and msg.epoch and self.model_ids.epoch:
-                self._new_epoch(msg.epoch)
-            entry = pending.pop(msg.request_id, None)
-            if entry is None:
-                self.answered_unknown += 1
-                if msg.request_id == -1 and isinstance(msg, ErrorResponse):
-                    self.log(f"controller error: {msg.message}")
-                continue
-            cb, sent = entry
-            cb(msg, frames[1:], now() - sent)
-            n += 1
+            if type(msg) is InferResponseBatch:
+                n += self._answer_batch(msg, frames)
+            else:
+                n += self._answer(msg, frames[1:], now())
         if self._dropped:
             self._dropped = False
             failed = self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
@@ -383,6 +446,41 @@ class Client:
         if self._reload is not None and self._reload.retry:
             self._reload.resend_due(self._now())
         return n + self._expire()
+
+    def _answer(self, msg, data, now: float) -> int:
+        """Run the callback of the request `msg` answers; returns 1 if there was one."""
+        if msg.epoch != self.model_ids.epoch and msg.epoch and self.model_ids.epoch:
+            self._new_epoch(msg.epoch)
+        entry = self._pending.pop(msg.request_id, None)
+        if entry is None:
+            self.answered_unknown += 1
+            if msg.request_id == -1 and isinstance(msg, ErrorResponse):
+                self.log(f"controller error: {msg.message}")
+            return 0
+        cb, sent = entry
+        cb(msg, data, now - sent)
+        return 1
+
+    def _answer_batch(self, batch: InferResponseBatch, frames) -> int:
+        """Each answer of an InferResponseBatch with its own output frames."""
+        counts = batch.frames
+        if counts and (len(counts) != len(batch.responses) or sum(counts) != len(frames) - 1):
+            self.bad_messages += 1
+            if self.bad_messages <= 5:
+                self.log(f"bad message from controller {self.address}: answer batch frame counts "
+                         f"{counts} do not match its {len(frames) - 1} frames")
+            counts = []          # answer every request, without outputs
+        now = self._now()
+        n = 0
+        at = 1
+        for i, msg in enumerate(batch.responses):
+            if counts:
+                k = counts[i]
+                n += self._answer(msg, frames[at:at + k], now)
+                at += k
+            else:
+                n += self._answer(msg, [], now)
+        return n
 
     # ------------------------------------------------------------------ controller restarts
 

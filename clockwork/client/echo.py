@@ -18,8 +18,8 @@ import zmq
 from ..model.zoo import load_profile
 from ..status import Status
 from ..transport import schema
-from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, LoadModelRequest,
-                                LoadModelResponse, LsRequest, LsResponse, ModelInfo)
+from ..transport.schema import (ErrorResponse, InferRequest, InferRequestBatch, InferResponse,
+                                LoadModelRequest, LoadModelResponse, LsRequest, LsResponse, ModelInfo)
 from ..transport.sockets import router
 
 
@@ -72,6 +72,17 @@ class EchoController:
             return self._load(msg), ()
         self.received["ls"] += 1
         return LsResponse(msg.request_id, Status.SUCCESS, "", self.models), ()
+
+    def _answers(self, msg, data):
+        """Answers to one message: a batch's requests are answered one message each."""
+        if type(msg) is not InferRequestBatch:
+            return [self._answer(msg, data)]
+        out, at = [], 0
+        for i, req in enumerate(msg.requests):
+            n = msg.frames[i] if msg.frames else 0
+            out.append(self._answer(req, data[at:at + n]))
+            at += n
+        return out
 
     def _load(self, msg: LoadModelRequest):
         name = msg.path.rstrip("/").rsplit("/", 1)[-1]
@@ -144,16 +155,16 @@ class EchoController:
                         self.received["bad"] += 1
                         sock.send_multipart([ident, schema.encode(ErrorResponse(-1, Status.INVALID_REQUEST, str(e)))])
                         continue
-                    resp, data = self._answer(msg, frames[2:])
-                    if resp is None:
-                        continue
-                    if self.load_delay_s and isinstance(resp, LoadModelResponse):
-                        self._delayed.append((time.monotonic() + self.load_delay_s, ident, schema.encode(resp)))
-                        continue
-                    if data:
-                        sock.send_multipart([ident, schema.encode(resp), *data], copy=False)
-                    else:
-                        sock.send_multipart([ident, schema.encode(resp)])
+                    for resp, data in self._answers(msg, frames[2:]):
+                        if resp is None:
+                            continue
+                        if self.load_delay_s and isinstance(resp, LoadModelResponse):
+                            self._delayed.append((time.monotonic() + self.load_delay_s, ident, schema.encode(resp)))
+                            continue
+                        if data:
+                            sock.send_multipart([ident, schema.encode(resp), *data], copy=False)
+                        else:
+                            sock.send_multipart([ident, schema.encode(resp)])
         finally:
             sock.close(0)
             if own:

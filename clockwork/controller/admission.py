@@ -3,6 +3,11 @@ validated (known model, batch size, input size, SLO within clockwork.limits), bo
 inputs held in memory, stamped with its arrival, and handed to the scheduler; Ls and
 LoadModel likewise. respond() is the Outbox's answer to a request.
 
+A client may send several Infers in one InferRequestBatch; each is admitted (or refused) on its
+own, as if it had come alone. Answers wait in Replies until the loop pass that produced them
+ends (the controller flushes them before it waits again), then go out as one message per client:
+an InferResponseBatch to a client that batches its requests, single messages to any other.
+
 Admission is one part of Controller (controller/server.py), a mixin.
 """
 from __future__ import annotations
@@ -18,11 +23,67 @@ from .scheduler import Request
 from .worker_links import DRAIN_BATCH
 
 
+# Clients known to accept InferResponseBatch, at most this many (forgotten all at once beyond:
+# a forgotten client gets single answers until its next batch, which is correct, just dearer).
+MAX_BATCH_CLIENTS = 100_000
+
+
+class Replies:
+    """Answers to clients, held until flush() (the end of the loop pass that made them), then
+    sent as one message per client. With batching off, add() sends at once, one message each."""
+
+    def __init__(self, sock, batching: bool):
+        self.sock = sock
+        self.batching = batching
+        self.waiting: dict[bytes, list] = {}     # client -> [(message, data frames), ...]
+        self.batch_clients: set[bytes] = set()
+
+    def client_batches(self, ident: bytes) -> None:
+        """`ident` sent an InferRequestBatch, so it reads InferResponseBatch."""
+        if ident not in self.batch_clients:
+            if len(self.batch_clients) >= MAX_BATCH_CLIENTS:
+                self.batch_clients.clear()
+            self.batch_clients.add(ident)
+
+    def add(self, ident: bytes, msg, data=()) -> None:
+        if not self.batching:
+            send(self.sock, msg, data, ident=ident)
+            return
+        queue = self.waiting.get(ident)
+        if queue is None:
+            self.waiting[ident] = [(msg, data)]
+        else:
+            queue.append((msg, data))
+
+    def flush(self) -> None:
+        """Send everything waiting: InferResponses to a batching client as one
+        InferResponseBatch, everything else as it was made."""
+        sock = self.sock
+        for ident, queue in self.waiting.items():
+            if len(queue) == 1 or ident not in self.batch_clients:
+                for msg, data in queue:
+                    send(sock, msg, data, ident=ident)
+                continue
+            responses, counts, frames = [], [], []
+            for msg, data in queue:
+                if type(msg) is s.InferResponse:
+                    responses.append(msg)
+                    counts.append(len(data))
+                    frames.extend(data)
+                else:
+                    send(sock, msg, data, ident=ident)
+            if len(responses) == 1:
+                send(sock, responses[0], frames, ident=ident)
+            elif responses:
+                send(sock, s.InferResponseBatch(responses, counts if frames else []), frames, ident=ident)
+        self.waiting.clear()
+
+
 class Admission:
     def _reply(self, msg, data=(), *, ident: bytes) -> None:
-        """Send a client an answer stamped with this controller's epoch."""
+        """Answer a client (stamped with this controller's epoch), at the end of this loop pass."""
         msg.epoch = self.epoch
-        send(self.client_sock, msg, data, ident=ident)
+        self.replies.add(ident, msg, data)
 
     def respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0) -> None:
         now = self.clock()
@@ -34,8 +95,7 @@ class Admission:
         msg = s.InferResponse(req.client_request_id, status, message, req.model_id, req.batch_size,
                               latency, exec_ns, req.is_coldstart, self.epoch, met)
         if req.client is not None:
-            send(self.client_sock, msg, (output,) if output is not None and status == 0 else (),
-                 ident=req.client)
+            self.replies.add(req.client, msg, (output,) if output is not None and status == 0 else ())
         self.stats.request_done(status, latency, met)
         if self.request_log.on:
             counts = self._model_counts.setdefault(req.model_id, [0, 0])
@@ -47,10 +107,14 @@ class Admission:
             self.telemetry.request_done(req, status, latency, now, exec_ns)
 
     def _drain_clients(self) -> None:
+        """Read up to DRAIN_BATCH requests (a batch counts as its requests: the scheduler must
+        tick between bursts, or a burst's first requests would wait behind its last)."""
         sock = self.client_sock
-        for _ in range(DRAIN_BATCH):
+        budget = DRAIN_BATCH
+        while budget > 0:
             if not sock.get(EVENTS) & POLLIN:
                 return
+            budget -= 1
             try:
                 ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True)
             except ProtocolError as e:
@@ -60,10 +124,43 @@ class Admission:
             try:
                 if type(msg) is s.InferRequest:
                     self._on_infer(ident, msg, data)
+                elif type(msg) is s.InferRequestBatch:
+                    budget -= max(0, len(msg.requests) - 1)
+                    self._on_infer_batch(ident, msg, data)
                 elif type(msg) is s.LsRequest:
                     self._on_ls(ident, msg)
                 else:
                     self._on_load_model(ident, msg)
+            except Exception as e:   # a bug must cost one request, not the controller
+                rid = getattr(msg, "request_id", -1)      # -1: a batch (its requests answer on their own)
+                self.out(f"internal error handling request {rid}: {e!r}")
+                self._reply(s.ErrorResponse(rid, Status.ERROR, f"internal error: {e!r}"), ident=ident)
+
+    def _on_infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data) -> None:
+        """Each request of the batch as if it had come alone, with its own input frames."""
+        self.replies.client_batches(ident)
+        counts = batch.frames
+        if counts and (len(counts) != len(batch.requests) or sum(counts) != len(data) or min(counts) < 0):
+            for msg in batch.requests:
+                self._reply(s.InferResponse(msg.request_id, Status.INVALID_REQUEST,
+                                            f"batch of {len(batch.requests)} requests names {sum(counts)} input "
+                                            f"frames in {len(counts)} counts but carries {len(data)}",
+                                            msg.model_id, msg.batch_size), ident=ident)
+            return
+        if not counts and data:
+            for msg in batch.requests:
+                self._reply(s.InferResponse(msg.request_id, Status.INVALID_REQUEST,
+                                            "batch carries input frames but no per-request frame counts",
+                                            msg.model_id, msg.batch_size), ident=ident)
+            return
+        at = 0
+        for i, msg in enumerate(batch.requests):
+            frames = ()
+            if counts:
+                frames = data[at:at + counts[i]]
+                at += counts[i]
+            try:
+                self._on_infer(ident, msg, frames)
             except Exception as e:   # a bug must cost one request, not the controller
                 self.out(f"internal error handling request {msg.request_id}: {e!r}")
                 self._reply(s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"), ident=ident)

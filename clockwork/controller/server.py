@@ -40,7 +40,7 @@ from ..transport import schema as s
 from ..transport import security as security_mod
 from ..transport.sockets import dealer, parse_address, router, set_timer_slack, wait
 from . import logs as logs_mod
-from .admission import Admission
+from .admission import Admission, Replies
 from .model_loading import LoadJob, ModelLoading
 from .queuewait import QueueWait
 from .schedulers.common import Settings
@@ -136,6 +136,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                                                     security=self.security)
             except ImportError:
                 self.telemetry = None
+        self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
+        self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
         self._running = False
         self._failed_sends: list[tuple[int, str]] = []     # (action id, why), delivered after the tick
         # Worker sockets come first: wait() lists ready sockets in this order, and a result
@@ -202,7 +204,9 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     wake = min(wake, next_tick)
                 if end is not None:
                     wake = min(wake, end)
-                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9)
+                if self.replies.waiting:      # every answer this pass made goes out before we sleep
+                    self.replies.flush()
+                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s)
                 for sock in ready:
                     if sock is self.client_sock:
                         self._drain_clients()
@@ -230,6 +234,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                 + (f"on http://{self.host}:{metrics}/metrics" if metrics else "off"))
 
     def close(self) -> None:
+        self.replies.flush()
         self.request_log.close()
         self.action_log.close()
         if self.telemetry is not None:

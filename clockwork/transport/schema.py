@@ -154,6 +154,23 @@ class ErrorResponse(Message, tag=7):
     epoch: int = 0
 
 
+class InferRequestBatch(Message, tag=8):
+    """Several InferRequests in one message: the client library sends the requests made
+    between two polls together, so a request costs a fraction of a ZeroMQ message each way.
+    Data frames: request i's input frames, in request order; `frames[i]` says how many are
+    request i's (empty list: no request carries inputs)."""
+    requests: list[InferRequest]
+    frames: list[int] = []
+
+
+class InferResponseBatch(Message, tag=9):
+    """Several InferResponses to one client in one message: the controller's answers to that
+    client from one pass of its loop. Sent only to clients that sent an InferRequestBatch.
+    Data frames: response i's output frames, in order; `frames[i]` says how many (0 or 1)."""
+    responses: list[InferResponse]
+    frames: list[int] = []
+
+
 # ---------------------------------------------------------------- controller -> worker actions
 
 class LoadModelFromDisk(Message, tag=20):
@@ -287,8 +304,8 @@ class Heartbeat(Message, tag=47):
 ACTIONS = (LoadModelFromDisk, LoadWeights, EvictWeights, Infer, ClearCache, GetWorkerState, Reset)
 RESULTS = (ErrorResult, LoadModelFromDiskResult, LoadWeightsResult, EvictWeightsResult,
            InferResult, ClearCacheResult, WorkerStateResult, Heartbeat)
-CLIENT_REQUESTS = (InferRequest, LoadModelRequest, LsRequest)
-CLIENT_RESPONSES = (InferResponse, LoadModelResponse, LsResponse, ErrorResponse)
+CLIENT_REQUESTS = (InferRequest, LoadModelRequest, LsRequest, InferRequestBatch)
+CLIENT_RESPONSES = (InferResponse, LoadModelResponse, LsResponse, ErrorResponse, InferResponseBatch)
 
 _encoder = msgspec.msgpack.Encoder()
 

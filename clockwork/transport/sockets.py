@@ -156,14 +156,26 @@ def set_timer_slack(ns: int = 1) -> bool:
         return False
 
 
-def wait(sockets: list[zmq.Socket], timeout_s: float | None) -> list[zmq.Socket]:
+def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0) -> list[zmq.Socket]:
     """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
 
     Uses each socket's ZMQ_FD with select(), which has microsecond resolution. ZMQ_FD is
     edge-triggered and may wake us spuriously, so readiness is always checked through
     ZMQ_EVENTS and the wait resumes until the deadline.
+
+    spin_s > 0: first check readiness in a busy loop for up to spin_s (never past the deadline),
+    so a message arriving soon is read without a sleep and a wake-up, at the cost of a core
+    spinning meanwhile ([controller] / [client] spin_us; tools/bench/overhead.py measures it).
     """
-    deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+    now = time.monotonic()
+    deadline = None if timeout_s is None else now + max(0.0, timeout_s)
+    if spin_s > 0:
+        spin_end = now + spin_s if deadline is None else min(deadline, now + spin_s)
+        while now < spin_end:
+            ready = [s for s in sockets if s.get(EVENTS) & POLLIN]
+            if ready:
+                return ready
+            now = time.monotonic()
     fds = None
     while True:
         ready = [s for s in sockets if s.get(EVENTS) & POLLIN]

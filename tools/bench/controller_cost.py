@@ -5,10 +5,17 @@ which >= 99.9% of requests meet their SLO, against one emulated worker with N GP
 Each step runs an open-loop Poisson load (no inputs: this measures scheduling, not copying)
 spread evenly over many resnet50 copies, and reads the controller process's CPU time
 (utime + stime from /proc) before and after: the whole process ("ctl us/req": the Python
-event loop plus ZeroMQ's I/O thread doing the TCP work) and the Python thread alone ("py"). The client is this process; worker, controller
-and client share the machine's cores, which the figures printed say.
+event loop plus ZeroMQ's I/O thread doing the TCP work), the Python thread alone ("py"), and
+(--threads) every thread by name. The clients are this process (--clients 1) or that many
+client processes sharing the rate; worker, controller and clients share the machine's cores,
+which the figures printed say.
+
+--wire single sends one ZeroMQ message per request and per answer (the format before request
+and reply batching), for the ratio; --py-spy FILE records the controller with py-spy (on PATH)
+during the last step, writes its collapsed stacks to FILE and prints where the time went.
 
     python tools/bench/controller_cost.py --gpus 8 --rates 500,1000,2000,4000
+    python tools/bench/controller_cost.py --gpus 64 --copies 256 --rates 3000 --wire single --threads
 """
 from __future__ import annotations
 
@@ -43,8 +50,33 @@ def main_thread_cpu_seconds(pid: int) -> float:
     return _cpu(f"/proc/{pid}/task/{pid}/stat")
 
 
-def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
-             slo_ns: int, rng: random.Random) -> dict:
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (threads of one name summed; the main thread is 'python')."""
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = "python" if tid == str(pid) else f.read().strip()
+            out[name] = out.get(name, 0.0) + _cpu(f"/proc/{pid}/task/{tid}/stat")
+        except OSError:
+            pass        # the thread ended meanwhile
+    return out
+
+
+def _client_process(address, model_ids, rate, seconds, slo_ns, seed, coalesce, burst, ready, go, results):
+    """One of --clients N sender processes: connect, wait for the go, send, report."""
+    client = Client(address, log=lambda *_: None, coalesce=coalesce)
+    client.connect()
+    ready.put(True)
+    go.wait()
+    results.put(send_load(client, model_ids, rate, seconds, slo_ns, random.Random(seed), burst))
+    client.close()
+
+
+def send_load(client: Client, model_ids: list[int], rate: float, seconds: float, slo_ns: int,
+              rng: random.Random, burst: int = 1) -> dict:
+    """Open-loop Poisson sends for `seconds` (in bursts of `burst` requests at once), then wait
+    for the answers."""
     lat = []
     statuses = {}
 
@@ -53,8 +85,6 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         if resp.status == 0:
             lat.append(latency_s)
 
-    cpu0 = cpu_seconds(pid)
-    py0 = main_thread_cpu_seconds(pid)
     t0 = time.perf_counter()
     next_t = t0
     sent = 0
@@ -64,27 +94,88 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         if now >= end:
             break
         while next_t <= now:
-            client.infer_async(rng.choice(model_ids), done, slo_ns=slo_ns, timeout_s=5.0)
-            sent += 1
-            next_t += rng.expovariate(rate)
+            for _ in range(burst):
+                client.infer_async(rng.choice(model_ids), done, slo_ns=slo_ns, timeout_s=5.0)
+            sent += burst
+            next_t += rng.expovariate(rate / burst)
         client.poll(min(max(0.0, next_t - time.perf_counter()), 0.005))
     client.drain(10.0)
+    return {"sent": sent, "statuses": statuses, "lat": lat}
+
+
+def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
+             slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1) -> dict:
+    import multiprocessing as mp
+    procs = []
+    if clients > 1:         # separate sender processes, each started and connected beforehand
+        ctx = mp.get_context("spawn")
+        ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_client_process, args=(
+            client.address, model_ids, rate / clients, seconds, slo_ns, rng.random(), coalesce,
+            burst, ready, go, results)) for _ in range(clients)]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.get(timeout=60)
+    threads0 = thread_cpu_seconds(pid)
+    cpu0 = cpu_seconds(pid)
+    py0 = main_thread_cpu_seconds(pid)
+    t0 = time.perf_counter()
+    if procs:
+        go.set()
+        parts = [results.get(timeout=seconds + 60) for _ in procs]
+        for p in procs:
+            p.join()
+    else:
+        parts = [send_load(client, model_ids, rate, seconds, slo_ns, rng, burst)]
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pid) - cpu0
     py = main_thread_cpu_seconds(pid) - py0
+    threads1 = thread_cpu_seconds(pid)
+    sent = sum(p["sent"] for p in parts)
+    statuses: dict = {}
+    for p in parts:
+        for k, v in p["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    lat = sorted(x for p in parts for x in p["lat"])
     answered = sum(statuses.values())
     ok = sum(1 for x in lat if x * 1e9 <= slo_ns)
-    lat.sort()
     return {
         "rate": rate, "sent": sent, "answered": answered, "elapsed": elapsed,
         "within_slo": ok / sent if sent else 0.0,
         "cpu_us_per_req": cpu / max(1, answered) * 1e6,
         "py_us_per_req": py / max(1, answered) * 1e6,
+        "threads_us_per_req": {k: (v - threads0.get(k, 0.0)) / max(1, answered) * 1e6
+                               for k, v in threads1.items()},
         "controller_cpu_util": cpu / elapsed,
         "p50_ms": lat[len(lat) // 2] * 1e3 if lat else float("nan"),
         "p99_ms": lat[int(len(lat) * 0.99)] * 1e3 if lat else float("nan"),
         "statuses": statuses,
     }
+
+
+def print_profile(path: str, top: int = 25) -> None:
+    """Share of samples per function: inclusive (on the stack) and self (innermost)."""
+    incl: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            n = int(count)
+            total += n
+            # "func (path/file.py:line)" -> "func (file.py)": one entry per function
+            frames = [fr.split(" (")[0] + " (" + fr.rsplit("/", 1)[-1].split(":")[0].rstrip(")") + ")"
+                      for fr in stack.split(";")]
+            for fr in set(frames):
+                incl[fr] = incl.get(fr, 0) + n
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+    print(f"         py-spy: {total} samples; top functions, % inclusive / % self:")
+    for fr, n in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"         {100 * n / total:6.1f} {100 * own.get(fr, 0) / total:6.1f}  {fr}")
+    print("         top self:")
+    for fr, n in sorted(own.items(), key=lambda kv: -kv[1])[:top // 2]:
+        print(f"         {100 * incl[fr] / total:6.1f} {100 * n / total:6.1f}  {fr}")
 
 
 def main():
@@ -95,14 +186,23 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--slo-ms", type=float, default=100.0)
     ap.add_argument("--scheduler", default="infer4")
+    ap.add_argument("--clients", type=int, default=1, help="client processes sharing the rate")
+    ap.add_argument("--wire", choices=["batched", "single"], default="batched",
+                    help="batched: requests and answers coalesced per message; single: one message each")
+    ap.add_argument("--burst", type=int, default=1, help="requests sent at once per arrival (same total rate)")
+    ap.add_argument("--threads", action="store_true", help="print the controller's CPU per thread")
+    ap.add_argument("--py-spy", dest="py_spy", default=None, metavar="FILE.svg",
+                    help="record the controller with py-spy during the last step")
     args = ap.parse_args()
     copies = args.copies or 4 * args.gpus
-    cfg = quick_config(3600)
+    coalesce = args.wire == "batched"
+    cfg = quick_config(3600, {"controller": {"batch_replies": str(coalesce).lower()}})
     print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs, {copies} resnet50 copies, "
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
-          f"{os.cpu_count()} cores shared by client, controller and worker")
+          f"{os.cpu_count()} cores shared by client, controller and worker; wire {args.wire}, "
+          f"{args.clients} client process(es), bursts of {args.burst}; load average {os.getloadavg()[0]:.1f}")
     with LocalCluster(gpus=args.gpus, scheduler=args.scheduler, config_file=cfg) as cluster:
-        client = Client(cluster.address, log=lambda *_: None)
+        client = Client(cluster.address, log=lambda *_: None, coalesce=coalesce)
         first, n, _ = client.load_model("resnet50", copies=copies)
         client.ls()
         ids = list(range(first, first + n))
@@ -111,12 +211,28 @@ def main():
         best = None
         print(f"{'rate/s':>8} {'sent':>7} {'in SLO':>8} {'ctl us/req':>10} {'py us/req':>9} {'ctl CPU':>8} "
               f"{'p50 ms':>7} {'p99 ms':>7}  statuses")
-        for i, rate in enumerate(float(r) for r in args.rates.split(",")):
+        rates = [float(r) for r in args.rates.split(",")]
+        for i, rate in enumerate(rates):
+            spy = None
+            if args.py_spy and i == len(rates) - 1:
+                import subprocess
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(cluster.controller.pid),
+                                        "--duration", str(int(args.seconds)), "--rate", "200",
+                                        "--nonblocking", "--format", "raw", "-o", args.py_spy],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             r = run_step(client, cluster.controller.pid, ids, rate, args.seconds,
-                         int(args.slo_ms * 1e6), random.Random(i + 1))
+                         int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst)
+            if spy is not None:
+                spy.wait()
             print(f"{r['rate']:8.0f} {r['sent']:7d} {100 * r['within_slo']:7.3f}% "
                   f"{r['cpu_us_per_req']:10.1f} {r['py_us_per_req']:9.1f} {100 * r['controller_cpu_util']:7.1f}% "
                   f"{r['p50_ms']:7.2f} {r['p99_ms']:7.2f}  {r['statuses']}", flush=True)
+            if args.threads:
+                print("         controller us/req by thread: " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in sorted(r["threads_us_per_req"].items(), key=lambda kv: -kv[1])
+                    if v >= 0.05), flush=True)
+            if spy is not None:
+                print_profile(args.py_spy)
             if r["within_slo"] >= 0.999:
                 best = r
         client.close()
