@@ -461,7 +461,7 @@ def test_cw_client_says_the_controller_is_gone_and_counts_connection_lost():
             sys.executable, "-m", "clockwork.client.command", cluster.address, "-w", "poisson-open-loop",
             "--duration", "6", "--print-interval", "1", "--", "1", "100", "resnet50"])
         wait_for(cluster, r"Starting workload", name="client")
-        wait_for(cluster, r"throughput=", name="client")
+        wait_for(cluster, r"throughput=[1-9]", name="client")     # some answers came back
         cluster.controller.send_signal(signal.SIGKILL)
         assert client.wait(WAIT_S + 10) == 0
         cluster._threads["client"].join(10)

@@ -632,3 +632,31 @@ def test_a_load_that_raises_is_finished_once(zoo, monkeypatch):
     monkeypatch.undo()
     assert isinstance(h.load_model(path="mlp", model_id=1), s.LoadModelFromDiskResult)
     assert h.rt.stats.pending == 0
+
+
+def test_an_op_callback_that_raises_fails_its_infer_once(zoo):
+    """Same class as a load counted finished twice: an exception in an op's completion (here
+    the GPU clock read as the output copy ends) must answer the Infer once (RUNTIME_ERROR),
+    free its io and leave the pending count right, not escape the runtime unanswered."""
+    h = Harness(zoo)
+    h.load_model()
+    h.load_weights()
+    real = h.backend.gpu_clock_mhz
+    calls = []
+
+    def clock(gpu):
+        calls.append(gpu)
+        if len(calls) == 2:                  # the read when the output copy completes
+            raise RuntimeError("nvml went away")
+        return real(gpu)
+
+    h.backend.gpu_clock_mhz = clock
+    aid = infer(h)
+    h.run()
+    msg = error(h.result(aid)[0], Status.RUNTIME_ERROR)
+    assert "nvml went away" in msg.message
+    assert h.rt.stats.pending == 0 and h.rt.gpus[0].mem.io.used == 0 and h.rt.host_io.used == 0
+    h.backend.gpu_clock_mhz = real
+    ok = infer(h)
+    h.run()
+    assert isinstance(h.result(ok)[0], s.InferResult) and h.rt.stats.pending == 0

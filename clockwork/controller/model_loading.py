@@ -94,7 +94,11 @@ class ModelLoading:
         if job.error is None and job.models is None:
             job.error = (Status.ERROR, "no worker is connected")
         if job.error is not None:
-            self.client_copies[job.client] -= job.copies
+            left = self.client_copies[job.client] - job.copies
+            if left:
+                self.client_copies[job.client] = left
+            else:
+                del self.client_copies[job.client]     # (entries stay bounded by max_models)
             self._reply(s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
                  ident=job.client)
             return

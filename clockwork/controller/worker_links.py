@@ -93,7 +93,7 @@ class WorkerLinks:
     def _on_worker_message(self, w: WorkerLink, msg, data, now: int) -> None:
         w.last_heard = now
         if type(msg) is s.ErrorResult and msg.status == Status.NOT_CONTROLLER:
-            self._taken_over(w, now, msg.message)
+            self._refused(w, msg, now)
             return
         if type(msg) is s.Heartbeat:
             w.readings = msg.readings
@@ -216,20 +216,31 @@ class WorkerLinks:
                 w.taken = False     # a new connection (e.g. the worker restarted): ours again
                 self._probe(w, now)
 
-    def _taken_over(self, w: WorkerLink, now: int, why: str) -> None:
-        """The worker refused us: another controller's Reset made it serve that controller.
-        Stop using it, and do not send Reset back (two controllers would take turns resetting
-        it); it is probed again only when its connection is made anew."""
-        if w.taken:
+    def _refused(self, w: WorkerLink, msg: s.ErrorResult, now: int) -> None:
+        """The worker did not take an action from us (NOT_CONTROLLER). Action id -1 is its
+        notice that another controller's Reset took it over: stop using it, and do not send
+        Reset back (two controllers would take turns resetting it); it is probed again only when
+        its connection is made anew. Any other refusal means it does not know this link (a new
+        worker process, or a re-made connection, got actions queued before our Reset): the
+        action fails, and the worker is lost and probed (reset) as after any loss."""
+        if msg.action_id == -1:
+            if w.taken:
+                return
+            w.taken = True
+            why = f"taken over by another controller ({msg.message}); not probed again until it reconnects"
+            if w.alive:
+                self._worker_lost(w, now, why)
+            else:
+                self.out(f"Worker {w.id} ({w.address}): {why}")
+                for aid in sorted(w.pending):
+                    self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} serves another controller")
             return
-        w.taken = True
-        why = f"taken over by another controller ({why}); not probed again until it reconnects"
-        if w.alive:
-            self._worker_lost(w, now, why)
-        else:
-            self.out(f"Worker {w.id} ({w.address}): {why}")
-            for aid in sorted(w.pending):
-                self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} serves another controller")
+        p = self.pending.get(msg.action_id)
+        if p is not None and p.worker is w:
+            self._fail_action(msg.action_id, Status.WORKER_LOST, f"worker {w.address}: {msg.message}")
+        if w.alive and not w.taken:
+            self._worker_lost(w, now, "it does not know this controller link (restarted, or the connection "
+                              "was made anew); it will be reset")
 
     def _worker_lost(self, w: WorkerLink, now: int, why: str) -> None:
         self.out(f"Worker {w.id} ({w.address}) lost: {why}; {len(w.pending)} actions in flight failed")

@@ -141,7 +141,10 @@ class WorkerRuntime:
                 self._arm(obj)
             else:
                 then, obj.then = obj.then, None     # no job <-> op cycle: freed by refcount
-                then(obj, t)
+                try:
+                    then(obj, t)
+                except Exception as e:
+                    _failed_in(then, e, t)
 
     def poll_backend(self, now: int) -> None:
         for op in self.backend.poll(now):
@@ -151,7 +154,10 @@ class WorkerRuntime:
             ex.completed(op.end)
             self._arm(ex)
             then, op.then = op.then, None
-            then(op, now)
+            try:
+                then(op, now)
+            except Exception as e:
+                _failed_in(then, e, now)
         self.advance(now)
 
     def _arm(self, ex: Executor) -> None:
@@ -387,15 +393,28 @@ class WorkerRuntime:
                                       job.copy_input, job.fail), received)
 
 
+def _failed_in(then, e: Exception, now: int) -> None:
+    """An op's completion callback (a job's bound method) raised: the job fails with
+    RUNTIME_ERROR (once: jobs settle only once), instead of the action never being answered."""
+    job = getattr(then, "__self__", None)
+    if job is None or not hasattr(job, "fail"):
+        raise e
+    job.fail(Status.RUNTIME_ERROR, f"{then.__name__}: {type(e).__name__}: {e}", now)
+
+
 class _LoadWeightsJob:
-    __slots__ = ("rt", "a", "m", "gpu", "reply_to", "received", "version")
+    __slots__ = ("rt", "a", "m", "gpu", "reply_to", "received", "version", "settled")
 
     def __init__(self, rt, a, m, gpu, reply_to, received):
         self.rt, self.a, self.m, self.gpu = rt, a, m, gpu
         self.reply_to, self.received = reply_to, received
         self.version = 0
+        self.settled = False          # answered and counted finished: never twice
 
     def fail(self, status, message, now) -> None:
+        if self.settled:
+            return
+        self.settled = True
         self.rt._done()
         self.rt._error(self.reply_to, self.a, status, message, self.received)
 
@@ -433,6 +452,7 @@ class _LoadWeightsJob:
             gpu.mem.pages.release(r.pages)
             return self.fail(Status.RUNTIME_ERROR, f"load_weights: {op.error}", now)
         r.loaded = True
+        self.settled = True
         rt._done()
         rt.stats.loads += 1
         rt.send(self.reply_to, s.LoadWeightsResult(self.a.action_id, self.received, 0, op.begin, op.end,
@@ -442,7 +462,7 @@ class _LoadWeightsJob:
 class _InferJob:
     """One Infer through its three stages: copy_input -> exec -> copy_output."""
     __slots__ = ("rt", "a", "m", "gpu", "inputs", "reply_to", "received", "version", "io",
-                 "ws", "padded", "t_in", "op_exec", "clock_before")
+                 "ws", "padded", "t_in", "op_exec", "clock_before", "settled")
 
     def __init__(self, rt, a, m, gpu, inputs, reply_to, received):
         self.rt, self.a, self.m, self.gpu, self.inputs = rt, a, m, gpu, inputs
@@ -453,8 +473,12 @@ class _InferJob:
         self.t_in = None
         self.op_exec = None
         self.clock_before = 0
+        self.settled = False          # answered and counted finished: never twice
 
     def fail(self, status, message, now) -> None:
+        if self.settled:
+            return
+        self.settled = True
         gpu = self.gpu
         if self.io is not None:
             gpu.mem.io.release(self.io)
@@ -538,11 +562,12 @@ class _InferJob:
         rt, gpu = self.rt, self.gpu
         if op.error:
             return self.fail(Status.RUNTIME_ERROR, f"copy_output: {op.error}", now)
+        t_in, ex = self.t_in, self.op_exec
+        result = s.InferResult(self.a.action_id, self.received, 0, t_in.begin, t_in.end, ex.begin, ex.end,
+                               ex.duration, op.begin, op.end, self.clock_before, rt.backend.gpu_clock_mhz(gpu.id))
         gpu.mem.io.release(self.io)
         self.io = None
+        self.settled = True
         rt._done()
         rt.stats.infers += 1
-        t_in, ex = self.t_in, self.op_exec
-        rt.send(self.reply_to, s.InferResult(
-            self.a.action_id, self.received, 0, t_in.begin, t_in.end, ex.begin, ex.end, ex.duration,
-            op.begin, op.end, self.clock_before, rt.backend.gpu_clock_mhz(gpu.id)), (op.output,))
+        rt.send(self.reply_to, result, (op.output,))
