@@ -19,7 +19,9 @@ setup(
     ],
     extras_require={
         "gpu": ["cuda-python>=12", "nvidia-ml-py>=12"],
-        "tvm": ["apache-tvm==0.27.0.post1"],
+        # apache-tvm-ffi pinned: 0.1.15.x (what pip picks by default) segfaults in every TVM
+        # tensor-core schedule (s_tir.Tensorize -> ffi::ToJSONGraph); 0.1.14.post0 works.
+        "tvm": ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"],
         "plot": ["matplotlib>=3.6"],   # `cw plot` only; imported lazily
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6"],
     },

@@ -60,6 +60,7 @@ def test_bad_model_dirs_get_clear_errors(tmp_path):
     (lambda m: m.update(batch_sizes=[1, 1]), r"distinct"),
     (lambda m: m.update(input=[3]), r"input must be an object"),
     (lambda m: m["weights"].update(page_size=0), r"weights.page_size must be an integer"),
+    (lambda m: m.update(dtype="half-ish"), r"dtype 'half-ish' is not a numpy dtype"),
 ])
 def test_impossible_values_are_one_line_errors(tmp_path, change, message):
     """Issue 9: model.json values a model cannot have (a 1e18-byte model, 10^15-element input,

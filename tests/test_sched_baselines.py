@@ -146,7 +146,7 @@ def _latency_by_arrival(sim, lo, hi):
 
 
 def test_fifo_latency_grows_under_overload_and_nothing_is_dropped():
-    models = models_from_profile("h200", ["resnet50"], copies=4)
+    models = models_from_profile("h200-fp32", ["resnet50"], copies=4)
     sim = Simulator("fifo", models, noise=0.05, seed=5)
     n = sim.poisson(rate=3000, duration=1 * SECOND)    # about twice one GPU's capacity
     sim.run()

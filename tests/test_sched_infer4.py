@@ -389,7 +389,7 @@ def test_worker_lost_requeues_in_flight_requests_elsewhere():
 
 
 def test_worker_lost_in_simulation_every_request_answered_once():
-    models = models_from_profile("h200", ["resnet50"], copies=2)
+    models = models_from_profile("h200-fp32", ["resnet50"], copies=2)
     sim = Simulator("infer4", models, workers=2, noise=0.05, seed=3)
     sim.poisson(rate=600, duration=1 * SECOND)
     sim.kill_worker(400 * MS, 0)
@@ -414,7 +414,7 @@ def test_worker_joined_gets_used():
 # ---------------------------------------------------------------- overload
 
 def test_overload_rejects_while_successes_meet_their_slo():
-    models = models_from_profile("h200", ["resnet50"], copies=4)
+    models = models_from_profile("h200-fp32", ["resnet50"], copies=4)
     sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=7)
     n = sim.poisson(rate=3000, duration=1 * SECOND)  # about twice what one GPU can do
     sim.run()
@@ -432,7 +432,7 @@ def test_overload_rejects_while_successes_meet_their_slo():
 def test_excess_under_overload_is_refused_at_arrival():
     """At 10x one GPU's capacity most refusals happen the moment a request arrives, not
     near its deadline, and goodput does not suffer for it."""
-    models = models_from_profile("h200", ["resnet50"], copies=1)
+    models = models_from_profile("h200-fp32", ["resnet50"], copies=1)
     sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=5)
     n = sim.poisson(rate=15000, duration=1 * SECOND)
     sim.run()
@@ -477,7 +477,7 @@ def test_front_request_skipped_for_a_larger_batch_that_meets_more_deadlines():
 
 
 def test_overload_goodput_stays_near_batched_capacity():
-    models = models_from_profile("h200", ["resnet50"], copies=4)
+    models = models_from_profile("h200-fp32", ["resnet50"], copies=4)
     sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=11)
     sim.poisson(rate=4000, duration=1 * SECOND)
     sim.run()
@@ -489,7 +489,7 @@ def test_overload_goodput_stays_near_batched_capacity():
 
 
 def test_cold_starts_spread_over_gpus_and_meet_slo():
-    models = models_from_profile("h200", ["resnet50"], copies=400)
+    models = models_from_profile("h200-fp32", ["resnet50"], copies=400)
     sim = Simulator("infer4", models, workers=1, gpus=4, noise=0.05, seed=2)
     n = sim.poisson(rate=300, duration=1 * SECOND)     # mostly first requests: a load each
     sim.run()

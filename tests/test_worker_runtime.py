@@ -473,14 +473,14 @@ class PollingBackend(EmulatedBackend):
         op.end = -1
         return op
 
-    def load_weights(self, *a):
-        return self._hide(super().load_weights(*a))
+    def load_weights(self, *a, **kw):
+        return self._hide(super().load_weights(*a, **kw))
 
     def copy_input(self, *a):
         return self._hide(super().copy_input(*a))
 
-    def execute(self, *a):
-        return self._hide(super().execute(*a))
+    def execute(self, *a, **kw):
+        return self._hide(super().execute(*a, **kw))
 
     def copy_output(self, *a):
         return self._hide(super().copy_output(*a))
@@ -498,7 +498,7 @@ class PollingBackend(EmulatedBackend):
 
 def test_ops_completed_through_poll(zoo, r50):
     h = Harness(zoo)
-    h.backend = h.rt.backend = PollingBackend(2, PAGE, 64, 512 * MiB, 512 * MiB, 512 * MiB)
+    h.backend = h.rt.backend = PollingBackend(2, PAGE, 64, 512 * MiB, 512 * MiB)
 
     def drive(until):
         while h.now < until:
@@ -537,20 +537,20 @@ class FlakyBackend(EmulatedBackend):
     """Raises from the device calls until told otherwise (a backend bug, a driver error)."""
     broken = True
 
-    def load_weights(self, *a):
+    def load_weights(self, *a, **kw):
         if self.broken:
             raise RuntimeError("driver fell over")
-        return super().load_weights(*a)
+        return super().load_weights(*a, **kw)
 
-    def execute(self, *a):
+    def execute(self, *a, **kw):
         if self.broken:
             raise RuntimeError("driver fell over")
-        return super().execute(*a)
+        return super().execute(*a, **kw)
 
 
 def test_backend_exceptions_fail_the_action_and_leak_nothing(zoo):
     h = Harness(zoo)
-    h.backend = h.rt.backend = FlakyBackend(2, PAGE, 64, 512 * MiB, 512 * MiB, 512 * MiB)
+    h.backend = h.rt.backend = FlakyBackend(2, PAGE, 64, 512 * MiB, 512 * MiB)
     h.load_model()
     msg = error(h.load_weights(), Status.RUNTIME_ERROR)
     assert "driver fell over" in msg.message

@@ -69,6 +69,7 @@ class CpuBackend(Backend):
             image = aligned_bytes(tr.weights_image_size(spec))
             tr.read_weights(spec, image)
             compiled = tr.CompiledModel(spec.path / spec.code[CODE_KEY], self.dev)
+            compiled.check_dtype(spec)
         except (ValueError, OSError, RuntimeError) as e:
             raise LoadError(str(e)) from None
         hm = CpuHostModel(spec, self.page_size, {}, 0, image, compiled)
@@ -114,7 +115,8 @@ class CpuBackend(Backend):
             cache[dst:dst + n] = hm.image[off:off + n]
 
     # ------------------------------------------------------------------ device operations
-    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
+                     instance: int = -1) -> Op:
         t0 = time.perf_counter_ns()
         self._copy_pages(hm, self._caches[gpu], pages)
         d = time.perf_counter_ns() - t0
@@ -135,7 +137,7 @@ class CpuBackend(Backend):
         return Op(now, now + d, d)
 
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
-                workspace: Region, now: int) -> Op:
+                workspace: Region, now: int, instance: int = -1) -> Op:
         t0 = time.perf_counter_ns()
         op = Op(now)
         try:

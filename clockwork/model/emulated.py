@@ -73,7 +73,8 @@ class EmulatedBackend(Backend):
             self._zeros = memoryview(bytearray(need))
         return hm
 
-    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
+                     instance: int = -1) -> Op:
         d = hm.weights_load_ns
         return Op(now, now + d, d)
 
@@ -83,7 +84,7 @@ class EmulatedBackend(Backend):
         return Op(now, now + d, d)
 
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
-                workspace: Region, now: int) -> Op:
+                workspace: Region, now: int, instance: int = -1) -> Op:
         d = hm.exec_ns[padded_batch]
         self._busy[gpu] += d
         return Op(now, now + d, d)

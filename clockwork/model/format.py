@@ -8,6 +8,8 @@
 
 model.json:
     {"format": 1, "name": "resnet50",
+     "dtype": "float16",              # of weights and compute (absent: float32); every compiled
+                                      # module is checked to be compiled for it
      "input":  {"shape": [3, 224, 224], "dtype": "float32"},   # one item; batch dim excluded
      "output": {"shape": [1000], "dtype": "float32"},
      "batch_sizes": [1, 2, 4, 8, 16],
@@ -134,6 +136,7 @@ class ModelSpec:
     exec_ns: dict[int, int] = field(default_factory=dict)
     exec_p99_ns: dict[int, int] = field(default_factory=dict)
     device: str | None = None
+    dtype: str = "float32"               # weights/compute dtype the code was compiled for
 
     @property
     def input_size(self) -> int:
@@ -280,6 +283,7 @@ def _parse_metadata(path: Path, meta: dict) -> ModelSpec:
         tensors=tensors,
         weights_file=None if weights_file is None else _str(weights_file, "weights.file"),
         code=code,
+        dtype=_dtype(meta.get("dtype", "float32"), "dtype"),
     )
 
 

@@ -434,7 +434,7 @@ class _LoadWeightsJob:
         self.version = rt._version
         gpu.resident[m.id] = Resident(pages, self.version)
         try:
-            op = rt.backend.load_weights(gpu.id, m.kind.host, pages, now)
+            op = rt.backend.load_weights(gpu.id, m.kind.host, pages, now, instance=m.id)
         except Exception:
             del gpu.resident[m.id]          # the executor reports RUNTIME_ERROR
             gpu.mem.pages.release(pages)
@@ -539,7 +539,8 @@ class _InferJob:
                       f"({gpu.mem.workspace.used} of {gpu.mem.workspace.size} bytes in use)", now)
             return None
         self.clock_before = rt.backend.gpu_clock_mhz(gpu.id)
-        op = rt.backend.execute(gpu.id, kind.host, self.padded, r.pages, self.io, self.ws, now)
+        op = rt.backend.execute(gpu.id, kind.host, self.padded, r.pages, self.io, self.ws, now,
+                                instance=self.m.id)
         return rt._started(gpu.exec, op, self.exec_done)
 
     def exec_done(self, op: Op, now: int) -> None:

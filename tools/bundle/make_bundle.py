@@ -30,7 +30,9 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-WHEELS = ["apache-tvm-ffi==0.1.15.post2", "ml_dtypes==0.6.0", "pyzmq==27.3.0", "msgspec==0.22.0"]
+# apache-tvm-ffi as pinned in setup.py (0.1.15.x crashes in TVM's tensor-core schedules; the
+# runtime must match the version the zoo was compiled with)
+WHEELS = ["apache-tvm-ffi==0.1.14.post0", "ml_dtypes==0.6.0", "pyzmq==27.3.0", "msgspec==0.22.0"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
 CUDART_CANDIDATES = ["/usr/local/cuda/lib64/libcudart.so.13", "/usr/local/cuda/lib/libcudart.so.13",
