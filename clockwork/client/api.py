@@ -245,6 +245,11 @@ class Client:
     def outstanding(self) -> int:
         return len(self._pending)
 
+    @property
+    def sockets(self) -> list[zmq.Socket]:
+        """The sockets poll() reads: for an outside event loop to wait on (clockwork.frontend)."""
+        return [self._sock] if self._monitor is None else [self._sock, self._monitor]
+
     # ------------------------------------------------------------------ asynchronous calls
 
     def infer_async(self, model_id: int, callback: Callback, inputs=None, batch_size: int = 1,
