@@ -34,3 +34,27 @@ def test_an_open_earliest_stays_open():
     c.add(t0=1000, t1=1500, t2=1600, t3=1200)
     assert c.offset != 0
     assert c.to_worker(0) == 0
+
+
+def test_a_round_trip_of_zero_counts_and_offsets_stay_integers():
+    c = ClockSync()
+    assert (c.offset, c.rtt) == (0, 0)             # before any sample (telemetry reads both)
+    c.add(t0=0, t1=500, t2=500, t3=1)               # rtt 1, offset 499.5: kept an integer
+    assert (c.rtt, c.offset) == (1, 499) and type(c.offset) is int
+    c.add(t0=10, t1=700, t2=700, t3=10)             # a zero round trip (simulated, no latency)
+    assert (c.rtt, c.offset) == (0, 690)
+
+
+def test_a_result_without_both_worker_times_is_no_sample():
+    from clockwork.transport.schema import ErrorResult
+    c = ClockSync()
+    c.receive(ErrorResult(1, 23, 4, "x", received=5_000_000, sent=0), 0, 10)
+    c.receive(ErrorResult(2, 23, 4, "x", received=0, sent=5_000_000), 0, 10)
+    assert (c.offset, c.rtt) == (0, 0)
+
+
+def test_a_message_without_times_is_named_in_the_error():
+    import pytest
+    from clockwork.transport.schema import Infer
+    with pytest.raises(TypeError, match="Infer"):
+        ClockSync().result_to_controller(Infer(1, 0, 0, 0, 0, 1))

@@ -28,12 +28,11 @@ _RECEIVED_SENT = (ClearCacheResult, WorkerStateResult, ErrorResult)
 
 
 class ClockSync:
-    __slots__ = ("offset", "rtt", "_samples", "_window")
+    __slots__ = ("offset", "rtt", "_samples")
 
     def __init__(self, window: int = 64):
         self.offset = 0
         self.rtt = 0
-        self._window = window
         self._samples: deque[tuple[int, int]] = deque(maxlen=window)
 
     def add(self, t0: int, t1: int, t2: int, t3: int) -> None:
