@@ -20,7 +20,9 @@ setup(
         "gpu": ["cuda-python>=12", "nvidia-ml-py>=12"],
         "tvm": ["apache-tvm==0.27.0.post1"],
         "plot": ["matplotlib>=3.6"],   # `cw plot` only; imported lazily
-        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6"],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],   # `cw zoo import`; ORT scales the light zoo's seeded weights
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6",
+                 "onnx>=1.16", "onnxruntime>=1.17"],   # onnxruntime: numerical oracle for imported models
     },
     entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
 )

@@ -30,13 +30,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import build
-from .format import DEFAULT_PAGE_SIZE, METADATA, ModelFormatError, layout_pages, write_metadata
+from .format import DEFAULT_PAGE_SIZE, METADATA, layout_pages, write_metadata
 
 MAX_INPUTS = 1          # the wire format carries one input tensor per item
 MAX_OUTPUTS = 1         # ... and one output tensor
@@ -61,7 +61,6 @@ class Graph:
     input_dtype: str
     output_name: str
     weights: list[tuple[str, np.ndarray]]      # in initializer order = parameter order
-    init: list[tuple[float, float]] = field(default_factory=list)   # (mean, std) if seeded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,9 +104,10 @@ def _names(values, most=4) -> str:
         if names else "none"
 
 
-def prepare(model, path: str | Path = "model") -> Graph:
+def prepare(model, path: str | Path = "model", page_size: int = DEFAULT_PAGE_SIZE) -> Graph:
     """Check the graph's inputs and outputs and return it ready for import: integer
-    initializers folded into Constant nodes, float initializers kept as the weights."""
+    initializers folded into Constant nodes, float initializers kept as the weights, dense
+    layers whose weight exceeds a page split into column blocks (split_dense)."""
     onnx = _onnx()
     from onnx import helper, numpy_helper
     g = model.graph
@@ -132,10 +132,9 @@ def prepare(model, path: str | Path = "model") -> Graph:
         if not isinstance(d, int) or d <= 0:
             raise ImportFailed(f"{path}: input {inp.name!r} dim {i} is {d!r}; only the batch "
                                "dimension (dim 0) may be symbolic, the others must be fixed")
-    weights, constants, kept = [], [], []
+    constants, kept = [], []
     for t in g.initializer:
         if t.data_type in FLOAT_TYPES:
-            weights.append((t.name, numpy_helper.to_array(t)))
             kept.append(t)
         else:                                  # shapes, indices: constants, not weights
             constants.append(helper.make_node("Constant", [], [t.name], value=t,
@@ -149,7 +148,72 @@ def prepare(model, path: str | Path = "model") -> Graph:
     nodes = constants + list(out.graph.node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    split_dense(out, page_size)
+    weights = [(t.name, numpy_helper.to_array(t)) for t in out.graph.initializer]
     return Graph(out, inp.name, tuple(dims[1:]), in_dtype, g.output[0].name, weights)
+
+
+def split_dense(model, page_size: int) -> None:
+    """A weight tensor must sit inside one weights-cache page, but dense layers often exceed
+    one (AlexNet's fc6: 144 MiB). Split each such Gemm/MatMul into Gemms/MatMuls over blocks of
+    output columns, each block's weight (and bias) a tensor that fits a page, and concatenate
+    their outputs (small: batch x columns). Other oversized weights are left for
+    check_weights_fit to refuse."""
+    from onnx import helper, numpy_helper
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    replaced: dict[str, list] = {}             # initializer name -> its pieces
+    nodes = []
+    for node in g.node:
+        w = inits.get(node.input[1]) if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 \
+            else None
+        if w is None or w.data_type not in FLOAT_TYPES or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        W = numpy_helper.to_array(w)
+        if W.nbytes <= page_size:
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        trans_b = node.op_type == "Gemm" and attrs.get("transB", 0)
+        n = W.shape[0] if trans_b else W.shape[1]
+        cols = page_size // (W.nbytes // n)
+        c = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if cols < 1 or (len(node.input) > 2 and node.input[2] and c is None):
+            nodes.append(node)
+            continue
+        C = numpy_helper.to_array(c) if c is not None else None
+        outs = []
+        for k, start in enumerate(range(0, n, cols)):
+            stop = min(n, start + cols)
+            wk = np.ascontiguousarray(W[start:stop] if trans_b else W[:, start:stop])
+            pieces = replaced.setdefault(w.name, [])
+            pieces.append(numpy_helper.from_array(wk, f"{w.name}.{k}"))
+            inputs = [node.input[0], f"{w.name}.{k}"]
+            if C is not None:
+                if C.ndim and C.shape[-1] == n:
+                    replaced.setdefault(c.name, []).append(
+                        numpy_helper.from_array(np.ascontiguousarray(C[..., start:stop]), f"{c.name}.{k}"))
+                    inputs.append(f"{c.name}.{k}")
+                else:
+                    inputs.append(c.name)
+            outs.append(f"{node.output[0]}.{k}")
+            nodes.append(helper.make_node(node.op_type, inputs, [outs[-1]],
+                                          name=f"{node.name or node.output[0]}.{k}", **attrs))
+        nodes.append(helper.make_node("Concat", outs, list(node.output), axis=-1,
+                                      name=f"{node.name or node.output[0]}.concat"))
+    if not replaced:
+        return
+    used = {i for nd in nodes for i in nd.input}
+    new_inits = []
+    for t in g.initializer:
+        if t.name in used:
+            new_inits.append(t)
+        new_inits.extend(replaced.get(t.name, []))
+    del g.initializer[:]
+    g.initializer.extend(new_inits)
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def graph_hash(graph: Graph, extra=()) -> str:
@@ -190,21 +254,16 @@ def _init_recipe(model, name: str, shape) -> tuple[float, float]:
             return 1.0, 0.1                    # scale, variance: positive, near 1
         if node.op_type in ("Mul", "Div"):
             return 1.0, 0.1
+        if node.op_type in ("Unsqueeze", "Reshape", "Squeeze", "Cast", "Identity") and slot == 0:
+            return _init_recipe(model, node.output[0], shape)   # judged by the real consumer
     return 0.0, 0.01
 
 
-def seeded_weights(shapes_dtypes, init, seed: int) -> list[np.ndarray]:
-    """The seeded random weights (numpy only: also run where weights are regenerated)."""
-    rng = np.random.default_rng(seed)
-    return [(rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)
-             + np.float32(mean)).astype(dtype)
-            for (shape, dtype), (mean, std) in zip(shapes_dtypes, init)]
-
-
-def seed_light_model(model, seed: int = 0):
+def seed_light_model(model, seed: int = 0, values: bool = True):
     """Replace ConstantOfShape weights (and any other float initializer) by seeded random
     initializers, and make the batch-1 graph batch-agnostic (input and output dim 0 symbolic,
-    Reshape targets' leading 1 -> 0, ONNX's "copy this dim"). Returns (model, [(mean, std)] per float initializer)."""
+    Reshape targets' leading 1 -> 0, ONNX's "copy this dim"). values=False: zeros instead
+    (enough where only the graph's structure matters: the compiling child)."""
     onnx = _onnx()
     from onnx import numpy_helper
     g = model.graph
@@ -231,8 +290,13 @@ def seed_light_model(model, seed: int = 0):
     shapes = [(n, s) for n, s in made]
     shapes += [(t.name, list(t.dims)) for t in g.initializer
                if t.data_type in FLOAT_TYPES and t.name in used]
-    init = [_init_recipe(model, n, s) for n, s in shapes]
-    arrays = seeded_weights([(s, "float32") for _, s in shapes], init, seed)
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for n, shape in shapes:
+        mean, std = _init_recipe(model, n, shape)
+        arrays.append(np.zeros(shape, np.float32) if not values else
+                      rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(std)
+                      + np.float32(mean))
     keep = [t for t in g.initializer if t.data_type not in FLOAT_TYPES and t.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(keep + [numpy_helper.from_array(a, n)
@@ -246,16 +310,86 @@ def seed_light_model(model, seed: int = 0):
         dims = v.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
             dims[0].dim_param = "batch"
-    return out, init
+    if values:
+        _calibrate_logits(out, seed)
+    return out
 
 
-def read_light(name: str, seed: int = 0):
-    """A light model of the onnx wheel with seeded weights: (ModelProto, init recipe)."""
-    return seed_light_model(read_onnx(light_path(name)), seed)
+_HOMOGENEOUS = ("Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Dropout", "Identity",
+                "GlobalAveragePool", "AveragePool", "MaxPool", "GlobalMaxPool")
+
+
+def sample_input(item_shape, batch: int, seed: int = 0) -> np.ndarray:
+    """Float32 inputs whose items differ in scale and per-channel offset, so a deep random
+    network's outputs differ per item (plain noise images give nearly equal outputs)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *item_shape), dtype=np.float32)
+    scale = rng.uniform(0.5, 2.0, (batch,) + (1,) * len(item_shape)).astype(np.float32)
+    shift = rng.uniform(-1, 1, (batch, item_shape[0]) + (1,) * (len(item_shape) - 1)) \
+        if item_shape else 0.0
+    return (x * scale + np.float32(1) * shift).astype(np.float32)
+
+
+def _calibrate_logits(model, seed: int, target_std: float = 2.0) -> None:
+    """Random weights give logits that saturate the final softmax (a one-hot output hides
+    numerical errors) or flatten it. Scale the last layer's weight and bias by a power of two
+    (exact, and robust to another onnxruntime's rounding) so the logits' std is ~target_std.
+    Only through ops that scale with their input (ReLU, pooling, reshapes)."""
+    from onnx import helper, numpy_helper
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    if len(softmax) != 1:
+        return
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(softmax[0].input[0])
+    while node is not None and node.op_type in _HOMOGENEOUS:
+        node = producers.get(node.input[0])
+    inits = {t.name: t for t in model.graph.initializer}
+    if node is None or node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits:
+        return
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportFailed("the onnx light models need onnxruntime to scale their seeded "
+                           "weights: pip install onnxruntime") from None
+    probe = type(model)()
+    probe.CopyFrom(model)
+    logits = softmax[0].input[0]
+    del probe.graph.output[:]
+    probe.graph.output.append(helper.make_empty_tensor_value_info(logits))
+    inp = probe.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim][1:]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    std = float(sess.run([logits], {inp.name: sample_input(shape, 4, seed)})[0].std())
+    if not np.isfinite(std) or std <= 0:
+        return
+    factor = np.float32(2.0 ** round(np.log2(target_std / std)))
+    for name in node.input[1:3]:
+        if name in inits:
+            t = inits[name]
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * factor, name))
+
+
+def read_light(name: str, seed: int = 0, values: bool = True):
+    """A light model of the onnx wheel with seeded weights."""
+    return seed_light_model(read_onnx(light_path(name)), seed, values)
 
 
 # ---------------------------------------------------------------------------------------------
 # importing (parent: no TVM)
+
+def load_graph(job: dict, values: bool = True) -> Graph:
+    """The graph an import job describes ({"source", "light", "seed", "page_size"}), prepared;
+    parent and children call this so both see the same graph (children without the light
+    models' weight values, which compiling does not need)."""
+    if job.get("light"):
+        model = read_light(job["light"], int(job.get("seed", 0)), values)
+    else:
+        model = read_onnx(job["source"])
+    return prepare(model, job.get("source") or job["light"],
+                   int(job.get("page_size", DEFAULT_PAGE_SIZE)))
+
 
 class _Weights:
     """Adapter so build.write_weights lays out an imported graph's arrays like a zoo net's."""
@@ -324,16 +458,13 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
         raise ImportFailed(f"--dtype {dtype!r}: float32 or float16")
     key = build.target_key(target, arch)
     batch_sizes = sorted(int(b) for b in batch_sizes)
-    if light:
-        model, init = read_light(light, seed)
-        source, name = str(light_path(light)), name or light
-    else:
-        model, init = read_onnx(source), []
-        name = name or Path(source).stem
+    name = name or light or Path(source).stem
     if not name or "/" in name or name.startswith("."):
         raise ImportFailed(f"{name!r} is not a model name (use --name)")
-    graph = prepare(model, source)
-    graph.init = init
+    job_spec = {"source": str(light_path(light) if light else source), "light": light,
+                "seed": seed, "dtype": dtype, "page_size": page_size}
+    graph = load_graph(job_spec)
+    source = job_spec["source"]
     check_weights_fit(graph, page_size, cache_size,
                       ["float16" if dtype == "float16" else None] * len(graph.weights))
     g_hash = graph_hash(graph, (dtype,))
@@ -360,8 +491,7 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
     stage.chmod(0o755)
     try:
         job = stage / "job.json"
-        job.write_text(json.dumps({"source": str(source), "light": light, "seed": seed,
-                                   "dtype": dtype}))
+        job.write_text(json.dumps(job_spec))
         info = _run_probe(job, batch_sizes)
         dtypes = info["weight_dtypes"]
         if not (reusable and not force):
@@ -376,8 +506,6 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
         code[key], hashes[key] = so.name, c_hash
         arrays = [(n, a.astype(dt, copy=False)) for (n, a), dt in zip(graph.weights, dtypes)]
         weights = build.write_weights(_Weights(arrays), stage, page_size, seed)
-        for t, mean_std in zip(weights["tensors"], init):
-            t["init"] = list(mean_std)
         hashes["weights"] = w_hash
         log(f"  {name}: weights {weights['size'] / 2**20:.1f} MiB in {len(weights['pages'])} page(s)")
         _onnx().save(_weightless_graph(graph), str(stage / GRAPH_FILE))
@@ -394,7 +522,7 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
                        if light else f"ONNX {Path(source).name}") +
                       f", dtype {dtype}, TVM {build._tvm_version()} relax ONNX frontend",
             "import": {"graph": GRAPH_FILE, "onnx": Path(source).name, "dtype": dtype,
-                       **({"seeded": True} if light else {})},
+                       **({"light": light} if light else {})},
             "seed": seed,
             "build": hashes,
         })
@@ -420,15 +548,16 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def materialize_weights(model_dir: Path, meta: dict, log=print) -> Path:
-    """Regenerate a seeded import's weights.bin from its recipe (numpy only; for bundles)."""
+    """Regenerate a light model's seeded weights.bin (bundles ship without weights; needs the
+    onnx package, not TVM). Checked against the sha256 recorded at import."""
     w = meta["weights"]
-    if not meta.get("import", {}).get("seeded"):
+    light = meta.get("import", {}).get("light")
+    if not light:
         raise build.BuildError(f"{model_dir}: imported from ONNX with its own weights; copy its "
                                "weights.bin from the build host")
-    tensors = w["tensors"]
-    arrays = seeded_weights([(t["shape"], "float32") for t in tensors],
-                            [tuple(t["init"]) for t in tensors], int(meta.get("seed", 0)))
-    arrays = [(t["name"], a.astype(t["dtype"])) for t, a in zip(tensors, arrays)]
+    graph = load_graph({"light": light, "seed": int(meta.get("seed", 0)),
+                        "page_size": int(w["page_size"])})
+    arrays = [(n, a.astype(t["dtype"], copy=False)) for (n, a), t in zip(graph.weights, w["tensors"])]
     made = build.write_weights(_Weights(arrays), model_dir, int(w["page_size"]), 0)
     target = model_dir / w.get("file", "weights.bin")
     if w.get("sha256") and made["sha256"] != w["sha256"]:
@@ -520,16 +649,6 @@ def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dt
 # ---------------------------------------------------------------------------------------------
 # the child processes (TVM): probe the import, compile it
 
-def _job_graph(job: dict) -> Graph:
-    if job.get("light"):
-        model, init = read_light(job["light"], int(job.get("seed", 0)))
-    else:
-        model, init = read_onnx(job["source"]), []
-    graph = prepare(model, job.get("source", "model"))
-    graph.init = init
-    return graph
-
-
 def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     """Runs in a child: an IRModule with one function per batch size (b1, b2, ...), each taking
     the input then every weight, and what the import found ({"output": ..., "weights": ...}).
@@ -541,7 +660,7 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    graph = _job_graph(job)
+    graph = load_graph(job, values=False)
     known = _get_convert_map()
     for k, node in enumerate(graph.model.graph.node):
         if node.op_type not in known and node.op_type not in ("Constant", "If"):

@@ -1,0 +1,227 @@
+"""`cw zoo import`: ONNX graphs through TVM's relax frontend into paged model directories.
+
+Real graphs the onnx wheel ships (SqueezeNet, ShuffleNet) with seeded weights are imported,
+compiled for llvm and run through the same WorkerRuntime + CPU backend as the GPU worker; their
+outputs are checked against onnxruntime on the same graph and inputs, at batch 1 and at a padded
+batch. Every bad-model case must give its one-line error and leave nothing behind. Needs TVM,
+onnx and onnxruntime (skipped without them).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm", reason="TVM not installed (pip install apache-tvm==0.27.0.post1)")
+onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -e '.[test]')")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -e '.[test]')")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from clockwork.model import build, onnx_import as oi  # noqa: E402
+from clockwork.model.format import load_spec  # noqa: E402
+from clockwork.transport import schema as s  # noqa: E402
+from test_tvm_cpu import PAGE, Driver  # noqa: E402
+
+LIGHT = ("squeezenet", "shufflenet")
+BATCHES = (1, 4)
+pytestmark = pytest.mark.timeout(600)
+
+
+def _quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnxzoo")
+    oi.import_onnx_zoo(root, LIGHT, target="llvm", batch_sizes=BATCHES, page_size=PAGE, log=_quiet)
+    return root
+
+
+def _reference(model, input_name, x):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {input_name: x})[0]
+
+
+def _serve(zoo, name, xs):
+    """Load `name` on the CPU worker runtime and infer each batch in xs; returns the outputs."""
+    spec = load_spec(zoo / name)
+    d = Driver(zoo, total_pages=32)
+    msg, _ = d.do(s.LoadModelFromDisk, model_id=0, path=name,
+                  max_exec_ns=60_000_000_000)       # unscheduled llvm code is slow
+    assert isinstance(msg, s.LoadModelFromDiskResult), msg
+    assert isinstance(d.do(s.LoadWeights, model_id=0, gpu_id=0)[0], s.LoadWeightsResult)
+    outs = []
+    for x in xs:
+        msg, frames = d.do(s.Infer, model_id=0, gpu_id=0, batch_size=len(x), data=[x.tobytes()])
+        assert isinstance(msg, s.InferResult), msg
+        outs.append(np.frombuffer(frames[0], spec.output_dtype).reshape(len(x), *spec.output_shape))
+    return outs
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_models_match_onnxruntime(zoo, name):
+    spec = load_spec(zoo / name)
+    meta = json.loads((zoo / name / "model.json").read_text())
+    graph = oi.load_graph({"light": name, "seed": 0, "page_size": PAGE})
+    assert meta["input"]["name"] == graph.input_name and meta["output"]["name"] == graph.output_name
+    assert spec.batch_sizes == list(BATCHES) and spec.code == {"llvm": "llvm.so"}
+    assert spec.weights_size == sum(a.nbytes for _, a in graph.weights)
+    xs = [oi.sample_input(spec.input_shape, b, seed=b) for b in (1, 3)]   # 3 runs padded to 4
+    for x, out in zip(xs, _serve(zoo, name, xs)):
+        ref = _reference(graph.model, graph.input_name, x).reshape(out.shape)
+        err = np.abs(out - ref).max() / np.abs(ref).max()
+        assert err < 1e-4, f"{name} b{len(x)}: relative error {err}"
+        if len(x) > 1:          # the check can see items swapped or padding leaking in
+            assert np.abs(ref[0] - ref[1]).max() > 100 * 1e-4 * np.abs(ref).max()
+
+
+def test_graph_onnx_fed_from_weights_bin_matches(zoo):
+    """graph.onnx + weights.bin (read through the pages table) is the model that was imported:
+    what a GPU host without the onnx source uses to check outputs."""
+    spec = load_spec(zoo / "squeezenet")
+    blob = np.fromfile(zoo / "squeezenet" / "weights.bin", np.uint8)
+    feeds = {}
+    for t in spec.tensors:
+        start = spec.pages[t.page][0] + t.offset
+        feeds[t.name] = blob[start:start + t.nbytes].view(t.dtype).reshape(t.shape)
+    x = oi.sample_input(spec.input_shape, 2, seed=5)
+    sess = ort.InferenceSession(str(zoo / "squeezenet" / oi.GRAPH_FILE), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"data_0": x, **feeds})[0]
+    graph = oi.load_graph({"light": "squeezenet", "seed": 0, "page_size": PAGE})
+    ref = _reference(graph.model, graph.input_name, x)
+    assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-5      # ORT folds initializers
+
+
+def test_import_is_cached(zoo):
+    logs = []
+    oi.import_onnx_zoo(zoo, ["squeezenet"], target="llvm", batch_sizes=BATCHES, page_size=PAGE,
+                       log=logs.append)
+    assert any("up to date" in line for line in logs) and not any("compiling" in line for line in logs)
+
+
+def test_bundle_regenerates_light_weights(zoo, tmp_path):
+    import shutil
+    d = tmp_path / "shufflenet"
+    d.mkdir()
+    shutil.copy(zoo / "shufflenet" / "model.json", d / "model.json")
+    build.materialize_weights(d, log=_quiet)
+    assert (d / "weights.bin").read_bytes() == (zoo / "shufflenet" / "weights.bin").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# small hand-made graphs: symbolic and fixed batch, and every bad-model case
+
+def _dense_model(path, batch="N", inputs=1, outputs=1, op="Gemm", k=8, n=4, reshape_to=None):
+    """x[batch, k] @ W[k, n] + b (optionally more inputs/outputs, another op, a fixed reshape)."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal((n,)).astype(np.float32), "b")
+    ins = [helper.make_tensor_value_info(f"x{i}" if i else "x", TensorProto.FLOAT, [batch, k])
+           for i in range(inputs)]
+    nodes = [helper.make_node(op, ["x", "W", "b"], ["y"], name="dense")]
+    inits = [w, b]
+    last = "y"
+    if reshape_to is not None:
+        inits.append(numpy_helper.from_array(np.array(reshape_to, np.int64), "shape"))
+        nodes.append(helper.make_node("Reshape", ["y", "shape"], ["z"], name="flatten"))
+        last = "z"
+    outs = [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)]
+    for i in range(1, outputs):
+        nodes.append(helper.make_node("Relu", [last], [f"o{i}"]))
+        outs.append(helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, None))
+    model = helper.make_model(helper.make_graph(nodes, "g", ins, outs, inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return model
+
+
+@pytest.mark.parametrize("batch", ["N", 1])
+def test_symbolic_or_fixed_batch_imports_and_matches(tmp_path, batch):
+    model = _dense_model(tmp_path / "dense.onnx", batch=batch)
+    d = oi.import_model(tmp_path / "dense.onnx", tmp_path / "zoo", target="llvm",
+                        batch_sizes=[1, 2], page_size=PAGE, log=_quiet)
+    meta = json.loads((d / "model.json").read_text())
+    assert meta["input"] == {"name": "x", "shape": [8], "dtype": "float32"}
+    assert meta["output"] == {"name": "y", "shape": [4], "dtype": "float32"}
+    x = oi.sample_input((8,), 2, seed=1)
+    out = _serve(tmp_path / "zoo", "dense", [x])[0]
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_allclose(out, x @ w["W"] + w["b"], rtol=1e-5, atol=1e-5)
+
+
+def test_dense_weight_larger_than_a_page_is_split(tmp_path):
+    """A Gemm whose weight exceeds a page runs as column blocks, each in its own page."""
+    k, n = 512, 2048                          # 4 MiB weight, 2 MiB pages
+    model = _dense_model(tmp_path / "wide.onnx", k=k, n=n)
+    d = oi.import_model(tmp_path / "wide.onnx", tmp_path / "zoo", target="llvm", batch_sizes=[2],
+                        page_size=PAGE, log=_quiet)
+    spec = load_spec(d)
+    assert max(t.nbytes for t in spec.tensors) <= PAGE and len(spec.pages) >= 2
+    x = oi.sample_input((k,), 2, seed=2)
+    out = _serve(tmp_path / "zoo", "wide", [x])[0]
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_allclose(out, x @ w["W"] + w["b"], rtol=1e-4, atol=1e-4)
+
+
+def _refused(tmp_path, match, **kw):
+    out = tmp_path / "zoo"
+    with pytest.raises(oi.ImportFailed, match=match) as e:
+        oi.import_model(kw.pop("source", tmp_path / "m.onnx"), out, target="llvm",
+                        batch_sizes=kw.pop("batch_sizes", [1, 2]), page_size=PAGE, log=_quiet, **kw)
+    assert "\n" not in str(e.value)
+    assert not out.exists(), list(out.rglob("*"))
+    return str(e.value)
+
+
+def test_not_onnx_is_refused(tmp_path):
+    (tmp_path / "m.onnx").write_text("this is not a protobuf\n" * 10)
+    _refused(tmp_path, "not an ONNX model")
+
+
+def test_op_tvm_cannot_import_is_named_with_its_node(tmp_path):
+    _dense_model(tmp_path / "m.onnx", op="MysteryOp")
+    msg = _refused(tmp_path, "MysteryOp")
+    assert "'dense'" in msg
+
+
+@pytest.mark.parametrize("inputs,outputs", [(2, 1), (1, 3)])
+def test_too_many_inputs_or_outputs_say_how_many(tmp_path, inputs, outputs):
+    _dense_model(tmp_path / "m.onnx", inputs=inputs, outputs=outputs)
+    msg = _refused(tmp_path, "takes exactly 1 input and 1 output")
+    assert f"{inputs} input(s)" in msg and f"{outputs} output(s)" in msg
+
+
+def test_weights_larger_than_the_cache_are_refused(tmp_path):
+    _dense_model(tmp_path / "m.onnx", k=1024, n=1024)          # 4 MiB: two 2 MiB pages
+    _refused(tmp_path, "more than the .* weights cache", cache_size=PAGE)
+
+
+def test_batch_dimension_that_cannot_be_set_is_refused(tmp_path):
+    _dense_model(tmp_path / "m.onnx", batch=1, reshape_to=[1, 4])    # batch baked into a Reshape
+    msg = _refused(tmp_path, "batch dimension of input 'x' cannot be set to 2")
+    assert "first dimension" in msg or "TVM could not" in msg
+
+
+def test_symbolic_item_dimension_is_refused(tmp_path):
+    _dense_model(tmp_path / "m.onnx")
+    m = onnx.load(str(tmp_path / "m.onnx"))
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    _refused(tmp_path, "only the batch dimension")
+
+
+def test_cli_error_is_one_line(tmp_path):
+    from click.testing import CliRunner
+    from clockwork.model.commands import zoo_group
+    (tmp_path / "m.onnx").write_bytes(b"\x00garbage")
+    r = CliRunner().invoke(zoo_group, ["import", str(tmp_path / "m.onnx"), "-t", "llvm",
+                                       "-o", str(tmp_path / "zoo")])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert r.output.strip().splitlines()[-1].startswith("Error:") and "not an ONNX model" in r.output
+    assert not (tmp_path / "zoo").exists()
