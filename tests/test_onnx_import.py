@@ -170,12 +170,14 @@ def test_dense_weight_larger_than_a_page_is_split(tmp_path):
 
 
 def _refused(tmp_path, match, **kw):
-    out = tmp_path / "zoo"
+    out = tmp_path / "zoo"                 # a zoo with a model already: left as it was
+    (out / "other").mkdir(parents=True)
+    (out / "other" / "model.json").write_text("{}")
     with pytest.raises(oi.ImportFailed, match=match) as e:
         oi.import_model(kw.pop("source", tmp_path / "m.onnx"), out, target="llvm",
                         batch_sizes=kw.pop("batch_sizes", [1, 2]), page_size=PAGE, log=_quiet, **kw)
     assert "\n" not in str(e.value)
-    assert not out.exists(), list(out.rglob("*"))
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["other", "other/model.json"]
     return str(e.value)
 
 
@@ -225,3 +227,48 @@ def test_cli_error_is_one_line(tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert r.output.strip().splitlines()[-1].startswith("Error:") and "not an ONNX model" in r.output
     assert not (tmp_path / "zoo").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: an imported model served by a real CPU worker process through the controller
+
+@pytest.mark.timeout(420)
+def test_imported_model_served_end_to_end_by_the_cpu_worker(zoo, tmp_path):
+    from clockwork.client.api import Client
+    from clockwork.local import PY, LocalCluster
+    from clockwork.status import Status
+
+    class CpuCluster(LocalCluster):
+        """The controller as usual, the worker a real `cw worker --backend cpu` process."""
+
+        def start_worker(self, index=0):
+            proc = self._spawn("worker", [PY, "-m", "clockwork.worker.command", "--backend", "cpu",
+                                          "--host", "127.0.0.1", "--port", str(self.worker_ports[index]),
+                                          "--model-dir", str(self.model_dir)])
+            self.worker_procs.append(proc)
+            return proc
+
+    # Unscheduled llvm code runs for up to seconds, and on a loaded machine far from its
+    # profiled time: the FIFO scheduler (runs what is queued at once, wide windows) with
+    # generous limits, so the answer never depends on timing. INFER4 is what the emulated
+    # end-to-end tests exercise.
+    cfg = tmp_path / "cw.toml"
+    cfg.write_text(f"[worker]\npage_size = {PAGE}\nweights_cache_size = {32 * PAGE}\n"
+                   f"io_pool_size = {64 << 20}\nworkspace_pool_size = {64 << 20}\n"
+                   f"host_io_pool_size = {64 << 20}\n"
+                   "[controller]\nmax_exec_ms = 120000.0\ndefault_slo_ms = 600000.0\n")
+    spec = load_spec(zoo / "shufflenet")
+    graph = oi.load_graph({"light": "shufflenet", "seed": 0, "page_size": PAGE})
+    with CpuCluster(model_dir=zoo, config_file=cfg, scheduler="fifo") as cluster:
+        client = Client(cluster.address, log=_quiet)
+        try:
+            model_id, _, _ = client.load_model("shufflenet", timeout_s=300)
+            for b in (1, 3):
+                x = oi.sample_input(spec.input_shape, b, seed=10 + b)
+                reply = client.infer(model_id, inputs=x, batch_size=b, timeout_s=120)
+                assert reply.response.status == Status.SUCCESS, reply.response
+                out = np.frombuffer(reply.output, spec.output_dtype).reshape(b, *spec.output_shape)
+                ref = _reference(graph.model, graph.input_name, x).reshape(out.shape)
+                assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
+        finally:
+            client.close()

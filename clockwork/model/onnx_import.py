@@ -720,8 +720,8 @@ def _child(argv: list[str]) -> int:
         if argv[0] == "probe" and len(argv) == 3:
             _, info = relax_module(job, [int(b) for b in argv[2].split(",")])
             print("PROBE " + json.dumps(info), flush=True)
-        elif argv[0] == "compile" and len(argv) == 6:
-            _, _, target, arch, bs, out = argv
+        elif argv[0] == "compile" and len(argv) >= 6:    # compile JOB TARGET ARCH [...] BATCHES OUT
+            target, arch, bs, out = argv[2], argv[3], argv[-2], argv[-1]
             mod, _ = relax_module(job, [int(b) for b in bs.split(",")])
             build.compile_relax(mod, target, None if arch == "-" else arch, out)
         else:
