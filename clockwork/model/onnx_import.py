@@ -148,9 +148,35 @@ def prepare(model, path: str | Path = "model", page_size: int = DEFAULT_PAGE_SIZ
     nodes = constants + list(out.graph.node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    untranspose_dense(out)
     split_dense(out, page_size)
     weights = [(t.name, numpy_helper.to_array(t)) for t in out.graph.initializer]
     return Graph(out, inp.name, tuple(dims[1:]), in_dtype, g.output[0].name, weights)
+
+
+def untranspose_dense(model) -> None:
+    """Gemm with transB=1 over a weight initializer -> transB=0 with the weight stored
+    transposed (K x N, as clockwork.model.nets stores dense weights): the same function
+    without the transpose TVM's Gemm importer would put in front of every matmul, and the
+    layout split_dense cuts into column blocks."""
+    from onnx import helper, numpy_helper
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    uses: dict[str, int] = {}
+    for node in g.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    for node in g.node:
+        if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        w = inits[node.input[1]]
+        if not attrs.get("transB", 0) or len(w.dims) != 2 or uses[w.name] != 1:
+            continue
+        w.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(w).T), w.name))
+        attrs["transB"] = 0
+        del node.attribute[:]
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attrs.items())
 
 
 def split_dense(model, page_size: int) -> None:
@@ -177,7 +203,9 @@ def split_dense(model, page_size: int) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         trans_b = node.op_type == "Gemm" and attrs.get("transB", 0)
         n = W.shape[0] if trans_b else W.shape[1]
-        cols = page_size // (W.nbytes // n)
+        cols = page_size // (W.nbytes // n)            # most columns a page holds
+        if cols >= 1:
+            cols = -(-n // -(-n // cols))               # as few blocks, of even widths
         c = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if cols < 1 or (len(node.input) > 2 and node.input[2] and c is None):
             nodes.append(node)
