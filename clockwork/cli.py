@@ -48,6 +48,8 @@ def main():
     Quick start (no GPU): `cw run` starts an emulated worker with 2 GPUs, the INFER4
     controller and the `simple` workload, and prints their stats.
     """
+    from .console import one_line_warnings
+    one_line_warnings()
 
 
 if __name__ == "__main__":

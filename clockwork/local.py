@@ -12,11 +12,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import click
 
 from .transport.sockets import free_port
+from .values import POSITIVE
 
 PY = sys.executable
 
@@ -31,13 +33,22 @@ def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
             proc.wait()
 
 
+class ProcessFailed(RuntimeError):
+    """A server process of the cluster exited while a client was running."""
+
+
 class LocalCluster:
     """Worker + controller subprocesses on free loopback ports; a context manager that always
-    cleans up. Used by `cw run`, the end-to-end tests and the benchmarks."""
+    cleans up. Used by `cw run`, the end-to-end tests and the benchmarks.
+
+    fail_fast: run_client() raises ProcessFailed as soon as a worker or the controller exits
+    (what `cw run` wants: a server that could not start must not leave the client waiting).
+    Fault tests that kill servers on purpose leave it off."""
 
     def __init__(self, gpus: int = 2, scheduler: str = "infer4", model_dir: Path | None = None,
                  log_dir: Path | None = None, config_file: Path | None = None, echo: bool = False,
-                 controller_args: tuple = (), worker_args: tuple = (), workers: int = 1):
+                 controller_args: tuple = (), worker_args: tuple = (), workers: int = 1,
+                 fail_fast: bool = False):
         self.gpus = gpus
         self.scheduler = scheduler
         self._tmp = tempfile.TemporaryDirectory(prefix="clockwork-")
@@ -48,10 +59,12 @@ class LocalCluster:
         self.controller_args = tuple(controller_args)
         self.worker_args = tuple(worker_args)
         self.n_workers = workers
+        self.fail_fast = fail_fast
         self.worker_ports = [free_port() for _ in range(workers)]
         self.client_port = free_port()
         self.telemetry_port = free_port()
         self.procs: list[subprocess.Popen] = []
+        self.names: dict[subprocess.Popen, str] = {}
         self.worker_procs: list[subprocess.Popen] = []
         self.controller: subprocess.Popen | None = None
         self.output: dict[str, list[str]] = {}
@@ -72,6 +85,7 @@ class LocalCluster:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=self.env(), stdin=subprocess.DEVNULL)
         self.procs.append(proc)
+        self.names[proc] = name
         keep = self.output.setdefault(name, [])
         t = threading.Thread(target=self._pump, args=(proc, f"[{name}]", keep), daemon=True)
         t.start()
@@ -121,12 +135,42 @@ class LocalCluster:
         proc = self._spawn(name, [PY, "-m", "clockwork.client.command", self.address,
                                   "--workload", workload, *args])
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+            self._wait_client(proc, timeout)
+        except (subprocess.TimeoutExpired, ProcessFailed):
             _stop(proc)
             raise
         self._threads[name].join(timeout=10)   # all its output read
         return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(self.output[name]))
+
+    def _wait_client(self, proc: subprocess.Popen, timeout: float | None) -> None:
+        """Wait for the client to exit; with fail_fast, look at the servers every 0.2 s."""
+        if not self.fail_fast:
+            proc.wait(timeout)
+            return
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = 0.2 if end is None else min(0.2, max(0.0, end - time.monotonic()))
+            try:
+                proc.wait(step)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            failed = self.exited_server()
+            if failed is not None:
+                raise ProcessFailed(failed)
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+
+    def exited_server(self) -> str | None:
+        """'NAME exited with status N: its last line' for a worker or controller that exited."""
+        for proc in (*self.worker_procs, self.controller):
+            if proc is None or proc.poll() is None:
+                continue
+            name = self.names[proc]
+            self._threads[name].join(timeout=5)     # its last words read
+            lines = [line.strip() for line in self.output.get(name, []) if line.strip()]
+            return f"{name} exited with status {proc.returncode}" + (f": {lines[-1]}" if lines else "")
+        return None
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -156,12 +200,12 @@ def quick_config(print_interval: float) -> Path:
 
 
 @click.command("run")
-@click.option("--duration", "-d", type=float, default=30.0, show_default=True, help="Seconds of workload.")
-@click.option("--gpus", "-n", type=int, default=2, show_default=True, help="Emulated GPUs.")
+@click.option("--duration", "-d", type=POSITIVE.click("S"), default=30.0, show_default=True, help="Seconds of workload.")
+@click.option("--gpus", "-n", type=click.IntRange(1, 4096), default=2, show_default=True, help="Emulated GPUs.")
 @click.option("--workload", "-w", default="simple", show_default=True, help="Client workload (see `cw client -h`).")
 @click.option("--scheduler", "-s", default="infer4", show_default=True)
 @click.option("--log-dir", default=None, help="Write request/action TSV logs here.")
-@click.option("--print-interval", type=float, default=None, help="Seconds between stats lines.")
+@click.option("--print-interval", type=POSITIVE.click("S"), default=None, help="Seconds between stats lines.")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, workload_args):
     """Run an emulated worker, a controller and a client on this machine and print their stats.
@@ -173,13 +217,18 @@ def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, wo
     click.echo(f"clockwork: emulated worker ({gpus} GPUs) + {scheduler} controller + "
                f"`{workload}` client for {duration:g} s")
     cluster = LocalCluster(gpus=gpus, scheduler=scheduler, config_file=config, echo=True,
-                           log_dir=Path(log_dir).resolve() if log_dir else None)
+                           log_dir=Path(log_dir).resolve() if log_dir else None, fail_fast=True)
     try:
         with cluster:
             result = cluster.run_client(workload, ["--duration", str(duration), *workload_args],
                                         timeout=duration + 120)
     except KeyboardInterrupt:
         raise SystemExit(130)
+    except ProcessFailed as e:
+        raise click.ClickException(f"{e}; stopped everything") from None
+    except subprocess.TimeoutExpired:
+        raise click.ClickException(f"the client did not finish within {duration + 120:g} s; "
+                                   "stopped everything") from None
     finally:
         config.unlink(missing_ok=True)
     if result.returncode != 0:

@@ -16,6 +16,7 @@ class Status(IntEnum):
     COULD_NOT_START_IN_TIME = 8
     OVERLOADED = 9            # admission bound reached: rejected at once rather than queued
     WORKER_LOST = 10          # the worker holding the request died or stopped answering
+    STALE_EPOCH = 11          # the model id is from another controller lifetime (it restarted)
     # worker codes (an action failed on the worker)
     ACTION_TOO_EARLY = 20
     ACTION_TOO_LATE = 21
@@ -33,6 +34,7 @@ class Status(IntEnum):
     LOAD_FAILED = 33
     RUNTIME_ERROR = 34
     BAD_MESSAGE = 35
+    NOT_CONTROLLER = 36       # the sender is not the worker's controller link (no Reset from it)
 
 
 # A window failure names the stage that missed it: (action stage, too early/late) -> message.

@@ -251,3 +251,21 @@ def test_infer_response_type_is_what_callbacks_get(client):
     f = client.infer_future(0)
     client.drain(10)
     assert isinstance(f.response, InferResponse)
+
+
+def test_model_ids_across_a_restart_never_collide():
+    """After a controller restart the caller keeps its ids; ids of later loads (or ls) that
+    equal one of them get other handles, so one handle never names two models."""
+    from clockwork.client.lifetimes import ModelIds
+    ids = ModelIds()
+    ids.adopt(1)
+    assert ids.register("resnet50", 2, 0) == 0 and ids.register("mlp", 1, 2) == 2
+    assert ids.route is None                         # first lifetime: ids as the controller gave them
+    r50, mlp = ids.registrations
+    ids.switch(2, {r50: 5, mlp: 0})                  # loaded again: resnet50 at 5-6, mlp at 0
+    assert ids.route == {0: 5, 1: 6, 2: 0} and ids.old_epoch == 1
+    assert ids.register("resnet18", 2, 1) == 3       # new ids 1-2 are handles already: fresh block
+    assert ids.route[3] == 1 and ids.route[4] == 2
+    assert ids.register("resnet34", 1, 7) == 7       # a free number stays as it is
+    assert ids.handle_block(5, 1) == 0               # ls naming resnet50's new id: the caller's id
+    assert len(set(ids.route.values())) == len(ids.route)

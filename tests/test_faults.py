@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 import time
 from collections import Counter
 
@@ -289,3 +290,163 @@ def test_silence_during_load_from_disk_is_not_a_loss(two_workers):
         w0.send_signal(signal.SIGCONT)
     assert client.drain(WAIT_S) == 0 and done[0].status == Status.SUCCESS, done
     assert not any("lost" in line for line in lines(cluster)[mark:])
+
+
+def test_controller_restart_never_serves_another_model():
+    """Issue 9's reproduction: client A holds resnet50's id; the controller is killed and
+    restarted on the same port; client B loads resnet101 first and gets the same id. A's
+    requests must never be answered with resnet101's output (exec time), and A must load its
+    model again by itself and be served again."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        a = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S, retry_interval_s=0.05)
+        b = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S, retry_interval_s=0.05)
+        try:
+            mid, _, _ = a.load_model("resnet50")
+            r50 = set({m.model_id: m for m in a.ls()}[mid].exec_ns)
+            answers = {"a": [], "b": []}
+
+            def send(client, who, model_id):
+                client.infer_async(model_id, lambda r, d, lat: answers[who].append(r), timeout_s=WAIT_S)
+
+            for _ in range(5):
+                send(a, "a", mid)
+            assert a.drain(WAIT_S) == 0
+            assert [r.status for r in answers["a"]] == [Status.SUCCESS] * 5
+
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait(WAIT_S)
+            mark = len(lines(cluster))
+            cluster.start_controller()
+            wait_for(cluster, r"Awaiting LoadModel", mark)
+            bid, _, _ = b.load_model("resnet101")
+            assert bid == mid                            # the new lifetime reuses the number
+            r101 = set({m.model_id: m for m in b.ls()}[bid].exec_ns)
+            assert r50 and r101 and not r50 & r101
+
+            restart = len(answers["a"])
+            end = time.monotonic() + WAIT_S
+            while time.monotonic() < end:
+                send(a, "a", mid)
+                send(b, "b", bid)
+                a.poll(0.005)
+                b.poll(0)
+                after = [r.status for r in answers["a"][restart:]]
+                if after.count(Status.SUCCESS) >= 10:
+                    break
+            assert a.drain(WAIT_S) == 0 and b.drain(WAIT_S) == 0
+            for r in answers["a"]:
+                if r.status == Status.SUCCESS:
+                    assert r.exec_ns in r50, (r, r50, r101)   # never resnet101's output
+            for r in answers["a"]:      # scheduler drops (late, skipped) may happen on a busy machine
+                assert r.status not in (Status.INVALID_REQUEST, NO_ANSWER), r
+            for r in answers["b"]:
+                if r.status == Status.SUCCESS:
+                    assert r.exec_ns in r101, r
+            after = [r.status for r in answers["a"][restart:]]
+            assert after.count(Status.SUCCESS) >= 10, Counter(after)
+            assert any(r.status == Status.SUCCESS for r in answers["b"])
+            assert a.restarts_seen == 1
+            assert {m.model_id: m.source for m in a.ls()}[mid].endswith("resnet50")   # caller's ids
+        finally:
+            a.close()
+            b.close()
+
+
+def test_a_stray_peer_cannot_take_a_worker(two_workers):
+    """Issue 9: one valid action from any peer used to make the worker heartbeat to that peer,
+    so the controller declared it lost and reset it. Now it is refused and nothing changes."""
+    import zmq
+    from clockwork.transport import schema as s
+    from clockwork.transport import sockets
+    cluster, client, mid = two_workers
+    mark = len(lines(cluster))
+    ctx = zmq.Context()
+    stray = sockets.dealer(ctx, "127.0.0.1", cluster.worker_ports[0])
+    try:
+        sockets.send(stray, s.EvictWeights(1, 0, 1 << 62, model_id=12345, gpu_id=0))
+        assert sockets.wait([stray], WAIT_S)
+        reply = s.decode(stray.recv_multipart()[0], s.RESULT_DECODER)
+        assert reply.status == Status.NOT_CONTROLLER, reply
+        tally = Tally()
+        load_traffic(client, tally, mid, 3 * WORKER_TIMEOUT_MS / 1000)   # well past the heartbeat timeout
+        finish(client, tally)
+        assert not any("lost" in line for line in lines(cluster)[mark:]), lines(cluster)[mark:]
+        assert tally.statuses[Status.SUCCESS] == tally.sent, tally.statuses
+    finally:
+        stray.close(0)
+        ctx.term()
+
+
+def test_a_second_controller_takes_the_worker_without_a_fight():
+    """Two controllers pointed at one worker: the later Reset wins, and the first one says so
+    and stops probing it instead of resetting it back (they would take turns forever)."""
+    from clockwork.transport.sockets import free_port
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S)
+        try:
+            mid, _, _ = client.load_model("resnet50")
+            assert client.infer(mid).response.status == Status.SUCCESS
+            port2 = free_port()
+            cluster._spawn("controller2", [
+                sys.executable, "-m", "clockwork.controller.command", "--host", "127.0.0.1",
+                "--port", str(port2), "--telemetry-port", "0", "--no-logs",
+                f"127.0.0.1:{cluster.worker_ports[0]}"])
+            wait_for(cluster, r"Awaiting LoadModel", name="controller2")
+            wait_for(cluster, r"Worker 0 .* taken over by another controller")
+            end = time.monotonic() + 4 * WORKER_TIMEOUT_MS / 1000     # several probe intervals
+            while time.monotonic() < end:
+                client.poll(0.01)
+            assert not any("lost" in line for line in lines(cluster, "controller2"))
+            assert sum("taken over" in line for line in lines(cluster)) == 1
+            with Client(f"127.0.0.1:{port2}", log=lambda *_: None, timeout_s=WAIT_S) as c2:
+                m2, _, _ = c2.load_model("resnet50")
+                assert c2.infer(m2).response.status == Status.SUCCESS
+        finally:
+            client.close()
+
+
+def test_cw_client_says_the_controller_is_gone_and_counts_connection_lost():
+    """Issue 9: after kill -9 of the controller `cw client` printed only throughput=0.00 and its
+    summary called the requests the library had answered CONNECTION_LOST unanswered."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = cluster._spawn("client", [
+            sys.executable, "-m", "clockwork.client.command", cluster.address, "-w", "poisson-open-loop",
+            "--duration", "6", "--print-interval", "1", "--", "1", "100", "resnet50"])
+        wait_for(cluster, r"Starting workload", name="client")
+        wait_for(cluster, r"throughput=", name="client")
+        cluster.controller.send_signal(signal.SIGKILL)
+        assert client.wait(WAIT_S + 10) == 0
+        cluster._threads["client"].join(10)
+        out = "".join(lines(cluster, "client"))
+        assert re.search(r"the controller at .* is gone \(connection lost\)", out), out
+        m = re.search(r"Summary: .* sent=(\d+) answered=(\d+) succeeded=\d+ connection lost=(\d+) "
+                      r"unanswered=(\d+)", out)
+        assert m, out
+        sent, answered, lost, unanswered = map(int, m.groups())
+        assert lost > 0 and unanswered == 0 and answered + lost == sent, out
+        assert re.search(rf"status -3 connection to controller lost: {lost} ", out), out
+
+
+def test_requests_whose_slo_passed_in_a_stalled_controller_time_out():
+    """Issue 9: requests that waited in a stopped controller were served as if fresh (success,
+    5 s latency). One whose SLO passed before the controller read it is answered TIMEOUT."""
+    with LocalCluster(gpus=1, workers=1) as cluster:
+        client = Client(cluster.address, log=lambda *_: None, timeout_s=WAIT_S)
+        try:
+            mid, _, _ = client.load_model("resnet50")
+            for _ in range(5):                          # the controller learns this client's delay
+                assert client.infer(mid, slo_ns=1_000_000_000).response.status == Status.SUCCESS
+            slo_ns = 200_000_000
+            tally = Tally()
+            cluster.controller.send_signal(signal.SIGSTOP)
+            try:
+                tally.send(client, mid, 20, slo_ns=slo_ns)
+                time.sleep(3 * slo_ns / 1e9)            # the stall: longer than their SLO
+            finally:
+                cluster.controller.send_signal(signal.SIGCONT)
+            finish(client, tally)
+            assert tally.statuses == {Status.TIMEOUT: 20}, tally.statuses
+            reply = client.infer(mid, slo_ns=1_000_000_000)   # fresh requests are served again
+            assert reply.response.status == Status.SUCCESS
+        finally:
+            client.close()

@@ -322,6 +322,8 @@ def lone_worker(tmp_path_factory):
     ctx = zmq.Context()
     sock = sockets.dealer(ctx, "127.0.0.1", port)
     try:
+        sockets.send(sock, s.Reset(0))                  # the handshake: this socket is its controller
+        assert isinstance(_result(sock), s.ClearCacheResult)
         sockets.send(sock, s.LoadModelFromDisk(0, 0, 0, 0, "mlp", 2))
         assert isinstance(_result(sock), s.LoadModelFromDiskResult)
         sockets.send(sock, s.LoadWeights(0, 0, 0, 0, 0))

@@ -43,8 +43,50 @@ def test_bad_model_dirs_get_clear_errors(tmp_path):
     with pytest.raises(ModelFormatError, match="not valid JSON"):
         load_spec(tmp_path / "m")
     write_metadata(tmp_path / "m", {"input": {"shape": [1], "dtype": "float32"}})
-    with pytest.raises(ModelFormatError, match="missing or bad field"):
+    with pytest.raises(ModelFormatError, match="missing field 'output'"):
         load_spec(tmp_path / "m")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["weights"].update(size=1e18), r"weights.size must be an integer in 0\.\.\d+, got 1e\+18"),
+    (lambda m: m["weights"].update(size=-1), r"weights.size must be an integer"),
+    (lambda m: m["input"].update(shape=[10 ** 5] * 3), r"input.shape \[100000, 100000, 100000\] has more than"),
+    (lambda m: m["input"].update(shape=["x", 3]), r"input.shape\[0\] must be an integer in 1\.\.\d+, got 'x'"),
+    (lambda m: m["input"].update(shape=[0]), r"input.shape\[0\] must be an integer"),
+    (lambda m: m["input"].update(shape=[True]), r"input.shape\[0\] must be an integer"),
+    (lambda m: m["output"].update(dtype="float33"), r"output.dtype 'float33' is not a numpy dtype"),
+    (lambda m: m.update(batch_sizes=[1, "2"]), r"batch_sizes\[1\] must be an integer"),
+    (lambda m: m.update(batch_sizes=[]), r"batch_sizes must be a non-empty list"),
+    (lambda m: m.update(batch_sizes=[1, 1]), r"distinct"),
+    (lambda m: m.update(input=[3]), r"input must be an object"),
+    (lambda m: m["weights"].update(page_size=0), r"weights.page_size must be an integer"),
+])
+def test_impossible_values_are_one_line_errors(tmp_path, change, message):
+    """Issue 9: model.json values a model cannot have (a 1e18-byte model, 10^15-element input,
+    a shape of strings) used to be accepted or fail deep inside numpy."""
+    write_emulated_zoo(tmp_path, models=["mlp"], log=lambda *_: None)
+    path = tmp_path / "mlp" / "model.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match=message) as e:
+        load_spec(tmp_path / "mlp")
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["exec_ns"].update({"1": "fast"}), r"exec_ns\[1\] must be an integer"),
+    (lambda m: m["exec_ns"].update({"one": 5}), r"exec_ns keys must be batch sizes"),
+    (lambda m: m.update(weights_load_ns=-3), r"weights_load_ns must be an integer"),
+])
+def test_impossible_measurements_are_one_line_errors(tmp_path, change, message):
+    write_emulated_zoo(tmp_path, models=["mlp"], log=lambda *_: None)
+    path = tmp_path / "mlp" / "measurements.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match=message):
+        load_spec(tmp_path / "mlp")
 
 
 def test_measurements_round_trip(tmp_path):

@@ -154,7 +154,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
     r = CliRunner().invoke(cwplot.plot_command, [str(tmp_path)])
     assert r.exit_code == 1 and "no column latency, deadline_met" in r.output
     r = CliRunner().invoke(cwplot.plot_command, [str(tmp_path / "missing")])
-    assert r.exit_code == 1 and "is not a directory" in r.output
+    assert r.exit_code == 1 and "does not exist" in r.output
 
 
 @pytest.mark.timeout(180)

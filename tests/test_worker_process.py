@@ -56,9 +56,11 @@ def worker(zoo, tmp_path, request):
 
 @pytest.fixture
 def dealer(worker):
+    """The worker's controller link: it has sent the Reset handshake."""
     ctx = zmq.Context()
     sock = sockets.dealer(ctx, "127.0.0.1", worker[1])
     try:
+        assert isinstance(call(sock, s.Reset(0))[0], s.ClearCacheResult)
         yield sock
     finally:
         sock.close(0)
@@ -152,7 +154,6 @@ def test_64_gpus_4000_models_pipelined(worker, dealer, zoo):
 
 
 def test_heartbeats_once_a_controller_spoke(worker, dealer):
-    call(dealer, s.GetWorkerState(1))
     hb, _ = recv_result(dealer, want=s.Heartbeat)
     assert [r.gpu_id for r in hb.readings] == [0, 1] and hb.pending == 0
     hb2, _ = recv_result(dealer, want=s.Heartbeat)
@@ -276,4 +277,49 @@ def test_stats_line_counts_and_resets(zoo):
         assert "Errors=0" in server.stats_line() and "unknown model" not in server.stats_line()
     finally:
         server.close()
+        ctx.term()
+
+
+def test_only_the_controller_link_is_obeyed(worker, dealer):
+    """Issue 9: a peer that sent one valid action used to become the peer the worker
+    heartbeated to, so the real controller declared the worker lost. Now any action but
+    GetWorkerState from a peer that did not send Reset is refused and changes nothing."""
+    call(dealer, s.LoadModelFromDisk(1, 0, 0, model_id=0, path="mlp"))
+    assert isinstance(call(dealer, s.LoadWeights(2, 0, 0, model_id=0, gpu_id=0))[0], s.LoadWeightsResult)
+    ctx = zmq.Context()
+    stray = sockets.dealer(ctx, "127.0.0.1", worker[1])
+    try:
+        for i, action in enumerate([s.EvictWeights(10, 0, 0, model_id=0, gpu_id=0),
+                                    s.EvictWeights(11, 0, 0, model_id=99, gpu_id=0),
+                                    s.ClearCache(12), s.Infer(13, 0, 0, 0, 0, 1),
+                                    s.LoadModelFromDisk(14, 0, 0, model_id=5, path="mlp")]):
+            res, _ = call(stray, action)
+            assert isinstance(res, s.ErrorResult) and res.status == Status.NOT_CONTROLLER, res
+            assert res.action_id == action.action_id and "Reset" in res.message
+        assert isinstance(call(stray, s.GetWorkerState(20))[0], s.WorkerStateResult)   # read-only: fine
+        for _ in range(3):                                     # heartbeats still come to the controller
+            recv_result(dealer, want=s.Heartbeat)
+        assert not stray.poll(0), "the stray peer got a heartbeat"
+        st, _ = call(dealer, s.GetWorkerState(3))              # nothing changed
+        assert [m.model_id for m in st.state.models] == [0] and st.state.gpus[0].loaded_models == [0]
+        res, _ = call(dealer, s.Infer(4, 0, 0, model_id=0, gpu_id=0, batch_size=1))
+        assert isinstance(res, s.InferResult)
+    finally:
+        stray.close(0)
+        ctx.term()
+
+
+def test_a_reset_takes_the_worker_over_and_tells_the_old_controller(worker, dealer):
+    ctx = zmq.Context()
+    new = sockets.dealer(ctx, "127.0.0.1", worker[1])
+    try:
+        assert isinstance(call(new, s.Reset(1))[0], s.ClearCacheResult)
+        notice, _ = recv_result(dealer)
+        assert notice.status == Status.NOT_CONTROLLER and notice.action_id == -1
+        res, _ = call(dealer, s.ClearCache(2))                 # the old link is refused from now on
+        assert res.status == Status.NOT_CONTROLLER
+        recv_result(new, want=s.Heartbeat)
+        assert isinstance(call(new, s.ClearCache(3))[0], s.ClearCacheResult)
+    finally:
+        new.close(0)
         ctx.term()

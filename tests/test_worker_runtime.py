@@ -402,11 +402,14 @@ def test_io_pool_exhausted(zoo, r50):
 
 
 def test_host_io_pool_exhausted(zoo, r50):
-    h = Harness(zoo, host_io=r50.input_size)
+    per = r50.input_size + r50.output_size
+    h = Harness(zoo, host_io=per + per // 2)
     h.load_model()
     h.load_weights()
-    aid = infer(h)
+    ok = infer(h)
+    aid = infer(h)           # the host pool holds one item at a time
     h.run()
+    assert isinstance(h.result(ok)[0], s.InferResult)
     assert "host io pool" in error(h.result(aid)[0], Status.IO_POOL_EXHAUSTED).message
     assert h.rt.gpus[0].mem.io.used == 0                 # the device io taken first was given back
 
@@ -601,3 +604,44 @@ def test_actions_leave_no_reference_cycles(zoo):
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def _edited_model(zoo, tmp_path, change):
+    """A copy of the mlp model directory with model.json changed by `change(meta)`."""
+    import json
+    import shutil
+    shutil.copytree(zoo / "mlp", tmp_path / "bad")
+    path = tmp_path / "bad" / "model.json"
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+    return tmp_path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m["input"].update(shape=["x"]), "input.shape[0] must be an integer"),
+    (lambda m: m["weights"].update(size=1 << 40), "need 65536 pages; a GPU's weights cache holds 64"),
+    (lambda m: m["input"].update(shape=[200_000_000]), "in the 536870912-byte io pool"),
+], ids=["non-numeric shape", "weights beyond the cache", "input beyond the io pool"])
+def test_impossible_models_fail_to_load_with_one_line(zoo, tmp_path, change, message):
+    h = Harness(_edited_model(zoo, tmp_path, change))
+    msg = error(h.load_model(path="bad"), Status.LOAD_FAILED)
+    assert message in msg.message and "\n" not in msg.message
+    assert h.rt.stats.pending == 0 and h.rt.models == {}
+
+
+def test_a_load_that_raises_is_finished_once(zoo, monkeypatch):
+    """Issue 9: a load failing with an unexpected exception was counted finished twice (once
+    before the work, once by the executor's failure path): the pending count went to -1."""
+    h = Harness(zoo)
+
+    def boom(spec):
+        raise RuntimeError("backend bug")
+
+    monkeypatch.setattr(h.backend, "load_host_model", boom)
+    msg = error(h.load_model(path="mlp"), Status.RUNTIME_ERROR)
+    assert "backend bug" in msg.message
+    assert h.rt.stats.pending == 0
+    monkeypatch.undo()
+    assert isinstance(h.load_model(path="mlp", model_id=1), s.LoadModelFromDiskResult)
+    assert h.rt.stats.pending == 0

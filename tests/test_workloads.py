@@ -175,9 +175,9 @@ def test_params_positional_named_and_errors():
     assert p == p2
     with pytest.raises(ParamError, match="needs: copies"):
         spec.parse(["resnet50"])
-    with pytest.raises(ParamError, match="not one of"):
+    with pytest.raises(ParamError, match="must be one of"):
         spec.parse("resnet50 4 gaussian 100 2 32 2 mul 7".split())
-    with pytest.raises(ParamError, match="not a valid int"):
+    with pytest.raises(ParamError, match="must be an integer"):
         spec.parse("resnet50 four poisson 100 2 32 2 mul 7".split())
     with pytest.raises(ParamError, match="no parameter --bogus"):
         get("simple").parse(["--bogus", "1"])
@@ -322,7 +322,7 @@ def test_stats_lines_and_summary():
     st.maybe_print()
     a = np.array(lat) * 1e3
     p50, p99 = np.percentile(a, [50, 99])
-    assert lines == [f"throughput={5 / 2.0:.2f} min={a.min():.2f} max={a.max():.2f} mean={a.mean():.2f} "
+    assert lines == [f"throughput={5 / 2.0:.2f} goodput=0.00 slo=0.00% min={a.min():.2f} max={a.max():.2f} mean={a.mean():.2f} "
                      f"p50={p50:.2f} p99={p99:.2f} success={100 * 4 / 5:.2f}%"]
     assert st.sent == 6 and st.answered == 5 and st.succeeded == 4
     s = st.summary(outstanding=0)

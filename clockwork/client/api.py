@@ -15,10 +15,16 @@ reference, never copied), a dict entry, and a deque append for the timeout.
     client.close()
 
 Client-side outcomes that are not controller answers use negative pseudo-statuses
-(NO_ANSWER, SEND_FAILED, CONNECTION_LOST), so accounting can tell "the controller said timeout"
+(NO_ANSWER, SEND_FAILED, CONNECTION_LOST, WRONG_PEER), so accounting can tell "the controller said timeout"
 (status 4) from "nobody answered". When the connection drops (the controller died or restarted)
 every outstanding request is answered CONNECTION_LOST at once instead of waiting for its
 timeout; ZeroMQ reconnects by itself, so the same Client works again once a controller is back.
+
+A restarted controller is a new lifetime (a new epoch in its answers) whose model ids mean other
+models. Every request names the epoch its model id is from, so the controller answers a stale id
+STALE_EPOCH rather than serving another tenant's model; and the Client, on meeting a new epoch,
+loads every model it loaded before again and from then on maps the ids its caller holds to the
+new ones (client.lifetimes), so a workload keeps going across the restart.
 """
 from __future__ import annotations
 
@@ -38,10 +44,12 @@ from ..transport.schema import (ErrorResponse, InferRequest, InferResponse, Load
                                 LoadModelResponse, LsRequest, ModelInfo, ProtocolError)
 from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
 from ..transport.sockets import wait as wait_ready
+from .lifetimes import ModelIds, Registration
 
 NO_ANSWER = -1      # no response within the call's timeout (client side)
 SEND_FAILED = -2    # could not even queue the request (send queue full)
 CONNECTION_LOST = -3   # the connection to the controller dropped with the request outstanding
+WRONG_PEER = -4     # the peer sent something no controller sends: it is not a clockwork controller
 
 
 def status_name(code: int) -> str:
@@ -51,7 +59,42 @@ def status_name(code: int) -> str:
         return "send failed (queue full)"
     if code == CONNECTION_LOST:
         return "connection to controller lost"
+    if code == WRONG_PEER:
+        return "peer is not a clockwork controller"
     return describe(code)
+
+
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def handshake_failed_message(address: str, secure: bool) -> str:
+    """Why a ZMTP handshake with the controller failed, as far as we can tell: the security
+    settings of the two ends differ."""
+    if not secure:
+        return (f"the controller at {address} refused our connection's handshake: it requires CURVE "
+                "security. Set [security] enabled = true and key_dir in CLOCKWORK_CONFIG_FILE, with a "
+                "client key pair the controller accepts (`cw keys`; see docs/reliability.md)")
+    return (f"the controller at {address} refused our CURVE handshake: it runs without security, or "
+            "does not accept this client's key, or we hold the wrong controller public key "
+            "([security] key_dir, client_key; `cw keys`)")
+
+
+def wrong_peer_message(address: str, header) -> str | None:
+    """Why the peer at `address` cannot be a controller, from a header we could not decode as
+    a response: it is a worker's result or a controller's action (another role), or a peer's
+    fatal error text. None for mere garbage (logged and skipped)."""
+    for decoder, role in ((schema.RESULT_DECODER, "a clockwork worker (a worker's port? clients connect "
+                           "to the controller's client port)"), (schema.ACTION_DECODER, "a clockwork controller's "
+                           "worker link")):
+        try:
+            schema.decode(header, decoder)
+        except ProtocolError as e:
+            if str(e).startswith("peer error"):
+                return f"{address} refused us: {e}"
+            continue
+        return f"{address} is not a clockwork controller: it answers like {role}"
+    return None
 
 
 def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq.Socket, zmq.Socket]:
@@ -67,7 +110,7 @@ def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq
         sock.setsockopt(opt, value)
     if security is not None:                   # CURVE: our key pair, and the controller's key
         security.client(sock, security.client_key, "controller")
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
     try:
         sock.connect(tcp(host, port))
     except zmq.ZMQError:
@@ -84,6 +127,10 @@ class ClientError(Exception):
 
 class ControllerUnreachable(ClientError):
     """No controller answered at all (nothing listening, wrong address, or it is stuck)."""
+
+
+class WrongPeer(ClientError):
+    """The peer answered with something no clockwork controller sends."""
 
 
 class RequestTimeout(ClientError):
@@ -162,13 +209,21 @@ class Client:
         self._transport_up = False
         self._dropped = False                      # a disconnection not yet handled by poll()
         self._link_down = False                    # disconnected since the last handshake
+        self._told_down = False                    # the user was told the controller is gone
         self.disconnects = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[Callback, float]] = {}
         self._expiry: dict[float, deque] = {}     # one FIFO per distinct timeout: already sorted
         self.answered_unknown = 0                  # answers for ids we no longer wait for
         self.bad_messages = 0
+        self.wrong_peer: str | None = None         # why the peer is not a controller, once seen
+        self.handshake_failed: str | None = None   # why ZMTP handshakes fail (security mismatch)
+        self._secure = security is not None
         self.heard_from_controller = False
+        self.models = ModelIds()                   # ids across controller lifetimes
+        self._reload: _Reload | None = None        # re-registration with a new controller, under way
+        self._announced_epoch = 0
+        self.restarts_seen = 0
         self._enc = schema.encode
         self._now = time.perf_counter
 
@@ -202,7 +257,16 @@ class Client:
         preallocated Frame can back every request. Returns the request id.
         """
         rid = next(self._ids)
-        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id))
+        ids = self.models
+        epoch = ids.epoch
+        if ids.route is not None:                  # the controller restarted: map the caller's id
+            current = ids.route.get(model_id)
+            if current is None:
+                epoch = ids.old_epoch              # an id not loaded again: answered STALE_EPOCH
+            else:
+                model_id = current
+        header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch,
+                                        time.monotonic_ns()))
         return self._send(rid, header, inputs, callback, timeout_s)
 
     def infer_future(self, model_id: int, **kw) -> Future:
@@ -214,9 +278,11 @@ class Client:
         rid = next(self._ids)
         return self._send(rid, self._enc(LoadModelRequest(rid, path, copies)), None, callback, timeout_s)
 
-    def ls_async(self, callback: Callback, timeout_s: float | None = None) -> int:
+    def ls_async(self, callback: Callback, timeout_s: float | None = None, first: int = 0) -> int:
+        """One page of the model list: ids >= first (the controller's ids); response.next is
+        the first id of the next page, -1 after the last."""
         rid = next(self._ids)
-        return self._send(rid, self._enc(LsRequest(rid)), None, callback, timeout_s)
+        return self._send(rid, self._enc(LsRequest(rid, first)), None, callback, timeout_s)
 
     def _send(self, rid, header, inputs, callback, timeout_s) -> int:
         now = self._now()
@@ -279,10 +345,19 @@ class Client:
             try:
                 msg = decode(frames[0], dec)
             except ProtocolError as e:
+                # a message of another role (a worker's result) means the peer is of another
+                # kind: nothing we wait for will come, so fail it all now
                 self.bad_messages += 1
-                if self.bad_messages <= 5:
-                    self.log(f"bad message from controller {self.address}: {e}")
+                why = wrong_peer_message(self.address, frames[0])
+                if why is None:
+                    if self.bad_messages <= 5:
+                        self.log(f"bad message from controller {self.address}: {e}")
+                    continue
+                self.wrong_peer = why
+                n += self._fail_all(WRONG_PEER, why)
                 continue
+            if msg.epoch != self.models.epoch and msg.epoch and self.models.epoch:
+                self._new_epoch(msg.epoch)
             entry = pending.pop(msg.request_id, None)
             if entry is None:
                 self.answered_unknown += 1
@@ -294,8 +369,61 @@ class Client:
             n += 1
         if self._dropped:
             self._dropped = False
-            n += self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            failed = self._fail_all(CONNECTION_LOST, f"connection to {self.address} lost")
+            n += failed
+            if self._link_down and not self._told_down:
+                self._told_down = True
+                self.log(f"the controller at {self.address} is gone (connection lost): {failed} outstanding "
+                         f"requests answered CONNECTION_LOST, and so is every request until it is back")
+        if self._reload is not None and self._reload.retry:
+            self._reload.resend_due(self._now())
         return n + self._expire()
+
+    # ------------------------------------------------------------------ controller restarts
+
+    def _new_epoch(self, epoch: int) -> None:
+        """An answer from another controller lifetime than our model ids': load every model we
+        loaded again (asynchronously; answers meanwhile are STALE_EPOCH), then map to the new ids."""
+        if epoch == self._announced_epoch:
+            return
+        self._announced_epoch = epoch
+        self.restarts_seen += 1
+        regs = self.models.registrations
+        if not regs:
+            self.log(f"controller at {self.address} restarted (epoch {epoch:x}): "
+                     f"model ids from before are stale; load models again")
+            return
+        self.log(f"controller at {self.address} restarted (epoch {epoch:x}): "
+                 f"loading {len(regs)} models again")
+        self._reload = _Reload(self, epoch, regs)
+
+    def _reloaded(self, reload: "_Reload") -> None:
+        if reload is not self._reload:
+            return
+        self._reload = None
+        ok = reload.new_first
+        self.models.switch(reload.epoch, ok)
+        lost = len(reload.regs) - len(ok)
+        self.log(f"re-registered {len(ok)} models with the controller at {self.address}"
+                 + (f"; {lost} could not be loaded again (their ids answer STALE_EPOCH)" if lost else ""))
+
+    def _settle(self, epoch: int, timeout_s: float) -> None:
+        """Before handing out ids of `epoch` from a blocking call's answer: finish the
+        re-registration that answer may have started, or adopt the epoch if we hold no models."""
+        if not epoch:
+            return
+        end = self._now() + timeout_s
+        while self._reload is not None and self._now() < end:
+            self.poll(0.05)
+        ids = self.models
+        if ids.epoch == epoch:
+            return
+        if ids.epoch == 0 or not ids.registrations:
+            ids.adopt(epoch)
+            return
+        raise RequestFailed("re-register models", Status.STALE_EPOCH,
+                            f"the controller at {self.address} restarted and models could not be "
+                            f"loaded again within {timeout_s:g} s")
 
     def _fail_all(self, status: int, message: str) -> int:
         """Answer every outstanding request with a client-side status; returns how many."""
@@ -308,6 +436,8 @@ class Client:
 
     def _next_expiry(self):
         best = None
+        if self._reload is not None and self._reload.retry:
+            best = min(t for t, _ in self._reload.retry)
         for q in self._expiry.values():
             while q and q[0][1] not in self._pending:
                 q.popleft()
@@ -356,6 +486,8 @@ class Client:
         while not fut.done():
             self.poll(0.05)
         r = fut.response
+        if r.status == WRONG_PEER:
+            raise WrongPeer(r.message)
         if r.status == NO_ANSWER:
             if not self.connected:
                 raise ControllerUnreachable(
@@ -388,6 +520,11 @@ class Client:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True
                 self._link_down = False
+                if self._told_down:
+                    self._told_down = False
+                    self.log(f"connected to a controller at {self.address} again")
+            elif event & HANDSHAKE_FAILED:
+                self.handshake_failed = handshake_failed_message(self.address, self._secure)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
                 self._dropped = True
@@ -403,13 +540,15 @@ class Client:
         """Wait until the controller accepts our connection (at most connect_timeout_s).
         Raises ControllerUnreachable otherwise. Sends nothing."""
         end = self._now() + self.connect_timeout_s
-        while not self.connected:
+        while not self.connected and self.handshake_failed is None:
             left = end - self._now()
             if left <= 0 or self._monitor is None:
                 break
             self._monitor.poll(max(1, int(left * 1000)))
         if self.connected:
             return
+        if self.handshake_failed is not None:
+            raise ControllerUnreachable(self.handshake_failed)
         raise ControllerUnreachable(f"nothing accepted a connection at {self.address} within "
                                     f"{self.connect_timeout_s:g} s: is `cw controller` running there?")
 
@@ -451,12 +590,73 @@ class Client:
                            f"load model {path!r} x{copies}", self.load_timeout_s if timeout_s is None else timeout_s)
         if r.status != Status.SUCCESS:
             raise RequestFailed(f"load model {path!r} x{copies}", r.status, r.message)
-        return r.model_id, r.copies, r
+        self._settle(r.epoch, self.load_timeout_s)
+        first = self.models.register(path, r.copies, r.model_id)
+        return first, r.copies, r
 
     def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
-        """The models the controller knows, retried while it initialises."""
-        r = self._retrying(lambda fut, t: self.ls_async(fut._set, t), "ls",
-                           self.connect_timeout_s if timeout_s is None else timeout_s)
-        if r.status != Status.SUCCESS:
-            raise RequestFailed("ls", r.status, r.message)
-        return list(r.models)
+        """Every model the controller knows (all pages), retried while it initialises."""
+        timeout = self.connect_timeout_s if timeout_s is None else timeout_s
+        models: list[ModelInfo] = []
+        first = 0
+        epoch = None
+        while True:
+            r = self._retrying(lambda fut, t: self.ls_async(fut._set, t, first), "ls", timeout)
+            if r.status != Status.SUCCESS:
+                raise RequestFailed("ls", r.status, r.message)
+            if epoch is not None and r.epoch != epoch:    # it restarted between pages: start over
+                models, first, epoch = [], 0, None
+                continue
+            epoch = r.epoch
+            models.extend(r.models)
+            if r.next < 0:
+                break
+            first = r.next
+        self._settle(epoch, self.load_timeout_s)
+        if self.models.route is not None:          # name models by the caller's ids
+            for m in models:
+                m.model_id = self.models.handle_block(m.model_id, 1)
+        return models
+
+
+class _Reload:
+    """Loading a Client's models again on a restarted controller: one LoadModel per
+    registration, retried while the controller initialises or is unreachable."""
+
+    def __init__(self, client: Client, epoch: int, regs: list[Registration]):
+        self.client = client
+        self.epoch = epoch
+        self.regs = list(regs)
+        self.waiting = len(self.regs)
+        self.new_first: dict[Registration, int] = {}
+        self.retry: list[tuple[float, Registration]] = []
+        for reg in self.regs:
+            self._send(reg)
+
+    def _send(self, reg: Registration) -> None:
+        self.client.load_model_async(reg.path, reg.copies, lambda r, d, lat: self._answer(reg, r),
+                                     self.client.load_timeout_s)
+
+    def resend_due(self, now: float) -> None:
+        due = [reg for t, reg in self.retry if t <= now]
+        self.retry = [(t, reg) for t, reg in self.retry if t > now]
+        for reg in due:
+            self._send(reg)
+
+    def _answer(self, reg: Registration, r) -> None:
+        client = self.client
+        if client._reload is not self:
+            return                        # superseded (yet another restart)
+        if r.status in (Status.INITIALIZING, CONNECTION_LOST, NO_ANSWER, SEND_FAILED):
+            self.retry.append((client._now() + client.retry_interval_s, reg))
+            return
+        if r.status == Status.SUCCESS and r.epoch == self.epoch:
+            self.new_first[reg] = r.model_id
+        elif r.status == Status.SUCCESS:
+            return                        # another lifetime: its own re-registration takes over
+        else:
+            client.log(f"could not load {reg.path!r} x{reg.copies} again: {status_name(r.status)}"
+                       + (f": {r.message}" if r.message else ""))
+        self.waiting -= 1
+        if self.waiting == 0:
+            client._reloaded(self)

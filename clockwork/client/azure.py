@@ -21,6 +21,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..values import POSITIVE, POSITIVE_INT, Spec
+
 MINUTES = 1440
 KEY_COLUMNS = ("HashOwner", "HashApp", "HashFunction", "Trigger")
 FILE_PATTERNS = ("invocations_per_function_md.anon.d{:02d}.csv",
@@ -65,10 +67,11 @@ def trace_path(day: int = 1, where: str | os.PathLike | None = None) -> Path:
     if not directory:
         raise TraceError("no Azure trace: set AZURE_TRACE_DIR to the directory holding "
                          "invocations_per_function_md.anon.dNN.csv (or pass a path); "
-                         "`cw gen-azure-trace DIR` writes a synthetic one")
+                         "`cw trace synth DIR` writes a synthetic one")
     d = Path(directory)
     if not d.is_dir():
-        raise TraceError(f"Azure trace directory {d} does not exist")
+        from ..config import why_not_a_directory
+        raise TraceError(f"Azure trace {'' if where else 'directory '}{d} {why_not_a_directory(d)}")
     for pattern in FILE_PATTERNS:
         p = d / pattern.format(day)
         if p.exists():
@@ -105,26 +108,35 @@ def read_trace(path: str | os.PathLike) -> Trace:
         f = open(path, "r", encoding="utf-8", newline="")
     except OSError as e:
         raise TraceError(f"cannot read Azure trace {path}: {e.strerror}") from None
+    with f:
+        try:
+            return _read_lines(f, path)
+        except UnicodeDecodeError:
+            raise TraceError(f"{path} is not a text CSV file (binary or not UTF-8): "
+                             "not an Azure Functions trace") from None
+
+
+def _read_lines(f, path: Path) -> Trace:
+    """The lines of an open trace file (read_trace's body)."""
     keys: list[tuple[str, str, str, str]] = []
     rows: list[np.ndarray] = []
-    with f:
-        header = f.readline().rstrip("\r\n").split(",")
-        expected = list(KEY_COLUMNS) + [str(i) for i in range(1, MINUTES + 1)]
-        if header != expected:
-            if header[:4] != list(KEY_COLUMNS):
-                raise TraceError(f"{path}:1: header must start with {','.join(KEY_COLUMNS)}, "
-                                 f"got {','.join(header[:4])!r}")
-            raise TraceError(f"{path}:1: header must continue with minutes 1..{MINUTES} "
-                             f"({len(header) - 4} minute columns found)")
-        for lineno, line in enumerate(f, start=2):
-            if not line.strip():
-                continue
-            parts = line.split(",", 4)
-            if len(parts) < 5:
-                raise TraceError(f"{path}:{lineno}: expected {len(KEY_COLUMNS) + MINUTES} comma-separated "
-                                 f"fields (4 keys + {MINUTES} minutes), got {len(parts)}")
-            rows.append(_parse_counts(line, parts[4], path, lineno))
-            keys.append((parts[0], parts[1], parts[2], parts[3]))
+    header = f.readline().rstrip("\r\n").split(",")
+    expected = list(KEY_COLUMNS) + [str(i) for i in range(1, MINUTES + 1)]
+    if header != expected:
+        if header[:4] != list(KEY_COLUMNS):
+            raise TraceError(f"{path}:1: header must start with {','.join(KEY_COLUMNS)}, "
+                             f"got {','.join(header[:4])!r}")
+        raise TraceError(f"{path}:1: header must continue with minutes 1..{MINUTES} "
+                         f"({len(header) - 4} minute columns found)")
+    for lineno, line in enumerate(f, start=2):
+        if not line.strip():
+            continue
+        parts = line.split(",", 4)
+        if len(parts) < 5:
+            raise TraceError(f"{path}:{lineno}: expected {len(KEY_COLUMNS) + MINUTES} comma-separated "
+                             f"fields (4 keys + {MINUTES} minutes), got {len(parts)}")
+        rows.append(_parse_counts(line, parts[4], path, lineno))
+        keys.append((parts[0], parts[1], parts[2], parts[3]))
     if not rows:
         raise TraceError(f"{path}: no functions in trace (only a header)")
     counts = np.vstack(rows)
@@ -191,6 +203,8 @@ def write_synthetic_trace(path: str | os.PathLike, functions: int = 8000, seed: 
         raise ValueError("diurnal amplitude must be in [0, 1)")
     if tail <= 1:
         raise ValueError("the Pareto tail index must be > 1 (finite mean)")
+    if not 0 < mean_rate_per_min < float("inf"):
+        raise ValueError(f"mean rate must be a number > 0, got {mean_rate_per_min!r}")
     rng = np.random.default_rng(seed)
     hexrng = random.Random(seed)
     path = Path(path)
@@ -234,16 +248,14 @@ def trace_command():
 
 @trace_command.command("synth")
 @click.argument("out", type=click.Path())
-@click.option("--functions", type=int, default=8000, show_default=True, help="rows (functions) per day")
-@click.option("--days", type=int, default=1, show_default=True, help="write days d01..dNN")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--mean-rate", type=float, default=60.0, show_default=True,
+@click.option("--functions", type=POSITIVE_INT.click(), default=8000, show_default=True, help="rows (functions) per day")
+@click.option("--days", type=Spec(int, 1, 14).click(), default=1, show_default=True, help="write days d01..dNN")
+@click.option("--seed", type=Spec(int, 0).click(), default=0, show_default=True)
+@click.option("--mean-rate", type=POSITIVE.click(), default=60.0, show_default=True,
               help="mean invocations per minute per function (heavy-tailed across functions)")
-@click.option("--diurnal", type=float, default=0.5, show_default=True, help="diurnal amplitude in [0, 1)")
+@click.option("--diurnal", type=Spec(float, 0, 1, hi_open=True).click(), default=0.5, show_default=True, help="diurnal amplitude in [0, 1)")
 def synth_command(out, functions, days, seed, mean_rate, diurnal):
     """Write a synthetic trace in the exact Azure 2019 format into directory OUT."""
-    if not 1 <= days <= 14:
-        raise click.UsageError("--days must be 1..14")
     for d in range(1, days + 1):
         try:
             p = write_synthetic_trace(Path(out) / FILE_PATTERNS[0].format(d), functions, seed * 100 + d,
@@ -256,7 +268,7 @@ def synth_command(out, functions, days, seed, mean_rate, diurnal):
 
 @trace_command.command("info")
 @click.argument("path", type=click.Path())
-@click.option("--day", type=int, default=1, show_default=True, help="day, when PATH is a directory")
+@click.option("--day", type=Spec(int, 1, 14).click(), default=1, show_default=True, help="day, when PATH is a directory")
 def info_command(path, day):
     """Check a trace file (or directory) and summarise it."""
     try:

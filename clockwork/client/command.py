@@ -12,7 +12,9 @@ import sys
 
 import click
 
-from ..config import ConfigError, inputs_disabled, load_config
+from ..config import ConfigError, flag_type, inputs_disabled, load_config
+from ..values import NON_NEGATIVE, POSITIVE, Spec
+from ..runfiles import open_new
 from .api import Client, ClientError
 from .stats import TSV_HEADER, Stats
 from .workloads.engine import Engine, WorkloadError, zoo_models
@@ -46,25 +48,25 @@ def _sigterm_interrupts():
                                  "max_content_width": 110})
 @click.argument("address")
 @click.option("--workload", "-w", "workload_name", metavar="NAME", help="workload to run (listed below)")
-@click.option("--duration", type=float, default=None, metavar="S",
+@click.option("--duration", type=POSITIVE.click("S"), default=None, metavar="S",
               help="stop sending after S seconds (default: when the workload ends)")
 @click.option("--no-inputs", is_flag=True, help="send no inputs; the controller generates them")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of every arrival process")
-@click.option("--print-interval", type=float, default=None, metavar="S",
+@click.option("--seed", type=Spec(int, 0).click(), default=0, show_default=True, help="seed of every arrival process")
+@click.option("--print-interval", type=flag_type("client", "print_interval_s", "S"), default=None, metavar="S",
               help="seconds between stats lines (default: [client] print_interval_s)")
-@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True, metavar="S",
+@click.option("--timeout", "timeout_s", type=POSITIVE.click("S"), default=30.0, show_default=True, metavar="S",
               help="per-request timeout: a request unanswered this long counts as no answer")
-@click.option("--connect-timeout", type=float, default=None, metavar="S",
+@click.option("--connect-timeout", type=flag_type("client", "connect_timeout_s", "S"), default=None, metavar="S",
               help="how long to wait for the controller (default: [client] connect_timeout_s)")
-@click.option("--load-timeout", type=float, default=600.0, show_default=True, metavar="S",
+@click.option("--load-timeout", type=POSITIVE.click("S"), default=600.0, show_default=True, metavar="S",
               help="how long one LoadModel may take once the controller answered")
-@click.option("--slo-ms", type=float, default=0.0, help="explicit SLO for every request (0: controller default "
+@click.option("--slo-ms", type=Spec(float, 0, 3_600_000).click("MS"), default=0.0, help="explicit SLO for every request (0: controller default "
               "or the workload's SLO factor)")
 @click.option("--models", "zoo", default=None, metavar="A,B", help="zoo model names for workloads that use "
               "every model (default: $CLOCKWORK_MODEL_DIR here, else the emulated zoo)")
 @click.option("--request-log", type=click.Path(dir_okay=False, writable=True), default=None,
               help="write one TSV line per request to this file")
-@click.option("--drain", type=float, default=5.0, show_default=True, metavar="S",
+@click.option("--drain", type=NON_NEGATIVE.click("S"), default=5.0, show_default=True, metavar="S",
               help="after stopping, wait this long for outstanding answers")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def client_command(address, workload_name, duration, no_inputs, seed, print_interval, timeout_s,
@@ -80,8 +82,6 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
         params = spec.parse(args)
     except ParamError as e:
         raise click.UsageError(str(e)) from None
-    if duration is not None and duration <= 0:
-        raise click.UsageError("--duration must be > 0")
     try:
         cfg = load_config()
     except ConfigError as e:
@@ -103,9 +103,11 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
     try:
         if request_log:
             try:
-                tsv = open(request_log, "w", buffering=1 << 20)
+                tsv, kept = open_new(request_log, buffering=1 << 20)
             except OSError as e:
-                raise click.UsageError(f"cannot write request log {request_log}: {e.strerror}") from None
+                raise click.UsageError(f"cannot write request log {request_log}: {e.strerror or e}") from None
+            if kept:
+                click.echo(f"previous request log kept as {kept}")
             tsv.write(TSV_HEADER)
         stats = Stats(print_interval_s=print_interval or cfg["client"]["print_interval_s"],
                       log=lambda m: click.echo(m), tsv=tsv)
@@ -119,6 +121,7 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
             engine.run(drain_s=drain)
         except KeyboardInterrupt:
             engine.stop("interrupted")
+            stats.stop()
             click.echo("Interrupted; waiting briefly for outstanding answers")
             left = client.drain(min(drain, 2.0))
             client.abandon()

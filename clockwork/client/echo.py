@@ -102,7 +102,7 @@ class EchoController:
             if got != msg.batch_size * m.input_size:
                 return InferResponse(rid, Status.INVALID_REQUEST,
                                      f"inputs are {got} bytes, expected {msg.batch_size * m.input_size}"), ()
-        resp = InferResponse(rid, Status.SUCCESS, "", msg.model_id, msg.batch_size, 1000, 1000)
+        resp = InferResponse(rid, Status.SUCCESS, "", msg.model_id, msg.batch_size, 1000, 1000, False, within_slo=True)
         if not self.send_outputs:
             return resp, ()
         size = msg.batch_size * m.output_size

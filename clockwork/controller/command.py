@@ -5,29 +5,32 @@ import sys
 
 import click
 
-from ..config import ConfigError, load_config, log_dir
+from ..config import ConfigError, flag_type, load_config, log_dir
+from ..console import timestamped
 
 
 @click.command("controller")
 @click.argument("workers", nargs=-1, required=True)
 @click.option("--scheduler", "-s", default=None,
               help="infer4 (Clockwork's), fifo (reactive baseline), direct, echo. Default from config.")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
-@click.option("--port", type=int, default=None, help="Client port (default from config: 12346).")
-@click.option("--telemetry-port", type=int, default=None, help="Telemetry PUB port (0: off).")
-@click.option("--metrics-port", type=int, default=None,
+@click.option("--bind", "--host", "host", default=None, metavar="ADDR",
+              help="Interface for the client, telemetry and metrics ports [default: controller.bind in "
+                   "the config, 127.0.0.1: this host only]. 0.0.0.0 for clients on other hosts.")
+@click.option("--port", type=flag_type("controller", "client_port", "PORT"), default=None, help="Client port (default from config: 12346).")
+@click.option("--telemetry-port", type=flag_type("controller", "telemetry_port", "PORT"), default=None, help="Telemetry PUB port (0: off).")
+@click.option("--metrics-port", type=flag_type("controller", "metrics_port", "PORT"), default=None,
               help="Prometheus /metrics HTTP port (0: off; default from config).")
 @click.option("--log-dir", default=None, help="TSV log directory (default $CLOCKWORK_LOG_DIR or ./logs).")
 @click.option("--no-logs", is_flag=True, help="Write no request/action logs.")
 @click.option("--config", "config_file", default=None, help="TOML config (default $CLOCKWORK_CONFIG_FILE).")
-@click.option("--slo-ms", type=float, default=None, help="Default SLO for requests that set none.")
-@click.option("--max-batch", type=int, default=None, help="Largest batch to schedule.")
+@click.option("--slo-ms", type=flag_type("controller", "default_slo_ms", "MS"), default=None, help="Default SLO for requests that set none.")
+@click.option("--max-batch", type=flag_type("controller", "max_batch_size", "N"), default=None, help="Largest batch to schedule.")
 @click.option("--generate-inputs", is_flag=True, default=None,
               help="Inputs are generated, not sent by clients (as CLOCKWORK_DISABLE_INPUTS=1).")
 def controller_command(workers, scheduler, host, port, telemetry_port, metrics_port, log_dir, no_logs,
                        config_file, slo_ms, max_batch, generate_inputs):
     """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
-    from .server import serve
+    from .server import WorkersUnreachable, serve
     try:
         config = load_config(config_file)
     except ConfigError as e:
@@ -45,14 +48,18 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
     try:
         logs = None if no_logs else log_dir_or_fail(log_dir)
         serve(config, addresses, scheduler=scheduler, host=host, client_port=port, log_dir=logs,
-              telemetry_port=telemetry_port, out=lambda line: print(line, flush=True))
-    except (ValueError, KeyError) as e:
+              telemetry_port=telemetry_port, out=timestamped())
+    except (ValueError, KeyError, WorkersUnreachable) as e:
         raise click.ClickException(str(e))
+    except OSError as e:      # e.g. the log files cannot be written
+        raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
 
 
 def log_dir_or_fail(explicit):
     try:
         return log_dir(explicit)
+    except NotADirectoryError as e:
+        raise click.ClickException(str(e))
     except OSError as e:
         raise click.ClickException(f"cannot create log directory: {e}")
 

@@ -1,12 +1,16 @@
 """Request and action logs: TSV files with the original's columns.
 
-Rows are kept as tuples on the hot path and formatted in bulk when flushed (about once a second,
-from the event loop's idle time), so logging costs one tuple per event while serving.
+Rows are kept as tuples on the hot path and formatted in bulk when flushed (from the event loop's
+housekeeping, every 50 ms, so `tail -F` and `cw plot` see a running controller's rows at once),
+so logging costs one tuple per event while serving. A new run never truncates a previous run's
+logs: they are renamed aside first (see clockwork.runfiles).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from ..runfiles import open_new
 
 REQUEST_COLUMNS = ("t", "request_id", "result", "user_id", "model_id", "slo_factor", "latency",
                    "deadline", "deadline_met", "arrival_count", "departure_count", "is_coldstart",
@@ -28,9 +32,11 @@ class TsvLog:
         self.columns = columns
         self.rows: list[tuple] = []
         self._file = None
+        self.kept: Path | None = None       # where the previous run's file of this name went
         if path is not None:
-            self._file = open(path, "w", buffering=1 << 20)
+            self._file, self.kept = open_new(path, buffering=1 << 20)
             self._file.write("\t".join(columns) + "\n")
+            self._file.flush()
 
     def add(self, row: tuple) -> None:
         if self._file is not None:

@@ -23,8 +23,10 @@ closing, so it is never sent actions meant for the old process's state.
 """
 from __future__ import annotations
 
+import bisect
 import gc
 import itertools
+import secrets
 import signal
 import sys
 import time
@@ -39,6 +41,7 @@ from ..transport.clocksync import ClockSync
 from ..transport.schema import ProtocolError
 from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send, wait
 from . import logs as logs_mod
+from .queuewait import QueueWait
 from .scheduler import Request
 from .stats import ControllerStats
 
@@ -51,7 +54,13 @@ PROBE_INTERVAL_NS = 500_000_000
 # that dies meanwhile is still noticed at once, by its connection closing.
 DISK_LOAD_SILENCE_NS = 60_000_000_000
 HOUSEKEEPING_NS = 50_000_000
+STARTUP_REPORT_NS = 5_000_000_000     # while connecting: say which workers we wait for this often
 DRAIN_BATCH = 256
+
+
+def new_epoch() -> int:
+    """A random non-zero 63-bit controller epoch (see transport.schema)."""
+    return secrets.randbits(63) or 1
 
 
 def set_timer_slack_ns(ns: int = 1) -> bool:
@@ -65,9 +74,13 @@ def set_timer_slack_ns(ns: int = 1) -> bool:
         return False
 
 
+class WorkersUnreachable(RuntimeError):
+    """At start, a worker did not answer within worker_connect_timeout_s."""
+
+
 class WorkerLink:
     __slots__ = ("id", "address", "sock", "sync", "state", "alive", "joined", "last_heard",
-                 "last_probe", "pending", "readings", "late", "monitor")
+                 "last_probe", "pending", "readings", "late", "monitor", "taken")
 
     def __init__(self, worker_id: int, address: str, sock: zmq.Socket):
         self.id = worker_id
@@ -82,6 +95,7 @@ class WorkerLink:
         self.pending: set[int] = set()
         self.readings: list = []
         self.late = 0               # results of actions already failed (worker was lost): discarded
+        self.taken = False          # another controller's Reset took it over: no probes until reconnected
         self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
@@ -114,7 +128,7 @@ class LoadJob:
 
 class Controller:
     def __init__(self, config: dict, workers: list[str], scheduler: str | None = None,
-                 host: str = "0.0.0.0", client_port: int | None = None, log_dir=None,
+                 host: str | None = None, client_port: int | None = None, log_dir=None,
                  out=print, telemetry_port: int | None = None):
         from .schedulers import make_scheduler   # registry lives with the policies
 
@@ -123,10 +137,17 @@ class Controller:
         self.out = out
         self.clock = time.monotonic_ns
         self.action_ids = itertools.count(1)
+        # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
+        self.epoch = new_epoch()
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
-        self.client_sock = router(self.ctx, host, client_port or cc["client_port"],
-                                  secure=sec and (lambda sk: sec.server(sk, "controller")))
+        self.host = host = host or cc.get("bind", "127.0.0.1")
+        self.client_port = client_port or cc["client_port"]
+        try:
+            self.client_sock = router(self.ctx, host, self.client_port,
+                                      secure=sec and (lambda sk: sec.server(sk, "controller")))
+        except zmq.ZMQError as e:     # e.g. the port is in use: one line, not a traceback
+            raise ValueError(f"cannot listen for clients on {host}:{self.client_port}: {e}") from None
         self.workers: list[WorkerLink] = []
         for i, addr in enumerate(workers):
             whost, wport = parse_address(addr, config["worker"]["port"])
@@ -145,6 +166,7 @@ class Controller:
         self.phase = "connecting"
         self.stats = ControllerStats()
         self.request_ids = itertools.count(1)
+        self.queue_wait = QueueWait()
         self.arrivals = 0
         self.departures = 0
         self.default_slo = int(cc["default_slo_ms"] * 1e6)
@@ -153,7 +175,13 @@ class Controller:
         self.max_batch = int(cc["max_batch_size"])
         self.max_exec_ns = int(cc["max_exec_ms"] * 1e6)
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
+        self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
+        self.started = self.next_startup_report = 0
         self.max_models = int(cc.get("max_models", MAX_COPIES))
+        self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
+        self.client_copies: dict[bytes, int] = {}    # client connection -> copies registered or loading
+        self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
+        self.model_order: list[int] = []             # model ids, ascending (LS pages)
         # memory bound on inputs: bytes held by requests not yet answered, beyond which OVERLOADED
         self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
         self.input_bytes = 0
@@ -193,20 +221,26 @@ class Controller:
         except zmq.Again:
             self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} send queue full")
 
+    def _reply(self, msg, data=(), *, ident: bytes) -> None:
+        """Send a client an answer stamped with this controller's epoch."""
+        msg.epoch = self.epoch
+        send(self.client_sock, msg, data, ident=ident)
+
     def respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0) -> None:
         now = self.clock()
         latency = now - req.arrival
         self.departures += 1
         if self._held:
             self.input_bytes -= self._held.pop(req.id, 0)
+        met = now <= req.deadline
         msg = s.InferResponse(req.client_request_id, status, message, req.model_id, req.batch_size,
-                              latency, exec_ns, req.is_coldstart)
+                              latency, exec_ns, req.is_coldstart, self.epoch, met)
         if req.client is not None:
             send(self.client_sock, msg, (output,) if output is not None and status == 0 else (),
                  ident=req.client)
-        self.stats.request_done(status, latency)
+        self.stats.request_done(status, latency, met)
         self.request_log.add((now, req.id, status, req.user_id, req.model_id, req.slo_factor,
-                              latency, req.deadline, int(now <= req.deadline), self.arrivals,
+                              latency, req.deadline, int(met), self.arrivals,
                               self.departures, int(req.is_coldstart), req.batch_size, req.gpu))
         if self.telemetry is not None:
             self.telemetry.request_done(req, status, latency, now, exec_ns)
@@ -222,15 +256,19 @@ class Controller:
                 signal.signal(sig, lambda *_: self.stop())
             except ValueError:   # not the main thread (tests): stop() still works
                 pass
-        self.out(f"Starting Clockwork Controller ({self.scheduler_name})")
-        if self.request_log.path:
-            self.out(f"Logging requests to {self.request_log.path}")
-            self.out(f"Logging actions to {self.action_log.path}")
+        self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
+        self.out(self.listening())
+        for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
+            if log.path:
+                self.out(f"Logging {what} to {log.path}"
+                         + (f" (previous run's log kept as {log.kept.name})" if log.kept else ""))
         self.out("(Startup-1) Bouncing LS and Infer requests until startup is complete")
         self.out("(Startup-2) Querying current worker state")
         for w in self.workers:
             self._probe(w, self.clock())
         gc.freeze()
+        self.started = self.clock()
+        self._plan_startup_report(self.started)
         end = None if duration_s is None else self.clock() + int(duration_s * 1e9)
         next_tick = 0
         next_housekeeping = 0
@@ -272,6 +310,15 @@ class Controller:
     def stop(self) -> None:
         self._running = False
 
+    def listening(self) -> str:
+        """Where clients, `cw top` and Prometheus reach this controller (printed at start)."""
+        tel = self.telemetry
+        pub = tel.port if tel is not None and tel.sock is not None else 0
+        metrics = self.config["controller"].get("metrics_port", 0) if tel is not None and tel.metrics else 0
+        return (f"Listening: clients on {self.host}:{self.client_port}, telemetry "
+                + (f"on {self.host}:{pub}" if pub else "off") + ", metrics "
+                + (f"on http://{self.host}:{metrics}/metrics" if metrics else "off"))
+
     def close(self) -> None:
         self.request_log.close()
         self.action_log.close()
@@ -285,6 +332,9 @@ class Controller:
             self.security.close()
 
     def _housekeeping(self, now: int) -> None:
+        self.queue_wait.sweep(now)
+        if self.phase == "connecting" and now >= self.next_startup_report:
+            self._startup_report(now)
         self.request_log.flush()
         self.action_log.flush()
         for w in self.workers:
@@ -294,10 +344,29 @@ class Controller:
                 if silence > self.worker_timeout and (silence > DISK_LOAD_SILENCE_NS or not any(
                         type(self.pending[a].action) is s.LoadModelFromDisk for a in w.pending)):
                     self._worker_lost(w, now, f"no message for {silence / 1e6:.0f} ms")
-            elif not w.alive and now - w.last_probe > PROBE_INTERVAL_NS:
+            elif not w.alive and not w.taken and now - w.last_probe > PROBE_INTERVAL_NS:
                 self._probe(w, now)
         if self.telemetry is not None:
             self.telemetry.maybe_publish(now)
+
+    def _startup_report(self, now: int) -> None:
+        """Name the workers not yet answering; give up after worker_connect_timeout_s."""
+        self._plan_startup_report(now)
+        silent = ", ".join(f"{w.id} ({w.address})" for w in self.workers if not w.alive)
+        waited = (now - self.started) / 1e9
+        if self.connect_timeout and now - self.started >= self.connect_timeout:
+            raise WorkersUnreachable(f"no answer from worker {silent} within {waited:.0f} s "
+                                     "([controller] worker_connect_timeout_s): is `cw worker` running "
+                                     "there, and is the address right?")
+        limit = f"; giving up after {self.connect_timeout / 1e9:g} s" if self.connect_timeout else ""
+        self.out(f"(Startup-2) waiting for worker {silent}: no answer for {waited:.0f} s{limit}")
+
+    def _plan_startup_report(self, now: int) -> None:
+        nxt = now + STARTUP_REPORT_NS
+        if self.connect_timeout:
+            give_up = self.started + self.connect_timeout
+            nxt = min(nxt, give_up) if now < give_up else nxt
+        self.next_startup_report = nxt
 
     # ------------------------------------------------------------------ clients
 
@@ -310,7 +379,7 @@ class Controller:
                 ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True)
             except ProtocolError as e:
                 if e.ident is not None:
-                    send(sock, s.ErrorResponse(-1, Status.INVALID_REQUEST, str(e)), ident=e.ident)
+                    self._reply(s.ErrorResponse(-1, Status.INVALID_REQUEST, str(e)), ident=e.ident)
                 continue
             try:
                 if type(msg) is s.InferRequest:
@@ -321,15 +390,21 @@ class Controller:
                     self._on_load_model(ident, msg)
             except Exception as e:   # a bug must cost one request, not the controller
                 self.out(f"internal error handling request {msg.request_id}: {e!r}")
-                send(sock, s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"), ident=ident)
+                self._reply(s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"), ident=ident)
 
     def _on_infer(self, ident: bytes, msg: s.InferRequest, data) -> None:
         self.arrivals += 1
+        if msg.epoch != self.epoch and msg.epoch:
+            self._reply(s.InferResponse(
+                msg.request_id, Status.STALE_EPOCH, f"model id {msg.model_id} belongs to another controller "
+                f"lifetime (epoch {msg.epoch:x}; this controller's is {self.epoch:x}): load the model again",
+                msg.model_id, msg.batch_size), ident=ident)
+            return
         if self.phase != "running":
             if self.phase == "loading" and not self.load_jobs:
                 self._start_scheduling()
             else:
-                send(self.client_sock, s.InferResponse(msg.request_id, Status.INITIALIZING,
+                self._reply(s.InferResponse(msg.request_id, Status.INITIALIZING,
                                                        "Controller initializing", msg.model_id), ident=ident)
                 return
         model = self.models.get(msg.model_id)
@@ -349,18 +424,24 @@ class Controller:
                                   and 0 <= msg.slo_factor * model.exec_ns[0] <= MAX_SLO_NS):
             error = "SLO must be between 0 and 1 hour (slo_ns, or slo_factor x batch-1 exec time)"
         if error is not None:
-            send(self.client_sock, s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
+            self._reply(s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
                                                    msg.model_id, msg.batch_size), ident=ident)
             return
         if nbytes and self.input_bytes + nbytes > self.max_input_bytes:
-            send(self.client_sock, s.InferResponse(
+            self._reply(s.InferResponse(
                 msg.request_id, Status.OVERLOADED, f"queued requests hold {self.input_bytes} bytes of inputs "
                 f"(limit {self.max_input_bytes})", msg.model_id, msg.batch_size), ident=ident)
             return
         now = self.clock()
         slo = msg.slo_ns or self.default_slo
+        # arrival: when the client sent it, as far as we can tell (this loop may have been stalled)
+        waited = self.queue_wait.waited(ident, msg.sent_ns, now)
         req = Request(next(self.request_ids), ident, msg.request_id, msg.model_id, msg.batch_size,
-                      now, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+                      now - waited, slo, data, msg.user_id, msg.slo_factor, self.buffer, self.schedule_ahead)
+        if req.deadline <= now:
+            self.respond(req, Status.TIMEOUT, f"its SLO ({slo / 1e6:g} ms) had passed when the controller "
+                         f"read it ({waited / 1e6:.0f} ms after it was sent)")
+            return
         if nbytes:
             self.input_bytes += nbytes
             self._held[req.id] = nbytes
@@ -370,11 +451,14 @@ class Controller:
         if self.phase == "loading" and not self.load_jobs:
             self._start_scheduling()
         if self.phase != "running":
-            send(self.client_sock, s.LsResponse(msg.request_id, Status.INITIALIZING,
+            self._reply(s.LsResponse(msg.request_id, Status.INITIALIZING,
                                                 "Controller initializing"), ident=ident)
             return
-        send(self.client_sock, s.LsResponse(msg.request_id, Status.SUCCESS, "",
-                                            [self.models[k] for k in sorted(self.models)]), ident=ident)
+        order = self.model_order
+        start = bisect.bisect_left(order, msg.first)
+        end = start + self.ls_page_size
+        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", [self.models[k] for k in order[start:end]],
+                                 next=order[end] if end < len(order) else -1), ident=ident)
 
     def _on_load_model(self, ident: bytes, msg: s.LoadModelRequest) -> None:
         error = None
@@ -385,14 +469,19 @@ class Controller:
         elif len(self.models) + sum(j.copies for j in self.load_jobs.values()) + msg.copies > self.max_models:
             error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
                      f"{self.max_models} model instances ({len(self.models)} registered)")
+        elif self.client_copies.get(ident, 0) + msg.copies > self.max_models_per_client:
+            error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
+                     f"{self.max_models_per_client} model instances per client "
+                     f"({self.client_copies.get(ident, 0)} registered or loading by this one)")
         elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/") or "\x00" in msg.path:
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")
         if error is not None:
-            send(self.client_sock, s.LoadModelResponse(msg.request_id, error[0], error[1]), ident=ident)
+            self._reply(s.LoadModelResponse(msg.request_id, error[0], error[1]), ident=ident)
             return
         self.out(f"Client --> Req{msg.request_id}:LoadModel path={msg.path} copies={msg.copies}")
         job = LoadJob(ident, msg.request_id, msg.path, self.next_model_id, msg.copies)
+        self.client_copies[ident] = self.client_copies.get(ident, 0) + msg.copies
         self.next_model_id += msg.copies
         self.load_jobs[job.model_id] = job
         for w in self.workers:
@@ -430,11 +519,14 @@ class Controller:
         if job.error is None and job.models is None:
             job.error = (Status.ERROR, "no worker is connected")
         if job.error is not None:
-            send(self.client_sock, s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
+            self.client_copies[job.client] -= job.copies
+            self._reply(s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
                  ident=job.client)
             return
         new = {m.model_id: m for m in job.models}
         self.models.update(new)
+        for k in new:
+            bisect.insort(self.model_order, k)
         gc.freeze()     # long-lived model state: keep it out of gen-2 passes (~0.3 us/object each)
         if self.telemetry is not None:   # telemetry: event
             self.telemetry.event("model_registered", f"models {job.model_id}..{job.model_id + job.copies - 1} "
@@ -445,7 +537,7 @@ class Controller:
         m = job.models[0]
         self.out(f"Client <-- Rsp{job.request_id}:LoadModel model_id=[{job.model_id}->"
                  f"{job.model_id + job.copies - 1}] input={m.input_size} output={m.output_size}")
-        send(self.client_sock, s.LoadModelResponse(job.request_id, Status.SUCCESS, "", job.model_id,
+        self._reply(s.LoadModelResponse(job.request_id, Status.SUCCESS, "", job.model_id,
                                                    job.copies, m.input_size, m.output_size),
              ident=job.client)
 
@@ -480,6 +572,9 @@ class Controller:
                 continue
             now = self.clock()
             w.last_heard = now
+            if type(msg) is s.ErrorResult and msg.status == Status.NOT_CONTROLLER:
+                self._taken_over(w, now, msg.message)
+                continue
             if type(msg) is s.Heartbeat:
                 w.readings = msg.readings
                 if not w.alive and not w.pending:
@@ -613,7 +708,23 @@ class Controller:
                         self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} disconnected")
                     w.last_probe = 0
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not w.alive and self._running:
+                w.taken = False     # a new connection (e.g. the worker restarted): ours again
                 self._probe(w, now)
+
+    def _taken_over(self, w: WorkerLink, now: int, why: str) -> None:
+        """The worker refused us: another controller's Reset made it serve that controller.
+        Stop using it, and do not send Reset back (two controllers would take turns resetting
+        it); it is probed again only when its connection is made anew."""
+        if w.taken:
+            return
+        w.taken = True
+        why = f"taken over by another controller ({why}); not probed again until it reconnects"
+        if w.alive:
+            self._worker_lost(w, now, why)
+        else:
+            self.out(f"Worker {w.id} ({w.address}): {why}")
+            for aid in sorted(w.pending):
+                self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} serves another controller")
 
     def _worker_lost(self, w: WorkerLink, now: int, why: str) -> None:
         self.out(f"Worker {w.id} ({w.address}) lost: {why}; {len(w.pending)} actions in flight failed")

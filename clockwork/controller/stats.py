@@ -1,6 +1,9 @@
 """Periodic controller stats lines, in the original's format:
 
-    Client throughput=400.8 success=100.00% min=3.6 max=21.8 mean=4.7
+    Client throughput=400.8 goodput=398.2 slo=99.35% success=100.00% min=3.6 max=21.8 mean=4.7
+
+goodput counts successes within their SLO (as `cw top`, the metrics and `cw plot` do); slo is
+goodput over throughput (SLO attainment).
     W0-GPU0 Infer min=3.32 max=3.32 mean=3.32 e2emean=4.47 e2emax=7.25 throughput=200.6 utilization=0.67 clock=[1380-1380]
 
 Counters are plain attributes updated in place; a line is built only when printed.
@@ -48,17 +51,19 @@ class ControllerStats:
     def __init__(self):
         self.requests = 0
         self.successes = 0
+        self.met = 0                 # successes within their SLO (goodput)
         self.latency = Summary()
         self.gpu: dict[tuple[int, int], tuple[Summary, Summary]] = {}   # (worker, gpu) -> (LoadW, Infer)
         self.total_requests = 0
         self.total_successes = 0
         self.by_status: dict[int, int] = {}
 
-    def request_done(self, status: int, latency_ns: int) -> None:
+    def request_done(self, status: int, latency_ns: int, within_slo: bool = False) -> None:
         self.requests += 1
         self.by_status[status] = self.by_status.get(status, 0) + 1
         if status == 0:
             self.successes += 1
+            self.met += within_slo
             self.latency.add(latency_ns)
 
     def action_done(self, worker_id: int, gpu_id: int, is_infer: bool, duration: int, e2e: int,
@@ -83,13 +88,14 @@ class ControllerStats:
                 s.reset()
         lat = self.latency
         success = 100.0 * self.successes / self.requests if self.requests else 100.0
+        slo = 100.0 * self.met / self.requests if self.requests else 100.0
+        line = (f"Client throughput={self.requests / interval_s:.1f} goodput={self.met / interval_s:.1f} "
+                f"slo={slo:.2f}% success={success:.2f}%")
         if lat.n:
-            out.append(f"Client throughput={self.requests / interval_s:.1f} success={success:.2f}% "
-                       f"min={lat.lo / 1e6:.1f} max={lat.hi / 1e6:.1f} mean={lat.total / lat.n / 1e6:.1f}")
-        else:
-            out.append(f"Client throughput={self.requests / interval_s:.1f} success={success:.2f}%")
+            line += f" min={lat.lo / 1e6:.1f} max={lat.hi / 1e6:.1f} mean={lat.total / lat.n / 1e6:.1f}"
+        out.append(line)
         self.total_requests += self.requests
         self.total_successes += self.successes
-        self.requests = self.successes = 0
+        self.requests = self.successes = self.met = 0
         lat.reset()
         return out

@@ -46,8 +46,62 @@ METADATA = "model.json"
 MEASUREMENTS = "measurements.json"
 
 
+# Sanity bounds of the format itself (a worker then checks sizes against its own cache and pools).
+MAX_BYTES = 1 << 40               # any size: 1 TiB
+MAX_DIM = 1 << 31                 # one dimension of a shape
+MAX_BATCH = 4096
+MAX_NS = 3_600_000_000_000        # any profiled time: 1 hour
+
+
 class ModelFormatError(ValueError):
     """A model directory is missing files or has inconsistent metadata."""
+
+
+def _int(value, where: str, lo: int, hi: int) -> int:
+    """`value` as an int in lo..hi, else a one-line ModelFormatError naming the field."""
+    if type(value) is not int or not lo <= value <= hi:
+        raise ModelFormatError(f"{where} must be an integer in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def _str(value, where: str) -> str:
+    if type(value) is not str or not value:
+        raise ModelFormatError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _list(value, where: str) -> list:
+    if type(value) is not list:
+        raise ModelFormatError(f"{where} must be a list, got {value!r}")
+    return value
+
+
+def _dict(value, where: str) -> dict:
+    if type(value) is not dict:
+        raise ModelFormatError(f"{where} must be an object, got {value!r}")
+    return value
+
+
+def _dtype(value, where: str) -> str:
+    try:
+        np.dtype(_str(value, where))
+    except TypeError:
+        raise ModelFormatError(f"{where} {value!r} is not a numpy dtype") from None
+    return value
+
+
+def _shape(value, where: str) -> tuple[int, ...]:
+    dims = tuple(_int(d, f"{where}[{i}]", 1, MAX_DIM) for i, d in enumerate(_list(value, where)))
+    if math.prod(dims) > MAX_BYTES:
+        raise ModelFormatError(f"{where} {list(dims)} has more than {MAX_BYTES} elements")
+    return dims
+
+
+def _tensor_bytes(shape: tuple[int, ...], dtype: str, where: str) -> int:
+    n = math.prod(shape) * np.dtype(dtype).itemsize
+    if n > MAX_BYTES:
+        raise ModelFormatError(f"{where} is {n} bytes (limit {MAX_BYTES})")
+    return n
 
 
 @dataclass
@@ -145,45 +199,87 @@ def load_spec(path: str | os.PathLike) -> ModelSpec:
     path = Path(path)
     if not path.is_dir():
         raise ModelFormatError(f"{path} is not a model directory")
-    meta = _read_json(path / METADATA)
+    where = path / METADATA
     try:
-        if meta.get("format") != FORMAT_VERSION:
-            raise ModelFormatError(f"{path}: format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-        w = meta["weights"]
-        spec = ModelSpec(
-            path=path,
-            name=meta.get("name", path.name),
-            input_shape=tuple(meta["input"]["shape"]),
-            input_dtype=meta["input"]["dtype"],
-            output_shape=tuple(meta["output"]["shape"]),
-            output_dtype=meta["output"]["dtype"],
-            batch_sizes=sorted(int(b) for b in meta["batch_sizes"]),
-            weights_size=int(w["size"]),
-            page_size=int(w.get("page_size", DEFAULT_PAGE_SIZE)),
-            pages=[(int(p["offset"]), int(p["nbytes"])) for p in w.get("pages", [])],
-            tensors=[TensorSpec(t["name"], tuple(t["shape"]), t["dtype"], int(t["page"]),
-                                int(t["offset"]), int(t["nbytes"])) for t in w.get("tensors", [])],
-            weights_file=w.get("file"),
-            code=dict(meta.get("code", {})),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ModelFormatError):
-            raise
-        raise ModelFormatError(f"{path / METADATA}: missing or bad field ({e!r})") from None
-    if not spec.batch_sizes or spec.batch_sizes[0] < 1:
-        raise ModelFormatError(f"{path}: batch_sizes must be positive")
+        spec = _parse_metadata(path, _dict(_read_json(where), "model.json"))
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{where}: {e}") from None
+    except KeyError as e:
+        raise ModelFormatError(f"{where}: missing field {e}") from None
     if spec.weights_file and not (path / spec.weights_file).exists():
         raise ModelFormatError(f"{path}: weights file {spec.weights_file} missing")
     if (path / MEASUREMENTS).exists():
-        m = _read_json(path / MEASUREMENTS)
+        where = path / MEASUREMENTS
         try:
-            spec.device = m.get("device")
-            spec.weights_load_ns = int(m["weights_load_ns"])
-            spec.exec_ns = {int(b): int(v) for b, v in m["exec_ns"].items()}
-            spec.exec_p99_ns = {int(b): int(v) for b, v in m.get("exec_p99_ns", {}).items()}
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFormatError(f"{path / MEASUREMENTS}: missing or bad field ({e!r})") from None
+            _parse_measurements(spec, _dict(_read_json(where), "measurements.json"))
+        except ModelFormatError as e:
+            raise ModelFormatError(f"{where}: {e}") from None
+        except KeyError as e:
+            raise ModelFormatError(f"{where}: missing field {e}") from None
     return spec
+
+
+def _parse_metadata(path: Path, meta: dict) -> ModelSpec:
+    """model.json -> ModelSpec, every field checked for type and range (see the module doc)."""
+    if meta.get("format") != FORMAT_VERSION:
+        raise ModelFormatError(f"format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    io = {}
+    for key in ("input", "output"):
+        d = _dict(meta[key], key)
+        shape = _shape(d["shape"], f"{key}.shape")
+        dtype = _dtype(d["dtype"], f"{key}.dtype")
+        _tensor_bytes(shape, dtype, f"one {key}")
+        io[key] = (shape, dtype)
+    batches = [_int(b, f"batch_sizes[{i}]", 1, MAX_BATCH) for i, b in enumerate(_list(meta["batch_sizes"], "batch_sizes"))]
+    if not batches or len(set(batches)) != len(batches):
+        raise ModelFormatError(f"batch_sizes must be a non-empty list of distinct sizes, got {batches}")
+    w = _dict(meta["weights"], "weights")
+    page_size = _int(w.get("page_size", DEFAULT_PAGE_SIZE), "weights.page_size", TENSOR_ALIGN, 1 << 32)
+    pages = []
+    for i, p in enumerate(_list(w.get("pages", []), "weights.pages")):
+        p = _dict(p, f"weights.pages[{i}]")
+        pages.append((_int(p["offset"], f"weights.pages[{i}].offset", 0, MAX_BYTES),
+                      _int(p["nbytes"], f"weights.pages[{i}].nbytes", 0, page_size)))
+    tensors = []
+    for i, t in enumerate(_list(w.get("tensors", []), "weights.tensors")):
+        t = _dict(t, f"weights.tensors[{i}]")
+        where = f"weights.tensors[{i}]"
+        ts = TensorSpec(_str(t["name"], f"{where}.name"), _shape(t["shape"], f"{where}.shape"),
+                        _dtype(t["dtype"], f"{where}.dtype"),
+                        _int(t["page"], f"{where}.page", 0, max(0, len(pages) - 1) if pages else MAX_BYTES),
+                        _int(t["offset"], f"{where}.offset", 0, page_size),
+                        _int(t["nbytes"], f"{where}.nbytes", 0, page_size))
+        if ts.offset + ts.nbytes > page_size:
+            raise ModelFormatError(f"{where} ends at {ts.offset + ts.nbytes}, past its {page_size}-byte page")
+        tensors.append(ts)
+    code = _dict(meta.get("code", {}), "code")
+    for target, file in code.items():
+        _str(file, f"code.{target}")
+    weights_file = w.get("file")
+    return ModelSpec(
+        path=path,
+        name=_str(meta.get("name", path.name), "name"),
+        input_shape=io["input"][0], input_dtype=io["input"][1],
+        output_shape=io["output"][0], output_dtype=io["output"][1],
+        batch_sizes=sorted(batches),
+        weights_size=_int(w["size"], "weights.size", 0, MAX_BYTES),
+        page_size=page_size,
+        pages=pages,
+        tensors=tensors,
+        weights_file=None if weights_file is None else _str(weights_file, "weights.file"),
+        code=code,
+    )
+
+
+def _parse_measurements(spec: ModelSpec, m: dict) -> None:
+    device = m.get("device")
+    spec.device = None if device is None else _str(device, "device")
+    spec.weights_load_ns = _int(m["weights_load_ns"], "weights_load_ns", 0, MAX_NS)
+    for key, target in (("exec_ns", spec.exec_ns), ("exec_p99_ns", spec.exec_p99_ns)):
+        for b, v in _dict(m.get(key, {}) if key == "exec_p99_ns" else m[key], key).items():
+            if not (type(b) is str and b.isdigit()):
+                raise ModelFormatError(f"{key} keys must be batch sizes, got {b!r}")
+            target[_int(int(b), f"{key} batch size", 1, MAX_BATCH)] = _int(v, f"{key}[{b}]", 1, MAX_NS)
 
 
 def write_metadata(path: str | os.PathLike, meta: dict) -> None:

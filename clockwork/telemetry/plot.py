@@ -17,6 +17,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..values import POSITIVE
+
 CHUNK_ROWS = 200_000
 ACTION_CODES = {"Infer": 1, "LoadWeights": 2, "EvictWeights": 3, "LoadModelFromDisk": 4,
                 "ClearCache": 5, "GetWorkerState": 6, "Reset": 7}
@@ -369,7 +371,7 @@ def find_logs(logdir: Path, request_name: str | None, action_name: str | None) -
 @click.argument("logdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the PNGs (default LOGDIR/plots).")
-@click.option("--bin", "bin_s", type=float, default=1.0, show_default=True, help="Seconds per time bin.")
+@click.option("--bin", "bin_s", type=POSITIVE.click("S"), default=1.0, show_default=True, help="Seconds per time bin.")
 @click.option("--request-log", default=None, help="Request log file name in LOGDIR (default from config).")
 @click.option("--action-log", default=None, help="Action log file name in LOGDIR (default from config).")
 def plot_command(logdir, out, bin_s, request_log, action_log):
@@ -377,9 +379,8 @@ def plot_command(logdir, out, bin_s, request_log, action_log):
     latency CDF and percentiles over time, SLO attainment, batch sizes, cold starts, and the
     CDF of exec-time prediction error."""
     if not logdir.is_dir():
-        raise click.ClickException(f"{logdir} is not a directory")
-    if not bin_s > 0:
-        raise click.ClickException("--bin must be > 0")
+        from ..config import why_not_a_directory
+        raise click.ClickException(f"log directory {logdir} {why_not_a_directory(logdir)}")
     try:
         req, act = find_logs(logdir, request_log, action_log)
         summary = scan(req, act, bin_s)
@@ -388,7 +389,12 @@ def plot_command(logdir, out, bin_s, request_log, action_log):
     click.echo(f"{summary.requests} requests, {summary.actions} actions over "
                f"{summary.duration_bins * bin_s:g} s" +
                (f"; {summary.skipped_rows} malformed rows skipped" if summary.skipped_rows else ""))
-    for path in plot(summary, out or logdir / "plots"):
+    out = out or logdir / "plots"
+    try:
+        written = plot(summary, out)
+    except OSError as e:
+        raise click.ClickException(f"cannot write plots to {out}: {e.strerror or e}") from None
+    for path in written:
         click.echo(f"wrote {path}")
 
 

@@ -92,6 +92,7 @@ class TelemetryPublisher:
                 sock.close(0)
                 raise ValueError(f"cannot publish telemetry on {host}:{port}: {e}") from None
             self.sock = sock
+        self.port = port
         self.started = self.clock()
         self.seq = 0
         self.next_publish = 0

@@ -20,6 +20,7 @@ from collections import deque
 import click
 import zmq
 
+from ..values import POSITIVE, Spec
 from . import messages as tm
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -405,9 +406,9 @@ def _live(state: TopState, snaps, events) -> None:
               help="Model table sort column.")
 @click.option("--filter", "-f", "filter_text", default="", help="Show only models whose id or name contains this.")
 @click.option("--once", is_flag=True, help="Print one snapshot as text and exit.")
-@click.option("--timeout", type=float, default=5.0, show_default=True,
+@click.option("--timeout", type=POSITIVE.click("S"), default=5.0, show_default=True,
               help="With --once: seconds to wait for a snapshot before giving up.")
-@click.option("--width", type=int, default=160, show_default=True, help="With --once: text width.")
+@click.option("--width", type=Spec(int, 20).click(), default=160, show_default=True, help="With --once: text width.")
 def top_command(address, sort, filter_text, once, timeout, width):
     """Live view of the controller publishing telemetry at ADDRESS (HOST:PORT; default
     127.0.0.1 and the config's [controller] telemetry_port).

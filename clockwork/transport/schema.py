@@ -9,6 +9,13 @@ so the controller never concatenates them) and the output of an Infer.
 A header starting with FATAL_PREFIX is plain UTF-8 text: a version-independent way for a peer
 to say "I cannot talk to you" (e.g. a protocol mismatch) that any version can print.
 
+Controller epoch: a controller picks a random non-zero 63-bit number when it starts and puts it
+in every reply to a client. Model ids are only meaningful within one epoch (a restarted
+controller counts them from 0 again), so an InferRequest names the epoch its model id came from;
+the controller answers one from another epoch STALE_EPOCH instead of serving whatever model has
+that id now. Epoch 0 in a request means "not checked" (clients older than the field). Appended
+fields with defaults keep the schema readable by older peers.
+
 Times are integer nanoseconds. Actions carry their [earliest, latest] window in the *receiving
 worker's* clock (the controller converts, see transport.clocksync); results carry worker times
 which the controller converts back.
@@ -84,6 +91,8 @@ class InferRequest(Message, tag=1):
     slo_factor: float = 0.0       # > 0: SLO = slo_factor x batch-1 exec estimate
     slo_ns: int = 0               # > 0: explicit SLO; 0: controller default
     user_id: int = 0
+    epoch: int = 0                # controller epoch model_id belongs to (0: unchecked)
+    sent_ns: int = 0              # client's monotonic clock at send (0: unknown), see QueueWait
 
 
 class InferResponse(Message, tag=2):
@@ -96,6 +105,8 @@ class InferResponse(Message, tag=2):
     latency_ns: int = 0           # controller arrival -> response, controller clock
     exec_ns: int = 0              # measured exec time of the batch that served it
     is_coldstart: bool = False
+    epoch: int = 0                # the answering controller's epoch
+    within_slo: bool = False      # answered by its deadline (arrival + SLO): a success that counts as goodput
 
 
 class LoadModelRequest(Message, tag=3):
@@ -112,10 +123,12 @@ class LoadModelResponse(Message, tag=4):
     copies: int = 0
     input_size: int = 0
     output_size: int = 0
+    epoch: int = 0                # the ids above are valid in this controller epoch only
 
 
 class LsRequest(Message, tag=5):
     request_id: int
+    first: int = 0                # list models with ids >= first (one page; see LsResponse.next)
 
 
 class LsResponse(Message, tag=6):
@@ -123,6 +136,8 @@ class LsResponse(Message, tag=6):
     status: int
     message: str = ""
     models: list[ModelInfo] = []
+    epoch: int = 0
+    next: int = -1                # first id of the next page (-1: this was the last)
 
 
 class ErrorResponse(Message, tag=7):
@@ -130,6 +145,7 @@ class ErrorResponse(Message, tag=7):
     request_id: int
     status: int
     message: str
+    epoch: int = 0
 
 
 # ---------------------------------------------------------------- controller -> worker actions

@@ -46,8 +46,9 @@ class Security:
         self.client_key = client_key
         self._auth: dict[zmq.Context, ThreadAuthenticator] = {}
         if not key_dir.is_dir():
-            raise SecurityError(f"[security] is enabled but key directory {key_dir} does not exist "
-                                f"(create it with `cw keys --dir {key_dir}`)")
+            from ..config import why_not_a_directory
+            raise SecurityError(f"[security] is enabled but key directory {key_dir} "
+                                f"{why_not_a_directory(key_dir)} (create it with `cw keys --dir {key_dir}`)")
 
     def _pair(self, name: str) -> tuple[bytes, bytes]:
         path = self.key_dir / f"{name}.key_secret"

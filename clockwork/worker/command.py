@@ -1,7 +1,6 @@
 """`cw worker`: start a worker process (also `python -m clockwork.worker.command`)."""
 from __future__ import annotations
 
-import functools
 import gc
 import signal
 import sys
@@ -9,6 +8,7 @@ import sys
 import click
 
 from .. import config
+from ..console import timestamped
 from ..model.backend import BackendUnavailable, backend_class
 
 
@@ -47,8 +47,10 @@ def _stop(signum, frame):
                    "time from each model's measurements.json.")
 @click.option("--backend", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="Device backend when not emulating.")
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", "-p", type=click.IntRange(1, 65535), default=None,
+@click.option("--bind", "--host", "host", default=None, metavar="ADDR",
+              help="Interface to listen on [default: worker.bind in the config, 127.0.0.1: this host "
+                   "only]. 0.0.0.0 for a controller on another host (see docs/reliability.md).")
+@click.option("--port", "-p", type=config.flag_type("worker", "port", "PORT"), default=None,
               help="Port the controller connects to [default: worker.port in the config, 12345].")
 @click.option("--model-dir", default=None, metavar="DIR",
               help="Model directory [default: $CLOCKWORK_MODEL_DIR, else ./zoo]. LoadModelFromDisk "
@@ -59,7 +61,7 @@ def _stop(signum, frame):
               help="Weights cache bytes per GPU, e.g. 21.5GiB [default: worker.weights_cache_size].")
 def worker_command(emulate, backend, host, port, model_dir, config_file, weights_cache):
     """Run a Clockwork worker: it starts empty and executes the actions a controller sends."""
-    log = functools.partial(print, flush=True)
+    log = timestamped()
     from ..transport import security as security_mod
     try:
         full = config.load_config(config_file)
@@ -73,12 +75,13 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     if total_pages < 1:
         raise click.ClickException(f"weights cache of {cache} bytes holds no {page_size}-byte page")
     port = port or int(cfg["port"])
+    host = host or str(cfg["bind"])
     mdir = config.model_dir(model_dir)
     pools = dict(page_size=page_size, total_pages=total_pages, io_pool_size=int(cfg["io_pool_size"]),
                  workspace_pool_size=int(cfg["workspace_pool_size"]),
                  host_io_pool_size=int(cfg["host_io_pool_size"]))
     log("Starting Clockwork Worker")
-    log(f"Loading Clockwork worker config from {config_file or config.DEFAULT_CONFIG}")
+    log(f"Loading Clockwork worker config from {config.config_source(config_file)}")
     try:
         if emulate:
             dev = backend_class("emulated")(emulate, **pools)
@@ -94,7 +97,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     from .server import WorkerServer, describe_state, set_timer_slack
 
     if not mdir.is_dir():
-        log(f"Warning: model directory {mdir} does not exist (LoadModelFromDisk will fail)")
+        log(f"Warning: model directory {mdir} {config.why_not_a_directory(mdir)} (LoadModelFromDisk will fail)")
     runtime = WorkerRuntime(dev, mdir, None, **pools)
     try:
         server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log,

@@ -22,7 +22,9 @@ NO_LIMIT = 1 << 62
 class Task:
     """One stage of an action. run(now) starts it and returns the op's end time (PENDING if
     unknown yet) or None when it finished (or failed) without occupying the stream;
-    fail(status, message, now) reports a window miss."""
+    fail(status, message, now) reports a window miss, or an exception run() raised. So run()
+    must settle its action (answer it, count it finished) only after the last thing that can
+    raise: an action is finished exactly once."""
     __slots__ = ("earliest", "latest", "stage", "run", "fail")
 
     def __init__(self, earliest: int, latest: int, stage: str, run, fail):

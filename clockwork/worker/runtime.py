@@ -224,8 +224,8 @@ class WorkerRuntime:
         self.stats.pending += 1
 
         def run(now):
+            fn(action, reply_to, received, now)   # raises: the executor calls fail(), which settles
             self._done()
-            fn(action, reply_to, received, now)
 
         def fail(status, message, now):
             self._done()
@@ -263,13 +263,23 @@ class WorkerRuntime:
             return self._error(reply_to, a, Status.LOAD_FAILED, str(e), received)
         except OSError as e:
             return self._error(reply_to, a, Status.LOAD_FAILED, f"{a.path}: {e}", received)
+        cache_pages = self.gpus[0].mem.pages.total if self.gpus else 0
+        if host.num_pages > cache_pages:
+            host.close()
+            return self._error(reply_to, a, Status.LOAD_FAILED,
+                               f"{a.path}: weights of {host.weights_size} bytes need {host.num_pages} pages; "
+                               f"a GPU's weights cache holds {cache_pages}", received)
+        # an Infer of batch b holds b x (input + output) bytes of the device and host io pools
+        io_room = min(self.gpus[0].mem.io.size, self.host_io.size) if self.gpus else 0
+        per_item = host.input_size + host.output_size
         batch_sizes = [b for b in sorted(host.exec_ns)
-                       if b <= a.max_batch_size and host.exec_ns[b] <= a.max_exec_ns]
+                       if b <= a.max_batch_size and host.exec_ns[b] <= a.max_exec_ns and b * per_item <= io_room]
         if not batch_sizes:
             host.close()
             return self._error(reply_to, a, Status.LOAD_FAILED,
                                f"{a.path}: no batch size <= {a.max_batch_size} runs within "
-                               f"{a.max_exec_ns} ns (compiled: {sorted(host.exec_ns)})", received)
+                               f"{a.max_exec_ns} ns with its inputs and outputs ({per_item} bytes per item) "
+                               f"in the {io_room}-byte io pool (compiled: {sorted(host.exec_ns)})", received)
         kind = ModelKind(host, batch_sizes)
         exec_ns = [host.exec_ns[b] for b in batch_sizes]
         infos = []
@@ -338,13 +348,14 @@ class WorkerRuntime:
         self.stats.pending += 1
 
         def run(now):
-            self._done()
             r = gpu.resident.pop(m.id, None)
             if r is None:
+                self._done()
                 self._error(reply_to, a, Status.WEIGHTS_NOT_PRESENT,
                             f"evict: model {m.id} has no weights on gpu {gpu.id}", received)
                 return None
             gpu.mem.pages.release(r.pages)
+            self._done()
             self.stats.evicts += 1
             self.send(reply_to, s.EvictWeightsResult(a.action_id, received, 0, now, now), ())
             return None

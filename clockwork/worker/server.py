@@ -6,8 +6,14 @@ without spinning. Replies go to the identity that sent the action. Anything unde
 ErrorResult(BAD_MESSAGE) -- or a schema.fatal() text on a protocol-version mismatch -- and the
 loop carries on: no input can take the worker down.
 
-Once a controller has spoken (the last peer that sent a valid action), it gets a Heartbeat
-every heartbeat_interval_ms carrying the pending count and device readings.
+One controller link at a time: a peer becomes *the* controller by sending Reset (the explicit
+handshake every controller starts with), which also drops all state. Every other action from any
+other peer is refused with ErrorResult(NOT_CONTROLLER) and changes nothing; GetWorkerState is
+read-only and answered to anyone (tools). A controller displaced by another's Reset is told so
+once (ErrorResult NOT_CONTROLLER, action id -1), so it stops using this worker instead of
+fighting over it. Only the controller gets a Heartbeat every heartbeat_interval_ms carrying the
+pending count and device readings. Without CURVE anyone who can reach the port can send that
+Reset: docs/reliability.md says what that exposes.
 """
 from __future__ import annotations
 
@@ -132,8 +138,12 @@ class WorkerServer:
                 self._bad_message(e, received)
                 continue
             cls = msg.__class__
-            if cls in _CONTROLLER_ACTIONS or self.controller is None:
-                self.controller = ident      # a tool asking for state must not steal heartbeats
+            if ident != self.controller:
+                if cls is s.Reset:
+                    self._handshake(ident, received)
+                elif cls is not s.GetWorkerState:   # a tool asking for state is answered
+                    self._refuse(ident, msg, received)
+                    continue
             if cls is s.GetWorkerState or cls is s.LoadModelFromDisk or cls is s.Reset \
                     or cls is s.ClearCache:
                 self.log(_describe_action(msg))
@@ -144,6 +154,24 @@ class WorkerServer:
                 self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.RUNTIME_ERROR,
                                                 f"internal error: {e!r}", received), ())
             rt.advance(time.monotonic_ns())
+
+    def _handshake(self, ident: bytes, received: int) -> None:
+        """A Reset from a new peer: it is the controller from now on; the previous one is told."""
+        if self.controller is not None:
+            self.log("A new controller link sent Reset: serving it; the previous link is refused from now on")
+            self._send(self.controller, s.ErrorResult(-1, TAGS[s.Reset], Status.NOT_CONTROLLER,
+                                                      "another controller took this worker over (Reset)",
+                                                      received), ())
+        self.controller = ident
+        self._next_heartbeat = 0
+
+    def _refuse(self, ident: bytes, msg, received: int) -> None:
+        st = self.rt.stats
+        st.errors += 1
+        st.by_status[Status.NOT_CONTROLLER] = st.by_status.get(Status.NOT_CONTROLLER, 0) + 1
+        self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(msg.__class__, 0), Status.NOT_CONTROLLER,
+                                        "this worker serves another controller link: a controller must "
+                                        "send Reset first", received), ())
 
     def _bad_message(self, e: s.ProtocolError, received: int) -> None:
         text = str(e)
@@ -221,8 +249,6 @@ class WorkerServer:
             self.security.close()
 
 
-# Only a controller sends these (Reset when it connects); anyone may ask for GetWorkerState.
-_CONTROLLER_ACTIONS = {s.Reset, s.LoadModelFromDisk, s.LoadWeights, s.EvictWeights, s.Infer, s.ClearCache}
 _LOGGED_TAGS = {s.LoadModelFromDisk.__struct_config__.tag, s.ClearCache.__struct_config__.tag}
 
 

@@ -83,6 +83,8 @@ def bench_process(zoo: Path, gpus: int, actions: int, copies: int, window: int) 
                 return msg
 
     try:
+        sockets.send(sock, s.Reset(0))              # the handshake: this socket is the controller
+        recv()
         sockets.send(sock, s.LoadModelFromDisk(0, 0, 0, 0, "mlp", copies=copies))
         recv()
         for g in range(gpus):

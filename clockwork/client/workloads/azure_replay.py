@@ -12,7 +12,7 @@ from .basic import seed_of
 from .engine import Engine, Model, WorkloadError
 from .registry import Param, workload
 
-COMMON = (Param("num_workers", int, 1, "workers serving the load (scale = load x 0.125 x workers)"),)
+COMMON = (Param("num_workers", int, 1, "workers serving the load (scale = load x 0.125 x workers)", positive=True),)
 MEMORY = Param("memory_load_factor", int, 4, "instances: 1 ~200, 2 ~800, 3 ~1800, 4 ~4000", (1, 2, 3, 4))
 TRACE_DIR = Param("trace_dir", str, "", "trace directory or file (default: $AZURE_TRACE_DIR)")
 
@@ -70,10 +70,10 @@ def _constant(scale: float):
           "instances; defaults approximate the load one worker can take",
           *COMMON,
           Param("use_all_models", bool, True, "load every zoo model (else only `model`)"),
-          Param("load_factor", float, 1.0, "approximate load: 0.5 half, 2.0 double"),
+          Param("load_factor", float, 1.0, "approximate load: 0.5 half, 2.0 double", positive=True),
           MEMORY,
-          Param("interval", float, 60.0, "seconds per trace minute (smaller replays faster)"),
-          Param("trace", int, 1, "trace day to replay (1..14)"),
+          Param("interval", float, 60.0, "seconds per trace minute (smaller replays faster)", positive=True),
+          Param("trace", int, 1, "trace day to replay (1..14)", positive=True),
           Param("randomise", bool, False, "start every function at a random point of the day"),
           TRACE_DIR, Param("model", str, "resnet50", "the model when use_all_models is 0"))
 def azure(engine: Engine, num_workers, use_all_models, load_factor, memory_load_factor, interval, trace,
@@ -91,11 +91,11 @@ def azure(engine: Engine, num_workers, use_all_models, load_factor, memory_load_
 @workload("azure_scalability_exp", "the azure workload (day 1, 60 s intervals) with the load factor "
           "multiplied by load_factor_inc every load_factor_period s, from min until it passes max",
           *COMMON,
-          Param("load_factor_min", float, 0.1, "first load factor"),
-          Param("load_factor_max", float, 2.0, "last load factor"),
-          Param("load_factor_inc", float, 2.0, "multiplier per period"),
-          Param("load_factor_period", float, 1.0, "seconds per load factor"),
-          MEMORY, TRACE_DIR, Param("trace", int, 1, "trace day to replay (1..14)"))
+          Param("load_factor_min", float, 0.1, "first load factor", positive=True),
+          Param("load_factor_max", float, 2.0, "last load factor", positive=True),
+          Param("load_factor_inc", float, 2.0, "multiplier per period", positive=True),
+          Param("load_factor_period", float, 1.0, "seconds per load factor", positive=True),
+          MEMORY, TRACE_DIR, Param("trace", int, 1, "trace day to replay (1..14)", positive=True))
 def azure_scalability_exp(engine: Engine, num_workers, load_factor_min, load_factor_max, load_factor_inc,
                           load_factor_period, memory_load_factor, trace_dir, trace):
     try:

@@ -33,8 +33,8 @@ def example(engine: Engine):
 
 
 @workload("spam", "copies of one model, each with a closed loop of `concurrency`",
-          MODEL, Param("copies", int, 100, "model instances"),
-          Param("concurrency", int, 100, "requests in flight per instance"))
+          MODEL, Param("copies", int, 100, "model instances", positive=True),
+          Param("concurrency", int, 100, "requests in flight per instance", positive=True))
 def spam(engine: Engine, model: str, copies: int, concurrency: int):
     for m in engine.load(model, copies):
         engine.closed_loop([m], ClosedLoop(concurrency), 0)
@@ -43,7 +43,7 @@ def spam(engine: Engine, model: str, copies: int, concurrency: int):
 # Quirk: the original's single-spam loaded 100 copies although its help said "x 1, with 1000
 # closed loop"; we do what the help and the name say.
 @workload("single-spam", "one model instance with a closed loop of 1000",
-          MODEL, Param("concurrency", int, 1000, "requests in flight"))
+          MODEL, Param("concurrency", int, 1000, "requests in flight", positive=True))
 def single_spam(engine: Engine, model: str, concurrency: int):
     m = engine.load(model, 1)[0]
     engine.closed_loop([m], ClosedLoop(concurrency), 0)
@@ -66,7 +66,7 @@ def simple(engine: Engine, model: str):
 
 @workload("simple-slo-factor", "3 copies with closed loops of 1; every `period` s the SLO factor of "
           "copy 0 is multiplied by 1.25 (from 4), copy 1 gets +1 (from 4), copy 2 toggles 10 <-> 1",
-          MODEL, Param("period", float, 10.0, "seconds between SLO changes"))
+          MODEL, Param("period", float, 10.0, "seconds between SLO changes", positive=True))
 def simple_slo_factor(engine: Engine, model: str, period: float):
     models = engine.load(model, 3)
     for m in models:
@@ -84,10 +84,10 @@ def simple_slo_factor(engine: Engine, model: str, period: float):
 
 @workload("simple-parametric", "`models` copies partitioned among `clients` closed loops of "
           "`concurrency`, each stopping after `requests` requests",
-          Param("models", int, None, "number of model copies"),
-          Param("clients", int, None, "closed-loop clients the copies are partitioned among"),
-          Param("concurrency", int, None, "requests in flight per client"),
-          Param("requests", int, None, "requests per client (then it stops)"), MODEL)
+          Param("models", int, None, "number of model copies", positive=True),
+          Param("clients", int, None, "closed-loop clients the copies are partitioned among", positive=True),
+          Param("concurrency", int, None, "requests in flight per client", positive=True),
+          Param("requests", int, None, "requests per client (then it stops)", positive=True), MODEL)
 def simple_parametric(engine: Engine, models: int, clients: int, concurrency: int, requests: int, model: str):
     if models < 1 or clients < 1:
         raise WorkloadError("models and clients must be >= 1")
@@ -102,8 +102,8 @@ def simple_parametric(engine: Engine, models: int, clients: int, concurrency: in
 
 
 @workload("poisson-open-loop", "`num_models` copies sharing a total Poisson rate",
-          Param("num_models", int, None, "model copies"),
-          Param("rate", float, None, "total requests/s, split evenly across the copies"), MODEL)
+          Param("num_models", int, None, "model copies", positive=True),
+          Param("rate", float, None, "total requests/s, split evenly across the copies", positive=True), MODEL)
 def poisson_open_loop(engine: Engine, num_models: int, rate: float, model: str):
     if num_models < 1:
         raise WorkloadError("num_models must be >= 1")
@@ -113,8 +113,8 @@ def poisson_open_loop(engine: Engine, num_models: int, rate: float, model: str):
 
 
 @workload("comparison_experiment", "copies of resnet50, Poisson open loop sharing a total rate",
-          Param("num_models", int, 15, "model copies"),
-          Param("total_requests", float, 1000.0, "total requests/s across all copies"), MODEL)
+          Param("num_models", int, 15, "model copies", positive=True),
+          Param("total_requests", float, 1000.0, "total requests/s across all copies", positive=True), MODEL)
 def comparison_experiment(engine: Engine, num_models: int, total_requests: float, model: str):
     if num_models < 1:
         raise WorkloadError("num_models must be >= 1")
@@ -123,8 +123,8 @@ def comparison_experiment(engine: Engine, num_models: int, total_requests: float
 
 
 @workload("comparison_experiment2", "closed-loop version: copies of resnet50, each with a closed loop",
-          Param("num_models", int, 15, "model copies"),
-          Param("concurrency", int, 16, "requests in flight per copy"), MODEL)
+          Param("num_models", int, 15, "model copies", positive=True),
+          Param("concurrency", int, 16, "requests in flight per copy", positive=True), MODEL)
 def comparison_experiment2(engine: Engine, num_models: int, concurrency: int, model: str):
     for i, m in enumerate(engine.load(model, num_models)):
         engine.closed_loop([m], ClosedLoop(concurrency), i)

@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import zmq
 
 from ...status import Status
+from ...transport.schema import InferResponse
 from ..api import SEND_FAILED, Client
 from ..arrivals import ClosedLoop
 from ..stats import Stats
@@ -83,7 +84,8 @@ class Engine:
         self.now = 0.0                        # seconds since start, updated by the loop
         self.stop_reason = ""
         self.max_lag_s = 0.0                  # how far behind schedule a request was sent, at worst
-        self.late_sends = 0                   # requests sent more than 1 ms after their time
+        self.late_sends = 0                   # open-loop requests sent more than 1 ms after their time
+        self.timed_sends = 0                  # open-loop requests (the ones with an arrival time)
         self.outstanding_at_end = 0
 
     # ------------------------------------------------------------------ setup
@@ -140,7 +142,7 @@ class Engine:
                                 self.slo_ns, user_id)
 
     def account(self, model: Model, user_id: int, resp, latency_s: float) -> None:
-        self.stats.on_answer(resp.status, latency_s)
+        self.stats.on_answer(resp.status, latency_s, type(resp) is InferResponse and resp.within_slo)
         if self.tsv:
             self.stats.record(time.perf_counter() - latency_s, resp.request_id, model.id, user_id, 1,
                               model.slo_factor, resp.status, latency_s, getattr(resp, "latency_ns", 0))
@@ -166,11 +168,13 @@ class Engine:
             fired = 0
             while heap and heap[0][0] <= now and fired < 2000:
                 t, _, handler = pop(heap)
-                lag = now - t
-                if lag > 0.001:
-                    self.late_sends += 1
-                    if lag > self.max_lag_s:
-                        self.max_lag_s = lag
+                if type(handler) is _OpenStream:     # only arrivals have a time to be late for
+                    lag = now - t
+                    self.timed_sends += 1
+                    if lag > 0.001:
+                        self.late_sends += 1
+                        if lag > self.max_lag_s:
+                            self.max_lag_s = lag
                 self.now = t
                 handler.fire(t)
                 fired += 1
@@ -186,8 +190,9 @@ class Engine:
                 client.poll(max(0.0, min(nxt, end, now + 0.1) - now))
             stats.maybe_print()
         self.log(f"Stopping: {self.stop_reason}")
+        self.stats.stop()
         if self.late_sends:
-            frac = self.late_sends / max(self.stats.sent, 1)
+            frac = self.late_sends / self.timed_sends
             self.log(f"note: {self.late_sends} requests ({100 * frac:.2f}%) left more than 1 ms after their "
                      f"arrival time (worst {self.max_lag_s * 1e3:.1f} ms)"
                      + (": this client could not keep up" if frac > 0.01 else ""))
@@ -195,7 +200,6 @@ class Engine:
         if left:
             self.log(f"{left} requests still unanswered after {drain_s:g} s; giving up on them")
             self.client.abandon()
-        self.stats.print_line()
         self.outstanding_at_end = left
 
 

@@ -27,12 +27,12 @@ def _steps(start, end, factor, op, what):
 
 @workload("scalability-exp-1", "`num_models` copies, Poisson; the total rate goes from rate_min to "
           "rate_max, changed (add/mul rate_factor) every `period` s; ends after the last step",
-          Param("num_models", int, None, "model copies"),
-          Param("rate_min", float, None, "first total rate (r/s)"),
-          Param("rate_max", float, None, "last total rate (r/s)"),
+          Param("num_models", int, None, "model copies", positive=True),
+          Param("rate_min", float, None, "first total rate (r/s)", positive=True),
+          Param("rate_max", float, None, "last total rate (r/s)", positive=True),
           Param("rate_factor", float, None, "increment (add) or multiplier (mul)"),
           Param("rate_op", str, None, "how rate_factor applies", OP),
-          Param("period", float, None, "seconds per rate"), MODEL)
+          Param("period", float, None, "seconds per rate", positive=True), MODEL)
 def scalability_exp_1(engine: Engine, num_models, rate_min, rate_max, rate_factor, rate_op, period, model):
     rates = _steps(rate_min, rate_max, rate_factor, rate_op, "rate schedule")
     engine.log("Total rates: " + " ".join(f"{r:g}" for r in rates) + f" (each for {period:g} s)")
@@ -66,14 +66,14 @@ def _open(dist, rate, seed):
 
 @workload("slo-exp-1", "open loop on `copies` copies at a total `rate`; SLO factor from slo_start "
           "to slo_end, changed (add/mul slo_factor) every `period` s",
-          REQUIRED_MODEL, Param("copies", int, None, "model copies"),
+          REQUIRED_MODEL, Param("copies", int, None, "model copies", positive=True),
           Param("dist", str, None, "arrival distribution", DIST),
-          Param("rate", float, None, "total requests/s"),
+          Param("rate", float, None, "total requests/s", positive=True),
           Param("slo_start", float, None, "first SLO factor"),
           Param("slo_end", float, None, "last SLO factor"),
           Param("slo_factor", float, None, "increment (add) or multiplier (mul)"),
           Param("slo_op", str, None, "how slo_factor applies", OP),
-          Param("period", float, None, "seconds per SLO factor"))
+          Param("period", float, None, "seconds per SLO factor", positive=True))
 def slo_exp_1(engine: Engine, model, copies, dist, rate, slo_start, slo_end, slo_factor, slo_op, period):
     if copies < 1 or rate <= 0:
         raise WorkloadError("copies must be >= 1 and rate > 0")
@@ -87,14 +87,14 @@ def slo_exp_1(engine: Engine, model, copies, dist, rate, slo_start, slo_end, slo
           "(BG) closed loops with a relaxed SLO factor, started with 10 s jitter",
           REQUIRED_MODEL, Param("copies_fg", int, None, "FG model copies (0: none)"),
           Param("dist_fg", str, None, "FG arrival distribution", DIST),
-          Param("rate_fg", float, None, "total FG requests/s"),
+          Param("rate_fg", float, None, "total FG requests/s", positive=True),
           Param("slo_start_fg", float, None, "first FG SLO factor"),
           Param("slo_end_fg", float, None, "last FG SLO factor"),
           Param("slo_factor_fg", float, None, "FG increment (add) or multiplier (mul)"),
           Param("slo_op_fg", str, None, "how slo_factor_fg applies", OP),
-          Param("period_fg", float, None, "seconds per FG SLO factor"),
+          Param("period_fg", float, None, "seconds per FG SLO factor", positive=True),
           Param("copies_bg", int, None, "BG model copies (closed loop; 0: none)"),
-          Param("concurrency_bg", int, None, "requests in flight per BG copy"),
+          Param("concurrency_bg", int, None, "requests in flight per BG copy", positive=True),
           Param("slo_bg", float, None, "BG SLO factor (relaxed, e.g. 100)"))
 def slo_exp_2(engine: Engine, model, copies_fg, dist_fg, rate_fg, slo_start_fg, slo_end_fg, slo_factor_fg,
               slo_op_fg, period_fg, copies_bg, concurrency_bg, slo_bg):
@@ -125,10 +125,10 @@ def bursty_segments(model: int, num_models: int, lead_in: int, total_rate: float
 
 @workload("bursty_experiment", "`num_models` major models: after a lead-in, one more becomes active "
           "each interval and together they get total_rate r/s; plus a minor model at minor_rate r/s",
-          Param("num_models", int, 3600, "major models"),
+          Param("num_models", int, 3600, "major models", positive=True),
           Param("lead_in", int, 300, "intervals before the first major model starts"),
-          Param("interval", float, 1.0, "interval duration in seconds"),
-          Param("total_rate", float, 1000.0, "total major requests/s"),
+          Param("interval", float, 1.0, "interval duration in seconds", positive=True),
+          Param("total_rate", float, 1000.0, "total major requests/s", positive=True),
           Param("minor_rate", float, 200.0, "requests/s of the minor model"), MODEL)
 def bursty_experiment(engine: Engine, num_models, lead_in, interval, total_rate, minor_rate, model):
     if num_models < 1 or interval <= 0:

@@ -6,44 +6,43 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ...values import Spec
+
 
 class ParamError(ValueError):
     """Bad workload arguments; the message says which and what is expected."""
 
 
-def _bool(text: str) -> bool:
-    t = str(text).strip().lower()
-    if t in ("1", "true", "yes", "y", "on"):
-        return True
-    if t in ("0", "false", "no", "n", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean (use 1/0/true/false)")
-
-
-_PARSERS = {int: int, float: float, str: str, bool: _bool}
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool"}
 
 
 @dataclass(frozen=True)
 class Param:
+    """One workload argument. Numbers are finite and >= 0 (no workload takes a negative count,
+    rate or time); `positive` ones must be > 0 (a rate, period or concurrency of 0 would stall)."""
     name: str
     type: type
     default: Any = None            # None: required
     help: str = ""
     choices: tuple = ()
+    positive: bool = False
 
     @property
     def required(self) -> bool:
         return self.default is None
 
+    @property
+    def spec(self) -> Spec:
+        if self.type in (int, float):
+            return Spec(self.type, 0, lo_open=self.positive, choices=self.choices)
+        return Spec(self.type, choices=self.choices)
+
     def parse(self, text: str):
+        """Checked here, before any model is loaded."""
         try:
-            value = _PARSERS[self.type](text)
-        except ValueError:
-            raise ParamError(f"{self.name}: {text!r} is not a valid {_TYPE_NAMES[self.type]}") from None
-        if self.choices and value not in self.choices:
-            raise ParamError(f"{self.name}: {value!r} is not one of {', '.join(map(str, self.choices))}")
-        return value
+            return self.spec.parse(text)
+        except ValueError as e:
+            raise ParamError(f"{self.name}: {e}") from None
 
     def usage(self) -> str:
         d = "required" if self.required else f"default {self.default}"
