@@ -250,13 +250,15 @@ def test_imported_model_served_end_to_end_by_the_cpu_worker(zoo, tmp_path):
 
     # Unscheduled llvm code runs for up to seconds, and on a loaded machine far from its
     # profiled time: the FIFO scheduler (runs what is queued at once, wide windows) with
-    # generous limits, so the answer never depends on timing. INFER4 is what the emulated
+    # generous limits (also for heartbeats, which a running CPU exec holds up), so the answer
+    # never depends on timing. INFER4 is what the emulated
     # end-to-end tests exercise.
     cfg = tmp_path / "cw.toml"
     cfg.write_text(f"[worker]\npage_size = {PAGE}\nweights_cache_size = {32 * PAGE}\n"
                    f"io_pool_size = {64 << 20}\nworkspace_pool_size = {64 << 20}\n"
                    f"host_io_pool_size = {64 << 20}\n"
-                   "[controller]\nmax_exec_ms = 120000.0\ndefault_slo_ms = 600000.0\n")
+                   "[controller]\nmax_exec_ms = 120000.0\ndefault_slo_ms = 600000.0\n"
+                   "worker_timeout_ms = 600000\n")   # the CPU backend's exec blocks heartbeats
     spec = load_spec(zoo / "shufflenet")
     graph = oi.load_graph({"light": "shufflenet", "seed": 0, "page_size": PAGE})
     with CpuCluster(model_dir=zoo, config_file=cfg, scheduler="fifo") as cluster:
