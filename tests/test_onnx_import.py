@@ -169,6 +169,24 @@ def test_dense_weight_larger_than_a_page_is_split(tmp_path):
     np.testing.assert_allclose(out, x @ w["W"] + w["b"], rtol=1e-4, atol=1e-4)
 
 
+def test_inputs_and_weights_are_renamed_to_c_identifiers(tmp_path):
+    """CUDA source names kernel parameters after them: 'gpu_0/data_0' would not compile."""
+    import re
+    model = _dense_model(tmp_path / "m.onnx")
+    g = model.graph
+    renames = {"x": "gpu_0/data_0", "W": "fc6/w.0", "b": "1b"}
+    for v in list(g.input) + list(g.initializer):
+        v.name = renames.get(v.name, v.name)
+    g.node[0].input[:] = [renames[n] for n in g.node[0].input]
+    renamed, mapping = oi.c_identifiers(model)
+    assert set(mapping) == set(renames.values())
+    names = [v.name for v in list(renamed.graph.input) + list(renamed.graph.initializer)]
+    assert all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names), names
+    x = oi.sample_input((8,), 2, seed=3)
+    np.testing.assert_array_equal(_reference(renamed, mapping["gpu_0/data_0"], x),
+                                  _reference(model, "gpu_0/data_0", x))
+
+
 def _refused(tmp_path, match, **kw):
     out = tmp_path / "zoo"                 # a zoo with a model already: left as it was
     (out / "other").mkdir(parents=True)

@@ -677,6 +677,36 @@ def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dt
 # ---------------------------------------------------------------------------------------------
 # the child processes (TVM): probe the import, compile it
 
+def c_identifiers(model):
+    """A copy of the graph whose inputs and weights are named as C identifiers, and the
+    renaming. TVM names kernel parameters after them unchanged, and a '/' (DenseNet's
+    'conv5_9/x1_w_0') breaks the generated CUDA source. Order, hence parameter order, is kept."""
+    import re
+    taken = {n for node in model.graph.node for n in node.output}
+    mapping = {}
+    for name in [i.name for i in model.graph.input] + [t.name for t in model.graph.initializer]:
+        new = re.sub(r"\W", "_", name)
+        if not new or not (new[0].isalpha() or new[0] == "_"):
+            new = "t_" + new
+        if new == name and name not in mapping.values():
+            continue
+        while new in taken or new in mapping.values():
+            new += "_"
+        mapping[name] = new
+    if not mapping:
+        return model, {}
+    out = type(model)()
+    out.CopyFrom(model)
+    g = out.graph
+    for v in list(g.input) + list(g.initializer):
+        v.name = mapping.get(v.name, v.name)
+    for node in g.node:
+        for i, n in enumerate(node.input):
+            if n in mapping:
+                node.input[i] = mapping[n]
+    return out, mapping
+
+
 def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     """Runs in a child: an IRModule with one function per batch size (b1, b2, ...), each taking
     the input then every weight, and what the import found ({"output": ..., "weights": ...}).
@@ -694,12 +724,14 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
         if node.op_type not in known and node.op_type not in ("Constant", "If"):
             raise ImportFailed(f"op {node.op_type} (node {node.name or f'#{k}'!r}) is not "
                                f"supported by TVM {tvm.__version__}'s ONNX importer")
+    model, names = c_identifiers(graph.model)
+    input_name = names.get(graph.input_name, graph.input_name)
     mod, out = tvm.IRModule(), None
     for b in batch_sizes:
         where = f"the batch dimension of input {graph.input_name!r} cannot be set to {b}"
         try:
-            m = from_onnx(graph.model, shape_dict={graph.input_name: [b, *graph.input_shape]},
-                          dtype_dict={graph.input_name: graph.input_dtype}, keep_params_in_input=True)
+            m = from_onnx(model, shape_dict={input_name: [b, *graph.input_shape]},
+                          dtype_dict={input_name: graph.input_dtype}, keep_params_in_input=True)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
             raise ImportFailed(f"{where}: TVM could not import the graph ({first})" if b != 1 else
