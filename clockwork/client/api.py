@@ -121,6 +121,16 @@ def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq
     return sock, monitor
 
 
+def _dtype_and_item_shape(inputs, batch_size: int) -> tuple[str, list[int] | None]:
+    """What the controller checks against the model: a numpy array's dtype and, when it is
+    shaped (batch_size, ...), its per-item shape. Raw buffers and frames are not checked."""
+    dtype = getattr(inputs, "dtype", None)
+    shape = getattr(inputs, "shape", None)
+    if dtype is None or shape is None:
+        return "", None
+    return dtype.name, (list(shape[1:]) if len(shape) >= 2 and shape[0] == batch_size else None)
+
+
 class ClientError(Exception):
     """Base of every error this library raises."""
 
@@ -254,7 +264,9 @@ class Client:
 
         `inputs`: None (controller generates them), or a buffer / zmq.Frame, or a list of
         them (batch_size x input_size bytes in all). A zmq.Frame is sent by reference, so one
-        preallocated Frame can back every request. Returns the request id.
+        preallocated Frame can back every request. A numpy array sends its dtype, and, shaped
+        (batch_size, ...), its per-item shape: the controller refuses a mismatch with the model
+        (INVALID_REQUEST) instead of running bytes of another type. Returns the request id.
         """
         rid = next(self._ids)
         ids = self.models
@@ -265,8 +277,9 @@ class Client:
                 epoch = ids.old_epoch              # an id not loaded again: answered STALE_EPOCH
             else:
                 model_id = current
+        dtype, shape = _dtype_and_item_shape(inputs, batch_size)
         header = self._enc(InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch,
-                                        time.monotonic_ns()))
+                                        time.monotonic_ns(), dtype, shape))
         return self._send(rid, header, inputs, callback, timeout_s)
 
     def infer_future(self, model_id: int, **kw) -> Future:

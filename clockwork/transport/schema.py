@@ -52,6 +52,10 @@ class ModelInfo(msgspec.Struct, array_like=True):
     batch_sizes: list[int]        # compiled (supported) batch sizes, ascending
     exec_ns: list[int]            # profiled exec time per entry of batch_sizes
     weights_load_ns: int          # profiled LoadWeights time
+    input_dtype: str = ""         # numpy dtype of the input ("": unknown, not checked)
+    input_shape: list[int] = []   # one input's shape, batch dim excluded ([]: unknown)
+    output_dtype: str = ""
+    output_shape: list[int] = []
 
 
 class GpuState(msgspec.Struct, array_like=True):
@@ -93,6 +97,8 @@ class InferRequest(Message, tag=1):
     user_id: int = 0
     epoch: int = 0                # controller epoch model_id belongs to (0: unchecked)
     sent_ns: int = 0              # client's monotonic clock at send (0: unknown), see QueueWait
+    dtype: str = ""               # the inputs' numpy dtype ("": not checked), see ModelInfo
+    item_shape: list[int] | None = None   # one input's shape (None: not checked)
 
 
 class InferResponse(Message, tag=2):

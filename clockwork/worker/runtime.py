@@ -285,7 +285,9 @@ class WorkerRuntime:
         infos = []
         for mid in range(first, first + copies):
             info = s.ModelInfo(mid, host.source, host.input_size, host.output_size, host.weights_size,
-                               host.num_pages, batch_sizes, exec_ns, host.weights_load_ns)
+                               host.num_pages, batch_sizes, exec_ns, host.weights_load_ns,
+                               host.spec.input_dtype, list(host.spec.input_shape),
+                               host.spec.output_dtype, list(host.spec.output_shape))
             self.models[mid] = ModelInstance(mid, kind, info)
             infos.append(info)
         self.send(reply_to, s.LoadModelFromDiskResult(a.action_id, received, 0, begin, self.clock(), infos), ())
