@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"], help="cpu: try it without a GPU")
     a = ap.parse_args()
     zoo = Path(a.zoo)
-    names = [n for n in a.models.split(",") if (zoo / n / "model.json").exists()]
+    names = [n for n in a.models.split(",") if (zoo / n / "weights.bin").exists()]
     page = load_spec(zoo / names[0]).page_size
     pages = max(load_spec(zoo / n).num_pages(page) for n in names) + 1
     if a.backend == "cpu":
