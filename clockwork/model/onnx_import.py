@@ -525,7 +525,8 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
         job = stage / "job.json"
         job.write_text(json.dumps(job_spec))
         info = _run_probe(job, batch_sizes)
-        dtypes = info["weight_dtypes"]
+        dtypes = info["weight_dtypes"]                 # float16 keeps some weights float32
+        check_weights_fit(graph, page_size, cache_size, dtypes)
         if not (reusable and not force):
             code, hashes = {}, {}
         for k, f in code.items():                     # other targets' code stays valid

@@ -44,7 +44,8 @@ def onnxruntime_outputs(spec, x):
     feeds = {meta["input"]["name"]: x}
     for t in spec.tensors:
         start = spec.pages[t.page][0] + t.offset
-        feeds[t.name] = blob[start:start + t.nbytes].view(t.dtype).reshape(t.shape)
+        w = blob[start:start + t.nbytes].view(t.dtype).reshape(t.shape)
+        feeds[t.name] = w.astype(np.float32) if t.dtype == "float16" else w   # graph.onnx is fp32
     sess = ort.InferenceSession(str(spec.path / GRAPH_FILE), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
 
