@@ -155,6 +155,20 @@ def test_symbolic_or_fixed_batch_imports_and_matches(tmp_path, batch):
     np.testing.assert_allclose(out, x @ w["W"] + w["b"], rtol=1e-5, atol=1e-5)
 
 
+def test_float16_stores_half_precision_weights_and_stays_close(tmp_path):
+    model = _dense_model(tmp_path / "dense.onnx", k=64, n=16)
+    d = oi.import_model(tmp_path / "dense.onnx", tmp_path / "zoo", target="llvm", batch_sizes=[2],
+                        page_size=PAGE, dtype="float16", log=_quiet)
+    spec = load_spec(d)
+    assert spec.input_dtype == "float32" and {t.dtype for t in spec.tensors} == {"float16"}
+    assert spec.weights_size == sum(t.nbytes for t in spec.tensors) == (64 * 16 + 16) * 2
+    x = oi.sample_input((64,), 2, seed=4)
+    out = _serve(tmp_path / "zoo", "dense", [x])[0]
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    ref = x @ w["W"] + w["b"]
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-2
+
+
 def test_dense_weight_larger_than_a_page_is_split(tmp_path):
     """A Gemm whose weight exceeds a page runs as column blocks, each in its own page."""
     k, n = 512, 2048                          # 4 MiB weight, 2 MiB pages
