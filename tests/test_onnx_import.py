@@ -218,6 +218,17 @@ def test_not_onnx_is_refused(tmp_path):
     _refused(tmp_path, "not an ONNX model")
 
 
+def test_external_data_is_read_and_its_absence_is_named(tmp_path):
+    model = _dense_model(tmp_path / "m.onnx")
+    onnx.save_model(model, str(tmp_path / "m.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="m.weights", size_threshold=0)
+    d = oi.import_model(tmp_path / "m.onnx", tmp_path / "ok", target="llvm", batch_sizes=[1],
+                        page_size=PAGE, log=_quiet)
+    assert load_spec(d).weights_size == (8 * 4 + 4) * 4
+    (tmp_path / "m.weights").unlink()
+    _refused(tmp_path, "external weights could not be read")
+
+
 def test_op_tvm_cannot_import_is_named_with_its_node(tmp_path):
     _dense_model(tmp_path / "m.onnx", op="MysteryOp")
     msg = _refused(tmp_path, "MysteryOp")

@@ -81,10 +81,16 @@ def read_onnx(path: str | Path):
     if not path.is_file():
         raise ImportFailed(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except Exception as e:     # protobuf DecodeError, missing external data, ...
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:     # protobuf DecodeError, ...
         raise ImportFailed(f"{path}: not an ONNX model ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    try:
+        from onnx.external_data_helper import load_external_data_for_model
+        load_external_data_for_model(model, str(path.parent))
+    except Exception as e:     # a file it names is missing or short
+        raise ImportFailed(f"{path}: its external weights could not be read "
+                           f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     if not model.graph.node:
         raise ImportFailed(f"{path}: not an ONNX model (no graph nodes)")
     return model
