@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import click
 
@@ -11,6 +12,10 @@ SUBCOMMANDS = {
     "worker": ("clockwork.worker.command", "worker_command", "Serve GPUs (or emulated GPUs) to a controller."),
     "controller": ("clockwork.controller.command", "controller_command", "Schedule requests onto workers."),
     "client": ("clockwork.client.command", "client_command", "Run a workload against a controller."),
+    "simulate": ("clockwork.sim.command", "simulate_command",
+                 "Run a workload on the real scheduler and worker runtime in simulated time."),
+    "frontend": ("clockwork.frontend.command", "frontend_command",
+                 "Serve KServe v2 / Open Inference Protocol (HTTP, gRPC) in front of a controller."),
     "top": ("clockwork.telemetry.top", "top_command", "Live view of a controller's telemetry."),
     "plot": ("clockwork.telemetry.plot", "plot_command", "Figures from request and action logs."),
     "zoo": ("clockwork.model.zoo", "zoo_group", "Build model zoos (emulated profiles or TVM-compiled)."),

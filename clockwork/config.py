@@ -1,4 +1,5 @@
-"""Configuration: conf/default.toml, overlaid by CLOCKWORK_CONFIG_FILE, overlaid by CLI flags.
+"""Configuration: clockwork/conf/default.toml (inside the package, so an installed copy finds
+it), overlaid by CLOCKWORK_CONFIG_FILE, overlaid by CLI flags.
 
 Also resolves the environment variables the original honoured (CLOCKWORK_MODEL_DIR,
 CLOCKWORK_LOG_DIR) so every command finds models and logs the same way.
@@ -18,9 +19,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "default.toml"
-PROFILES_DIR = REPO_ROOT / "conf" / "profiles"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+DEFAULT_CONFIG = CONF_DIR / "default.toml"
+PROFILES_DIR = CONF_DIR / "profiles"
 
 
 class ConfigError(ValueError):
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
     wrong type or range."""
 
 
-# What each key may be. A key of conf/default.toml missing here is still checked for its
+# What each key may be. A key of clockwork/conf/default.toml missing here is still checked for its
 # default's type; tests/test_config.py asks every key to be listed.
 SCHEMA: dict[str, dict[str, Spec]] = {
     "worker": {
@@ -38,9 +39,9 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "weights_cache_size": POSITIVE_INT,
         "io_pool_size": POSITIVE_INT,
         "workspace_pool_size": POSITIVE_INT,
-        "host_io_pool_size": POSITIVE_INT,
         "heartbeat_interval_ms": POSITIVE,
         "print_interval_s": POSITIVE,
+        "emulated_clock_offset_ns": Spec(int, -(1 << 60), 1 << 60),
     },
     "controller": {
         "client_port": PORT,
@@ -134,6 +135,17 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
+
+
+_defaults: dict | None = None
+
+
+def defaults() -> dict[str, Any]:
+    """clockwork/conf/default.toml, read once. Shared: do not modify (load_config gives a copy)."""
+    global _defaults
+    if _defaults is None:
+        _defaults = _read(DEFAULT_CONFIG)
+    return _defaults
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:

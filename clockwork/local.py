@@ -130,6 +130,11 @@ class LocalCluster:
             *[f"127.0.0.1:{p}" for p in self.worker_ports]])
         return self.controller
 
+    def start_frontend(self, http: int = -1, grpc: int = -1, args: tuple = ()) -> subprocess.Popen:
+        """`cw frontend` (KServe v2 HTTP / gRPC) in front of the controller; -1: that protocol off."""
+        return self._spawn("frontend", [PY, "-m", "clockwork.frontend.command", self.address,
+                                        "--http", str(http), "--grpc", str(grpc), *args])
+
     def run_client(self, workload: str, args: list[str] = (), timeout: float | None = None,
                    name: str = "client") -> subprocess.CompletedProcess:
         proc = self._spawn(name, [PY, "-m", "clockwork.client.command", self.address,
@@ -206,8 +211,13 @@ def quick_config(print_interval: float) -> Path:
 @click.option("--scheduler", "-s", default="infer4", show_default=True)
 @click.option("--log-dir", default=None, help="Write request/action TSV logs here.")
 @click.option("--print-interval", type=POSITIVE.click("S"), default=None, help="Seconds between stats lines.")
+@click.option("--http", "http_port", type=click.IntRange(-1, 65535), default=-1, metavar="PORT",
+              help="Also serve KServe v2 HTTP on PORT (`cw frontend`, docs/frontend.md).")
+@click.option("--grpc", "grpc_port", type=click.IntRange(-1, 65535), default=-1, metavar="PORT",
+              help="Also serve KServe v2 gRPC on PORT.")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
-def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, workload_args):
+def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, http_port, grpc_port,
+                workload_args):
     """Run an emulated worker, a controller and a client on this machine and print their stats.
 
     Extra arguments after `--` go to the client workload.
@@ -220,6 +230,8 @@ def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, wo
                            log_dir=Path(log_dir).resolve() if log_dir else None, fail_fast=True)
     try:
         with cluster:
+            if http_port >= 0 or grpc_port >= 0:
+                cluster.start_frontend(http_port, grpc_port, ("--host", "127.0.0.1"))
             result = cluster.run_client(workload, ["--duration", str(duration), *workload_args],
                                         timeout=duration + 120)
     except KeyboardInterrupt:

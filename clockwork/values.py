@@ -1,7 +1,7 @@
 """Typed values with ranges: one check for config keys, command-line flags and workload arguments.
 
 A `Spec` says what a value may be (int, float, str or bool; a range; choices). The config loader
-checks every key of conf/default.toml and CLOCKWORK_CONFIG_FILE against config.SCHEMA, flags
+checks every key of clockwork/conf/default.toml and CLOCKWORK_CONFIG_FILE against config.SCHEMA, flags
 use `Spec.click()` as their click type (flags that override a config key take that key's spec,
 `config.flag_type(section, key)`), and workload parameters parse their text with the same
 `Spec.parse`, so a port, a timeout or a rate is refused the same way, with the same words,

@@ -1,4 +1,4 @@
-"""A stand-in controller for telemetry tests: just the attributes the publisher reads, a
+"""A stand-in controller for telemetry tests: just the attributes Controller.telemetry_view reads, a
 settable clock, and helpers that play requests and actions through the publisher's hooks the way
 the controller edge (server.py) does."""
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 from clockwork.controller.scheduler import Request
+from clockwork.controller.server import Controller
 from clockwork.transport import schema as s
 
 MS = 1_000_000
@@ -60,6 +61,8 @@ class FakeController:
 
     def clock(self) -> int:
         return self.now
+
+    telemetry_view = Controller.telemetry_view       # the real one, over these attributes
 
     def advance(self, ns: int) -> None:
         self.now += ns

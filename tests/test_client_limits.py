@@ -22,6 +22,8 @@ def test_per_client_limit_on_copies_and_paged_ls(tmp_path):
             with pytest.raises(RequestFailed) as e:
                 greedy.load_model("mlp", copies=7)
             assert e.value.status == Status.INVALID_REQUEST and "per client" in e.value.message
+            with pytest.raises(RequestFailed):
+                greedy.load_model("no-such-model", copies=6)             # failed: its copies are given back
             greedy.load_model("mlp", copies=6)
             with pytest.raises(RequestFailed, match="per client"):
                 greedy.load_model("mlp", copies=1)
@@ -31,9 +33,10 @@ def test_per_client_limit_on_copies_and_paged_ls(tmp_path):
             pages = []
             other.ls_async(lambda r, d, lat: pages.append(r), WAIT_S)
             assert other.drain(WAIT_S) == 0
-            assert len(pages[0].models) == 4 and pages[0].next == 4    # one page, not everything
             models = other.ls()                                        # the library reads every page
-            assert [m.model_id for m in models] == list(range(12))
+            ids = [m.model_id for m in models]
+            assert len(ids) == 12 and ids == sorted(ids)
+            assert [m.model_id for m in pages[0].models] == ids[:4] and pages[0].next == ids[4]   # one page
         finally:
             greedy.close()
             other.close()

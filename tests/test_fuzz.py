@@ -123,8 +123,17 @@ def _one_reply(sock) -> list[bytes]:
     return sock.recv_multipart()
 
 
+SENTINEL_ID = 2 ** 62 + 7
+
+
 def _no_more(sock) -> bool:
-    return not sockets.wait([sock], 0.0)
+    """Nothing more comes for what was sent before: a sentinel Ls sent now is answered after
+    anything the controller still had to say about earlier messages (one socket, in order),
+    so a late duplicate shows up before the sentinel's answer instead of after the check."""
+    sockets.send(sock, s.LsRequest(SENTINEL_ID))
+    frames = _one_reply(sock)
+    reply = s.decode(frames[0], s.RESPONSE_DECODER)
+    return type(reply) is s.LsResponse and reply.request_id == SENTINEL_ID
 
 
 def _header(msg) -> bytes:
@@ -369,6 +378,9 @@ def test_worker_answers_absurd_actions_once(lone_worker, action, data, aid):
     assert reply.action_id == aid, (action, reply)
     if type(reply) is s.ErrorResult:
         assert reply.message and reply.status >= Status.ACTION_TOO_EARLY
-    while not _no_more(sock):                          # exactly one answer: nothing else but heartbeats
-        assert type(s.decode(sock.recv_multipart()[0], s.RESULT_DECODER)) is s.Heartbeat
+    # exactly one answer: a sentinel GetWorkerState sent now is answered after anything the
+    # worker still had to say about that action, so the next result must be the sentinel's
+    sockets.send(sock, s.GetWorkerState(SENTINEL_ID))
+    msg = _result(sock)
+    assert type(msg) is s.WorkerStateResult and msg.action_id == SENTINEL_ID, (action, msg)
     assert proc.poll() is None

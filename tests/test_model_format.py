@@ -60,6 +60,7 @@ def test_bad_model_dirs_get_clear_errors(tmp_path):
     (lambda m: m.update(batch_sizes=[1, 1]), r"distinct"),
     (lambda m: m.update(input=[3]), r"input must be an object"),
     (lambda m: m["weights"].update(page_size=0), r"weights.page_size must be an integer"),
+    (lambda m: m.update(dtype="half-ish"), r"dtype 'half-ish' is not a numpy dtype"),
 ])
 def test_impossible_values_are_one_line_errors(tmp_path, change, message):
     """Issue 9: model.json values a model cannot have (a 1e18-byte model, 10^15-element input,
@@ -120,3 +121,12 @@ def test_config_override_and_unknown_keys(tmp_path):
     f.write_text("[controller]\nslo = 1\n")
     with pytest.raises(ConfigError, match="unknown key 'slo'"):
         load_config(f)
+
+
+def test_pad_table_is_the_smallest_compiled_size_at_least_n():
+    from clockwork.model.format import pad_table
+    for sizes in ([1], [1, 2, 4, 8, 16], [16, 1, 4], [3, 5]):
+        pad = pad_table(sizes)
+        assert len(pad) == max(sizes) + 1
+        for n in range(1, max(sizes) + 1):
+            assert pad[n] == min(b for b in sizes if b >= n)

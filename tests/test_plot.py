@@ -23,6 +23,14 @@ FIGURES = ("throughput.png", "latency_cdf.png", "latency_percentiles.png", "slo_
            "batch_sizes.png", "coldstarts.png", "prediction_error.png")
 
 
+def _action(**values) -> tuple:
+    """An action log row: the named columns set, every other 0."""
+    row = dict.fromkeys(ACTION_COLUMNS, 0)
+    assert set(values) <= set(row)
+    row.update(values)
+    return tuple(row.values())
+
+
 class Generated:
     """Writes request and action logs with the controller's columns and remembers the truth."""
 
@@ -43,7 +51,7 @@ class Generated:
                 deadline_met = int(status == 0 and latency <= 100 * MS)
                 cold = int(rng.random() < 0.05)
                 rid += 1
-                req_rows.append((t, rid, status, 0, rid % 4, 0.0, latency, t - latency + 100 * MS,
+                req_rows.append((t, rid, status, 0, rid % 4, 0.0, latency, 100 * MS,
                                  deadline_met, rid, rid, cold, 1, 0))
                 met += deadline_met
                 self.coldstarts += cold
@@ -57,16 +65,18 @@ class Generated:
                 batch = rng.choice([1, 2, 4, 8])
                 expected = rng.randint(2 * MS, 8 * MS)
                 actual = expected - rng.randint(-300_000, 300_000)
-                act_rows.append((t, aid, "Infer", 0, 0, 0, aid % 4, batch, expected, actual, 0, 0, 0,
-                                 1980, 0, 0, 0, 0, 0, 0, 0))
+                act_rows.append(_action(t=t, action_id=aid, action_type="Infer", model_id=aid % 4,
+                                        batch_size=batch, expected_exec_duration=expected,
+                                        worker_exec_duration=actual, worker_gpu_clock=1980))
                 self.batches.append(batch)
                 self.errors.append(expected - actual)
             aid += 1
-            act_rows.append((T0 + sec * 10**9 + 2, aid, "LoadWeights", 0, 0, 1, sec % 4, 0, 2 * MS, 2 * MS,
-                             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+            act_rows.append(_action(t=T0 + sec * 10**9 + 2, action_id=aid, action_type="LoadWeights",
+                                    gpu_id=1, model_id=sec % 4, expected_exec_duration=2 * MS,
+                                    worker_exec_duration=2 * MS))
             aid += 1   # a failed Infer: counted nowhere
-            act_rows.append((T0 + sec * 10**9 + 3, aid, "Infer", 21, 0, 1, 0, 16, MS, 0, 0, 0, 0, 0, 0,
-                             0, 0, 0, 0, 0, 0))
+            act_rows.append(_action(t=T0 + sec * 10**9 + 3, action_id=aid, action_type="Infer", status=21,
+                                    gpu_id=1, batch_size=16, expected_exec_duration=MS))
         self.request_log = directory / "clockwork_request_log.tsv"
         self.action_log = directory / "clockwork_action_log.tsv"
         for path, cols, rows in ((self.request_log, REQUEST_COLUMNS, req_rows),

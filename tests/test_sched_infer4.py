@@ -8,8 +8,8 @@ import pytest
 
 from clockwork.controller.scheduler import Request
 from clockwork.controller.schedulers import make_scheduler
-from clockwork.controller.schedulers.infer4 import percentile
-from clockwork.controller.simulator import MS, SECOND, Simulator, model_info, models_from_profile
+from clockwork.percentiles import percentile
+from clockwork.controller.simulator import MS, SECOND, Simulator, model_info
 from clockwork.status import Status
 from clockwork.transport.schema import (ErrorResult, EvictWeights, GpuState, Infer, InferResult,
                                         LoadWeights, WorkerState)
@@ -81,7 +81,7 @@ def test_percentile_matches_linear_interpolation():
     for n in (1, 2, 5, 10):
         samples = [int(x) for x in rng.integers(1_000, 10_000_000, n)]
         for p in (50.0, 90.0, 99.0, 100.0):
-            assert percentile(samples, p) == int(np.percentile(samples, p))
+            assert percentile(samples, p) == pytest.approx(np.percentile(samples, p))
 
 
 def test_estimate_seeded_from_profile_then_p99_of_window():
@@ -161,17 +161,22 @@ def test_batch_inputs_are_the_requests_frames_and_output_is_sliced_without_copy(
 
 
 def test_infer_window():
-    sched, clock, out = setup({"schedule_ahead_ms": 10.0})
+    # batch-1 exec 5 ms, longer than EARLIEST_LEAD (1 ms), so an earliest of `now` differs
+    # from "the expected start minus the lead"
+    exec_ns = {1: 5 * MS, 2: 6 * MS}
+    sched, clock, out = setup({"schedule_ahead_ms": 20.0, "max_batch_size": 1},
+                              models={0: model_info(0, exec_ns, output_size=8)})
     clock.now = 5 * MS
     for _ in range(3):      # three batches of 1 (each after the previous was sent)
         sched.on_request(request(clock))
         sched.tick()
     a1, a2, a3 = out.infers()
-    est = EXEC[1]
+    est = exec_ns[1]
     # latest: the last start that still answers within the 100 ms SLO, 1 ms kept for the answer
     assert (a1.earliest, a1.latest) == (clock.now, clock.now + 100 * MS - est - 1 * MS)
-    # the second starts when the first is expected to end
-    assert a2.earliest == max(clock.now, clock.now + est - 1 * MS)
+    # the next ones start when the previous is expected to end, at most 1 ms early
+    assert a2.earliest == clock.now + est - 1 * MS
+    assert a3.earliest == clock.now + 2 * est - 1 * MS
     assert a3.latest == clock.now + 100 * MS - est - 1 * MS
 
 
@@ -282,6 +287,27 @@ def test_eviction_prefers_models_without_demand():
     assert waiting.id not in out.responses
 
 
+def test_never_evicts_a_model_with_an_infer_in_flight():
+    # Two pages, models 0 and 1 loaded, neither with queued requests. Model 0 is the least
+    # recently used but has an Infer in flight: evicting it would fail that Infer
+    # (WEIGHTS_CHANGED), so model 1 makes room for model 2.
+    models = {i: model_info(i, EXEC, num_pages=1) for i in range(3)}
+    sched, clock, out = setup(models=models, loaded=(0, 1), pages=2)
+    sched.on_request(request(clock, model_id=0))
+    sched.tick()
+    sched.on_request(request(clock, model_id=1))
+    sched.tick()
+    a0, a1 = out.infers()
+    clock.now += 3 * MS
+    sched.on_result(0, a1, infer_result(a1, 1 * MS, 1 * MS), [bytes(8)])    # model 1 done
+    sched.on_request(request(clock, model_id=2))                           # needs a page
+    clock.now += 200_000                                # past the load-decision interval
+    sched.tick()
+    evicts = [a.model_id for _, a, _ in out.actions if type(a) is EvictWeights]
+    loads = [a.model_id for _, a, _ in out.actions if type(a) is LoadWeights]
+    assert (evicts, loads) == ([1], [2])
+
+
 def test_at_most_max_loads_per_gpu_outstanding():
     models = [model_info(i, EXEC, num_pages=1, weights_load_ns=5 * MS) for i in range(6)]
     sim = Simulator("infer4", models, config={"max_loads_per_gpu": 2}, latency=0)
@@ -323,6 +349,25 @@ def test_worker_error_is_forwarded_to_the_requests():
     assert [out.responses[r.id][0] for r in reqs] == [Status.ACTION_TOO_LATE] * 2
 
 
+def test_a_send_that_failed_is_retried_while_deadlines_allow():
+    # The edge reports a send that failed (its queue to the worker full) as WORKER_LOST after
+    # the tick, never from inside send_action (scheduler contract). The requests go back to
+    # the queue and the next tick sends them again; each is answered once.
+    sched, clock, out = setup()
+    reqs = [request(clock) for _ in range(3)]
+    for r in reqs:
+        sched.on_request(r)
+    sched.tick()
+    (failed,) = out.infers()
+    sched.on_result(0, failed, ErrorResult(failed.action_id, 23, Status.WORKER_LOST, "send queue full"), [])
+    assert not out.responses
+    sched.tick()
+    retry = out.infers()[-1]
+    assert retry.action_id != failed.action_id and retry.batch_size == 3
+    sched.on_result(0, retry, infer_result(retry, clock.now, 1 * MS), [bytes(24)])
+    assert [out.responses[r.id][0] for r in reqs] == [Status.SUCCESS] * 3
+
+
 def test_worker_lost_requeues_in_flight_requests_elsewhere():
     models = {0: model_info(0, EXEC)}
     clock, out = Clock(), Recorder()
@@ -343,18 +388,6 @@ def test_worker_lost_requeues_in_flight_requests_elsewhere():
     assert all(out.responses[r.id][0] == Status.SUCCESS for r in reqs)
 
 
-def test_worker_lost_in_simulation_every_request_answered_once():
-    models = models_from_profile("h200", ["resnet50"], copies=2)
-    sim = Simulator("infer4", models, workers=2, noise=0.05, seed=3)
-    sim.poisson(rate=600, duration=1 * SECOND)
-    sim.kill_worker(400 * MS, 0)
-    sim.run()
-    assert not sim.unanswered()
-    after = [x for x in sim.responses.values() if x.req.arrival > 450 * MS]
-    assert after and all(x.status == Status.SUCCESS for x in after)
-    assert not [a for t, w, a in sim.actions if w == 0 and t > 400 * MS]
-
-
 def test_worker_joined_gets_used():
     models = [model_info(0, {1: 8 * MS}, num_pages=1)]
     sim = Simulator("infer4", models, workers=1, latency=0, config={"max_batch_size": 1})
@@ -367,40 +400,6 @@ def test_worker_joined_gets_used():
 
 
 # ---------------------------------------------------------------- overload
-
-def test_overload_rejects_while_successes_meet_their_slo():
-    models = models_from_profile("h200", ["resnet50"], copies=4)
-    sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=7)
-    n = sim.poisson(rate=3000, duration=1 * SECOND)  # about twice what one GPU can do
-    sim.run()
-    assert not sim.unanswered() and len(sim.responses) == n
-    ok = sim.with_status(Status.SUCCESS)
-    rejected = [x for x in sim.responses.values() if x.status in
-                (Status.COULD_NOT_START_IN_TIME, Status.TIMEOUT, Status.OVERLOADED,
-                 Status.CONTROLLER_SKIPPED)]
-    assert len(ok) > n / 4
-    assert len(rejected) > n / 4
-    assert all(x.time <= x.req.deadline for x in ok)
-    assert len(ok) + len(rejected) == n
-
-
-def test_excess_under_overload_is_refused_at_arrival():
-    """At 10x one GPU's capacity most refusals happen the moment a request arrives, not
-    near its deadline, and goodput does not suffer for it."""
-    models = models_from_profile("h200", ["resnet50"], copies=1)
-    sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=5)
-    n = sim.poisson(rate=15000, duration=1 * SECOND)
-    sim.run()
-    assert not sim.unanswered() and len(sim.responses) == n
-    refused = sim.with_status(Status.COULD_NOT_START_IN_TIME)
-    at_arrival = [x for x in refused if x.time == x.req.arrival]
-    assert len(at_arrival) > 0.5 * n
-    exec16 = dict(zip(models[0].batch_sizes, models[0].exec_ns))[16]
-    capacity = SECOND / (exec16 * 1.05) * 16
-    ok = sim.with_status(Status.SUCCESS)
-    assert len(ok) >= 0.8 * capacity
-    assert all(x.time <= x.req.deadline for x in ok)
-
 
 def test_admission_at_arrival_never_refuses_what_fits():
     """A burst that one GPU can finish within the SLO, batch after batch, is served whole."""
@@ -429,30 +428,6 @@ def test_front_request_skipped_for_a_larger_batch_that_meets_more_deadlines():
     assert out.responses[urgent.id][0] == Status.CONTROLLER_SKIPPED
     sched.on_result(0, first, infer_result(first, 0, 3 * MS), [bytes(8 * 16)])
     assert all(out.responses[r.id][0] == Status.SUCCESS for r in later)
-
-
-def test_overload_goodput_stays_near_batched_capacity():
-    models = models_from_profile("h200", ["resnet50"], copies=4)
-    sim = Simulator("infer4", models, workers=1, gpus=1, noise=0.05, seed=11)
-    sim.poisson(rate=4000, duration=1 * SECOND)
-    sim.run()
-    exec16 = dict(zip(models[0].batch_sizes, models[0].exec_ns))[16]
-    capacity = SECOND / (exec16 * 1.05) * 16       # requests/s at batch 16, mean noise
-    ok = sim.with_status(Status.SUCCESS)
-    assert len(ok) >= 0.8 * capacity
-    assert all(x.time <= x.req.deadline for x in ok)
-
-
-def test_cold_starts_spread_over_gpus_and_meet_slo():
-    models = models_from_profile("h200", ["resnet50"], copies=400)
-    sim = Simulator("infer4", models, workers=1, gpus=4, noise=0.05, seed=2)
-    n = sim.poisson(rate=300, duration=1 * SECOND)     # mostly first requests: a load each
-    sim.run()
-    assert len(sim.with_status(Status.SUCCESS)) == n
-    assert all(x.time <= x.req.deadline for x in sim.responses.values())
-    per_gpu = [g["loads"] for g in sim.sched.stats()["gpus"]]
-    assert min(per_gpu) > 0 and max(per_gpu) < 2 * min(per_gpu)
-    assert sum(x.req.is_coldstart for x in sim.responses.values()) > n / 2
 
 
 def test_rejoined_worker_gets_new_gpus_and_models_load_again():
@@ -492,6 +467,19 @@ def test_stats_report_queues_and_gpus():
     (g,) = st["gpus"]
     assert g["infers_in_flight"] == 1 and g["loads_in_flight"] == 1
     assert g["backlog_ns"] == EXEC[1] and g["free_pages"] == 98
+
+
+def test_stats_change_nothing():
+    # several readers (stats lines, telemetry) may ask at any time: each gets the same answer
+    sched, clock, out = setup()
+    sched.on_request(request(clock))
+    sched.tick()
+    (a,) = out.infers()
+    clock.now = 2 * SECOND
+    sched.on_result(0, a, infer_result(a, 0, 1 * MS), [bytes(8)])
+    first = sched.stats()
+    assert first["gpus"][0]["exec_ns"] == 1 * MS and first["gpus"][0]["utilization"] > 0
+    assert sched.stats() == first
 
 
 def test_absurd_slo_factor_is_an_invalid_request_not_a_crash():

@@ -5,6 +5,7 @@ import pytest
 
 from clockwork.controller.scheduler import Scheduler
 from clockwork.controller.simulator import MS, SECOND, Simulator, model_info, models_from_profile
+from clockwork.model.zoo import load_profile
 from clockwork.status import Status
 from clockwork.transport.schema import (ErrorResult, EvictWeights, EvictWeightsResult, Infer,
                                         InferResult, LoadWeights, LoadWeightsResult)
@@ -183,7 +184,8 @@ def test_profile_models_and_summary():
     assert {m.source for m in models} == {"resnet50", "resnet18"}
     r50 = next(m for m in models if m.source == "resnet50")
     assert r50.input_size == 3 * 224 * 224 * 4 and r50.output_size == 4000
-    assert r50.num_pages == -(-102017952 // (16 << 20))
+    size = load_profile("h200")["models"]["resnet50"]["weights_size"]
+    assert r50.num_pages == -(-size // (16 << 20))
     sim = Simulator("infer4", models, noise=0.05, seed=1)
     n = sim.poisson(rate=200, duration=500 * MS)
     sim.run()

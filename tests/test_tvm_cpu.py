@@ -36,9 +36,9 @@ class Driver:
     """Runs actions through a WorkerRuntime synchronously, collecting results by action id."""
 
     def __init__(self, zoo, total_pages=16):
-        self.backend = CpuBackend(PAGE, total_pages, 16 << 20, 16 << 20, 16 << 20)
+        self.backend = CpuBackend(PAGE, total_pages, 16 << 20, 16 << 20)
         self.results = {}
-        self.rt = WorkerRuntime(self.backend, zoo, self._send, PAGE, total_pages, 16 << 20, 16 << 20, 16 << 20)
+        self.rt = WorkerRuntime(self.backend, zoo, self._send, PAGE, total_pages, 16 << 20, 16 << 20)
         self.next_id = 0
 
     def _send(self, reply_to, msg, frames):

@@ -264,8 +264,8 @@ def test_stats_line_counts_and_resets(zoo):
     from clockwork.model.emulated import EmulatedBackend
     from clockwork.worker.runtime import WorkerRuntime
     from clockwork.worker.server import WorkerServer
-    backend = EmulatedBackend(1, PAGE, CACHE_PAGES, 1 << 20, 1 << 20, 1 << 20)
-    rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 20, 1 << 20, 1 << 20)
+    backend = EmulatedBackend(1, PAGE, CACHE_PAGES, 1 << 20, 1 << 20)
+    rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 20, 1 << 20)
     ctx = zmq.Context()
     server = WorkerServer(rt, "127.0.0.1", sockets.free_port(), log=lambda *a: None, ctx=ctx)
     try:
@@ -322,4 +322,41 @@ def test_a_reset_takes_the_worker_over_and_tells_the_old_controller(worker, deal
         assert isinstance(call(new, s.ClearCache(3))[0], s.ClearCacheResult)
     finally:
         new.close(0)
+        ctx.term()
+
+
+def test_a_controller_resets_a_worker_that_refuses_it():
+    """A worker that refuses an action (NOT_CONTROLLER) without having been taken over (a new
+    process, or a re-made connection, received actions queued before the controller's Reset)
+    must be probed and reset again, not given up as if another controller had taken it.
+    A raw ROUTER plays that worker: it refuses the first GetWorkerState, then answers."""
+    import threading
+    from clockwork.config import load_config
+    from clockwork.controller.server import Controller
+    ctx = zmq.Context()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.setsockopt(zmq.LINGER, 0)
+    port = fake.bind_to_random_port("tcp://127.0.0.1")
+    ctl = Controller(load_config(), [f"127.0.0.1:{port}"], client_port=sockets.free_port(),
+                     telemetry_port=0, out=lambda *_: None)
+    thread = threading.Thread(target=ctl.run, daemon=True)
+    thread.start()
+    try:
+        seen = []
+        deadline = time.monotonic() + WAIT_S
+        while sum(cls is s.GetWorkerState for cls in seen) < 2 and time.monotonic() < deadline:
+            if not fake.poll(50):
+                continue
+            ident, header = fake.recv_multipart()[:2]
+            msg = s.decode(header, s.ACTION_DECODER)
+            seen.append(type(msg))
+            if type(msg) is s.GetWorkerState:
+                fake.send_multipart([ident, s.encode(s.ErrorResult(
+                    msg.action_id, 25, Status.NOT_CONTROLLER, "send Reset first", 1, 2))])
+        assert seen.count(s.GetWorkerState) >= 2, seen      # probed again after the refusal
+        assert seen[:2] == [s.Reset, s.GetWorkerState] and s.Reset in seen[2:], seen
+    finally:
+        ctl.stop()
+        thread.join(WAIT_S)
+        fake.close(0)
         ctx.term()

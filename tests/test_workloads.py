@@ -13,7 +13,8 @@ from clockwork.client.command import client_command
 from clockwork.client.stats import Stats
 from clockwork.client.workloads.engine import Engine
 from clockwork.client.workloads.experiments import bursty_segments
-from clockwork.client.workloads.registry import ParamError, all_workloads, get
+from clockwork.client.workloads import all_workloads, get
+from clockwork.client.workloads.registry import ParamError
 from clockwork.transport.sockets import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -351,3 +352,38 @@ def test_closed_loop_survives_a_full_send_queue(echo):
         client.close()
     assert stats.by_status.get(SEND_FAILED, 0) > 0
     assert stats.sent + stats.by_status[SEND_FAILED] >= 300
+
+
+def test_no_two_arrival_streams_share_a_seed(monkeypatch):
+    """The example workload drives every zoo model with several seeded streams: each gets a
+    seed of its own (it used one seed for every model's Poisson stream, and the bursty stream's
+    burst pattern took seed + 1, another stream's seed)."""
+    import random
+
+    from clockwork.client import arrivals
+
+    seeds = []
+
+    class Recording(random.Random):
+        def __init__(self, seed=None):
+            seeds.append(seed)
+            super().__init__(seed)
+    monkeypatch.setattr(arrivals.random, "Random", Recording)
+
+    class Engine:
+        seed = 7
+        zoo = ["resnet50", "resnet18", "mlp"]
+
+        def load(self, name, copies):
+            return [name]
+
+        def open_loop(self, model, times, user):
+            next(iter(times))                  # a stream's generator makes its Random on first use
+
+        def closed_loop(self, *a, **k):
+            pass
+
+        def bursty_closed_loop(self, model, n, windows, user):
+            next(iter(windows))
+    get("example").fn(Engine())
+    assert len(seeds) == 3 * 4 and len(set(seeds)) == len(seeds), seeds

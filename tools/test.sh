@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 command -v tmux >/dev/null || { command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] \
     && apt-get update -qq && apt-get install -y -qq tmux >/dev/null; } \
     || echo "tmux not installed: tests/test_top_tmux.py will skip"
-# the TVM extra runs the real model path on the CPU (tests/test_tvm_cpu.py)
-python3 -m pip install -q -e '.[test,tvm]'
+# the TVM extra runs the real model path on the CPU (tests/test_tvm_cpu.py); the frontend extra
+# brings `cw frontend`'s servers and tritonclient, the real client of tests/test_frontend.py
+python3 -m pip install -q -e '.[test,tvm,frontend]'
 exec python3 -m pytest -q -p no:cacheprovider tests "$@"

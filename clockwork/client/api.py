@@ -230,7 +230,7 @@ class Client:
         self.handshake_failed: str | None = None   # why ZMTP handshakes fail (security mismatch)
         self._secure = security is not None
         self.heard_from_controller = False
-        self.models = ModelIds()                   # ids across controller lifetimes
+        self.model_ids = ModelIds()                   # ids across controller lifetimes
         self._reload: _Reload | None = None        # re-registration with a new controller, under way
         self._announced_epoch = 0
         self.restarts_seen = 0
@@ -255,6 +255,11 @@ class Client:
     def outstanding(self) -> int:
         return len(self._pending)
 
+    @property
+    def sockets(self) -> list[zmq.Socket]:
+        """The sockets poll() reads: for an outside event loop to wait on (clockwork.frontend)."""
+        return [self._sock] if self._monitor is None else [self._sock, self._monitor]
+
     # ------------------------------------------------------------------ asynchronous calls
 
     def infer_async(self, model_id: int, callback: Callback, inputs=None, batch_size: int = 1,
@@ -269,7 +274,7 @@ class Client:
         (INVALID_REQUEST) instead of running bytes of another type. Returns the request id.
         """
         rid = next(self._ids)
-        ids = self.models
+        ids = self.model_ids
         epoch = ids.epoch
         if ids.route is not None:                  # the controller restarted: map the caller's id
             current = ids.route.get(model_id)
@@ -369,7 +374,7 @@ class Client:
                 self.wrong_peer = why
                 n += self._fail_all(WRONG_PEER, why)
                 continue
-            if msg.epoch != self.models.epoch and msg.epoch and self.models.epoch:
+            if msg.epoch != self.model_ids.epoch and msg.epoch and self.model_ids.epoch:
                 self._new_epoch(msg.epoch)
             entry = pending.pop(msg.request_id, None)
             if entry is None:
@@ -401,7 +406,7 @@ class Client:
             return
         self._announced_epoch = epoch
         self.restarts_seen += 1
-        regs = self.models.registrations
+        regs = self.model_ids.registrations
         if not regs:
             self.log(f"controller at {self.address} restarted (epoch {epoch:x}): "
                      f"model ids from before are stale; load models again")
@@ -415,7 +420,7 @@ class Client:
             return
         self._reload = None
         ok = reload.new_first
-        self.models.switch(reload.epoch, ok)
+        self.model_ids.switch(reload.epoch, ok)
         lost = len(reload.regs) - len(ok)
         self.log(f"re-registered {len(ok)} models with the controller at {self.address}"
                  + (f"; {lost} could not be loaded again (their ids answer STALE_EPOCH)" if lost else ""))
@@ -428,7 +433,7 @@ class Client:
         end = self._now() + timeout_s
         while self._reload is not None and self._now() < end:
             self.poll(0.05)
-        ids = self.models
+        ids = self.model_ids
         if ids.epoch == epoch:
             return
         if ids.epoch == 0 or not ids.registrations:
@@ -604,7 +609,7 @@ class Client:
         if r.status != Status.SUCCESS:
             raise RequestFailed(f"load model {path!r} x{copies}", r.status, r.message)
         self._settle(r.epoch, self.load_timeout_s)
-        first = self.models.register(path, r.copies, r.model_id)
+        first = self.model_ids.register(path, r.copies, r.model_id)
         return first, r.copies, r
 
     def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
@@ -626,9 +631,9 @@ class Client:
                 break
             first = r.next
         self._settle(epoch, self.load_timeout_s)
-        if self.models.route is not None:          # name models by the caller's ids
+        if self.model_ids.route is not None:          # name models by the caller's ids
             for m in models:
-                m.model_id = self.models.handle_block(m.model_id, 1)
+                m.model_id = self.model_ids.handle_block(m.model_id, 1)
         return models
 
 

@@ -39,7 +39,7 @@ def fixed_rate(rate: float, start: float = 0.0) -> Iterator[float]:
         n += 1
 
 
-def poisson(rate: float, seed: int, start: float = 0.0) -> Iterator[float]:
+def poisson(rate: float, seed: int | str, start: float = 0.0) -> Iterator[float]:
     """Poisson open loop: exponential gaps with mean 1/rate."""
     _check_rate(rate)
     if rate == 0:
@@ -51,7 +51,7 @@ def poisson(rate: float, seed: int, start: float = 0.0) -> Iterator[float]:
         yield t
 
 
-def piecewise_poisson(segments: Iterable[tuple[float, float]], seed: int,
+def piecewise_poisson(segments: Iterable[tuple[float, float]], seed: int | str,
                       start: float = 0.0) -> Iterator[float]:
     """Poisson arrivals whose rate is `rate` during each (duration, rate) segment in turn.
 
@@ -79,7 +79,7 @@ def stepped_rates(rates: Iterable[float], period: float) -> Iterator[tuple[float
         yield period, r
 
 
-def bursty_segments(rate: float, burst_s: float, idle_s: float, seed: int) -> Iterator[tuple[float, float]]:
+def bursty_segments(rate: float, burst_s: float, idle_s: float, seed: int | str) -> Iterator[tuple[float, float]]:
     """Alternating (burst, rate) and (idle, 0) segments with exponential lengths.
 
     Starts at a uniformly random phase of a first burst+idle period, as the original does,
@@ -99,13 +99,13 @@ def bursty_segments(rate: float, burst_s: float, idle_s: float, seed: int) -> It
         yield rng.expovariate(1.0 / idle_s), 0.0
 
 
-def bursty_poisson(rate: float, burst_s: float, idle_s: float, seed: int,
+def bursty_poisson(rate: float, burst_s: float, idle_s: float, seed: int | str,
                    start: float = 0.0) -> Iterator[float]:
     """Poisson arrivals at `rate` during bursts of mean `burst_s`, silent during idle
     periods of mean `idle_s`. Long-run rate: rate x burst_s / (burst_s + idle_s)."""
     if burst_s <= 0 or idle_s <= 0:
         raise ValueError("burst and idle durations must be > 0")
-    return piecewise_poisson(bursty_segments(rate, burst_s, idle_s, seed + 1), seed, start)
+    return piecewise_poisson(bursty_segments(rate, burst_s, idle_s, f"{seed}/bursts"), seed, start)
 
 
 def trace_segments(counts: Sequence[float], scale: float = 1.0, interval_s: float = 60.0,
@@ -140,12 +140,12 @@ def random_start_segments(counts: Sequence[float], scale: float, interval_s: flo
     yield from segs
 
 
-def trace_replay(counts: Sequence[float], seed: int, scale: float = 1.0, interval_s: float = 60.0,
+def trace_replay(counts: Sequence[float], seed: int | str, scale: float = 1.0, interval_s: float = 60.0,
                  start_interval: int | None = 0, cycle: bool = True, start: float = 0.0) -> Iterator[float]:
     """Poisson arrivals per trace interval (counts are requests per minute).
     start_interval=None: random start (see random_start_segments)."""
     if start_interval is None:
-        segs = random_start_segments(counts, scale, interval_s, random.Random(seed ^ 0x5EED), cycle)
+        segs = random_start_segments(counts, scale, interval_s, random.Random(f"{seed}/start"), cycle)
     else:
         segs = trace_segments(counts, scale, interval_s, start_interval, cycle)
     return piecewise_poisson(segs, seed, start)
@@ -200,14 +200,14 @@ class ClosedLoop:
         if self.concurrency < 1:
             raise ValueError(f"closed loop concurrency must be >= 1, got {self.concurrency}")
 
-    def initial_times(self, seed: int, start: float = 0.0) -> list[float]:
+    def initial_times(self, seed: int | str, start: float = 0.0) -> list[float]:
         if self.jitter_s <= 0:
             return [start] * self.concurrency
         rng = random.Random(seed)
         return sorted(start + rng.random() * self.jitter_s for _ in range(self.concurrency))
 
 
-def burst_windows(burst_s: float, idle_s: float, seed: int, start: float = 0.0) -> Iterator[tuple[float, float]]:
+def burst_windows(burst_s: float, idle_s: float, seed: int | str, start: float = 0.0) -> Iterator[tuple[float, float]]:
     """(begin, end) windows during which a bursty closed loop keeps its requests in flight."""
     if burst_s <= 0 or idle_s <= 0:
         raise ValueError("burst and idle durations must be > 0")

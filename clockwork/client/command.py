@@ -18,7 +18,8 @@ from ..runfiles import open_new
 from .api import Client, ClientError
 from .stats import TSV_HEADER, Stats
 from .workloads.engine import Engine, WorkloadError, zoo_models
-from .workloads.registry import ParamError, all_workloads, get
+from .workloads import all_workloads, get
+from .workloads.registry import ParamError
 
 
 def _epilog() -> str:

@@ -2,7 +2,7 @@
 
 For tests of the client and its workloads, and for tools/bench/client_rate.py: it is not a
 scheduler. LoadModel hands out consecutive model ids with the sizes of the emulated zoo
-(conf/profiles), Ls lists them, Infer is answered SUCCESS with an output frame (checked
+(clockwork/conf/profiles), Ls lists them, Infer is answered SUCCESS with an output frame (checked
 input size first). Knobs make it misbehave on purpose: answer INITIALIZING for a while, or never
 answer some models (to exercise client timeouts).
 """

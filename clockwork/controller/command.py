@@ -27,8 +27,12 @@ from ..console import timestamped
 @click.option("--max-batch", type=flag_type("controller", "max_batch_size", "N"), default=None, help="Largest batch to schedule.")
 @click.option("--generate-inputs", is_flag=True, default=None,
               help="Inputs are generated, not sent by clients (as CLOCKWORK_DISABLE_INPUTS=1).")
+@click.option("--http", "http_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Also serve KServe v2 HTTP on PORT: a `cw frontend` child (docs/frontend.md).")
+@click.option("--grpc", "grpc_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Also serve KServe v2 gRPC on PORT (a `cw frontend` child).")
 def controller_command(workers, scheduler, host, port, telemetry_port, metrics_port, log_dir, no_logs,
-                       config_file, slo_ms, max_batch, generate_inputs):
+                       config_file, slo_ms, max_batch, generate_inputs, http_port, grpc_port):
     """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
     from .server import WorkersUnreachable, serve
     try:
@@ -45,14 +49,24 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
     if metrics_port is not None:
         cc["metrics_port"] = metrics_port
     addresses = [a for w in workers for a in w.split(",") if a]
+    frontend = None
     try:
         logs = None if no_logs else log_dir_or_fail(log_dir)
+        if http_port is not None or grpc_port is not None:
+            from ..frontend.command import spawn
+            bind = host or cc.get("bind", "127.0.0.1")
+            reach = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+            frontend = spawn(f"{reach}:{port or cc['client_port']}", bind, http_port, grpc_port, config_file)
         serve(config, addresses, scheduler=scheduler, host=host, client_port=port, log_dir=logs,
               telemetry_port=telemetry_port, out=timestamped())
     except (ValueError, KeyError, WorkersUnreachable) as e:
         raise click.ClickException(str(e))
     except OSError as e:      # e.g. the log files cannot be written
         raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    finally:
+        if frontend is not None:
+            frontend.terminate()
+            frontend.wait(10)
 
 
 def log_dir_or_fail(explicit):

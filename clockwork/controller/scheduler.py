@@ -1,4 +1,4 @@
-"""The contract between the controller's I/O edge and a scheduling policy.
+"""The contract between the controller's I/O edge and a scheduling policy (docs/design.md).
 
 A Scheduler is pure logic: it never touches sockets, threads or sleeps. Time comes from an
 injected `clock()` (integer ns, controller clock), effects go out through an injected Outbox.
@@ -10,7 +10,8 @@ Event order the edge guarantees:
     start(models, workers)          once startup has loaded every model on every worker
     add_models(models)              models loaded later, while running
     on_request(req)                 per client Infer (already validated: known model, sizes ok)
-    on_result(worker_id, action, result, data)   per completed action (result may be ErrorResult)
+    on_result(worker_id, action, result, data)   per completed action (result may be ErrorResult;
+                                                 its times in controller time)
     on_worker_lost(worker_id)       after ErrorResults(WORKER_LOST) for its in-flight actions
     on_worker_joined(worker_id, state)
     tick() -> next wake-up time (ns) or None
@@ -55,8 +56,9 @@ class Outbox(Protocol):
     action_ids: itertools.count   # shared source of action ids
 
     def send_action(self, worker_id: int, action: Message, data: list = (), expected_end: int = 0) -> None:
-        """Send `action` (windows in controller time) to a worker. The edge converts the
-        window to the worker's clock in place, so do not read it back after sending.
+        """Send `action` (windows in controller time) to a worker; `action` itself is not
+        changed (the edge sends a copy in the worker's clock). Never calls the scheduler back:
+        a send that fails arrives as an ErrorResult(WORKER_LOST) after the current tick.
         `expected_end` (controller time) is only logged."""
 
     def respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0) -> None:
@@ -111,5 +113,12 @@ class Scheduler:
         return None
 
     def stats(self) -> dict:
-        """Numbers for periodic stats lines and telemetry (queue lengths and such)."""
+        """Numbers for periodic stats lines and telemetry (queue lengths and such). Must not
+        change any state: several readers may ask at any time."""
         return {}
+
+    def log_context(self, worker_id: int, gpu_id: int, model_id: int) -> tuple[int, int, int]:
+        """For the action log, as an action is sent: (the GPU clock in MHz its estimate was
+        planned with, 0 if none; requests queued; GPUs holding model_id). Asked only while
+        the action log is on."""
+        return 0, 0, 0

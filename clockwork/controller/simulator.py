@@ -6,7 +6,9 @@ each ordered by `earliest`; nothing starts before `earliest`; a task that would 
 `latest` fails at once (ACTION_TOO_LATE); pages are counted (NOT_ENOUGH_PAGES), Infer needs the
 weights (WEIGHTS_NOT_PRESENT) and fails if they change while it runs (WEIGHTS_CHANGED).
 Durations are the profiled ones, optionally stretched by random noise. Results come back after
-the network delay, in simulated time. Workers can be killed (their in-flight actions are failed
+the network delay, in simulated time. A worker's clock may be skewed and drift against the
+controller's (`worker_clock=(offset_ns, drift_ppm)`): windows and results then cross between the
+clocks through ClockSync as they do in the controller, so a conversion that is off shows. Workers can be killed (their in-flight actions are failed
 with WORKER_LOST before on_worker_lost, as the edge does) and added.
 
 Used by the tests (deterministic: seeded noise, no wall clock) and for quick experiments:
@@ -27,7 +29,9 @@ import random
 from typing import Callable
 
 from ..model.zoo import load_profile
+from ..percentiles import percentile
 from ..status import Status
+from ..transport.clocksync import ClockSync
 from ..transport.schema import (ErrorResult, EvictWeights, EvictWeightsResult, GpuState, Infer,
                                 InferResult, LoadWeights, LoadWeightsResult, ModelInfo, WorkerState)
 from .scheduler import Request, Scheduler
@@ -87,7 +91,7 @@ def model_info(model_id: int, exec_ns: dict[int, int], weights_load_ns: int = 1 
 
 def models_from_profile(profile: str = "h200", names: list[str] | None = None, copies: int = 1,
                         page_size: int = PAGE_SIZE) -> list[ModelInfo]:
-    """ModelInfos from a conf/profiles entry, `copies` instances of each (consecutive ids)."""
+    """ModelInfos from a clockwork/conf/profiles entry, `copies` instances of each (consecutive ids)."""
     prof = load_profile(profile)
     out = []
     for name, m in prof["models"].items():
@@ -129,11 +133,28 @@ class _SimGpu:
 
 
 class _SimWorker:
-    def __init__(self, worker_id: int, gpus: int, total_pages: int):
+    def __init__(self, worker_id: int, gpus: int, total_pages: int, clock_offset: int = 0,
+                 drift_ppm: float = 0.0):
         self.id = worker_id
         self.alive = True
         self.gpus = [_SimGpu(i, total_pages) for i in range(gpus)]
-        self.inflight: dict[int, object] = {}   # action id -> action, in send order
+        self.inflight: dict[int, tuple] = {}    # action id -> (action as the scheduler sent it, sent at)
+        self.offset = clock_offset
+        self.drift = drift_ppm * 1e-6
+        self.sync = ClockSync()                 # the controller's estimate of this worker's clock
+
+    def time(self, t: int) -> int:
+        """The worker's clock at simulated (controller) time `t`."""
+        return t + self.offset + int(t * self.drift)
+
+    def when(self, worker_time: int) -> int:
+        """The first simulated time at which the worker's clock reads `worker_time`."""
+        t = int((worker_time - self.offset) / (1 + self.drift))
+        while self.time(t) < worker_time:
+            t += 1
+        while t > 0 and self.time(t - 1) >= worker_time:
+            t -= 1
+        return t
 
 
 class Simulator:
@@ -143,7 +164,7 @@ class Simulator:
     def __init__(self, scheduler: str | Callable = "infer4", models: list[ModelInfo] = (),
                  workers: int = 1, gpus: int = 1, total_pages: int = 1376, config: dict | None = None,
                  noise: float = 0.0, seed: int = 0, latency: int = 50_000, preload: bool = False,
-                 gpu_clock: int = DEFAULT_CLOCK_MHZ):
+                 gpu_clock: int = DEFAULT_CLOCK_MHZ, worker_clock: tuple[int, float] = (0, 0.0)):
         self.clock = SimClock(0)
         self.out = SimOutbox(self)
         self.config = config or {}
@@ -152,6 +173,7 @@ class Simulator:
         self.rng = random.Random(seed)
         self.latency = latency
         self.gpu_clock = gpu_clock
+        self.worker_clock = worker_clock
         self.models = {m.model_id: m for m in models}
         self._tables = {m.model_id: batch_tables(m) for m in models}
         self._events: list = []
@@ -180,8 +202,11 @@ class Simulator:
     # ------------------------------------------------------------------ setup
 
     def _new_worker(self, gpus: int, total_pages: int, preload: bool) -> _SimWorker:
-        w = _SimWorker(next(self._worker_ids), gpus, total_pages)
+        w = _SimWorker(next(self._worker_ids), gpus, total_pages, *self.worker_clock)
         self.workers[w.id] = w
+        # the connect handshake (GetWorkerState) is the first clock sample
+        now, lat = self.clock.now, self.latency
+        w.sync.add(now, w.time(now + lat), w.time(now + lat), now + 2 * lat)
         if preload:
             for g in w.gpus:
                 for m in self.models.values():
@@ -295,7 +320,7 @@ class Simulator:
         if not w.alive:
             return
         w.alive = False
-        for aid, action in list(w.inflight.items()):
+        for aid, (action, _) in list(w.inflight.items()):
             del w.inflight[aid]
             self.sched.on_result(worker_id, action, ErrorResult(
                 aid, type(action).__struct_config__.tag, Status.WORKER_LOST, "worker lost"), [])
@@ -330,8 +355,8 @@ class Simulator:
                               Status.WORKER_LOST, "worker lost")
             self.at(now, self._deliver_lost, worker_id, action, err)
             return
-        w.inflight[action.action_id] = action
-        self.at(now + self.latency, self._receive, w, action, data)
+        w.inflight[action.action_id] = (action, now)
+        self.at(now + self.latency, self._receive, w, w.sync.action_to_worker(action), data)
 
     def _deliver_lost(self, worker_id, action, err):
         self.sched.on_result(worker_id, action, err, [])
@@ -340,16 +365,20 @@ class Simulator:
         self.at(self.clock.now + self.latency, self._deliver, w, action, result, list(data))
 
     def _deliver(self, w, action, result, data):
-        if not w.alive or w.inflight.pop(action.action_id, None) is None:
+        sent = w.inflight.pop(action.action_id, None) if w.alive else None
+        if sent is None:
             return
+        action, sent_at = sent
+        result = w.sync.receive(result, sent_at, self.clock.now)
         if type(result) is ErrorResult:
             self.errors.append((self.clock.now, w.id, result))
         self.sched.on_result(w.id, action, result, data)
 
-    def _error(self, w, action, status, message=""):
-        now = self.clock.now
+    def _error(self, w, action, status, message="", received=None):
+        now = w.time(self.clock.now)
         self._reply(w, action, ErrorResult(action.action_id, type(action).__struct_config__.tag,
-                                           status, message or Status(status).name.lower(), now, now))
+                                           status, message or Status(status).name.lower(),
+                                           now if received is None else received, now))
 
     def _receive(self, w: _SimWorker, action, data):
         if not w.alive:
@@ -368,7 +397,7 @@ class Simulator:
             del g.present[action.model_id]
             g.version[action.model_id] = g.version.get(action.model_id, 0) + 1
             g.free_pages += model.num_pages
-            now = self.clock.now
+            now = w.time(self.clock.now)
             return self._reply(w, action, EvictWeightsResult(action.action_id, now, now, now, now))
         if kind is Infer:
             pad, _ = self._tables[action.model_id]
@@ -381,7 +410,7 @@ class Simulator:
             ex = g.load
         else:
             return self._error(w, action, Status.BAD_MESSAGE, f"simulator does not run {kind.__name__}")
-        heapq.heappush(ex.heap, (action.earliest, next(self._seq), action))
+        heapq.heappush(ex.heap, (action.earliest, next(self._seq), action, w.time(self.clock.now)))
         self._pump(w, g, ex)
 
     def _noisy(self, ns: int) -> int:
@@ -393,61 +422,64 @@ class Simulator:
         """Start the next task of an executor if it is idle and the task may start."""
         if not w.alive:
             return
-        now = self.clock.now
+        sim_now = self.clock.now
+        now = w.time(sim_now)                   # the worker's clock
         while not ex.busy and ex.heap:
-            earliest, _, action = ex.heap[0]
+            earliest, _, action, received = ex.heap[0]
             if earliest > now:
-                if ex.wake is None or ex.wake > earliest or ex.wake <= now:
-                    ex.wake = earliest
-                    self.at(earliest, self._pump, w, g, ex)
+                wake = w.when(earliest)
+                if ex.wake is None or ex.wake > wake or ex.wake <= sim_now:
+                    ex.wake = wake
+                    self.at(wake, self._pump, w, g, ex)
                 return
             heapq.heappop(ex.heap)
             if now > action.latest:
                 self._error(w, action, Status.ACTION_TOO_LATE,
-                            f"{'exec' if ex is g.exec else 'load_weights'} too late by {now - action.latest} ns")
+                            f"{'exec' if ex is g.exec else 'load_weights'} too late by {now - action.latest} ns",
+                            received)
                 continue
             model = self.models[action.model_id]
             if ex is g.exec:
                 if action.model_id not in g.present:
-                    self._error(w, action, Status.WEIGHTS_NOT_PRESENT)
+                    self._error(w, action, Status.WEIGHTS_NOT_PRESENT, "", received)
                     continue
                 pad, exec_ns = self._tables[action.model_id]
                 dur = self._noisy(exec_ns[action.batch_size])
                 version = g.present[action.model_id]
             else:
                 if action.model_id in g.present:
-                    self._error(w, action, Status.WEIGHTS_ALREADY_PRESENT)
+                    self._error(w, action, Status.WEIGHTS_ALREADY_PRESENT, "", received)
                     continue
                 if g.free_pages < model.num_pages:
                     self._error(w, action, Status.NOT_ENOUGH_PAGES,
-                                f"need {model.num_pages} pages, {g.free_pages} free")
+                                f"need {model.num_pages} pages, {g.free_pages} free", received)
                     continue
                 g.free_pages -= model.num_pages
                 dur = self._noisy(model.weights_load_ns)
                 version = None
             ex.busy = True
             ex.busy_ns += dur
-            self.at(now + dur, self._finish, w, g, ex, action, now, version)
+            self.at(sim_now + dur, self._finish, w, g, ex, action, received, now, version)
 
-    def _finish(self, w, g, ex, action, begin, version):
+    def _finish(self, w, g, ex, action, received, begin, version):
         ex.busy = False
         if not w.alive:
             return
-        now = self.clock.now
+        now = w.time(self.clock.now)
         if ex is g.exec:
             if g.present.get(action.model_id) != version:
-                self._error(w, action, Status.WEIGHTS_CHANGED)
+                self._error(w, action, Status.WEIGHTS_CHANGED, "", received)
             else:
                 n = action.batch_size * self.models[action.model_id].output_size
                 out = memoryview(self._zeros)[:n]
                 self._reply(w, action, InferResult(
-                    action.action_id, begin, now, begin, begin, begin, now, now - begin, now, now,
+                    action.action_id, received, now, begin, begin, begin, now, now - begin, now, now,
                     self.gpu_clock, self.gpu_clock), [out])
         else:
             v = g.version.get(action.model_id, 0) + 1
             g.version[action.model_id] = v
             g.present[action.model_id] = v
-            self._reply(w, action, LoadWeightsResult(action.action_id, begin, now, begin, now, now - begin))
+            self._reply(w, action, LoadWeightsResult(action.action_id, received, now, begin, now, now - begin))
         self._pump(w, g, ex)
 
     # ------------------------------------------------------------------ results
@@ -467,7 +499,7 @@ class Simulator:
         met = sum(1 for x in self.with_status(Status.SUCCESS) if x.time <= x.req.deadline)
 
         def pct(p):
-            return ok[min(len(ok) - 1, int(p / 100 * len(ok)))] / MS if ok else None
+            return percentile(ok, p) / MS if ok else None
         return {"requests": len(self.requests), "answered": len(self.responses),
                 "statuses": by_status, "deadline_met": met,
                 "latency_ms": {"p50": pct(50), "p99": pct(99), "max": ok[-1] / MS if ok else None},

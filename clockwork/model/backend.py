@@ -13,9 +13,10 @@ Calls and their contract (all times are integer ns of time.monotonic_ns(), the w
     load_host_model(spec)        once per LoadModelFromDisk, shared by all copies: read weights
                                  into (pinned) host memory, load code onto every device. Slow is
                                  fine (it is not on the request path), failing raises LoadError.
-    load_weights(gpu, hm, pages, now)            host weights -> the given weights-cache pages
+    load_weights(gpu, hm, pages, now, instance)  host weights -> the given weights-cache pages
     copy_input(gpu, hm, batch, inputs, io, now)  input frames -> device io pool at io.offset
-    execute(gpu, hm, padded, pages, io, ws, now) run compiled batch `padded` (padded >= batch)
+    execute(gpu, hm, padded, pages, io, ws, now, instance)
+                                                 run compiled batch `padded` (padded >= batch)
     copy_output(gpu, hm, batch, io, now)         device output -> host; Op.output is the bytes
 
 Each of the four device calls returns at once with an Op. Ops given to one executor (one stream per kind
@@ -43,6 +44,8 @@ Memory. The runtime decides where things go; the backend allocates the device me
 (setup: weights cache of `total_pages` x `page_size`, io pool, workspace pool per GPU) and uses
 the page indices / pool offsets it is given. `pages` lists a model's cache pages in order: page
 k of the model (format.ModelSpec.pages / tensor `page`) lives in cache page pages[k].
+`instance` (keyword) is the model id the weights belong to: a backend may keep state per model
+instance across evict and reload (the CUDA backend's fixed weight addresses and CUDA graphs).
 """
 from __future__ import annotations
 
@@ -130,12 +133,11 @@ class Backend:
     stable_outputs = False      # True: Op.output buffers are never rewritten (sent zero-copy)
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int):
+                 workspace_pool_size: int):
         self.page_size = page_size
         self.total_pages = total_pages
         self.io_pool_size = io_pool_size
         self.workspace_pool_size = workspace_pool_size
-        self.host_io_pool_size = host_io_pool_size
 
     # ------------------------------------------------------------------ devices
     def gpu_names(self) -> list[str]:
@@ -157,8 +159,10 @@ class Backend:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ device operations
-    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
-        """Must: start copying hm's weights into weights-cache `pages` of `gpu`."""
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
+                     instance: int = -1) -> Op:
+        """Must: start copying hm's weights (of model id `instance`) into weights-cache
+        `pages` of `gpu`."""
         raise NotImplementedError
 
     def copy_input(self, gpu: int, hm: HostModel, batch_size: int, inputs: list, io: Region,
@@ -169,7 +173,7 @@ class Backend:
         raise NotImplementedError
 
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
-                workspace: Region, now: int) -> Op:
+                workspace: Region, now: int, instance: int = -1) -> Op:
         """Must: start running compiled batch `padded_batch` on the inputs at io.offset."""
         raise NotImplementedError
 

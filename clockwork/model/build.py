@@ -12,6 +12,11 @@ tvm.compile to produce a binary; without it TVM silently emits CUDA source). The
 with gcc into an ignored folder and is never shipped or used at run time. Every CUDA module is
 checked to embed a fatbin/cubin before it is written: a model with uncompiled CUDA code is
 refused.
+
+Weights and compute dtype (`--dtype`): float16 (the CUDA default) halves the weights and runs
+convs and matmuls on tensor cores with float32 accumulation (clockwork.model.schedules);
+inputs and outputs stay float32. model.json records the dtype and every module carries a
+marker of the dtype it was compiled for, so a worker refuses a module and weights that disagree.
 """
 from __future__ import annotations
 
@@ -31,11 +36,13 @@ from . import nets
 from .format import DEFAULT_PAGE_SIZE, METADATA, layout_pages, write_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FATBIN_MAGIC = b"\x50\xed\x55\xba"          # 0xBA55ED50, little endian
-CUBIN_ELF = b"\x7fELF\x02\x01\x01\x33"       # ELF64 with the CUDA OS/ABI byte
 PAGE_FILE_ALIGN = 4096
 PROGRESS_EVERY_S = 20
 _start_child = subprocess.Popen      # (tests replace it)
+# apache-tvm 0.27.0.post1 accepts apache-tvm-ffi >= 0.1.14, but 0.1.15.x crashes (segfault in
+# s_tir.Tensorize -> ffi::ToJSONGraph) in every tensor-core schedule; 0.1.14.post0 works.
+TVM_FFI_BROKEN_TENSORIZE = "0.1.15"
+TVM_FFI_PIN = "apache-tvm-ffi==0.1.14.post0"
 
 _STUB_SOURCE = r"""
 /* Build-time stand-in for the NVIDIA driver: lets libtvm_runtime_cuda.so load so that
@@ -78,6 +85,28 @@ def _tvm_version() -> str:
         raise BuildError("TVM is not installed: pip install apache-tvm==0.27.0.post1") from None
 
 
+def default_dtype(target: str) -> str:
+    """float16 on CUDA (tensor cores, half the weight pages), float32 on the CPU."""
+    return "float16" if target == "cuda" else "float32"
+
+
+def default_layout(target: str, dtype: str) -> str:
+    """Activation layout inside models (inputs are NCHW either way): channels last for tensor
+    cores (contiguous Cin in every conv GEMM's K), NCHW otherwise."""
+    return "NHWC" if target == "cuda" and dtype == "float16" else "NCHW"
+
+
+def _check_tvm_ffi(target: str, dtype: str) -> None:
+    from importlib import metadata
+    try:
+        v = metadata.version("apache-tvm-ffi")
+    except metadata.PackageNotFoundError:
+        return
+    if target == "cuda" and dtype == "float16" and v.startswith(TVM_FFI_BROKEN_TENSORIZE):
+        raise BuildError(f"apache-tvm-ffi {v} crashes in TVM's tensor-core schedules; "
+                         f"pip install {TVM_FFI_PIN} (or build with --dtype float32)")
+
+
 def _hash(*parts) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
@@ -113,8 +142,8 @@ def _has_driver() -> bool:
 
 def has_device_code(so_path: Path) -> bool:
     """True if the exported module embeds compiled CUDA (a fatbin or a cubin), not source."""
-    data = Path(so_path).read_bytes()
-    return FATBIN_MAGIC in data or CUBIN_ELF in data
+    from .tvm_runtime import has_device_code as check
+    return check(so_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +186,7 @@ def materialize_weights(model_dir: str | Path, log=print) -> Path:
     if "import" in meta:                  # an ONNX import (clockwork.model.onnx_import)
         from .onnx_import import materialize_weights as from_recipe
         return from_recipe(d, meta, log)
-    net = nets.get(meta["name"])
+    net = nets.for_model(meta)
     made = write_weights(net, d, int(w["page_size"]), int(meta.get("seed", 0)))
     if w.get("sha256") and made["sha256"] != w["sha256"]:
         target.unlink()
@@ -170,9 +199,10 @@ def materialize_weights(model_dir: str | Path, log=print) -> Path:
 # ---------------------------------------------------------------------------------------------
 # compiling (in a child process)
 
-def _compile_child(name: str, target: str, arch: str | None, batch_sizes: list[int], out: str) -> None:
+def _compile_child(name: str, target: str, arch: str | None, dtype: str, layout: str,
+                   batch_sizes: list[int], out: str) -> None:
     """Runs inside the child: define, compile, export."""
-    compile_relax(nets.relax_module(nets.get(name), batch_sizes), target, arch, out)
+    compile_relax(nets.relax_module(nets.get(name, dtype, layout), batch_sizes), target, arch, out)
 
 
 def compile_relax(mod, target: str, arch: str | None, out: str) -> None:
@@ -184,16 +214,21 @@ def compile_relax(mod, target: str, arch: str | None, out: str) -> None:
     if target == "llvm":
         ex = tvm.compile(mod, target="llvm")
     else:
+        from . import schedules
         tgt = Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
         with tgt:
-            ex = tvm.compile(mod, target=tgt, relax_pipeline="default")
+            ex = tvm.compile(mod, target=tgt, relax_pipeline=schedules.cuda_pipeline(tgt))
+        st = schedules.TensorCoresFirst.stats
+        print(f"GEMM kernels on tensor cores: {st['tensor_cores']} of "
+              f"{st['tensor_cores'] + st['other']}", flush=True)
     ex.export_library(out)
 
 
 def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[int], out: Path,
-                  log=print, entry: str = "clockwork.model.build", job: str | None = None) -> float:
+                  log=print, dtype: str = "float32", layout: str = "NCHW",
+                  entry: str = "clockwork.model.build", job: str | None = None) -> float:
     """Compile `name` for `target` into `out` (verified); returns seconds taken. The child runs
-    `python -m ENTRY compile JOB TARGET ARCH BATCHES OUT` (JOB defaults to the name)."""
+    `python -m ENTRY compile JOB TARGET ARCH DTYPE LAYOUT BATCHES OUT` (JOB: the name)."""
     env = dict(os.environ)
     env.setdefault("TVM_NUM_THREADS", "1")
     if target == "cuda":
@@ -203,7 +238,7 @@ def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[in
             env.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     tmp = out.with_name(out.name + ".tmp")
     cmd = [sys.executable, "-m", entry, "compile", job or name, target, arch or "-",
-           ",".join(map(str, batch_sizes)), str(tmp)]
+           dtype, layout, ",".join(map(str, batch_sizes)), str(tmp)]
     t0 = time.monotonic()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile("w+") as out_log:
@@ -231,6 +266,9 @@ def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[in
         raise BuildError(f"{name}: TVM produced CUDA source, not a binary (libtvm_runtime_cuda.so "
                          "could not load or no CUDA compiler); refusing to write this model")
     os.replace(tmp, out)
+    for line in output.splitlines():
+        if line.startswith("GEMM kernels"):
+            log(f"    {line}")
     return took
 
 
@@ -239,9 +277,14 @@ def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[in
 
 def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str | None = None,
                 batch_sizes=nets.BATCH_SIZES, page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0,
-                force: bool = False, log=print) -> Path:
-    """Build one model directory (or add a target to it). Skips what is unchanged."""
-    net = nets.get(name)
+                force: bool = False, log=print, dtype: str | None = None,
+                layout: str | None = None) -> Path:
+    """Build one model directory (or add a target to it). Skips what is unchanged. One
+    directory holds one dtype and layout: building another rewrites the weights and drops the
+    code of other targets."""
+    dtype = dtype or default_dtype(target)
+    layout = layout or default_layout(target, dtype)
+    net = nets.get(name, dtype, layout)
     key = target_key(target, arch)
     batch_sizes = sorted(int(b) for b in batch_sizes)
     d = Path(out_root) / name
@@ -254,9 +297,11 @@ def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str
             old = {}
     defn = net.definition_hash()
     w_hash = _hash(defn, seed, page_size)
-    c_hash = _hash(defn, key, batch_sizes, _tvm_version())
+    c_hash = _hash(defn, key, batch_sizes, _tvm_version(),
+                   (Path(__file__).parent / "schedules.py").read_bytes() if target == "cuda" else "")
     hashes = dict(old.get("build", {}))
-    same_batches = old.get("batch_sizes") == batch_sizes
+    same_batches = (old.get("batch_sizes") == batch_sizes and old.get("dtype", "float32") == dtype
+                    and old.get("layout", "NCHW") == layout)
     if not same_batches:                   # code of other targets has other functions: drop it
         hashes = {k: v for k, v in hashes.items() if k == "weights"}
 
@@ -273,15 +318,17 @@ def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str
         log(f"  {name}: {key} up to date, skipped")
     else:
         log(f"  {name}: compiling for {key}, batch sizes {','.join(map(str, batch_sizes))} ...")
-        took = compile_model(name, target, arch, batch_sizes, so, log)
+        took = compile_model(name, target, arch, batch_sizes, so, log, dtype, layout)
         log(f"  {name}: {key} done in {took:.0f} s ({so.stat().st_size / 2**20:.1f} MiB)")
         code[key] = so.name
         hashes[key] = c_hash
 
     write_metadata(d, {
         "name": name,
-        "input": {"shape": list(net.input_shape), "dtype": net.dtype},
-        "output": {"shape": list(net.output_shape), "dtype": net.dtype},
+        "dtype": dtype,
+        "layout": layout,
+        "input": {"shape": list(net.input_shape), "dtype": net.io_dtype},
+        "output": {"shape": list(net.output_shape), "dtype": net.io_dtype},
         "batch_sizes": batch_sizes,
         "weights": weights,
         "code": code,
@@ -294,24 +341,33 @@ def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str
 
 
 def build_zoo(names, out_root, target="llvm", arch=None, batch_sizes=nets.BATCH_SIZES,
-              page_size=DEFAULT_PAGE_SIZE, seed=0, force=False, log=print) -> list[Path]:
+              page_size=DEFAULT_PAGE_SIZE, seed=0, force=False, log=print,
+              dtype: str | None = None, layout: str | None = None) -> list[Path]:
     names = list(names)
     unknown = [n for n in names if n not in nets.NAMES]
     if unknown:
         raise BuildError(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(nets.NAMES)})")
     target_key(target, arch)
+    dtype = dtype or default_dtype(target)
+    if dtype not in nets.DTYPES:
+        raise BuildError(f"unknown dtype {dtype!r} ({' or '.join(nets.DTYPES)})")
+    if layout is not None and layout not in nets.LAYOUTS:
+        raise BuildError(f"unknown layout {layout!r} ({' or '.join(nets.LAYOUTS)})")
     _tvm_version()
+    _check_tvm_ffi(target, dtype)
     out = []
     for i, n in enumerate(names, 1):
         log(f"[{i}/{len(names)}] {n}")
-        out.append(build_model(n, out_root, target, arch, batch_sizes, page_size, seed, force, log))
+        out.append(build_model(n, out_root, target, arch, batch_sizes, page_size, seed, force, log,
+                               dtype, layout))
     return out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "compile":
-        _, _, name, tgt, arch, bs, path = sys.argv
-        _compile_child(name, tgt, None if arch == "-" else arch, [int(b) for b in bs.split(",")], path)
+    if len(sys.argv) == 9 and sys.argv[1] == "compile":
+        _, _, name, tgt, arch, dt, layout, bs, path = sys.argv
+        _compile_child(name, tgt, None if arch == "-" else arch, dt, layout,
+                       [int(b) for b in bs.split(",")], path)
     elif len(sys.argv) >= 3 and sys.argv[1] == "weights":      # bundles: regenerate weights.bin
         try:
             for d in sys.argv[2:]:
@@ -319,6 +375,6 @@ if __name__ == "__main__":
         except (BuildError, OSError, KeyError, ValueError) as e:
             sys.exit(f"error: {e}")
     else:
-        print("internal entry points: compile NAME TARGET ARCH BATCHES OUT | weights DIR...; "
+        print("internal entry points: compile NAME TARGET ARCH DTYPE LAYOUT BATCHES OUT | weights DIR...; "
               "use `cw zoo build`", file=sys.stderr)
         sys.exit(2)

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import click
 
+from ..percentiles import percentile
+
 CTX = {"help_option_names": ["-h", "--help"]}
 
 
-def _pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+def _pct(xs, q) -> int:
+    return int(percentile(xs, q))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,8 +39,14 @@ def zoo_group():
 @click.option("--page-size", default=16 * 1024 * 1024, show_default=True, type=click.IntRange(4096),
               help="Weights-cache page size the weights are laid out for (must match the worker).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Weights/compute dtype [default: float16 for cuda (tensor cores, float32 "
+                   "accumulation), float32 for llvm]. Inputs and outputs stay float32.")
+@click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default=None,
+              help="Activation layout inside the model [default: NHWC for cuda float16, else "
+                   "NCHW]. Inputs are NCHW either way.")
 @click.option("--force", is_flag=True, help="Rebuild even what is up to date.")
-def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, force):
+def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, dtype, layout, force):
     """Compile models (TVM) into model directories: weights.bin, <target>.so, model.json.
 
     Cached: a model whose definition, weights and target are unchanged is skipped. CUDA code is
@@ -61,10 +68,12 @@ def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, f
     except build.BuildError as e:
         raise click.BadParameter(str(e), param_hint="--arch") from None
     where = "llvm (CPU)" if target == "llvm" else f"CUDA {arch}"
-    click.echo(f"Building {len(names)} model(s) for {where} into {target_dir}")
+    dtype = dtype or build.default_dtype(target)
+    layout = layout or build.default_layout(target, dtype)
+    click.echo(f"Building {len(names)} model(s) for {where}, {dtype} {layout}, into {target_dir}")
     try:
         build.build_zoo(names, target_dir, target, arch if target == "cuda" else None, bs, page_size,
-                        seed, force, log=lambda m: click.echo(m))
+                        seed, force, log=lambda m: click.echo(m), dtype=dtype, layout=layout)
     except build.BuildError as e:
         raise click.ClickException(str(e)) from None
 
@@ -116,7 +125,8 @@ def check_model_command(path, backend, gpu, runs):
     click.echo(f"  input  {list(spec.input_shape)} {spec.input_dtype} = {spec.input_size} bytes per item")
     click.echo(f"  output {list(spec.output_shape)} {spec.output_dtype} = {spec.output_size} bytes per item")
     click.echo(f"  weights {spec.weights_size} bytes ({spec.weights_size / 2**20:.1f} MiB), "
-               f"{len(spec.tensors)} tensors in {len(spec.pages)} pages of {spec.page_size // 2**20} MiB")
+               f"{spec.dtype}, {len(spec.tensors)} tensors in {len(spec.pages)} pages of "
+               f"{spec.page_size // 2**20} MiB")
     ld = prof["load"]
     gbps = spec.weights_size / (_pct(ld, 50) / 1e9) / 1e9 if _pct(ld, 50) else 0
     click.echo(f"  weights transfer: p50 {_pct(ld, 50) / 1e6:.3f} ms, p99 {_pct(ld, 99) / 1e6:.3f} ms "
@@ -139,7 +149,7 @@ def profile_group():
 @click.option("--backend", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True)
 @click.option("--gpu", default=0, show_default=True)
 @click.option("--runs", default=100, show_default=True, type=click.IntRange(3, 100000))
-@click.option("--print-toml", is_flag=True, help="Also print a conf/profiles entry per model.")
+@click.option("--print-toml", is_flag=True, help="Also print a clockwork/conf/profiles entry per model.")
 def profile_model_command(paths, backend, gpu, runs, print_toml):
     """Measure models on their device and write each one's measurements.json."""
     from .format import write_measurements
@@ -161,7 +171,7 @@ def profile_model_command(paths, backend, gpu, runs, print_toml):
 
 
 def profile_toml(spec, load_ns, exec_ns, p99) -> str:
-    """A conf/profiles/<device>.toml entry for one measured model."""
+    """A clockwork/conf/profiles/<device>.toml entry for one measured model."""
     def table(d):
         return "{ " + ", ".join(f"{b} = {v}" for b, v in sorted(d.items())) + " }"
     return (f"[models.{spec.name}]\n"

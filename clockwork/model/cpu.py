@@ -47,8 +47,8 @@ class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int, num_gpus: int = 1):
-        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
+                 workspace_pool_size: int, num_gpus: int = 1):
+        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size)
         self.dev = tr.import_tvm().cpu(0)
         self._caches = [aligned_bytes(total_pages * page_size) for _ in range(num_gpus)]
         self._io = [aligned_bytes(io_pool_size) for _ in range(num_gpus)]
@@ -69,6 +69,7 @@ class CpuBackend(Backend):
             image = aligned_bytes(tr.weights_image_size(spec))
             tr.read_weights(spec, image)
             compiled = tr.CompiledModel(spec.path / spec.code[CODE_KEY], self.dev)
+            compiled.check_dtype(spec)
         except (ValueError, OSError, RuntimeError) as e:
             raise LoadError(str(e)) from None
         hm = CpuHostModel(spec, self.page_size, {}, 0, image, compiled)
@@ -114,7 +115,8 @@ class CpuBackend(Backend):
             cache[dst:dst + n] = hm.image[off:off + n]
 
     # ------------------------------------------------------------------ device operations
-    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
+                     instance: int = -1) -> Op:
         t0 = time.perf_counter_ns()
         self._copy_pages(hm, self._caches[gpu], pages)
         d = time.perf_counter_ns() - t0
@@ -135,7 +137,7 @@ class CpuBackend(Backend):
         return Op(now, now + d, d)
 
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
-                workspace: Region, now: int) -> Op:
+                workspace: Region, now: int, instance: int = -1) -> Op:
         t0 = time.perf_counter_ns()
         op = Op(now)
         try:

@@ -14,16 +14,29 @@ on the exec stream (set as its current stream). Every op is bracketed by two CUD
 duration is the events' elapsed time, its completion found by poll() (cudaEventQuery).
 Weights are passed to the compiled function as zero-copy views of their cache pages, cached
 per placement. SM clocks come from NVML (pynvml) before and after each Infer; this backend only
-reads GPU settings, never changes them.
+reads GPU settings, never changes them. With CLOCKWORK_CUDA_GATE=1 an exec is enqueued behind a
+wait on a host-written counter (cuStreamWaitValue64) and released once fully enqueued, so its
+measured duration is GPU time without host submission gaps (see _gate_close).
+
+CUDA graphs (`graphs=True`, or CLOCKWORK_CUDA_GRAPHS=1): the weights cache is made of physical
+pages (cuMemCreate) and every model instance gets a fixed virtual range onto which LoadWeights
+maps the pages it received (clockwork.model.fixed_weights). At an instance's first LoadWeights
+one graph per batch size is captured over that range (on a side stream, nothing runs); Infer
+then copies the inputs into the graph's fixed input buffer, replays the graph and copies the
+output out, all on the exec stream. Evict/reload into other pages only remaps the range, so
+the graphs stay valid. TVM's intermediate buffers (its pooled allocator, warmed at load) are
+shared by all graphs: safe because one GPU runs one exec at a time.
 """
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 
 from . import tvm_runtime as tr
 from .backend import PENDING, Backend, BackendUnavailable, HostModel, LoadError, Op, Region
+from .fixed_weights import CudaVmmDriver, FixedAddressWeights
 from .format import ModelSpec
 
 MAX_VIEW_CACHE = 4096
@@ -84,7 +97,13 @@ class CudaHostModel(HostModel):
 
 class _Gpu:
     __slots__ = ("index", "dev", "name", "arch", "cache", "io", "ws", "host_io", "host_io_view",
-                 "s_exec", "s_weights", "s_in", "s_out", "events", "nvml", "out_at")
+                 "s_exec", "s_weights", "s_in", "s_out", "s_capture", "events", "nvml", "out_at",
+                 "fixed", "graphs", "gate_host", "gate_dev", "gate_n", "gate_value")
+
+
+class _Graph:
+    """One captured call of a compiled function: its fixed input and output addresses."""
+    __slots__ = ("exec", "graph", "x", "x_ptr", "out", "out_ptr")
 
 
 class CudaBackend(Backend):
@@ -92,8 +111,17 @@ class CudaBackend(Backend):
     poll_interval_ns = 20_000
 
     def __init__(self, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int, gpus: list[int] | None = None):
-        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
+                 workspace_pool_size: int, gpus: list[int] | None = None,
+                 graphs: bool | None = None, gate: bool | None = None):
+        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size)
+        if graphs is None:
+            graphs = os.environ.get("CLOCKWORK_CUDA_GRAPHS", "0") == "1"
+        if gate is None:
+            gate = os.environ.get("CLOCKWORK_CUDA_GATE", "0") == "1"
+        self.graphs = graphs
+        self.gate = gate
+        self.gate_error: str | None = None
+        self.graph_errors: list[str] = []     # captures that failed (those batches run direct)
         self.cu = cu = _Cuda()
         err, count = cu.rt.cudaGetDeviceCount()
         if err != cu.ok or count < 1:
@@ -120,23 +148,36 @@ class CudaBackend(Backend):
             else str(props.name)
         g.arch = f"sm_{props.major}{props.minor}"
         g.dev = tr.device("cuda", i)
+        g.fixed, g.graphs, g.cache = None, {}, 0
         try:
-            g.cache = cu.check(rt.cudaMalloc(self.total_pages * self.page_size), "weights cache")
             g.io = cu.check(rt.cudaMalloc(max(self.io_pool_size, 256)), "io pool")
             g.ws = cu.check(rt.cudaMalloc(max(self.workspace_pool_size, 256)), "workspace pool")
             g.host_io = cu.check(rt.cudaHostAlloc(max(self.io_pool_size, 256), rt.cudaHostAllocPortable),
                                  "pinned host io pool")
-        except CudaError as e:
+            if self.graphs:          # (the primary context is current now: driver API calls work)
+                g.fixed = FixedAddressWeights(CudaVmmDriver(i), self.page_size, self.total_pages)
+            else:
+                g.cache = cu.check(rt.cudaMalloc(self.total_pages * self.page_size), "weights cache")
+        except (CudaError, RuntimeError, ValueError) as e:
             raise BackendUnavailable(f"GPU {i}: cannot allocate the worker's memory ({e}); lower "
                                      "weights_cache_size / pool sizes in the config") from None
         g.host_io_view = (ctypes.c_uint8 * max(self.io_pool_size, 256)).from_address(g.host_io)
         flags = rt.cudaStreamNonBlocking
-        g.s_exec, g.s_weights, g.s_in, g.s_out = (
-            cu.check(rt.cudaStreamCreateWithFlags(flags), "stream") for _ in range(4))
+        g.s_exec, g.s_weights, g.s_in, g.s_out, g.s_capture = (
+            cu.check(rt.cudaStreamCreateWithFlags(flags), "stream") for _ in range(5))
         g.events = [cu.check(rt.cudaEventCreateWithFlags(rt.cudaEventDefault), "event")
                     for _ in range(EVENTS_PER_GPU)]
         tr.set_stream(g.dev, int(g.s_exec))
-        g.nvml = self._nvml.nvmlDeviceGetHandleByIndex(i) if self._nvml else None
+        g.gate_n, g.gate_host = 0, 0
+        if self.gate:
+            try:
+                self._open_gate(g)
+            except Exception as e:          # no stream memory ops here: run without the gate
+                self.gate_error = f"GPU {i}: exec gate unavailable ({type(e).__name__}: {e})"
+                if g.gate_host:
+                    rt.cudaFreeHost(g.gate_host)
+                g.gate_host = 0
+        g.nvml = _nvml_handle(self._nvml, props)
         g.out_at = {}
         return g
 
@@ -195,6 +236,7 @@ class CudaBackend(Backend):
             for g in self._gpus:
                 cu.check(rt.cudaSetDevice(g.index), "cudaSetDevice")
                 hm.compiled.append(tr.CompiledModel(spec.path / spec.code[key], g.dev))
+                hm.compiled[-1].check_dtype(spec)
             self._warm_up(hm)
         except (OSError, RuntimeError, ValueError) as e:
             hm.close()
@@ -226,6 +268,7 @@ class CudaBackend(Backend):
         cu.check(rt.cudaSetDevice(g.index), "cudaSetDevice")
         scratch = cu.check(rt.cudaMalloc(n_pages * self.page_size), "scratch weights")
         xin = cu.check(rt.cudaMalloc(max(hm.spec.batch_sizes) * hm.input_size), "scratch input")
+        xg = cu.check(rt.cudaMalloc(max(hm.spec.batch_sizes) * hm.input_size), "graph input")
         e0, e1 = g.events.pop(), g.events.pop()
         out = {"load": []}
         try:
@@ -242,18 +285,33 @@ class CudaBackend(Backend):
                 f = hm.compiled[gpu].function(b)
                 f(x, *views)                       # first call: TVM allocations happen here
                 cu.check(rt.cudaStreamSynchronize(g.s_exec), "sync")
+                gr = None
+                if self.graphs:                    # time what execute() does: copy in, replay
+                    xgv = tr.raw_view(xg, (b, *hm.spec.input_shape), hm.spec.input_dtype, g.dev)
+                    gr = self._capture(g, f, xgv, views)
                 out[b] = []
                 for _ in range(runs):
-                    cu.check(rt.cudaEventRecord(e0, g.s_exec), "event")
-                    f(x, *views)
-                    cu.check(rt.cudaEventRecord(e1, g.s_exec), "event")
+                    n = self._gate_close(g)
+                    try:
+                        cu.check(rt.cudaEventRecord(e0, g.s_exec), "event")
+                        if gr is None:
+                            f(x, *views)
+                        else:
+                            self._replay(g, gr, xin, 0, b * hm.input_size)
+                        cu.check(rt.cudaEventRecord(e1, g.s_exec), "event")
+                    finally:
+                        if n:
+                            self._gate_open(g, n)
                     cu.check(rt.cudaEventSynchronize(e1), "sync")
                     out[b].append(int(cu.check(rt.cudaEventElapsedTime(e0, e1), "elapsed") * 1e6))
+                if gr is not None:
+                    self._destroy(gr)
             del views
         finally:
             cu.check(rt.cudaStreamSynchronize(g.s_exec), "sync")
             rt.cudaFree(scratch)
             rt.cudaFree(xin)
+            rt.cudaFree(xg)
             g.events += [e0, e1]
         return out
 
@@ -288,13 +346,24 @@ class CudaBackend(Backend):
         if len(self._gpus) > 1:
             self.cu.rt.cudaSetDevice(g.index)
 
-    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
+                     instance: int = -1) -> Op:
         g = self._gpus[gpu]
         ev = None
         try:
             self._set(g)
+            if g.fixed is not None:          # map the pages onto the instance's fixed range
+                if instance < 0:
+                    raise ValueError("fixed weight addresses need the model instance (model id)")
+                first = not g.fixed.mapped(instance)
+                base = g.fixed.place(instance, pages)
+                if first:
+                    self._capture_instance(g, gpu, hm, instance, base)
+                dst, where = base, list(range(len(pages)))
+            else:
+                dst, where = g.cache, pages
             ev = self._begin(g, g.s_weights)
-            self._copy_pages(g, hm, pages, g.cache)
+            self._copy_pages(g, hm, where, dst)
             return self._end(g, g.s_weights, *ev, now)
         except Exception as e:
             return self._failed(g, ev, now, e)
@@ -319,11 +388,34 @@ class CudaBackend(Backend):
             return self._failed(g, ev, now, e)
 
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
-                workspace: Region, now: int) -> Op:
+                workspace: Region, now: int, instance: int = -1) -> Op:
         g = self._gpus[gpu]
+        n = 0
+        try:
+            n = self._gate_close(g)
+            return self._enqueue_exec(g, gpu, hm, padded_batch, pages, io, now, instance)
+        except Exception as e:
+            return self._failed(g, None, now, e)
+        finally:
+            if n:
+                self._gate_open(g, n)
+
+    def _enqueue_exec(self, g, gpu, hm, padded_batch, pages, io, now, instance) -> Op:
         ev = None
         try:
-            weights = self._weight_views(g, hm, pages)
+            gr = g.graphs.get((instance, padded_batch))
+            if gr is not None:
+                out_off = io.offset + padded_batch * hm.input_size
+                self._set(g)
+                ev = self._begin(g, g.s_exec)
+                self._replay(g, gr, g.io + io.offset, g.io + out_off,
+                             padded_batch * hm.input_size, padded_batch * hm.output_size)
+                g.out_at[io.offset] = out_off
+                return self._end(g, g.s_exec, *ev, now)
+            if g.fixed is not None:
+                weights = self._fixed_views(g, hm, instance, pages)
+            else:
+                weights = self._weight_views(g, hm, pages)
             x = self._input_view(g, hm, padded_batch, io)
             f = hm.compiled[gpu].function(padded_batch)
             self._set(g)
@@ -396,11 +488,121 @@ class CudaBackend(Backend):
         self.reset()
         rt = self.cu.rt
         for g in self._gpus:
-            rt.cudaFree(g.cache)
+            for gr in g.graphs.values():
+                self._destroy(gr)
+            g.graphs.clear()
+            if g.fixed is not None:
+                g.fixed.close()
+            else:
+                rt.cudaFree(g.cache)
             rt.cudaFree(g.io)
             rt.cudaFree(g.ws)
             rt.cudaFreeHost(g.host_io)
+            if g.gate_host:
+                rt.cudaFreeHost(g.gate_host)
         self._gpus = []
+
+    # ------------------------------------------------------------------ exec gate
+    # An exec's work is enqueued behind a wait on a host-written counter and released only
+    # once all of it is enqueued, so the GPU runs it back to back: host submission time and
+    # its jitter (Python, cuda-python, TVM's launches) stay out of the measured exec.
+    def _open_gate(self, g) -> None:
+        cu, rt = self.cu, self.cu.rt
+        try:
+            from cuda.bindings import driver as drv
+        except ImportError:
+            from cuda import cuda as drv
+        self._drv = drv
+        g.gate_host = cu.check(rt.cudaHostAlloc(64, rt.cudaHostAllocMapped | rt.cudaHostAllocPortable),
+                               "gate flag")
+        g.gate_value = ctypes.c_uint64.from_address(g.gate_host)
+        g.gate_value.value = 0
+        g.gate_dev = int(cu.check(rt.cudaHostGetDevicePointer(g.gate_host, 0), "gate flag pointer"))
+        self._gate_close(g)                    # checks the driver takes it: opened at once
+        self._gate_open(g, g.gate_n)
+        cu.check(rt.cudaStreamSynchronize(g.s_exec), "gate check")
+
+    def _gate_close(self, g) -> int:
+        """Enqueue 'wait until the counter reaches n' on the exec stream; returns n (0: no gate)."""
+        if not g.gate_host:
+            return 0
+        self._set(g)
+        drv = self._drv
+        g.gate_n += 1
+        res = drv.cuStreamWaitValue64(drv.CUstream(int(g.s_exec)), drv.CUdeviceptr(g.gate_dev),
+                                      g.gate_n,
+                                      int(drv.CUstreamWaitValue_flags.CU_STREAM_WAIT_VALUE_GEQ))
+        err = res[0] if isinstance(res, tuple) else res
+        if err != drv.CUresult.CUDA_SUCCESS:
+            g.gate_n -= 1
+            raise CudaError(f"cuStreamWaitValue64: {err}")
+        return g.gate_n
+
+    def _gate_open(self, g, n: int) -> None:
+        g.gate_value.value = n
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _capture(self, g, f, x, views) -> _Graph:
+        """Capture one call f(x, *views) on the side stream (nothing runs); the graph keeps
+        x's and the output's addresses."""
+        cu, rt = self.cu, self.cu.rt
+        tr.set_stream(g.dev, int(g.s_capture))
+        try:
+            cu.check(rt.cudaStreamBeginCapture(
+                g.s_capture, rt.cudaStreamCaptureMode.cudaStreamCaptureModeRelaxed), "begin capture")
+            try:
+                out = f(x, *views)
+            finally:
+                graph = cu.check(rt.cudaStreamEndCapture(g.s_capture), "end capture")
+        finally:
+            tr.set_stream(g.dev, int(g.s_exec))
+        gr = _Graph()
+        gr.graph, gr.x, gr.out = graph, x, out
+        gr.exec = cu.check(rt.cudaGraphInstantiate(graph, 0), "graph instantiate")
+        gr.x_ptr, gr.out_ptr = int(x.data_ptr()), int(out.data_ptr())
+        return gr
+
+    def _replay(self, g, gr, x_src, out_dst, x_bytes, out_bytes=0) -> None:
+        """On the exec stream: inputs into the graph's input, replay, output out of it."""
+        cu, rt = self.cu, self.cu.rt
+        if x_bytes:
+            cu.check(rt.cudaMemcpyAsync(gr.x_ptr, x_src, x_bytes, cu.D2D, g.s_exec), "input copy")
+        cu.check(rt.cudaGraphLaunch(gr.exec, g.s_exec), "graph launch")
+        if out_bytes:
+            cu.check(rt.cudaMemcpyAsync(out_dst, gr.out_ptr, out_bytes, cu.D2D, g.s_exec),
+                     "output copy")
+
+    def _destroy(self, gr: _Graph) -> None:
+        rt = self.cu.rt
+        rt.cudaGraphExecDestroy(gr.exec)
+        rt.cudaGraphDestroy(gr.graph)
+        gr.x = gr.out = None
+
+    def _capture_instance(self, g, gpu, hm, instance, base) -> None:
+        """One graph per batch size over the instance's fixed weight range (first LoadWeights
+        of the instance on this GPU; not on the Infer path)."""
+        cu, rt = self.cu, self.cu.rt
+        views = tr.weight_views(base, self.page_size, list(range(len(hm.page_slices))),
+                                hm.spec.tensors, g.dev)
+        for b in hm.spec.batch_sizes:
+            try:
+                xbuf = cu.check(rt.cudaMalloc(max(256, b * hm.input_size)), "graph input")
+                x = tr.raw_view(xbuf, (b, *hm.spec.input_shape), hm.spec.input_dtype, g.dev,
+                                owner=_DeviceBuffer(rt, xbuf))
+                g.graphs[(instance, b)] = self._capture(g, hm.compiled[gpu].function(b), x, views)
+            except Exception as e:      # this batch size runs without a graph (direct call)
+                self.graph_errors.append(f"{hm.spec.name} b{b}: {type(e).__name__}: {e}")
+
+    def _fixed_views(self, g, hm, instance, pages):
+        key = (g.index, hm, "fixed", instance)
+        v = self._views.get(key)
+        if v is None:
+            if len(self._views) >= MAX_VIEW_CACHE:
+                self._views.clear()
+            base = g.fixed.base(instance, len(pages))
+            v = self._views[key] = tr.weight_views(base, self.page_size, list(range(len(pages))),
+                                                   hm.spec.tensors, g.dev)
+        return v
 
     # ------------------------------------------------------------------ views (cached)
     def _weight_views(self, g, hm, pages):
@@ -421,6 +623,33 @@ class CudaBackend(Backend):
             v = self._inputs[key] = tr.raw_view(g.io + io.offset, (padded, *hm.spec.input_shape),
                                                 hm.spec.input_dtype, g.dev)
         return v
+
+
+class _DeviceBuffer:
+    """Frees a cudaMalloc'd buffer when the tensor viewing it is gone."""
+
+    def __init__(self, rt, ptr):
+        self.rt, self.ptr = rt, ptr
+
+    def __del__(self):
+        try:
+            self.rt.cudaFree(self.ptr)
+        except Exception:
+            pass
+
+
+def _nvml_handle(nvml, props):
+    """The NVML handle of the GPU with these CUDA properties, found by PCI bus id: NVML counts
+    every GPU of the host in PCI order, CUDA only the visible ones (CUDA_VISIBLE_DEVICES) and
+    by default fastest first, so the same index can name two different GPUs. None if not found
+    (its clocks then read as 0)."""
+    if nvml is None:
+        return None
+    bus_id = f"{props.pciDomainID:08X}:{props.pciBusID:02X}:{props.pciDeviceID:02X}.0".encode()
+    try:                        # (bytes: older pynvml passes the argument to ctypes as is)
+        return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+    except Exception:
+        return None
 
 
 def _nvml_init():

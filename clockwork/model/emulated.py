@@ -27,9 +27,9 @@ class EmulatedBackend(Backend):
     stable_outputs = True       # slices of a zero buffer nobody writes
 
     def __init__(self, num_gpus: int, page_size: int, total_pages: int, io_pool_size: int,
-                 workspace_pool_size: int, host_io_pool_size: int, device_name: str = "Emulated GPU",
+                 workspace_pool_size: int, device_name: str = "Emulated GPU",
                  memory_total: int = 141 * 1024 ** 3):
-        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size, host_io_pool_size)
+        super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size)
         if num_gpus < 1:
             raise ValueError("an emulated worker needs at least one GPU")
         self._names = [f"{device_name} {i}" for i in range(num_gpus)]
@@ -73,7 +73,8 @@ class EmulatedBackend(Backend):
             self._zeros = memoryview(bytearray(need))
         return hm
 
-    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int) -> Op:
+    def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
+                     instance: int = -1) -> Op:
         d = hm.weights_load_ns
         return Op(now, now + d, d)
 
@@ -83,7 +84,7 @@ class EmulatedBackend(Backend):
         return Op(now, now + d, d)
 
     def execute(self, gpu: int, hm: HostModel, padded_batch: int, pages: list[int], io: Region,
-                workspace: Region, now: int) -> Op:
+                workspace: Region, now: int, instance: int = -1) -> Op:
         d = hm.exec_ns[padded_batch]
         self._busy[gpu] += d
         return Op(now, now + d, d)

@@ -1,4 +1,4 @@
-"""The model directory format, one design for every backend.
+"""The model directory format, one design for every backend (docs/design.md, "Model format").
 
     <model>/model.json         metadata (below)
     <model>/measurements.json  profiled timings on one device (needed by the emulated worker)
@@ -8,6 +8,8 @@
 
 model.json:
     {"format": 1, "name": "resnet50",
+     "dtype": "float16",              # of weights and compute (absent: float32); every compiled
+                                      # module is checked to be compiled for it
      "input":  {"shape": [3, 224, 224], "dtype": "float32"},   # one item; batch dim excluded
      "output": {"shape": [1000], "dtype": "float32"},
      "batch_sizes": [1, 2, 4, 8, 16],
@@ -134,6 +136,7 @@ class ModelSpec:
     exec_ns: dict[int, int] = field(default_factory=dict)
     exec_p99_ns: dict[int, int] = field(default_factory=dict)
     device: str | None = None
+    dtype: str = "float32"               # weights/compute dtype the code was compiled for
 
     @property
     def input_size(self) -> int:
@@ -157,10 +160,22 @@ class ModelSpec:
 
     def padded_batch(self, batch_size: int) -> int | None:
         """Smallest compiled batch size >= batch_size (the worker pads), None if too big."""
-        for b in self.batch_sizes:
-            if b >= batch_size:
-                return b
-        return None
+        pad = pad_table(self.batch_sizes)
+        return pad[batch_size] if 1 <= batch_size < len(pad) else None
+
+
+def pad_table(batch_sizes) -> list[int]:
+    """pad[n] = the smallest compiled batch size >= n, for n in 1..max (pad[0] unused): a batch
+    of n items runs the kernel of pad[n], its inputs padded. The one definition of padding, for
+    the worker and the schedulers alike."""
+    sizes = sorted(set(batch_sizes))
+    pad = [0] * (sizes[-1] + 1 if sizes else 1)
+    i = 0
+    for n in range(1, len(pad)):
+        while sizes[i] < n:
+            i += 1
+        pad[n] = sizes[i]
+    return pad
 
 
 def layout_pages(sizes: list[int], page_size: int, align: int = TENSOR_ALIGN):
@@ -268,6 +283,7 @@ def _parse_metadata(path: Path, meta: dict) -> ModelSpec:
         tensors=tensors,
         weights_file=None if weights_file is None else _str(weights_file, "weights.file"),
         code=code,
+        dtype=_dtype(meta.get("dtype", "float32"), "dtype"),
     )
 
 

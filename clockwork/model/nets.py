@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 
 BATCH_SIZES = (1, 2, 4, 8, 16)
+DTYPES = ("float32", "float16")
+LAYOUTS = ("NCHW", "NHWC")       # of activations inside the model; conv weights OIHW / OHWI
 
 
 @dataclass
@@ -28,7 +30,9 @@ class Net:
     output_shape: tuple[int, ...]
     forward: Callable                       # forward(ops, x, w: dict[name, tensor]) -> tensor
     weights: list[tuple[str, tuple[int, ...], float]] = field(default_factory=list)  # name, shape, std
-    dtype: str = "float32"
+    dtype: str = "float32"                  # of the weights and the compute; float32 or float16
+    io_dtype: str = "float32"               # inputs and outputs stay float32 for every dtype
+    layout: str = "NCHW"                    # inputs are NCHW for every layout
 
     @property
     def weights_size(self) -> int:
@@ -43,7 +47,7 @@ class Net:
     def definition_hash(self) -> str:
         """Changes when what gets compiled changes: the weights list and the code that emits IR."""
         h = hashlib.sha256(repr((self.name, self.input_shape, self.output_shape, self.dtype,
-                                 self.weights)).encode())
+                                 self.layout, self.weights)).encode())
         for obj in (_DEFS[self.name], _mlp, _tiny_cnn, _resnet, RelaxOps, relax_module):
             h.update(inspect.getsource(obj).encode())
         return h.hexdigest()
@@ -52,7 +56,8 @@ class Net:
 class _Recorder:
     """Collects weight declarations while a network is traced once with shapes only."""
 
-    def __init__(self):
+    def __init__(self, layout: str = "NCHW"):
+        self.layout = layout
         self.weights: list[tuple[str, tuple[int, ...], float]] = []
 
     def add(self, name, shape, std):
@@ -64,8 +69,11 @@ class _Recorder:
 # network definitions: declare(rec) lists the weights; forward(ops, x, w) computes the output
 
 def _conv_decl(rec, name, cin, cout, k, gain=1.0):
-    rec.add(f"{name}.w", (cout, cin, k, k), gain * np.sqrt(2.0 / (cin * k * k)))
-    rec.add(f"{name}.b", (cout, 1, 1), 0.01)
+    """Conv weight OIHW and bias (C,1,1) for NCHW; OHWI and (1,1,C) for NHWC (channels last)."""
+    nhwc = rec.layout == "NHWC"
+    rec.add(f"{name}.w", (cout, k, k, cin) if nhwc else (cout, cin, k, k),
+            gain * np.sqrt(2.0 / (cin * k * k)))
+    rec.add(f"{name}.b", (1, 1, cout) if nhwc else (cout, 1, 1), 0.01)
 
 
 def _dense_decl(rec, name, cin, cout):
@@ -158,13 +166,19 @@ _DEFS = {
 NAMES = tuple(_DEFS)
 
 
-def get(name: str) -> Net:
+def get(name: str, dtype: str = "float32", layout: str = "NCHW") -> Net:
+    """The network `name` with weights (and compute) in `dtype` and activations in `layout`;
+    float16 keeps float32 inputs, outputs and accumulation (see relax_module)."""
     if name not in _DEFS:
         raise KeyError(f"unknown model {name!r} (known: {', '.join(NAMES)})")
+    if dtype not in DTYPES:
+        raise KeyError(f"unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+    if layout not in LAYOUTS:
+        raise KeyError(f"unknown layout {layout!r} (known: {', '.join(LAYOUTS)})")
     declare, forward, ishape, oshape = _DEFS[name]()
-    rec = _Recorder()
+    rec = _Recorder(layout)
     declare(rec)
-    return Net(name, ishape, oshape, forward, rec.weights)
+    return Net(name, ishape, oshape, forward, rec.weights, dtype, layout=layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,20 +221,29 @@ class NumpyOps:
 
 
 def reference(net: Net, x: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
-    """The network's output in float64 (x has the batch dim)."""
+    """The network's output in float64 (x has the batch dim). NHWC nets' channels-last conv
+    weights and biases are moved to the NCHW positions NumpyOps computes with."""
     w = {name: np.asarray(a, np.float64) for (name, _, _), a in zip(net.weights, weights)}
+    if net.layout == "NHWC":
+        w = {k: a.transpose(0, 3, 1, 2) if a.ndim == 4 else a.transpose(2, 0, 1) if a.ndim == 3
+             else a for k, a in w.items()}
     return net.forward(NumpyOps, np.asarray(x, np.float64), w)
 
 
 class RelaxOps:
     """Emits Relax operators into an open BlockBuilder dataflow block."""
 
-    def __init__(self, bb):
+    def __init__(self, bb, layout="NCHW"):
         from tvm import relax
         self.bb, self.op = bb, relax.op
+        self.layout = layout
+        self.kernel_layout = "OHWI" if layout == "NHWC" else "OIHW"
+        self.spatial = [1, 2] if layout == "NHWC" else [2, 3]
 
     def conv(self, x, w, b, stride, pad):
-        y = self.bb.emit(self.op.nn.conv2d(x, w, strides=(stride, stride), padding=(pad, pad)))
+        y = self.bb.emit(self.op.nn.conv2d(x, w, strides=(stride, stride), padding=(pad, pad),
+                                           data_layout=self.layout,
+                                           kernel_layout=self.kernel_layout))
         return self.bb.emit(self.op.add(y, b))
 
     def relu(self, x):
@@ -230,27 +253,57 @@ class RelaxOps:
         return self.bb.emit(self.op.add(a, b))
 
     def maxpool(self, x):
-        return self.bb.emit(self.op.nn.max_pool2d(x, pool_size=(3, 3), strides=(2, 2), padding=(1, 1)))
+        return self.bb.emit(self.op.nn.max_pool2d(x, pool_size=(3, 3), strides=(2, 2), padding=(1, 1),
+                                                  layout=self.layout))
 
     def gap(self, x):
-        return self.bb.emit(self.op.mean(x, axis=[2, 3]))
+        return self.bb.emit(self.op.mean(x, axis=self.spatial))
 
     def dense(self, x, wT, b):
         return self.bb.emit(self.op.add(self.bb.emit(self.op.matmul(x, wT)), b))
 
 
+def for_model(meta: dict) -> Net:
+    """The Net a zoo model.json was built from (name, dtype, layout)."""
+    return get(meta["name"], meta.get("dtype", "float32"), meta.get("layout", "NCHW"))
+
+
+def dtype_marker(dtype: str) -> str:
+    """Name of the tiny function every zoo module carries to say which weight dtype its
+    functions take (so a module and a model.json that disagree are refused at load)."""
+    return f"dtype_{dtype}"
+
+
 def relax_module(net: Net, batch_sizes=BATCH_SIZES):
     """An IRModule with one function per batch size ("b1", "b2", ...), each taking the input
-    then every weight as parameters (attribute num_input=1)."""
+    then every weight as parameters (attribute num_input=1), plus dtype_marker(net.dtype).
+
+    NHWC: the NCHW input is transposed once, then every conv runs channels last (conv weights
+    stored OHWI), which gives tensor-core GEMMs contiguous K (Cin innermost) loads.
+    float16: the float32 definition goes through ToMixedPrecision, which makes every weight a
+    float16 parameter (half the pages), runs convs and matmuls on float16 operands with float32
+    accumulation (tensor cores on a GPU) and keeps the float32 input and output."""
     from tvm import relax
 
     bb = relax.BlockBuilder()
+    weight_vars = []
     for b in batch_sizes:
-        x = relax.Var("x", relax.TensorType((b, *net.input_shape), net.dtype))
-        params = {name: relax.Var(name.replace(".", "_"), relax.TensorType(shape, net.dtype))
+        x = relax.Var("x", relax.TensorType((b, *net.input_shape), net.io_dtype))
+        params = {name: relax.Var(name.replace(".", "_"), relax.TensorType(shape, "float32"))
                   for name, shape, _ in net.weights}
+        weight_vars = [n.replace(".", "_") for n in params]
         with bb.function(f"b{b}", [x, *params.values()], attrs={"num_input": 1}):
             with bb.dataflow():
-                out = bb.emit_output(net.forward(RelaxOps(bb), x, params))
+                xl = x
+                if net.layout == "NHWC" and len(net.input_shape) == 3:   # NCHW in, channels last
+                    xl = bb.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
+                out = bb.emit_output(net.forward(RelaxOps(bb, net.layout), xl, params))
             bb.emit_func_output(out)
-    return bb.get()
+    marker = relax.Var("x", relax.TensorType((1,), "float32"))
+    with bb.function(dtype_marker(net.dtype), [marker]):
+        bb.emit_func_output(marker)
+    mod = bb.get()
+    if net.dtype == "float16":
+        mod = relax.transform.ToMixedPrecision(out_dtype="float32",
+                                               fp16_input_names=weight_vars)(mod)
+    return mod

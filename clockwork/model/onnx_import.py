@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build
+from . import build, nets
 from .format import DEFAULT_PAGE_SIZE, METADATA, layout_pages, write_metadata
 
 MAX_INPUTS = 1          # the wire format carries one input tensor per item
@@ -551,6 +551,7 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
         job.unlink()
         write_metadata(stage, {
             "name": name,
+            "dtype": dtype,
             "input": {"name": graph.input_name, "shape": list(graph.input_shape),
                       "dtype": graph.input_dtype},
             "output": info["output"],
@@ -768,9 +769,15 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
                 [tuple(a.shape) for _, a in graph.weights]:
             raise ImportFailed("TVM's parameters do not match the graph's weights (internal error)")
         mod[f"b{b}"] = f.with_attr("global_symbol", f"b{b}")
-    if job.get("dtype") == "float16":
+    dtype = job.get("dtype", "float32")
+    if dtype == "float16":
         names = [p.name for p in list(mod[f"b{batch_sizes[0]}"].params)[1:]]
         mod = relax.transform.ToMixedPrecision("float32", fp16_input_names=names)(mod)
+    bb = relax.BlockBuilder()                  # the dtype marker every zoo module carries
+    marker = relax.Var("x", relax.TensorType((1,), "float32"))
+    with bb.function(nets.dtype_marker(dtype), [marker]):
+        bb.emit_func_output(marker)
+    mod[nets.dtype_marker(dtype)] = bb.get()[nets.dtype_marker(dtype)]
     weights = [str(p.ty.dtype) for p in list(mod[f"b{batch_sizes[0]}"].params)[1:]]
     return mod, {"output": out, "weight_dtypes": weights}
 

@@ -11,6 +11,8 @@ import ctypes
 import os
 from pathlib import Path
 
+from .nets import DTYPES
+
 _tvm = None
 
 
@@ -61,6 +63,21 @@ class CompiledModel:
         self.vm = VirtualMachine(self.lib, dev)
         self.device = dev
         self._funcs = {}
+
+    def dtype(self) -> str:
+        """The weight dtype the module was compiled for (its dtype marker function, see
+        nets.dtype_marker); modules built before markers existed are float32."""
+        for dt in DTYPES:
+            if self.vm.module.implements_function(f"dtype_{dt}"):
+                return dt
+        return "float32"
+
+    def check_dtype(self, spec) -> None:
+        """Refuse (ValueError) a module whose dtype is not the one model.json records."""
+        have = self.dtype()
+        if have != spec.dtype:
+            raise ValueError(f"{self.path} was compiled for {have} weights but model.json says "
+                             f"{spec.dtype}; rebuild with `cw zoo build --dtype {spec.dtype}`")
 
     def function(self, batch_size: int):
         f = self._funcs.get(batch_size)
@@ -162,3 +179,23 @@ def check_runnable(spec, code_key: str) -> None:
         have = ", ".join(spec.code) or "none"
         raise ValueError(f"{spec.path}: no code for {code_key} (compiled for: {have}); "
                          f"build it with `cw zoo build --target ...`")
+    wrong = {t.dtype for t in spec.tensors} - {spec.dtype}
+    if wrong:
+        raise ValueError(f"{spec.path}: model.json says dtype {spec.dtype} but lists "
+                         f"{', '.join(sorted(wrong))} tensors")
+    if code_key.startswith("cuda") and not has_device_code(spec.path / spec.code[code_key]):
+        raise ValueError(f"{spec.path / spec.code[code_key]}: holds no compiled GPU code (CUDA "
+                         "source or host code only); rebuild it with `cw zoo build --target cuda`")
+
+
+FATBIN_MAGIC = b"\x50\xed\x55\xba"          # 0xBA55ED50, little endian
+CUBIN_ELF = b"\x7fELF\x02\x01\x01\x33"       # ELF64 with the CUDA OS/ABI byte
+
+
+def has_device_code(so_path) -> bool:
+    """True if an exported module embeds compiled CUDA (a fatbin or a cubin), not source."""
+    try:
+        data = Path(so_path).read_bytes()
+    except FileNotFoundError:
+        return False
+    return FATBIN_MAGIC in data or CUBIN_ELF in data

@@ -1,4 +1,4 @@
-"""Emulation model zoo: profile-only model directories made from conf/profiles/*.toml.
+"""Emulation model zoo: profile-only model directories made from clockwork/conf/profiles/*.toml.
 
 The real zoo (TVM-compiled models with weights) is built by clockwork.model.build; both write
 the same format (clockwork.model.format), so the emulated worker can serve either.
@@ -75,7 +75,7 @@ def zoo_group():
 
 @zoo_group.command("emulated")
 @click.option("--out", "-o", default=None, help="Target directory (default $CLOCKWORK_MODEL_DIR or ./zoo).")
-@click.option("--profile", "-p", default="h200", show_default=True, help="Profile name in conf/profiles or a TOML path.")
+@click.option("--profile", "-p", default="h200", show_default=True, help="Profile name in clockwork/conf/profiles or a TOML path.")
 @click.option("--model", "-m", "models", multiple=True, help="Only these models (repeatable).")
 @click.option("--force", is_flag=True, help="Rewrite existing model directories.")
 def zoo_emulated_command(out, profile, models, force):

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..percentiles import histogram_percentile
 from ..values import POSITIVE
 
 CHUNK_ROWS = 200_000
@@ -216,11 +217,7 @@ def scan(request_log: Path | None, action_log: Path | None, bin_s: float = 1.0,
 
 def _percentile_from_hist(counts: np.ndarray, q: float, edges: np.ndarray = LAT_EDGES) -> float:
     """q-th percentile (ns) from bucket counts over `edges`: upper edge of the bucket; NaN if empty."""
-    n = counts.sum()
-    if n == 0:
-        return math.nan
-    i = int(np.searchsorted(np.cumsum(counts), math.ceil(n * q / 100.0)))
-    return float(edges[min(i, len(edges) - 1)])
+    return histogram_percentile(counts.tolist(), q, edges)
 
 
 def _rebin(values: np.ndarray, factor: int, how: str = "sum") -> np.ndarray:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 import time
-from bisect import bisect_left
-from itertools import accumulate
+from typing import NamedTuple
 
 import zmq
 
+from ..percentiles import histogram_percentile
 from ..status import describe
 from ..transport.sockets import tcp
 from . import messages as tm
@@ -48,16 +48,32 @@ def _per_s(n: int, span_s: float) -> float:
 def percentiles(counts: list[int], qs: tuple[float, ...], hi: int) -> list[float]:
     """Latency percentiles (ms) from bucket counts: each bucket's upper bound, capped by the
     observed maximum `hi`; -1 each when there are no samples."""
-    cum = list(accumulate(counts))
-    n = cum[-1]
-    if n == 0:
+    if not any(counts):
         return [-1.0] * len(qs)
-    out = []
-    for q in qs:
-        i = bisect_left(cum, max(1, -(-n * q // 100)))
-        bound = BOUNDS[i] if i < len(BOUNDS) else hi
-        out.append(_ms(min(bound, hi)))
-    return out
+    return [_ms(histogram_percentile(counts, q, BOUNDS, hi)) for q in qs]
+
+
+class WorkerView(NamedTuple):
+    """One worker as telemetry sees it."""
+    id: int
+    address: str
+    health: str                   # connecting | starting | ok | lost
+    state: object                 # its WorkerState (None while connecting)
+    readings: list                # its last GpuReadings ([] once lost: they are stale)
+    in_flight: int                # actions not yet answered
+    clock_offset_ns: int
+    rtt_ns: int
+
+
+class ControllerView(NamedTuple):
+    """What the publisher reads of the controller, built by Controller.telemetry_view() once per
+    snapshot: nothing else of the controller is touched."""
+    phase: str
+    scheduler_name: str
+    models: dict                  # model id -> ModelInfo (read only)
+    workers: list                 # WorkerView
+    outstanding: dict             # (worker id, gpu id) -> actions in flight
+    scheduler_stats: dict | None  # Scheduler.stats(); None: it raised
 
 
 class TelemetryPublisher:
@@ -71,7 +87,9 @@ class TelemetryPublisher:
     """
 
     def __init__(self, controller, ctx: zmq.Context, host: str, port: int,
-                 interval_ns: int = PUBLISH_INTERVAL_NS):
+                 interval_ns: int = PUBLISH_INTERVAL_NS, security=None):
+        """`controller`: anything with clock(), models (id -> ModelInfo, for event texts) and
+        telemetry_view() -> ControllerView; `security`: CURVE for the PUB socket, or None."""
         self.controller = controller
         self.clock = controller.clock
         self.interval_ns = interval_ns
@@ -83,7 +101,6 @@ class TelemetryPublisher:
             sock = ctx.socket(zmq.PUB)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, SNDHWM)
-            security = getattr(controller, "security", None)
             if security is not None:      # CURVE: only clients with accepted keys may watch
                 security.server(sock, "controller")
             try:
@@ -102,7 +119,7 @@ class TelemetryPublisher:
         self._last_t = 0
         self._names: dict[int, str] = {}                # model id -> short name
         self.metrics = None
-        metrics_port = controller.config["controller"].get("metrics_port", 0)
+        metrics_port = controller.config["controller"].get("metrics_port", 0)   # (a plain setting)
         if metrics_port:
             try:
                 from .metrics import MetricsServer
@@ -178,10 +195,9 @@ class TelemetryPublisher:
 
     # ------------------------------------------------------------------ snapshots
 
-    def _scheduler_stats(self) -> tuple[dict[str, float], int, dict]:
-        try:
-            raw = self.controller.scheduler.stats() or {}
-        except Exception:   # a scheduler bug must not take the controller down
+    @staticmethod
+    def _scheduler_stats(raw: dict | None) -> tuple[dict[str, float], int, dict]:
+        if raw is None:     # the scheduler's stats() raised (the controller caught it)
             return {"stats_error": 1.0}, -1, {}
         scalars = {str(k): float(v) for k, v in raw.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -189,23 +205,19 @@ class TelemetryPublisher:
         by_model = raw.get("queued_by_model", raw.get("queues", {}))
         return scalars, total if isinstance(total, int) else -1, by_model if isinstance(by_model, dict) else {}
 
-    def _gpus(self, now: int, span: float) -> tuple[list[tm.GpuSnapshot], dict[int, int]]:
-        c = self.controller
+    def _gpus(self, c: ControllerView, now: int, span: float) -> tuple[list[tm.GpuSnapshot], dict[int, int]]:
         rec = self.recorder
-        outstanding: dict[tuple[int, int], int] = {}
-        for p in c.pending.values():
-            key = (p.worker.id, getattr(p.action, "gpu_id", -1))
-            outstanding[key] = outstanding.get(key, 0) + 1
+        outstanding = c.outstanding
         holders: dict[int, int] = {}
         rows = []
         for w in c.workers:
             st = w.state
             if st is None:
                 rows.append(tm.GpuSnapshot(w.id, -1, "", w.address, "connecting", 0.0, -1.0, 0.0, 0.0,
-                                           0.0, 0.0, 0, 0, 0, 0, len(w.pending)))
+                                           0.0, 0.0, 0, 0, 0, 0, w.in_flight))
                 continue
-            health = ("ok" if w.joined or c.phase != "running" else "starting") if w.alive else "lost"
-            readings = {r.gpu_id: r for r in w.readings} if w.alive else {}   # stale once lost
+            health = w.health
+            readings = {r.gpu_id: r for r in w.readings}
             for gs in st.gpus:
                 g = rec.gpu(w.id, gs.gpu_id)
                 cur = (g.infers, g.inferences, g.exec_ns, g.loads, g.evicts, g.errors)
@@ -224,7 +236,7 @@ class TelemetryPublisher:
                     _per_s(d[0], span), _per_s(d[1], span), _per_s(d[3], span), _per_s(d[4], span), d[5], len(g.loaded),
                     gs.total_pages, max(0, gs.total_pages - pages),
                     outstanding.get((w.id, gs.gpu_id), 0),
-                    clock_offset_ns=int(w.sync.offset), rtt_ns=int(getattr(w.sync, "rtt", 0) or 0))
+                    clock_offset_ns=w.clock_offset_ns, rtt_ns=w.rtt_ns)
                 if r is not None:
                     row.sm_clock_mhz = r.sm_clock_mhz
                     row.mem_clock_mhz = r.mem_clock_mhz
@@ -258,13 +270,13 @@ class TelemetryPublisher:
 
     def _snapshot(self, now: int):
         """Generator: yields None while building (MODELS_PER_STEP models a step), then the Snapshot."""
-        c = self.controller
+        c = self.controller.telemetry_view()
         rec = self.recorder
         since = self._last_t or self.started
         span = (now - since) / 1e9
         self._last_t = now
-        sched, queued, queued_by_model = self._scheduler_stats()
-        gpus, holders = self._gpus(now, span)
+        sched, queued, queued_by_model = self._scheduler_stats(c.scheduler_stats)
+        gpus, holders = self._gpus(c, now, span)
         p50, p99 = percentiles(rec.total_hist, (50, 99), rec.total_max)
         max_ms = _ms(rec.total_max) if rec.total_max else -1.0
         rec.total_hist[:] = _ZEROS
@@ -298,7 +310,7 @@ class TelemetryPublisher:
         self.seq += 1
         yield tm.Snapshot(
             self.seq, time.time_ns(), round((now - self.started) / 1e9, 3), round(span, 3), c.phase,
-            getattr(c, "scheduler_name", ""), round(rate, 2), round(goodput, 2),
+            c.scheduler_name, round(rate, 2), round(goodput, 2),
             round(goodput / rate, 6) if rate > 0 else -1.0, p50, p99, max_ms, queued, total, total_met,
             len(c.models), failures, gpus, models, sched)
 

@@ -10,7 +10,6 @@ the per-model `hist`, `lat_max` and `batch_hist`, which the snapshot builder res
 """
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections import deque
 
@@ -31,22 +30,6 @@ MAX_PENDING_EVENTS = 256
 
 def bucket(ns: int) -> int:
     return bisect_left(BOUNDS, ns)
-
-
-def percentile(counts: list[int], q: float, hi: int = 0) -> float:
-    """q-th percentile (0..100) in ns from bucket counts: the bucket's upper bound, capped by
-    the observed maximum `hi` when given. NaN when there are no samples."""
-    n = sum(counts)
-    if n == 0:
-        return math.nan
-    rank = max(1, math.ceil(n * q / 100.0))
-    seen = 0
-    for i, c in enumerate(counts):
-        seen += c
-        if seen >= rank:
-            bound = BOUNDS[i] if i < len(BOUNDS) else (hi or BOUNDS[-1])
-            return float(min(bound, hi) if hi else bound)
-    return float(hi)
 
 
 class ModelCounters:

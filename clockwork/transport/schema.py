@@ -52,10 +52,12 @@ class ModelInfo(msgspec.Struct, array_like=True):
     batch_sizes: list[int]        # compiled (supported) batch sizes, ascending
     exec_ns: list[int]            # profiled exec time per entry of batch_sizes
     weights_load_ns: int          # profiled LoadWeights time
-    input_dtype: str = ""         # numpy dtype of the input ("": unknown, not checked)
-    input_shape: list[int] = []   # one input's shape, batch dim excluded ([]: unknown)
-    output_dtype: str = ""
+    # one item's tensors (batch dim excluded, numpy dtype names) for protocol front ends that
+    # describe and check tensors (clockwork.frontend); empty when the worker did not say
+    input_shape: list[int] = []
+    input_dtype: str = ""
     output_shape: list[int] = []
+    output_dtype: str = ""
 
 
 class GpuState(msgspec.Struct, array_like=True):

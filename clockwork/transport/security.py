@@ -129,7 +129,7 @@ def _accept(public: Path, key_dir: Path, role: str) -> None:
               help="Only make (another) client key pair NAME and let the controller accept it.")
 @click.option("--force", is_flag=True, help="Replace existing key pairs.")
 @click.option("--config", "config_file", default=None, metavar="FILE",
-              help="Config file overlaid on conf/default.toml [default: $CLOCKWORK_CONFIG_FILE].")
+              help="Config file overlaid on clockwork/conf/default.toml [default: $CLOCKWORK_CONFIG_FILE].")
 def keys_command(key_dir, clients, force, config_file):
     """Generate CURVE key pairs for [security] (encrypted, authenticated links).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import signal
 import sys
+import time
 
 import click
 
@@ -56,7 +57,7 @@ def _stop(signum, frame):
               help="Model directory [default: $CLOCKWORK_MODEL_DIR, else ./zoo]. LoadModelFromDisk "
                    "paths are confined to it.")
 @click.option("--config", "config_file", default=None, metavar="FILE",
-              help="Config file overlaid on conf/default.toml [default: $CLOCKWORK_CONFIG_FILE].")
+              help="Config file overlaid on clockwork/conf/default.toml [default: $CLOCKWORK_CONFIG_FILE].")
 @click.option("--weights-cache", type=_Bytes(), default=None,
               help="Weights cache bytes per GPU, e.g. 21.5GiB [default: worker.weights_cache_size].")
 def worker_command(emulate, backend, host, port, model_dir, config_file, weights_cache):
@@ -78,8 +79,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     host = host or str(cfg["bind"])
     mdir = config.model_dir(model_dir)
     pools = dict(page_size=page_size, total_pages=total_pages, io_pool_size=int(cfg["io_pool_size"]),
-                 workspace_pool_size=int(cfg["workspace_pool_size"]),
-                 host_io_pool_size=int(cfg["host_io_pool_size"]))
+                 workspace_pool_size=int(cfg["workspace_pool_size"]))
     log("Starting Clockwork Worker")
     log(f"Loading Clockwork worker config from {config.config_source(config_file)}")
     try:
@@ -94,14 +94,19 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     import zmq
 
     from .runtime import WorkerRuntime
-    from .server import WorkerServer, describe_state, set_timer_slack
+    from ..transport.sockets import set_timer_slack
+    from .server import WorkerServer, describe_state
 
     if not mdir.is_dir():
         log(f"Warning: model directory {mdir} {config.why_not_a_directory(mdir)} (LoadModelFromDisk will fail)")
-    runtime = WorkerRuntime(dev, mdir, None, **pools)
+    offset = int(cfg["emulated_clock_offset_ns"])
+    if offset and not emulate:
+        raise click.ClickException("[worker] emulated_clock_offset_ns applies to emulated workers only")
+    clock = (lambda: time.monotonic_ns() + offset) if offset else time.monotonic_ns
+    runtime = WorkerRuntime(dev, mdir, None, clock=clock, **pools)
     try:
         server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log,
-                              security=security)
+                              security=security, clock=clock)
     except security_mod.SecurityError as e:
         raise click.ClickException(str(e)) from None
     except zmq.ZMQError as e:

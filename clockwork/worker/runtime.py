@@ -1,4 +1,5 @@
-"""WorkerRuntime: the worker's actions on top of one device backend, as pure timed logic.
+"""WorkerRuntime: the worker's actions on top of one device backend, as pure timed logic
+(docs/design.md, "Actions and windows").
 
 Per GPU four executors (serial streams): exec, weights-in, inputs-in, outputs-out; plus one
 worker-wide executor for LoadModelFromDisk and ClearCache. The runtime validates each action,
@@ -22,14 +23,14 @@ import heapq
 import time
 from pathlib import Path
 
+from ..limits import MAX_COPIES
 from ..model.backend import PENDING, Backend, HostModel, LoadError, Op
-from ..model.format import ModelFormatError, load_spec, resolve_model_path
+from ..model.format import ModelFormatError, load_spec, pad_table, resolve_model_path
 from ..status import Status
 from ..transport import schema as s
 from .executor import NO_LIMIT, Executor, Task
-from .memory import Arena, GpuMemory
+from .memory import GpuMemory
 
-MAX_COPIES = 100_000
 # An action may wait at most this long for its earliest; beyond it the controller's clock
 # conversion is broken (or the action is bogus): ACTION_TOO_EARLY rather than queue forever.
 MAX_AHEAD_NS = 60_000_000_000
@@ -44,11 +45,7 @@ class ModelKind:
         self.host = host
         self.batch_sizes = batch_sizes
         self.max_batch = batch_sizes[-1]
-        self.padded = [0] * (self.max_batch + 1)      # padded[b]: smallest compiled batch >= b
-        for b in range(self.max_batch, 0, -1):
-            if b in batch_sizes:
-                nxt = b
-            self.padded[b] = nxt
+        self.padded = pad_table(batch_sizes)          # padded[b]: smallest compiled batch >= b
         self.input_size = host.input_size
         self.output_size = host.output_size
 
@@ -97,7 +94,7 @@ class Stats:
 
 class WorkerRuntime:
     def __init__(self, backend: Backend, model_dir: Path, send, page_size: int, total_pages: int,
-                 io_pool_size: int, workspace_pool_size: int, host_io_pool_size: int, clock=time.monotonic_ns):
+                 io_pool_size: int, workspace_pool_size: int, clock=time.monotonic_ns):
         """`send(reply_to, msg, data_frames)` delivers a result; `clock` only times the
         (synchronous) LoadModelFromDisk."""
         self.backend = backend
@@ -107,7 +104,6 @@ class WorkerRuntime:
         self.page_size = page_size
         self.gpus = [Gpu(i, GpuMemory(total_pages, io_pool_size, workspace_pool_size))
                      for i in range(len(backend.gpu_names()))]
-        self.host_io = Arena(host_io_pool_size)
         self.worker_ex = Executor("worker")
         self.models: dict[int, ModelInstance] = {}
         self.stats = Stats()
@@ -145,7 +141,10 @@ class WorkerRuntime:
                 self._arm(obj)
             else:
                 then, obj.then = obj.then, None     # no job <-> op cycle: freed by refcount
-                then(obj, t)
+                try:
+                    then(obj, t)
+                except Exception as e:
+                    _failed_in(then, e, t)
 
     def poll_backend(self, now: int) -> None:
         for op in self.backend.poll(now):
@@ -155,7 +154,10 @@ class WorkerRuntime:
             ex.completed(op.end)
             self._arm(ex)
             then, op.then = op.then, None
-            then(op, now)
+            try:
+                then(op, now)
+            except Exception as e:
+                _failed_in(then, e, now)
         self.advance(now)
 
     def _arm(self, ex: Executor) -> None:
@@ -269,8 +271,8 @@ class WorkerRuntime:
             return self._error(reply_to, a, Status.LOAD_FAILED,
                                f"{a.path}: weights of {host.weights_size} bytes need {host.num_pages} pages; "
                                f"a GPU's weights cache holds {cache_pages}", received)
-        # an Infer of batch b holds b x (input + output) bytes of the device and host io pools
-        io_room = min(self.gpus[0].mem.io.size, self.host_io.size) if self.gpus else 0
+        # an Infer of batch b holds b x (input + output) bytes of the device io pool
+        io_room = self.gpus[0].mem.io.size if self.gpus else 0
         per_item = host.input_size + host.output_size
         batch_sizes = [b for b in sorted(host.exec_ns)
                        if b <= a.max_batch_size and host.exec_ns[b] <= a.max_exec_ns and b * per_item <= io_room]
@@ -286,8 +288,8 @@ class WorkerRuntime:
         for mid in range(first, first + copies):
             info = s.ModelInfo(mid, host.source, host.input_size, host.output_size, host.weights_size,
                                host.num_pages, batch_sizes, exec_ns, host.weights_load_ns,
-                               host.spec.input_dtype, list(host.spec.input_shape),
-                               host.spec.output_dtype, list(host.spec.output_shape))
+                               list(host.spec.input_shape), host.spec.input_dtype,
+                               list(host.spec.output_shape), host.spec.output_dtype)
             self.models[mid] = ModelInstance(mid, kind, info)
             infos.append(info)
         self.send(reply_to, s.LoadModelFromDiskResult(a.action_id, received, 0, begin, self.clock(), infos), ())
@@ -307,7 +309,6 @@ class WorkerRuntime:
             g.resident.clear()
             g.mem.reset()
         self.worker_ex.clear()
-        self.host_io.reset()
         self._timers.clear()
         self._inflight.clear()
         self.backend.reset()
@@ -394,15 +395,28 @@ class WorkerRuntime:
                                       job.copy_input, job.fail), received)
 
 
+def _failed_in(then, e: Exception, now: int) -> None:
+    """An op's completion callback (a job's bound method) raised: the job fails with
+    RUNTIME_ERROR (once: jobs settle only once), instead of the action never being answered."""
+    job = getattr(then, "__self__", None)
+    if job is None or not hasattr(job, "fail"):
+        raise e
+    job.fail(Status.RUNTIME_ERROR, f"{then.__name__}: {type(e).__name__}: {e}", now)
+
+
 class _LoadWeightsJob:
-    __slots__ = ("rt", "a", "m", "gpu", "reply_to", "received", "version")
+    __slots__ = ("rt", "a", "m", "gpu", "reply_to", "received", "version", "settled")
 
     def __init__(self, rt, a, m, gpu, reply_to, received):
         self.rt, self.a, self.m, self.gpu = rt, a, m, gpu
         self.reply_to, self.received = reply_to, received
         self.version = 0
+        self.settled = False          # answered and counted finished: never twice
 
     def fail(self, status, message, now) -> None:
+        if self.settled:
+            return
+        self.settled = True
         self.rt._done()
         self.rt._error(self.reply_to, self.a, status, message, self.received)
 
@@ -422,7 +436,7 @@ class _LoadWeightsJob:
         self.version = rt._version
         gpu.resident[m.id] = Resident(pages, self.version)
         try:
-            op = rt.backend.load_weights(gpu.id, m.kind.host, pages, now)
+            op = rt.backend.load_weights(gpu.id, m.kind.host, pages, now, instance=m.id)
         except Exception:
             del gpu.resident[m.id]          # the executor reports RUNTIME_ERROR
             gpu.mem.pages.release(pages)
@@ -440,6 +454,7 @@ class _LoadWeightsJob:
             gpu.mem.pages.release(r.pages)
             return self.fail(Status.RUNTIME_ERROR, f"load_weights: {op.error}", now)
         r.loaded = True
+        self.settled = True
         rt._done()
         rt.stats.loads += 1
         rt.send(self.reply_to, s.LoadWeightsResult(self.a.action_id, self.received, 0, op.begin, op.end,
@@ -448,27 +463,28 @@ class _LoadWeightsJob:
 
 class _InferJob:
     """One Infer through its three stages: copy_input -> exec -> copy_output."""
-    __slots__ = ("rt", "a", "m", "gpu", "inputs", "reply_to", "received", "version", "io", "host_io",
-                 "ws", "padded", "t_in", "op_exec", "clock_before")
+    __slots__ = ("rt", "a", "m", "gpu", "inputs", "reply_to", "received", "version", "io",
+                 "ws", "padded", "t_in", "op_exec", "clock_before", "settled")
 
     def __init__(self, rt, a, m, gpu, inputs, reply_to, received):
         self.rt, self.a, self.m, self.gpu, self.inputs = rt, a, m, gpu, inputs
         self.reply_to, self.received = reply_to, received
         self.version = 0
-        self.io = self.host_io = self.ws = None
+        self.io = self.ws = None
         self.padded = m.kind.padded[a.batch_size]
         self.t_in = None
         self.op_exec = None
         self.clock_before = 0
+        self.settled = False          # answered and counted finished: never twice
 
     def fail(self, status, message, now) -> None:
+        if self.settled:
+            return
+        self.settled = True
         gpu = self.gpu
         if self.io is not None:
             gpu.mem.io.release(self.io)
             self.io = None
-        if self.host_io is not None:
-            self.rt.host_io.release(self.host_io)
-            self.host_io = None
         if self.ws is not None:
             gpu.mem.workspace.release(self.ws)
             self.ws = None
@@ -498,11 +514,6 @@ class _InferJob:
             self.fail(Status.IO_POOL_EXHAUSTED, f"copy_input: gpu {gpu.id} io pool exhausted "
                       f"({gpu.mem.io.used} of {gpu.mem.io.size} bytes in use)", now)
             return None
-        self.host_io = rt.host_io.alloc(self.a.batch_size * per_item)
-        if self.host_io is None:
-            self.fail(Status.IO_POOL_EXHAUSTED, f"copy_input: host io pool exhausted "
-                      f"({rt.host_io.used} of {rt.host_io.size} bytes in use)", now)
-            return None
         op = rt.backend.copy_input(gpu.id, kind.host, self.a.batch_size, self.inputs, self.io, now)
         return rt._started(gpu.inputs, op, self.input_done)
 
@@ -530,7 +541,8 @@ class _InferJob:
                       f"({gpu.mem.workspace.used} of {gpu.mem.workspace.size} bytes in use)", now)
             return None
         self.clock_before = rt.backend.gpu_clock_mhz(gpu.id)
-        op = rt.backend.execute(gpu.id, kind.host, self.padded, r.pages, self.io, self.ws, now)
+        op = rt.backend.execute(gpu.id, kind.host, self.padded, r.pages, self.io, self.ws, now,
+                                instance=self.m.id)
         return rt._started(gpu.exec, op, self.exec_done)
 
     def exec_done(self, op: Op, now: int) -> None:
@@ -553,12 +565,12 @@ class _InferJob:
         rt, gpu = self.rt, self.gpu
         if op.error:
             return self.fail(Status.RUNTIME_ERROR, f"copy_output: {op.error}", now)
+        t_in, ex = self.t_in, self.op_exec
+        result = s.InferResult(self.a.action_id, self.received, 0, t_in.begin, t_in.end, ex.begin, ex.end,
+                               ex.duration, op.begin, op.end, self.clock_before, rt.backend.gpu_clock_mhz(gpu.id))
         gpu.mem.io.release(self.io)
-        rt.host_io.release(self.host_io)
-        self.io = self.host_io = None
+        self.io = None
+        self.settled = True
         rt._done()
         rt.stats.infers += 1
-        t_in, ex = self.t_in, self.op_exec
-        rt.send(self.reply_to, s.InferResult(
-            self.a.action_id, self.received, 0, t_in.begin, t_in.end, ex.begin, ex.end, ex.duration,
-            op.begin, op.end, self.clock_before, rt.backend.gpu_clock_mhz(gpu.id)), (op.output,))
+        rt.send(self.reply_to, result, (op.output,))

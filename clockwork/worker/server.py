@@ -17,7 +17,6 @@ Reset: docs/reliability.md says what that exposes.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import select
 import time
@@ -29,16 +28,7 @@ from ..transport import schema as s
 from ..transport import sockets
 from .runtime import TAGS, WorkerRuntime
 
-PR_SET_TIMERSLACK = 29
 MAX_BATCH_RECV = 256        # messages handled per loop turn before timers get another look
-
-
-def set_timer_slack(ns: int = 1) -> bool:
-    """Ask Linux for `ns` timer slack (default 50 us) so select() wakes on time. Best effort."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, ns, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _mb(n: int) -> str:
@@ -72,8 +62,12 @@ def describe_state(state: s.WorkerState, max_models: int = 10) -> str:
 
 class WorkerServer:
     def __init__(self, runtime: WorkerRuntime, host: str, port: int, heartbeat_interval_ms: int = 200,
-                 print_interval_s: float = 10, log=print, ctx: zmq.Context | None = None, security=None):
+                 print_interval_s: float = 10, log=print, ctx: zmq.Context | None = None, security=None,
+                 clock=time.monotonic_ns):
+        """`clock`: the worker's clock (ns); every timestamp it sends and every window it checks
+        is in it, whatever the controller's reads (docs/design.md, "Clocks")."""
         self.rt = runtime
+        self.clock = clock
         runtime.send = self._send
         self.log = log
         self.ctx = ctx or zmq.Context.instance()
@@ -94,7 +88,7 @@ class WorkerServer:
 
     # ------------------------------------------------------------------ sending
     def _send(self, ident, msg, data) -> None:
-        msg.sent = time.monotonic_ns()
+        msg.sent = self.clock()
         cls = msg.__class__
         if cls is s.WorkerStateResult:
             self.log(f"Sending R{msg.action_id}:GetWorkerState:\n{describe_state(msg.state)}")
@@ -131,7 +125,7 @@ class WorkerServer:
         for _ in range(MAX_BATCH_RECV):
             if not self.router.get(sockets.EVENTS) & sockets.POLLIN:
                 return
-            received = time.monotonic_ns()
+            received = self.clock()
             try:
                 ident, msg, data = sockets.recv(self.router, s.ACTION_DECODER, routed=True)
             except s.ProtocolError as e:
@@ -153,7 +147,7 @@ class WorkerServer:
                 self.log(f"internal error handling A{msg.action_id}: {e!r}")
                 self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.RUNTIME_ERROR,
                                                 f"internal error: {e!r}", received), ())
-            rt.advance(time.monotonic_ns())
+            rt.advance(self.clock())
 
     def _handshake(self, ident: bytes, received: int) -> None:
         """A Reset from a new peer: it is the controller from now on; the previous one is told."""
@@ -196,7 +190,7 @@ class WorkerServer:
     def serve(self) -> None:
         """Run until stop() or KeyboardInterrupt. An exception from a backend or runtime bug is
         logged and costs the action it hit, never the worker."""
-        self._next_print = time.monotonic_ns() + self.print_ns if self.print_ns else 1 << 62
+        self._next_print = self.clock() + self.print_ns if self.print_ns else 1 << 62
         while not self._stopped:
             try:
                 self._turn()
@@ -206,7 +200,7 @@ class WorkerServer:
     def _turn(self) -> None:
         """One loop iteration: due timers, heartbeat, stats, then wait for the next event."""
         rt, fd = self.rt, self._fd
-        now = time.monotonic_ns()
+        now = self.clock()
         rt.advance(now)
         polling = fd is None and rt.waiting_on_backend()
         if polling:
@@ -226,9 +220,9 @@ class WorkerServer:
             wake = self._next_heartbeat
         if polling and now + rt.backend.poll_interval_ns < wake:
             wake = now + rt.backend.poll_interval_ns
-        ready, fd_ready = self._wait(min(1.0, (wake - time.monotonic_ns()) / 1e9))
+        ready, fd_ready = self._wait(min(1.0, (wake - self.clock()) / 1e9))
         if fd_ready:
-            rt.poll_backend(time.monotonic_ns())
+            rt.poll_backend(self.clock())
         if ready:
             self._receive()
 

@@ -4,7 +4,7 @@ capacity, replaying one minute of an Azure Functions 2019 trace (real or `cw tra
 the `azure` workload's model instances, without inputs.
 
 Capacity (requests/s) is computed before running, from the trace, the workload's own mapping of
-trace rows onto instances and the profiled exec times (conf/profiles/h200.toml):
+trace rows onto instances and the profiled exec times (clockwork/conf/profiles/h200.toml):
   - each instance i gets the share p_i of the replayed minute's requests (exactly as the workload
     maps rows), so at total rate L it receives p_i x L;
   - its requests arriving within one batching window W (default 50 ms, half the 100 ms SLO) are
@@ -154,7 +154,7 @@ def run_point(args, scheduler: str, load_factor: float, log_dir: Path) -> dict:
 
         watcher = threading.Thread(target=mark_start, daemon=True)
         watcher.start()
-        wl = [f"--num_workers=1", f"--load_factor={load_factor}", f"--memory_load_factor={args.memory_level}",
+        wl = ["--num_workers=1", f"--load_factor={load_factor}", f"--memory_load_factor={args.memory_level}",
               f"--interval={args.interval}", f"--trace_dir={args.trace_dir}", "--use_all_models=1"]
         res = cluster.run_client("azure", ["--duration", str(args.duration), "--no-inputs",
                                            "--seed", str(args.seed), "--drain", "10", *wl],

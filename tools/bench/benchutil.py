@@ -1,7 +1,9 @@
 """Small helpers shared by the benchmark scripts (run as scripts: tools/bench is sys.path[0])."""
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-def pct(xs, q):
-    """Nearest-rank q-th percentile of xs (nan if empty)."""
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+from clockwork.percentiles import percentile  # noqa: E402  (the project's one definition)
+
+pct = percentile

@@ -41,6 +41,10 @@ def main():
     ap.add_argument("--backend", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--zoo", default=os.environ.get("CLOCKWORK_MODEL_DIR", "zoo"))
     ap.add_argument("--weights-cache", default="4GiB")
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client processes, each running the workload with --args (one Python "
+                         "client sends a few thousand r/s)")
+    ap.add_argument("--emulate", type=int, default=0, help="an emulated worker with N GPUs instead")
     ap.add_argument("--out", default=None, help="directory for logs and e2e.json")
     a = ap.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="cw-e2e-"))
@@ -57,21 +61,31 @@ def main():
         return p
 
     result = {"model": a.model, "workload": " ".join([a.workload, *a.args.split()]),
-              "weights_cache": a.weights_cache, "backend": a.backend, "duration_s": a.duration}
+              "weights_cache": a.weights_cache,
+              "backend": f"emulated x{a.emulate}" if a.emulate else a.backend, "duration_s": a.duration}
     try:
-        start("worker", ["worker", "--backend", a.backend, "--host", "127.0.0.1", "--port", str(wport),
+        wl_args = a.args.split()     # the model positionally, or by name after named arguments
+        wl_args.append(f"--model={a.model}" if any(x.startswith("--") and "=" in x for x in wl_args)
+                       else a.model)
+        dev = ["--emulate", str(a.emulate)] if a.emulate else ["--backend", a.backend]
+        start("worker", ["worker", *dev, "--host", "127.0.0.1", "--port", str(wport),
                          "--weights-cache", a.weights_cache])
         time.sleep(0.5)
         start("controller", ["controller", f"127.0.0.1:{wport}", "--host", "127.0.0.1", "--port", str(cport),
                              "--telemetry-port", "0", "--log-dir", str(out)])
-        client = start("client", ["client", f"127.0.0.1:{cport}", "--workload", a.workload,
-                                  "--duration", str(a.duration), "--request-log", str(out / "client_requests.tsv"),
-                                  "--print-interval", "5", *a.args.split(), a.model])
-        try:
-            rc = client.wait(timeout=a.duration + 180)
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-        result["client_rc"] = rc
+        clients = [start(f"client{k}" if k else "client",
+                         ["client", f"127.0.0.1:{cport}", "--workload", a.workload,
+                          "--duration", str(a.duration), "--seed", str(k),
+                          "--request-log", str(out / f"client_requests{k or ''}.tsv"),
+                          "--print-interval", "5", *wl_args])
+                   for k in range(a.clients)]
+        rcs = []
+        for c in clients:
+            try:
+                rcs.append(c.wait(timeout=a.duration + 180))
+            except subprocess.TimeoutExpired:
+                rcs.append("timeout")
+        result["client_rc"] = rcs[0] if a.clients == 1 else rcs
     finally:
         for name, p, f in reversed(procs):
             if p.poll() is None:
@@ -83,7 +97,7 @@ def main():
                     p.wait()
             f.close()
     try:
-        reqs = read_tsv(out / "client_requests.tsv")
+        reqs = [r for k in range(a.clients) for r in read_tsv(out / f"client_requests{k or ''}.tsv")]
         ok = [r for r in reqs if r["status"] in ("0", "SUCCESS", "success")]
         lat = [float(r["latency_ms"]) for r in ok]
         result.update(requests=len(reqs), succeeded=len(ok),
@@ -103,6 +117,14 @@ def main():
         result["actions"] = kinds
         result.update(infer_actions=len(inf), exec_p50_ms=pct(ex, 50) / scale, exec_p99_ms=pct(ex, 99) / scale,
                       batch_sizes=sorted({int(r["batch_size"]) for r in inf}))
+        per_gpu = {}                    # several GPUs: each one's share, exec spread and busy time
+        for gpu in sorted({r["gpu_id"] for r in inf}):
+            e = [float(r["worker_exec_duration"]) for r in inf if r["gpu_id"] == gpu]
+            per_gpu[gpu] = {"infers": len(e), "exec_p50_ms": pct(e, 50) / scale,
+                            "exec_p99_over_p50": pct(e, 99) / pct(e, 50),
+                            "busy_pct": 100.0 * sum(e) / scale / 1e3 / a.duration}
+        result["per_gpu"] = per_gpu
+        result["action_too_late"] = sum(1 for r in acts if r["status"] in ("21", "ACTION_TOO_LATE"))
     except (OSError, KeyError, ValueError, StopIteration) as e:
         result["action_log_error"] = repr(e)
     (out / "e2e.json").write_text(json.dumps(result, indent=1))

@@ -2,7 +2,7 @@
 """Exec time per model and batch size on a GPU: p50, p99, p99/p50 (goal <= 1.02), from CUDA
 events around the compiled function called with weights passed from device memory; also the
 weights-load time. --write stores each model's measurements.json (what `cw profile model`
-does) and --toml prints conf/profiles entries.
+does) and --toml prints clockwork/conf/profiles entries.
 
   python tools/bench/gpu_exec.py [--zoo DIR] [--models ...] [--runs 200] [--write] [--toml F] [--json F]
 """
@@ -26,10 +26,10 @@ def main():
     ap.add_argument("--models", default="mlp,resnet18,resnet34,resnet50,resnet101")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--write", action="store_true", help="write measurements.json into each model dir")
-    ap.add_argument("--toml", default=None, help="write conf/profiles entries to this file")
+    ap.add_argument("--toml", default=None, help="write clockwork/conf/profiles entries to this file")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20, 16 << 20)
+    backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20)
     dev = backend.gpu_names()[0]
     report = {"device": dev, "runs": a.runs, "models": {}}
     toml = []

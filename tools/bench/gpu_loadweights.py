@@ -59,7 +59,7 @@ def main():
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    backend = CudaBackend(PAGE, 64, 64 << 20, 64 << 20, 64 << 20)
+    backend = CudaBackend(PAGE, 64, 64 << 20, 64 << 20)
     d = Driver(backend, Path(a.zoo), PAGE, 64)
     msg, _ = d.do(s.LoadModelFromDisk, model_id=0, path=a.model)
     assert isinstance(msg, s.LoadModelFromDiskResult), msg

@@ -12,6 +12,7 @@ from collections import Counter, deque
 
 from clockwork.client.api import Client
 from clockwork.model.format import load_spec
+from clockwork.percentiles import percentile
 from clockwork.status import Status
 
 
@@ -94,11 +95,7 @@ class OpenLoop:
         return self.client.drain(timeout_s)
 
 
-def pct(xs, q: float) -> float:
-    if not xs:
-        return float("nan")
-    v = sorted(xs)
-    return v[min(len(v) - 1, int(q / 100 * len(v)))]
+pct = percentile      # (soak.py and overload.py import it from here)
 
 
 def pids_of(cluster) -> dict[str, int]:

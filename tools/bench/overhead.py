@@ -23,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from clockwork.client.api import Client  # noqa: E402
 from clockwork.local import LocalCluster, quick_config  # noqa: E402
+from clockwork.percentiles import percentile as pct  # noqa: E402
 
 
-def pct(xs, q):
-    return float(np.percentile(xs, q)) if len(xs) else float("nan")
 
 
 def main():

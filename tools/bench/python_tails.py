@@ -15,17 +15,18 @@
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import select
 import time
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-def set_slack(ns: int) -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(29, ns, 0, 0, 0) == 0
+from clockwork.transport.sockets import set_timer_slack  # noqa: E402
 
 
 def wake_lateness(n: int = 20000, wait_s: float = 200e-6) -> np.ndarray:
@@ -96,9 +97,9 @@ def main():
     with open("/proc/self/timerslack_ns") as f:
         default = int(f.read())
     print(f"# timer slack (default {default} ns for this process)")
-    set_slack(default)
+    set_timer_slack(default)
     print(row("select(200us) late, default slack", wake_lateness()))
-    set_slack(1)
+    set_timer_slack(1)
     print(row("select(200us) late, slack 1 ns", wake_lateness()))
     print("# garbage collector, 400k live container objects, 300k short-lived requests")
     print(row("GC pause, default", gc_pauses(False)))

@@ -10,10 +10,10 @@ from clockwork.worker.runtime import WorkerRuntime
 
 
 class Driver:
-    def __init__(self, backend, model_dir, page_size, total_pages, io=64 << 20, ws=64 << 20, host_io=64 << 20):
+    def __init__(self, backend, model_dir, page_size, total_pages, io=64 << 20, ws=64 << 20):
         self.backend = backend
         self.results = {}
-        self.rt = WorkerRuntime(backend, model_dir, self._send, page_size, total_pages, io, ws, host_io)
+        self.rt = WorkerRuntime(backend, model_dir, self._send, page_size, total_pages, io, ws)
         self.next_id = 0
 
     def _send(self, reply_to, msg, frames):

@@ -37,8 +37,8 @@ POOL = 512 * 1024 * 1024
 
 def bench_runtime(zoo: Path, gpus: int, actions: int, copies: int) -> float:
     sent = []
-    backend = EmulatedBackend(gpus, PAGE, 1376, POOL, POOL, POOL)
-    rt = WorkerRuntime(backend, zoo, lambda r, m, d: sent.append(m), PAGE, 1376, POOL, POOL, POOL)
+    backend = EmulatedBackend(gpus, PAGE, 1376, POOL, POOL)
+    rt = WorkerRuntime(backend, zoo, lambda r, m, d: sent.append(m), PAGE, 1376, POOL, POOL)
     now = 1_000_000_000
     rt.handle(s.LoadModelFromDisk(0, 0, 0, 0, "mlp", copies=copies), [], None, now)
     for g in range(gpus):

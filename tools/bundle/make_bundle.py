@@ -7,7 +7,7 @@ The bundle holds:
                 libtvm_runtime_cuda.so and the libcudart.so.13 it links; no libtvm_compiler.so)
   wheels/       wheels for the host's Python that it lacks (default cp312: apache-tvm-ffi,
                 ml_dtypes, pyzmq, msgspec), taken from --wheels or downloaded with pip
-  src/          the clockwork package, conf/ and tools/bench/
+  src/          the clockwork package (with its conf/) and tools/bench/
   zoo/          compiled models: model.json, measurements.json, *.so -- without weights.bin:
                 zoo weights are seeded random, so setup.sh regenerates them (checked by sha256;
                 the onnx light models' regeneration needs onnx and onnxruntime on the host)
@@ -31,7 +31,9 @@ import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-WHEELS = ["apache-tvm-ffi==0.1.15.post2", "ml_dtypes==0.6.0", "pyzmq==27.3.0", "msgspec==0.22.0"]
+# apache-tvm-ffi as pinned in setup.py (0.1.15.x crashes in TVM's tensor-core schedules; the
+# runtime must match the version the zoo was compiled with)
+WHEELS = ["apache-tvm-ffi==0.1.14.post0", "ml_dtypes==0.6.0", "pyzmq==27.3.0", "msgspec==0.22.0"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]
 CUDART_CANDIDATES = ["/usr/local/cuda/lib64/libcudart.so.13", "/usr/local/cuda/lib/libcudart.so.13",
@@ -179,7 +181,6 @@ def main():
     src = a.out / "src"
     shutil.copytree(REPO / "clockwork", src / "clockwork",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(REPO / "conf", src / "conf")
     shutil.copytree(REPO / "tools" / "bench", src / "tools" / "bench",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     names = copy_zoo(a.zoo, a.out / "zoo")

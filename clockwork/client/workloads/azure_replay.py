@@ -34,7 +34,7 @@ def _load_instances(engine: Engine, memory_level: int, use_all_models: bool, mod
             models += engine.load(name, n)
     # The original inserted each instance at a pseudo-random position so that the busiest
     # trace rows do not all land on one model type; a seeded shuffle does the same.
-    random.Random(seed_of(engine, 0)).shuffle(models)
+    random.Random(seed_of(engine, "shuffle")).shuffle(models)
     return models
 
 
@@ -54,7 +54,7 @@ def _replay(engine: Engine, trace: az.Trace, models: list[Model], scale_segments
         return
     t = trace.sorted_by_total()
     idx = az.row_to_model(len(t), len(models))
-    rng = random.Random(seed_of(engine, 1))
+    rng = random.Random(seed_of(engine, "mapping"))
     for r in np.flatnonzero(t.counts.any(axis=1)):
         m = models[idx[r]]
         segs = arrivals.random_start_segments(t.counts[r], 1.0, interval, rng)

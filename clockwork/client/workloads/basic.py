@@ -1,8 +1,9 @@
 """The original's small workloads: example, spam, single-spam, fill_memory, simple,
 simple-slo-factor, simple-parametric, poisson-open-loop, comparison_experiment(2).
 
-Seeds: stream i uses seed engine.seed x 1,000,003 + i (the original used i), so --seed
-changes every stream and a given --seed repeats the run's arrival times exactly.
+Seeds: every arrival stream gets its own, seed_of(engine, <what the stream is>) (the original
+used the stream's index), so --seed changes every stream, a given --seed repeats the run's
+arrival times exactly, and no two streams share one.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from .registry import Param, workload
 MODEL = Param("model", str, "resnet50", "model directory name (relative to the workers' model dir)")
 
 
-def seed_of(engine: Engine, i: int) -> int:
-    return engine.seed * 1_000_003 + i
+def seed_of(engine: Engine, *stream) -> str:
+    """The seed of the arrival stream named by `stream` (e.g. its index): a string, which
+    random.Random takes as it is, so different names never collide."""
+    return "/".join(map(str, (engine.seed, *stream)))
 
 
 @workload("example", "every zoo model once, each driven by fixed-rate 5 r/s, Poisson 10 r/s, "
@@ -26,10 +29,12 @@ def example(engine: Engine):
     for user, name in enumerate(engine.zoo):
         m = engine.load(name, 1)[0]
         engine.open_loop(m, arrivals.fixed_rate(5), user)
-        engine.open_loop(m, arrivals.poisson(10, seed_of(engine, 1)), user)
-        engine.open_loop(m, arrivals.bursty_poisson(10, 10, 20, seed_of(engine, 1)), user)
+        engine.open_loop(m, arrivals.poisson(10, seed_of(engine, "example", user, "poisson")), user)
+        engine.open_loop(m, arrivals.bursty_poisson(10, 10, 20, seed_of(engine, "example", user, "bursty")),
+                         user)
         engine.closed_loop([m], ClosedLoop(1), user)
-        engine.bursty_closed_loop(m, 1, arrivals.burst_windows(10, 20, seed_of(engine, 0)), user)
+        engine.bursty_closed_loop(m, 1, arrivals.burst_windows(10, 20, seed_of(engine, "example", user, "windows")),
+                                  user)
 
 
 @workload("spam", "copies of one model, each with a closed loop of `concurrency`",

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
 import zmq
 
+from ...config import model_dir
 from ...status import Status
 from ...transport.schema import InferResponse
 from ..api import SEND_FAILED, Client
@@ -48,13 +47,14 @@ class WorkloadError(Exception):
 
 
 def zoo_models(explicit: str | None = None) -> list[str]:
-    """Names of the models a workload may load: --models, else the model directories in
-    $CLOCKWORK_MODEL_DIR if it exists here, else the emulated zoo (conf/profiles/h200.toml)."""
+    """Names of the models a workload may load: --models, else the model directories in the
+    model directory (config.model_dir(), as every command finds it) if it exists here, else the
+    emulated zoo (clockwork/conf/profiles/h200.toml)."""
     if explicit:
         return [m.strip() for m in explicit.split(",") if m.strip()]
-    mdir = os.environ.get("CLOCKWORK_MODEL_DIR")
-    if mdir and Path(mdir).is_dir():
-        found = sorted(p.name for p in Path(mdir).iterdir() if (p / "model.json").exists())
+    mdir = model_dir()
+    if mdir.is_dir():
+        found = sorted(p.name for p in mdir.iterdir() if (p / "model.json").exists())
         if found:
             return found
     from ...model.zoo import load_profile

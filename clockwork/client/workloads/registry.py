@@ -113,19 +113,3 @@ def workload(name: str, help: str, *params: Param):
         REGISTRY[name] = WorkloadSpec(name, fn, help, list(params))
         return fn
     return deco
-
-
-def get(name: str) -> WorkloadSpec:
-    from . import all as _  # noqa: F401  (registers every workload)
-    if name not in REGISTRY:
-        raise ParamError(f"unknown workload {name!r}; known: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
-
-
-def all_workloads() -> dict[str, WorkloadSpec]:
-    from . import all as _  # noqa: F401
-    return REGISTRY
-
-
-def usage_text() -> str:
-    return "\n".join(spec.usage() for spec in all_workloads().values())

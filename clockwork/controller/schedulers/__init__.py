@@ -1,12 +1,14 @@
 """Scheduling policies by name (the controller's --scheduler flag / [controller] scheduler key).
 
-infer4: the Clockwork scheduler. fifo: reactive baseline (Clipper/INFaaS style).
-direct: one Infer per request, for testing. echo: answers at once, no workers."""
+infer4: the Clockwork scheduler. fifo: reactive baseline (Clipper/INFaaS style). clipper: fifo
+with Clipper's adaptive (AIMD) batch sizes. direct: one Infer per request, for testing. echo:
+answers at once, no workers."""
 from __future__ import annotations
 
 from typing import Callable
 
 from ..scheduler import Outbox, Scheduler
+from .clipper import ClipperScheduler
 from .direct import DirectScheduler
 from .echo import EchoScheduler
 from .fifo import FifoScheduler
@@ -17,6 +19,7 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "echo": EchoScheduler,
     "direct": DirectScheduler,
     "fifo": FifoScheduler,
+    "clipper": ClipperScheduler,
 }
 
 

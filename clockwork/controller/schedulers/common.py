@@ -2,41 +2,33 @@
 references built from worker states, and per-request output slicing (zero-copy)."""
 from __future__ import annotations
 
-from ...config import DEFAULT_CONFIG, tomllib
+from ...config import defaults
+from ...model.format import pad_table
 from ...transport.schema import EvictWeights, LoadWeights, ModelInfo, WorkerState
 from ..scheduler import GpuRef, Scheduler
 
 OPEN = 3600 * 1_000_000_000       # open windows: [0, now + 1 hour]
 
 DEFAULT_CLOCK_MHZ = 1980      # nominal SM clock of an H200; estimates are scaled by the GPU clock
-_defaults: dict | None = None
 
 
 class SchedulerConfigError(ValueError):
     """A [controller] setting has a value the scheduler cannot use."""
 
 
-def _default_controller() -> dict:
-    global _defaults
-    if _defaults is None:
-        with open(DEFAULT_CONFIG, "rb") as f:
-            _defaults = tomllib.load(f)["controller"]
-    return _defaults
-
-
 class Settings:
     """The [controller] keys a policy needs, times in integer ns.
 
     Accepts the whole config (with a "controller" table) or the [controller] table itself;
-    missing keys take conf/default.toml's values."""
+    missing keys take clockwork/conf/default.toml's values."""
 
     def __init__(self, config: dict | None):
         config = config or {}
         section = config.get("controller") if isinstance(config.get("controller"), dict) else config
-        defaults = _default_controller()
+        fallback = defaults()["controller"]
 
         def num(key, kind=float, minimum=0.0):
-            value = section.get(key, defaults[key])
+            value = section.get(key, fallback[key])
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SchedulerConfigError(f"[controller] {key} must be a number, got {value!r}")
             if value < minimum:
@@ -59,6 +51,11 @@ class Settings:
             raise SchedulerConfigError("[controller] estimate_percentile must be <= 100")
         self.max_loads_per_gpu = num("max_loads_per_gpu", int, 1)
         self.max_queue_per_model = num("max_queue_per_model", int, 1)
+
+
+def ceil_div(a: int, b: int) -> int:
+    """a / b rounded up, for positive b (integers only: no float rounding)."""
+    return -(-a // b)
 
 
 def build_gpus(workers: dict[int, WorkerState], first_index: int = 0) -> list[tuple[GpuRef, object]]:
@@ -86,16 +83,9 @@ def free_pages(gpu, models: dict) -> int:
 def batch_tables(info: ModelInfo) -> tuple[list[int], list[int]]:
     """pad[n] = smallest compiled batch >= n, and exec_ns[n] = profiled time of pad[n], for n in
     1..max compiled batch (index 0 unused). The worker pads a batch b to pad[b]."""
-    sizes = sorted(zip(info.batch_sizes, info.exec_ns)) or [(1, 100_000)]
-    top = sizes[-1][0]
-    pad = [0] * (top + 1)
-    exec_ns = [0] * (top + 1)
-    i = 0
-    for n in range(1, top + 1):
-        while sizes[i][0] < n:
-            i += 1
-        pad[n] = sizes[i][0]
-        exec_ns[n] = max(1, int(sizes[i][1]))
+    profiled = dict(zip(info.batch_sizes, info.exec_ns)) or {1: 100_000}
+    pad = pad_table(profiled)
+    exec_ns = [0] + [max(1, int(profiled[b])) for b in pad[1:]]
     return pad, exec_ns
 
 
@@ -123,6 +113,12 @@ class OpenWindowLoads(Scheduler):
     policies (direct, fifo) share. Subclasses keep GPUs with `loaded` (an OrderedDict in LRU
     order), `free_pages`, `loading` and `ref`, and an `_inflight` dict of action id ->
     (kind, gpu, model id, requests)."""
+
+    def queued_requests(self) -> int:
+        return 0
+
+    def log_context(self, worker_id: int, gpu_id: int, model_id: int) -> tuple[int, int, int]:
+        return 0, self.queued_requests(), sum(1 for g in self._gpus if model_id in g.loaded)
 
     def _lru_victims(self, g, pages: int, in_use) -> list[int] | None:
         """Models on `g` to evict, least recently used first, so that `pages` pages are free;

@@ -64,6 +64,9 @@ class DirectScheduler(OpenWindowLoads):
         if not self._load(mid):
             self._fail_waiting(mid, Status.NOT_ENOUGH_PAGES, "model does not fit on any GPU")
 
+    def queued_requests(self) -> int:
+        return sum(len(v) for v in self._waiting.values())
+
     def _infer(self, g: _Gpu, req: Request) -> None:
         aid = next(self.out.action_ids)
         req.gpu = g.ref.index

@@ -72,6 +72,9 @@ class FifoScheduler(OpenWindowLoads):
             self._gpus.append(_Gpu(ref, gs, self.models))
             self._next_index = ref.index + 1
 
+    def queued_requests(self) -> int:
+        return sum(g.queued for g in self._gpus)
+
     # ------------------------------------------------------------------ requests
 
     def on_request(self, req: Request) -> None:

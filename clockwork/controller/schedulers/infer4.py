@@ -1,12 +1,11 @@
 """INFER4, the Clockwork scheduler: plan every Infer and LoadWeights with a window, drop what
 cannot meet its deadline early, keep GPUs busy with the largest batch that still fits.
 
-Behaviour follows the original (see /work/shared/notes/original-clockwork.md); data structures
-differ where that keeps the per-request cost small:
+docs/design.md ("INFER4") describes it and where it deviates from the original, and why. This
+module keeps the queues, the per-GPU heaps and the event handling; the parts with one job each:
+estimates.py (exec and load time estimates), batching.py (batch sizes, batch choice, Infer
+windows), load_planning.py (load demand, eviction victims).
 
-- Exec estimate per (model, compiled batch): percentile (p99) of the last `estimate_window`
-  measurements, seeded from the profiled exec_ns; stored as ns x MHz and divided by the GPU's
-  last reported clock, as the original does.
 - One queue per model, kept in exec-deadline order (arrival order when every request of a model
   has the same SLO, which is the common case; a request with a shorter SLO is inserted ahead,
   so the queue front is always the most urgent request and timeouts need one timer per model).
@@ -19,36 +18,17 @@ differ where that keeps the per-request cost small:
   GPU holding the model pops it first serves it, like the original.
 - While a GPU's exec executor is expected free before now + schedule_ahead, pop the most urgent
   model: drop front requests that cannot finish by their exec deadline even alone
-  (COULD_NOT_START_IN_TIME), then run the batch (compiled size <= max_batch_size) that serves the
-  most requests in time; requests ahead of that batch that it cannot include are answered
-  CONTROLLER_SKIPPED, as in the original's try_dequeue. The original reached this through its
-  strategy heap (the first feasible strategy, then an upgrade); choosing the largest feasible
-  batch directly is a deviation that keeps goodput at the GPU's batch-16 capacity under overload.
-  A batch of n requests may be padded up to the next compiled size (the worker supports it),
-  where the original only formed compiled sizes; deadlines are checked with the padded size.
-- Infer window: earliest = max(now, expected start - EARLIEST_LEAD) (the original used now),
-  latest = max(now + 1 ms, the batch's earliest SLO deadline - its estimate - 1 ms): the last
-  start at which every request of the batch is still answered within its SLO. The original's
-  latest (expected start + latest_delta) both refused starts that would still be in time (an
-  action reaching a CPU-starved worker 12 ms late, with 90 ms of slack left) and allowed ones
-  that finish after the SLO, answered SUCCESS but useless (seen in tools/bench/azure.py).
-- Load demand: a model's queued work (requests x batch-1 estimate) while its newest request could
-  still be helped by a load (within max_load_slo of arrival and with time left for load + exec).
-  A GPU already holding the model serves its share of that demand in proportion to
-  default_slo / (the GPU's total queued share) -- the original LoadTracker's capacity rule,
-  without its incremental priority sets: demand is re-evaluated over the models with queued
-  requests at most every LOAD_INTERVAL (longer when many models wait), and only when something
-  changed. GPUs with free load slots choose in order of least expected work (the original
-  cycled through GPUs), each taking the neediest model it does not hold, one copy per model
-  per pass.
+  (COULD_NOT_START_IN_TIME), then run the batch batching.choose_batch picks.
+- Admission at arrival: a request that would miss its exec deadline even if every GPU served
+  only its model's queue, in full batches, from now on, is refused at once.
+- Loads: GPUs with free load slots choose in order of least expected work (the original cycled
+  through GPUs), each taking the neediest model it does not hold, one copy per model per pass.
 - Failures: an Infer that fails at the worker answers its requests with the worker's code
   (no retry: a window miss means the plan slipped and a retry would rarely meet the deadline),
   except WORKER_LOST, whose requests are re-queued (other GPUs, or a reload, may still make it;
   those already past their exec deadline are answered WORKER_LOST).
-- Results: InferResult times (exec_end) must be in controller time (the edge converts them);
+- Results: every time in a result (exec_end) is in controller time (the edge converts them);
   LoadWeightsResult times are not used.
-- Evictions never pick a model with an Infer in flight on that GPU (the original could, and the
-  Infer then failed with "weights changed").
 
 The edge must call tick() after every batch of events, and again no later than the time it
 returned: on_request only queues; batches and loads are formed in tick().
@@ -58,96 +38,43 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 
+from ...limits import MAX_SLO_NS
 from ...status import Status
 from ...transport.schema import (EvictWeights, Infer, InferResult, LoadWeights,
                                  LoadWeightsResult, ModelInfo, WorkerState)
 from ..scheduler import GpuRef, Request, Scheduler
-from .common import DEFAULT_CLOCK_MHZ, Settings, batch_tables, build_gpus, free_pages, output_view
+from .batching import EARLIEST_LEAD, LATEST_MIN, batch_sizes, choose_batch, infer_window
+from .common import DEFAULT_CLOCK_MHZ, Settings, build_gpus, ceil_div, free_pages, output_view
+from .estimates import Estimates
+from .load_planning import eviction_victims, next_load_pass, rank_demand
 
 INF = 1 << 62
-EARLIEST_LEAD = 1_000_000       # an Infer may start this much before its expected start
-LATEST_MIN = 1_000_000          # latest >= now + 1 ms + latest_delta
-LOAD_INTERVAL = 100_000         # load decisions at most every 100 us (the original's)
 
 _INFER, _LOAD, _EVICT = 0, 1, 2
 _heappush, _heappop, _heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
 
 
-def percentile(samples: list[int], p: float) -> int:
-    """The original's SlidingWindow percentile: linear interpolation at p x (n - 1)."""
-    v = sorted(samples)
-    pos = p / 100.0 * (len(v) - 1)
-    lo = int(pos)
-    hi = lo + 1 if lo + 1 < len(v) else lo
-    return int(v[lo] + (v[hi] - v[lo]) * (pos - lo))
-
-
-class _Model:
-    """Per-model state: queue, estimates, where it is loaded."""
-    __slots__ = ("id", "info", "pages", "output_size", "pad", "down", "top", "limit", "est",
-                 "windows", "wpos", "thresholds", "sizes", "queue", "items", "gpus", "loading_gpus",
-                 "timeout_key", "b1ns", "weights_est", "weights_window", "weights_pos", "wanting")
+class _Model(Estimates):
+    """Per-model state: queue, where it is loaded, and (the base class) its estimates."""
+    __slots__ = ("id", "info", "pages", "output_size", "limit", "thresholds", "sizes", "queue",
+                 "items", "gpus", "loading_gpus", "timeout_key", "wanting")
 
     def __init__(self, info: ModelInfo, s: Settings):
+        super().__init__(info)
         self.id = info.model_id
         self.info = info
         self.pages = info.num_pages
         self.output_size = info.output_size
-        pad, exec_ns = batch_tables(info)
-        self.pad = pad
-        self.top = len(pad) - 1
-        compiled = sorted(set(pad[1:]))
-        # batch sizes used for batching several requests: <= max_batch_size and <= max_exec
-        # (the smallest is always allowed, as the original kept batch 1)
-        allowed = [b for b in compiled if b <= s.max_batch_size and exec_ns[b] <= s.max_exec]
-        self.limit = allowed[-1] if allowed else compiled[0]
-        self.thresholds = frozenset(b for b in compiled if b <= self.limit)
-        self.sizes = [b for b in compiled if b <= self.limit]     # batch candidates, ascending
-        # down[n]: largest compiled size below pad[n] (0 if none): the next smaller candidate
-        self.down = [0] * (self.top + 1)
-        for n in range(1, self.top + 1):
-            smaller = [b for b in compiled if b < pad[n]]
-            self.down[n] = smaller[-1] if smaller else 0
-        self.est = [e * DEFAULT_CLOCK_MHZ for e in exec_ns]     # ns x MHz, by items n
-        self.b1ns = exec_ns[1]
-        self.windows = {b: [] for b in compiled}
-        self.wpos = {b: 0 for b in compiled}
+        exec_ns = [e // DEFAULT_CLOCK_MHZ for e in self.est]
+        self.sizes = batch_sizes(self.compiled, exec_ns, s.max_batch_size, s.max_exec)  # ascending
+        self.limit = self.sizes[-1]
+        self.thresholds = frozenset(self.sizes)
         self.queue: deque[Request] = deque()
         self.items = 0                     # sum of batch_size over the queue
         self.gpus: list[_Gpu] = []         # GPUs with the weights loaded
         self.loading_gpus: list[_Gpu] = []
         self.timeout_key = INF
-        self.weights_est = max(1, info.weights_load_ns)
-        self.weights_window: list[int] = []
-        self.weights_pos = 0
         self.wanting = False
-
-    def b1(self) -> int:
-        """Batch-1 estimate in ns at the nominal clock (for slo_factor and load demand)."""
-        return self.b1ns
-
-    def measure(self, items: int, scaled: int, window: int, p: float) -> None:
-        b = self.pad[items]
-        w = self.windows[b]
-        if len(w) < window:
-            w.append(scaled)
-        else:
-            w[self.wpos[b]] = scaled
-            self.wpos[b] = (self.wpos[b] + 1) % window
-        value = percentile(w, p)
-        lo = self.down[b] + 1 if self.down[b] else 1
-        for n in range(lo, b + 1):
-            self.est[n] = value
-        self.b1ns = self.est[1] // DEFAULT_CLOCK_MHZ
-
-    def measure_weights(self, duration: int, window: int, p: float) -> None:
-        w = self.weights_window
-        if len(w) < window:
-            w.append(duration)
-        else:
-            w[self.weights_pos] = duration
-            self.weights_pos = (self.weights_pos + 1) % window
-        self.weights_est = max(1, percentile(w, p))
 
 
 class _Gpu:
@@ -155,7 +82,7 @@ class _Gpu:
     __slots__ = ("ref", "index", "worker_id", "gpu_id", "alive", "clock", "exec_free", "infers",
                  "load_free", "loads", "heap", "live", "timer", "loaded", "loading", "busy",
                  "free_pages", "total_pages", "exec_ns", "batches", "items", "load_count",
-                 "evict_count", "stats_at", "stats_exec_ns")
+                 "evict_count", "added_at")
 
     def __init__(self, ref: GpuRef, free_pages: int, now: int):
         self.ref = ref
@@ -181,8 +108,7 @@ class _Gpu:
         self.items = 0
         self.load_count = 0
         self.evict_count = 0
-        self.stats_at = now
-        self.stats_exec_ns = 0
+        self.added_at = now
 
 
 class _Pending:
@@ -206,6 +132,7 @@ class Infer4Scheduler(Scheduler):
         self.s = Settings(config)
         self._models: dict[int, _Model] = {}
         self._gpus: dict[int, _Gpu] = {}
+        self._by_ref: dict[tuple[int, int], _Gpu] = {}   # (worker id, gpu id) -> GPU
         self._next_index = 0
         self._timeouts: list[tuple[int, int]] = []     # (front exec deadline, model id)
         self._gpu_timers: list[tuple[int, int]] = []   # (time, gpu index)
@@ -216,7 +143,6 @@ class Infer4Scheduler(Scheduler):
         self._counts = [0] * 64                        # responses by status code
         self._queued = 0
         self._overloaded = 0
-        self._sending = False                          # inside send_action of an Infer
         self._max_clock = DEFAULT_CLOCK_MHZ             # highest GPU clock seen (MHz)
 
     # ------------------------------------------------------------------ setup
@@ -245,6 +171,7 @@ class Infer4Scheduler(Scheduler):
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
             g = _Gpu(ref, free_pages(gs, self._models), now)
             self._gpus[ref.index] = g
+            self._by_ref[(worker_id, ref.gpu_id)] = g
             self._next_index = ref.index + 1
             for mid in gs.loaded_models:
                 m = self._models.get(mid)
@@ -274,7 +201,7 @@ class Infer4Scheduler(Scheduler):
         if req.slo_factor > 0:
             s = self.s
             slo = m.b1ns * req.slo_factor
-            if not slo < 3.6e12:            # infinite, or over an hour
+            if not slo <= MAX_SLO_NS:       # infinite, or over an hour
                 self._respond(req, Status.INVALID_REQUEST, f"slo_factor {req.slo_factor} too large")
                 return
             slo = int(slo)
@@ -291,7 +218,7 @@ class Infer4Scheduler(Scheduler):
             # excess is answered at once instead of near its deadline. (A lower bound, so a
             # request that could still make it is never refused here.)
             lim = m.limit
-            rounds = -(-(-(-(m.items + req.batch_size) // lim)) // len(self._gpus))
+            rounds = ceil_div(ceil_div(m.items + req.batch_size, lim), len(self._gpus))
             if self.clock() + rounds * (m.est[lim] // self._max_clock) > dl:
                 self._respond(req, Status.COULD_NOT_START_IN_TIME,
                               "could not start in time (queue ahead of it too long)")
@@ -433,30 +360,7 @@ class Infer4Scheduler(Scheduler):
             self._respond(r, Status.COULD_NOT_START_IN_TIME, "could not start in time")
         if not q:
             return
-        # Pick the batch serving the most requests in time if it starts at t: for each allowed
-        # compiled size c, the requests that can finish by t + est(c) are a suffix of the
-        # deadline-ordered queue; take up to c items from its start. Requests before that
-        # suffix are skipped (CONTROLLER_SKIPPED), as the original skips requests ahead of the
-        # strategy it runs; under overload this keeps batches large instead of spending the
-        # GPU on small batches of nearly expired requests.
-        qlen = len(q)
-        best_items, best_skip = 0, 0
-        for c in m.sizes:
-            finish = t + est[c] // clk
-            i = 0
-            while i < qlen and q[i].exec_deadline < finish:
-                i += 1
-            if i == qlen:
-                break                   # larger batches finish later still
-            items = 0
-            j = i
-            while j < qlen and items + q[j].batch_size <= c:
-                items += q[j].batch_size
-                j += 1
-            if items > best_items:
-                best_items, best_skip = items, i
-            if j == qlen:
-                break                   # queue exhausted: a larger c cannot take more
+        best_items, best_skip = choose_batch(q, m.sizes, est, clk, t)
         reqs = []
         items = 0
         if best_items == 0:             # the front request alone (larger than any batch limit)
@@ -476,16 +380,11 @@ class Infer4Scheduler(Scheduler):
         m.items -= items
         self._queued -= len(reqs)
         e = est[items] // clk
-        earliest = t - EARLIEST_LEAD
-        if earliest < now:
-            earliest = now
         deadline = reqs[0].deadline
         for r in reqs:
             if r.deadline < deadline:
                 deadline = r.deadline
-        latest = deadline - e - LATEST_MIN      # the last start that still meets every SLO
-        if latest < now + LATEST_MIN:
-            latest = now + LATEST_MIN
+        earliest, latest = infer_window(t, now, deadline, e)
         aid = next(self.out.action_ids)
         data = []
         complete = True
@@ -505,12 +404,8 @@ class Infer4Scheduler(Scheduler):
         g.items += items
         g.busy[m.id] = g.busy.get(m.id, 0) + 1
         g.loaded.move_to_end(m.id)
-        self._sending = True
-        try:
-            self.out.send_action(g.worker_id, Infer(aid, earliest, latest, m.id, g.gpu_id, items, e),
-                                 data, t + e)
-        finally:
-            self._sending = False
+        self.out.send_action(g.worker_id, Infer(aid, earliest, latest, m.id, g.gpu_id, items, e),
+                             data, t + e)
 
     # ------------------------------------------------------------------ loads
 
@@ -523,53 +418,10 @@ class Infer4Scheduler(Scheduler):
         if not cands:
             return      # a load result will set _load_dirty again
         wanting = self._wanting
-        # a pass costs O(models waiting); space passes out as that grows
-        self._next_load = now + LOAD_INTERVAL * max(1, len(wanting) >> 3)
-        n_gpus = len(self._gpus)
-        max_load_slo = s.max_load_slo
-        demand = []                 # (model, queued work, copies)
-        share_of: dict[int, float] = {}
-        loadable = False
-        for mid, m in list(wanting.items()):
-            q = m.queue
-            if not q:
-                m.wanting = False
-                del wanting[mid]
-                continue
-            back = q[-1]
-            b1 = m.b1ns
-            if back.arrival + max_load_slo <= now or back.exec_deadline <= now + m.weights_est + b1:
-                continue            # no queued request could still be helped by a load
-            d = m.items * b1
-            k = len(m.gpus) + len(m.loading_gpus)
-            demand.append((m, d, k))
-            if k:
-                share = d / k
-                for h in m.gpus:
-                    share_of[h.index] = share_of.get(h.index, 0.0) + share
-                for h in m.loading_gpus:
-                    share_of[h.index] = share_of.get(h.index, 0.0) + share
-            if k < n_gpus:
-                loadable = True
-        if not loadable:
-            return      # every model that could use a load is on every GPU already
-        capacity = s.default_slo
-        ranked = []
-        for m, d, k in demand:
-            if k >= n_gpus:
-                continue
-            unmet = float(d)
-            if k:
-                share = d / k
-                for h in m.gpus:
-                    unmet -= share * min(1.0, capacity / share_of[h.index])
-                for h in m.loading_gpus:
-                    unmet -= share * min(1.0, capacity / share_of[h.index])
-            if unmet > 0.5:
-                ranked.append((-unmet, m.id))
+        self._next_load = next_load_pass(now, len(wanting))
+        ranked, share_of = rank_demand(wanting, len(self._gpus), now, s.max_load_slo, s.default_slo)
         if not ranked:
             return
-        ranked.sort()
         # least busy GPUs choose first (expected exec backlog plus queued demand on them), so
         # new copies spread out; ties go to the GPU with the most free pages
         cands.sort(key=lambda g: (max(0, g.exec_free - now) + share_of.get(g.index, 0.0), -g.free_pages))
@@ -588,26 +440,13 @@ class Infer4Scheduler(Scheduler):
                     self._load_dirty = True     # there may be more to load next pass
 
     def _make_room(self, g: _Gpu, m: _Model, now: int) -> bool:
-        """Evict (models without queued requests, LRU first, then any, LRU) until `m` fits on
-        `g`. Models with Infers in flight on `g` are never evicted. False (and no eviction)
-        if it cannot fit."""
+        """Evict (load_planning.eviction_victims) until `m` fits on `g`. False (and no
+        eviction) if it cannot fit."""
         need = m.pages - g.free_pages
         if need <= 0:
             return True
-        victims = []
-        freed = 0
-        for idle_only in (True, False):
-            for mid in g.loaded:
-                if freed >= need:
-                    break
-                if g.busy.get(mid) or mid in victims:
-                    continue
-                other = self._models[mid]
-                if idle_only and other.queue:
-                    continue
-                victims.append(mid)
-                freed += other.pages
-        if freed < need:
+        victims = eviction_victims(g, need, self._models)
+        if victims is None:
             return False
         for mid in victims:
             other = self._models[mid]
@@ -703,8 +542,8 @@ class Infer4Scheduler(Scheduler):
         self._rearm(g)
         status = getattr(result, "status", Status.ERROR)
         message = getattr(result, "message", "")
-        if status == Status.WORKER_LOST and not self._sending:
-            self._requeue(reqs, now, message)   # (a send that failed at once is not retried)
+        if status == Status.WORKER_LOST:
+            self._requeue(reqs, now, message)
         else:
             for r in reqs:
                 self._respond(r, status, message)
@@ -755,7 +594,7 @@ class Infer4Scheduler(Scheduler):
             s = self.s
             m.measure_weights(result.duration, s.estimate_window, s.estimate_percentile)
             if g.loads == 0 and g.load_free > now:
-                g.load_free = now          # (result.end is in worker time: not converted)
+                g.load_free = now          # (the load is done: its weights executor is free)
         else:
             if g.loads == 0 and g.load_free > now:
                 g.load_free = now
@@ -776,6 +615,7 @@ class Infer4Scheduler(Scheduler):
         for g in lost:
             g.alive = False
             del self._gpus[g.index]
+            self._by_ref.pop((g.worker_id, g.gpu_id), None)
             for mid in g.loaded:
                 m = self._models.get(mid)
                 if m is not None and g in m.gpus:
@@ -800,6 +640,11 @@ class Infer4Scheduler(Scheduler):
 
     # ------------------------------------------------------------------ stats
 
+    def log_context(self, worker_id: int, gpu_id: int, model_id: int) -> tuple[int, int, int]:
+        g = self._by_ref.get((worker_id, gpu_id))
+        m = self._models.get(model_id)
+        return g.clock if g is not None else 0, self._queued, len(m.gpus) if m is not None else 0
+
     def estimate(self, model_id: int, batch_size: int, gpu_index: int | None = None) -> int:
         """Current exec estimate (ns) of `batch_size` items of a model, at a GPU's clock."""
         m = self._models[model_id]
@@ -807,17 +652,16 @@ class Infer4Scheduler(Scheduler):
         return m.est[batch_size] // clock
 
     def stats(self) -> dict:
+        """A snapshot; changes nothing (any number of callers may ask). Counters are totals
+        since the GPU was added: a caller wanting rates takes differences."""
         now = self.clock()
         gpus = []
         for g in self._gpus.values():
-            # measured exec time over a window of at least a second (several callers may ask)
-            elapsed = now - g.stats_at
-            util = (g.exec_ns - g.stats_exec_ns) / elapsed if elapsed > 0 else 0.0
-            if elapsed >= 1_000_000_000:
-                g.stats_at, g.stats_exec_ns = now, g.exec_ns
+            elapsed = now - g.added_at
             gpus.append({
                 "index": g.index, "name": g.ref.name, "worker_id": g.worker_id, "gpu_id": g.gpu_id,
-                "utilization": round(util, 4), "infers_in_flight": g.infers,
+                "exec_ns": g.exec_ns, "utilization": round(g.exec_ns / elapsed, 4) if elapsed > 0 else 0.0,
+                "infers_in_flight": g.infers,
                 "loads_in_flight": g.loads, "backlog_ns": max(0, g.exec_free - now),
                 "clock_mhz": g.clock, "free_pages": g.free_pages, "total_pages": g.total_pages,
                 "models_loaded": len(g.loaded), "batches": g.batches, "requests_batched": g.items,

@@ -1,0 +1,87 @@
+"""INFER4's load planning (docs/design.md, "INFER4"): which models need another copy loaded,
+and which models to evict to make room for one.
+
+Load demand: a model's queued work (requests x batch-1 estimate) while its newest request could
+still be helped by a load (within max_load_slo of arrival, and with time left for load + exec).
+A GPU already holding the model serves its share of that demand in proportion to
+default_slo / (the GPU's total queued share) -- the original LoadTracker's capacity rule,
+without its incremental priority sets: demand is re-evaluated over the models with queued
+requests at most every LOAD_INTERVAL (longer when many models wait), and only when something
+changed. Pure functions of the scheduler's state: the scheduler sends the actions.
+"""
+from __future__ import annotations
+
+LOAD_INTERVAL = 100_000         # load decisions at most every 100 us (the original's)
+
+
+def next_load_pass(now: int, models_waiting: int) -> int:
+    """When the next pass may run: a pass costs O(models waiting), so passes space out as that grows."""
+    return now + LOAD_INTERVAL * max(1, models_waiting >> 3)
+
+
+def rank_demand(wanting: dict, n_gpus: int, now: int, max_load_slo: int,
+                capacity: int) -> tuple[list[tuple[float, int]], dict[int, float]]:
+    """Models whose demand is not met by the copies they have or are loading, neediest first:
+    ([(-unmet work, model id)], {gpu index: queued work it holds}). Forgets models in `wanting`
+    whose queues emptied. `capacity`: the work a GPU serves per SLO (default_slo)."""
+    demand = []                 # (model, queued work, copies)
+    share_of: dict[int, float] = {}
+    loadable = False
+    for mid, m in list(wanting.items()):
+        q = m.queue
+        if not q:
+            m.wanting = False
+            del wanting[mid]
+            continue
+        back = q[-1]
+        b1 = m.b1ns
+        if back.arrival + max_load_slo <= now or back.exec_deadline <= now + m.weights_est + b1:
+            continue            # no queued request could still be helped by a load
+        d = m.items * b1
+        k = len(m.gpus) + len(m.loading_gpus)
+        demand.append((m, d, k))
+        if k:
+            share = d / k
+            for h in m.gpus:
+                share_of[h.index] = share_of.get(h.index, 0.0) + share
+            for h in m.loading_gpus:
+                share_of[h.index] = share_of.get(h.index, 0.0) + share
+        if k < n_gpus:
+            loadable = True
+    if not loadable:
+        return [], share_of     # every model that could use a load is on every GPU already
+    ranked = []
+    for m, d, k in demand:
+        if k >= n_gpus:
+            continue
+        unmet = float(d)
+        if k:
+            share = d / k
+            for h in m.gpus:
+                unmet -= share * min(1.0, capacity / share_of[h.index])
+            for h in m.loading_gpus:
+                unmet -= share * min(1.0, capacity / share_of[h.index])
+        if unmet > 0.5:
+            ranked.append((-unmet, m.id))
+    ranked.sort()
+    return ranked, share_of
+
+
+def eviction_victims(g, need: int, models: dict) -> list[int] | None:
+    """Models to evict from GPU `g` to free `need` pages: models without queued requests, least
+    recently used first, then any, LRU. A model with an Infer in flight on `g` is never chosen
+    (the original could, and the Infer then failed with WEIGHTS_CHANGED). None if not enough."""
+    victims = []
+    freed = 0
+    for idle_only in (True, False):
+        for mid in g.loaded:
+            if freed >= need:
+                break
+            if g.busy.get(mid) or mid in victims:
+                continue
+            other = models[mid]
+            if idle_only and other.queue:
+                continue
+            victims.append(mid)
+            freed += other.pages
+    return victims if freed >= need else None

@@ -1,0 +1,198 @@
+"""The real controller edge in simulated time.
+
+`SimController` is clockwork.controller.server.Controller with its sockets replaced by
+network.py's and its clock by the simulation's. Every method that decides something is
+inherited unchanged: request validation and admission (admission.py), the LoadModel broadcast
+(model_loading.py), clock conversion of windows and results, loss by silence or closed
+connection and rejoin (worker_links.py), housekeeping, the request and action logs and the
+stats lines (server.py). Only two things are written here:
+
+  * __init__, which builds the same attributes as Controller.__init__ without opening ZeroMQ
+    sockets (Controller has no way to be given its sockets and clock; when it gains one, this
+    becomes a plain Controller(...)); and
+  * the event loop: Controller.run() waits on sockets with the wall clock, so its body is
+    re-expressed as two event handlers (`_turn` for timers, `_readable` for a socket that has
+    messages), doing what one pass of run()'s loop does, in the same order.
+
+The controller's own CPU time is free unless `message_cost_ns` is set: then it handles one
+message per that many ns (a deterministic stand-in for the real process's cost per message,
+ticks included), so queueing inside a busy controller shows up as it would for real.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from time import process_time_ns
+
+from ..controller import logs as logs_mod
+from ..controller.queuewait import QueueWait
+from ..controller.schedulers.common import Settings
+from ..controller.server import HOUSEKEEPING_NS, Controller
+from ..controller.stats import ControllerStats
+from ..controller.worker_links import WorkerLink
+from ..limits import MAX_COPIES
+
+FAR = 1 << 62
+
+
+class SimController(Controller):
+    def __init__(self, config: dict, loop, network, links: list, scheduler: str | None = None,
+                 log_dir=None, out=print, epoch: int = 1, message_cost_ns: int = 0):
+        from ..controller.schedulers import make_scheduler
+
+        cc = config["controller"]
+        self.config = config
+        self.out = out
+        self.loop = loop
+        self.clock = loop
+        self.action_ids = itertools.count(1)
+        self.epoch = epoch                # seeded (Controller draws it at random): runs repeat
+        self.security = None
+        self.host, self.client_port = "sim", 0
+        self.message_cost = message_cost_ns
+        self._backlog: deque = deque()      # (socket, frames) read but not yet handled (CPU busy)
+        self._busy = False
+        self.client_sock = network.router_socket("controller", lambda: self._arrived(self.client_sock))
+        self.workers: list[WorkerLink] = []
+        for i, lk in enumerate(links):
+            w = WorkerLink(i, f"sim-worker-{i}", lk.dealer)
+            lk.dealer.on_message = (lambda w=w: self._arrived(w.sock))
+            w.monitor.on_message = (lambda w=w: self._arrived(w.monitor))
+            self.workers.append(w)
+        if not self.workers:
+            raise ValueError("at least one worker is needed")
+        self.scheduler_name = scheduler or cc["scheduler"]
+        self.scheduler = make_scheduler(self.scheduler_name, config, self.clock, self)
+        self.pending = {}
+        self.models = {}
+        self.next_model_id = 0
+        self.load_jobs = {}
+        self.loaded_paths = []
+        self.rejoin_waiting = {}
+        self.phase = "connecting"
+        self.stats = ControllerStats()
+        self.request_ids = itertools.count(1)
+        self.queue_wait = QueueWait()
+        self.arrivals = 0
+        self.departures = 0
+        self._pad = {}
+        self._model_counts = {}
+        self.settings = Settings(config)
+        self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
+        self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
+        self.started = self.next_startup_report = 0
+        self.max_models = int(cc.get("max_models", MAX_COPIES))
+        self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
+        self.client_copies = {}
+        self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
+        self.model_order = []
+        self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
+        self.input_bytes = 0
+        self._held = {}
+        self.print_interval = float(cc["print_interval_s"])
+        self.request_log, self.action_log = logs_mod.open_logs(
+            log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
+        self.telemetry = None
+        self._running = False
+        self._failed_sends = []
+        self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
+        self._sock_worker = {w.sock: w for w in self.workers}
+        self._monitor_worker = {w.monitor: w for w in self.workers}
+        self._next_tick = 0
+        self._next_housekeeping = 0
+        self._next_print = FAR
+        self._armed = FAR
+        # wall-clock CPU spent in the controller's handlers (edge, scheduler, codec; the sends
+        # into the simulated network included): reported only, never fed back into the run
+        self.cpu_ns = 0
+
+    # ------------------------------------------------------------------ run(), as events
+    def begin(self) -> None:
+        """run()'s preamble: greet, probe every worker, arm the timers."""
+        self._running = True
+        self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
+        for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):
+            if log.path:
+                self.out(f"Logging {what} to {log.path}")
+        self.out("(Startup-1) Bouncing LS and Infer requests until startup is complete")
+        self.out("(Startup-2) Querying current worker state")
+        for w in self.workers:
+            self._probe(w, self.clock())
+        self.started = self.clock()
+        self._plan_startup_report(self.started)
+        self._next_print = self.clock() + int(self.print_interval * 1e9)
+        self._arm()
+
+    def _turn(self, t) -> None:
+        """One pass of run()'s loop at a due time: housekeeping, stats lines, scheduler tick."""
+        if t != self._armed:
+            return                       # superseded by an earlier wake-up
+        self._armed = FAR
+        if not self._running:
+            return
+        cpu0 = process_time_ns()
+        now = self.clock()
+        if now >= self._next_housekeeping:
+            self._housekeeping(now)
+            self._next_housekeeping = now + HOUSEKEEPING_NS
+        if now >= self._next_print:
+            for line in self.stats.lines(self.print_interval):
+                self.out(line)
+            self._next_print = now + int(self.print_interval * 1e9)
+        if self.phase == "running" and now >= self._next_tick:
+            self._next_tick = self._tick()
+        self._arm()
+        self.cpu_ns += process_time_ns() - cpu0
+
+    # ------------------------------------------------------------------ controller CPU time
+    def _arrived(self, sock) -> None:
+        """A message reached a socket. With a message cost the controller is one CPU that
+        handles one message per `message_cost` ns, in arrival order: the message waits, and its
+        effects (answers, actions) happen when its handling ends, as in a busy real process."""
+        if not self.message_cost:
+            return self._readable(sock)
+        self._backlog.append((sock, sock.inbox.pop()))
+        if not self._busy:
+            self._busy = True
+            self.loop.after(self.message_cost, self._handle_next)
+
+    def _handle_next(self, _=None) -> None:
+        sock, frames = self._backlog.popleft()
+        sock.inbox.append(frames)
+        self._readable(sock)
+        if self._backlog:
+            self.loop.after(self.message_cost, self._handle_next)
+        else:
+            self._busy = False
+
+    def _readable(self, sock) -> None:
+        """run()'s handling of a ready socket, then the tick it does after any input."""
+        if not self._running:
+            return
+        cpu0 = process_time_ns()
+        if sock is self.client_sock:
+            self._drain_clients()
+        elif sock in self._sock_worker:
+            self._drain_worker(self._sock_worker[sock])
+        else:
+            self._link_events(self._monitor_worker[sock])
+        if self.phase == "running":
+            self._next_tick = self._tick()
+        elif self._failed_sends:         # (edge actions: probes, model loads)
+            self._deliver_failed_sends()
+        self._arm()
+        self.cpu_ns += process_time_ns() - cpu0
+
+    def _arm(self) -> None:
+        wake = min(self._next_housekeeping, self._next_print)
+        if self.phase == "running" and self._next_tick < wake:
+            wake = self._next_tick
+        if wake < self._armed:
+            self._armed = wake
+            self.loop.at(wake, self._turn, wake)
+
+    def finish(self) -> None:
+        """Stop serving and close the logs (run()'s finally)."""
+        self._running = False
+        self.request_log.close()
+        self.action_log.close()
