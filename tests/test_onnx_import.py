@@ -299,7 +299,6 @@ def test_imported_model_served_end_to_end_by_the_cpu_worker(zoo, tmp_path):
     cfg = tmp_path / "cw.toml"
     cfg.write_text(f"[worker]\npage_size = {PAGE}\nweights_cache_size = {32 * PAGE}\n"
                    f"io_pool_size = {64 << 20}\nworkspace_pool_size = {64 << 20}\n"
-                   f"host_io_pool_size = {64 << 20}\n"
                    "[controller]\nmax_exec_ms = 120000.0\ndefault_slo_ms = 600000.0\n"
                    "worker_timeout_ms = 600000\n")   # the CPU backend's exec blocks heartbeats
     spec = load_spec(zoo / "shufflenet")
