@@ -131,6 +131,16 @@ def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq
     return sock, monitor
 
 
+def _dtype_and_item_shape(inputs, batch_size: int) -> tuple[str, list[int] | None]:
+    """What the controller checks against the model: a numpy array's dtype and, when it is
+    shaped (batch_size, ...), its per-item shape. Raw buffers and frames are not checked."""
+    dtype = getattr(inputs, "dtype", None)
+    shape = getattr(inputs, "shape", None)
+    if dtype is None or shape is None:
+        return "", None
+    return dtype.name, (list(shape[1:]) if len(shape) >= 2 and shape[0] == batch_size else None)
+
+
 class ClientError(Exception):
     """Base of every error this library raises."""
 
@@ -280,7 +290,9 @@ class Client:
 
         `inputs`: None (controller generates them), or a buffer / zmq.Frame, or a list of
         them (batch_size x input_size bytes in all). A zmq.Frame is sent by reference, so one
-        preallocated Frame can back every request. Returns the request id.
+        preallocated Frame can back every request. A numpy array sends its dtype, and, shaped
+        (batch_size, ...), its per-item shape: the controller refuses a mismatch with the model
+        (INVALID_REQUEST) instead of running bytes of another type. Returns the request id.
         """
         rid = next(self._ids)
         ids = self.model_ids
@@ -291,7 +303,9 @@ class Client:
                 epoch = ids.old_epoch              # an id not loaded again: answered STALE_EPOCH
             else:
                 model_id = current
-        req = InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch, time.monotonic_ns())
+        dtype, shape = _dtype_and_item_shape(inputs, batch_size)
+        req = InferRequest(rid, model_id, batch_size, slo_factor, slo_ns, user_id, epoch, time.monotonic_ns(),
+                           dtype, shape)
         if self.coalesce and not self._link_down:
             return self._queue(rid, req, inputs, callback, timeout_s)
         return self._send(rid, self._enc(req), inputs, callback, timeout_s)

@@ -190,6 +190,11 @@ class Admission:
         elif not 1 <= msg.batch_size <= model.batch_sizes[-1]:
             error = (f"batch size {msg.batch_size} not supported by model {msg.model_id} "
                      f"(1..{model.batch_sizes[-1]})")
+        elif msg.dtype and model.input_dtype and msg.dtype != model.input_dtype:
+            error = f"input dtype {msg.dtype}; model {msg.model_id} takes {model.input_dtype}"
+        elif msg.item_shape is not None and model.input_shape and msg.item_shape != model.input_shape:
+            error = (f"input item shape {msg.item_shape}; model {msg.model_id} takes "
+                     f"{model.input_shape} per item")
         elif data:
             nbytes = sum(len(f.buffer) for f in data)
             if nbytes != msg.batch_size * model.input_size:

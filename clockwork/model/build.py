@@ -183,6 +183,9 @@ def materialize_weights(model_dir: str | Path, log=print) -> Path:
     target = d / w.get("file", "weights.bin")
     if target.exists() and target.stat().st_size >= sum(p["nbytes"] for p in w["pages"]):
         return target
+    if "import" in meta:                  # an ONNX import (clockwork.model.onnx_import)
+        from .onnx_import import materialize_weights as from_recipe
+        return from_recipe(d, meta, log)
     net = nets.for_model(meta)
     made = write_weights(net, d, int(w["page_size"]), int(meta.get("seed", 0)))
     if w.get("sha256") and made["sha256"] != w["sha256"]:
@@ -199,11 +202,15 @@ def materialize_weights(model_dir: str | Path, log=print) -> Path:
 def _compile_child(name: str, target: str, arch: str | None, dtype: str, layout: str,
                    batch_sizes: list[int], out: str) -> None:
     """Runs inside the child: define, compile, export."""
+    compile_relax(nets.relax_module(nets.get(name, dtype, layout), batch_sizes), target, arch, out)
+
+
+def compile_relax(mod, target: str, arch: str | None, out: str) -> None:
+    """Compile a Relax IRModule (functions b1, b2, ...) for `target` and export it to `out`
+    (also used by clockwork.model.onnx_import's compiling child)."""
     import tvm
     from tvm.target import Target
 
-    net = nets.get(name, dtype, layout)
-    mod = nets.relax_module(net, batch_sizes)
     if target == "llvm":
         ex = tvm.compile(mod, target="llvm")
     else:
@@ -218,8 +225,10 @@ def _compile_child(name: str, target: str, arch: str | None, dtype: str, layout:
 
 
 def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[int], out: Path,
-                  log=print, dtype: str = "float32", layout: str = "NCHW") -> float:
-    """Compile `name` for `target` into `out` (verified); returns seconds taken."""
+                  log=print, dtype: str = "float32", layout: str = "NCHW",
+                  entry: str = "clockwork.model.build", job: str | None = None) -> float:
+    """Compile `name` for `target` into `out` (verified); returns seconds taken. The child runs
+    `python -m ENTRY compile JOB TARGET ARCH DTYPE LAYOUT BATCHES OUT` (JOB: the name)."""
     env = dict(os.environ)
     env.setdefault("TVM_NUM_THREADS", "1")
     if target == "cuda":
@@ -228,7 +237,7 @@ def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[in
         if shutil.which("nvcc"):
             env.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     tmp = out.with_name(out.name + ".tmp")
-    cmd = [sys.executable, "-m", "clockwork.model.build", "compile", name, target, arch or "-",
+    cmd = [sys.executable, "-m", entry, "compile", job or name, target, arch or "-",
            dtype, layout, ",".join(map(str, batch_sizes)), str(tmp)]
     t0 = time.monotonic()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

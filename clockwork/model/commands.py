@@ -78,6 +78,15 @@ def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, d
         raise click.ClickException(str(e)) from None
 
 
+def _attach_import_command() -> None:
+    """`cw zoo import` (ONNX) lives in clockwork.model.onnx_import."""
+    from .onnx_import import zoo_import_command
+    zoo_group.add_command(zoo_import_command)
+
+
+_attach_import_command()
+
+
 # ---------------------------------------------------------------------------------------------
 # cw check-model / cw profile model
 

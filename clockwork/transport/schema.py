@@ -99,6 +99,8 @@ class InferRequest(Message, tag=1):
     user_id: int = 0
     epoch: int = 0                # controller epoch model_id belongs to (0: unchecked)
     sent_ns: int = 0              # client's monotonic clock at send (0: unknown), see QueueWait
+    dtype: str = ""               # the inputs' numpy dtype ("": not checked), see ModelInfo
+    item_shape: list[int] | None = None   # one input's shape (None: not checked)
 
 
 class InferResponse(Message, tag=2):

@@ -9,7 +9,8 @@ The bundle holds:
                 ml_dtypes, pyzmq, msgspec), taken from --wheels or downloaded with pip
   src/          the clockwork package (with its conf/) and tools/bench/
   zoo/          compiled models: model.json, measurements.json, *.so -- without weights.bin:
-                zoo weights are seeded random, so setup.sh regenerates them (checked by sha256)
+                zoo weights are seeded random, so setup.sh regenerates them (checked by sha256;
+                the onnx light models' regeneration needs onnx and onnxruntime on the host)
   env.sh        PYTHONPATH, TVM_USE_RUNTIME_LIB=1, TVM_FFI_DISABLE_TORCH_C_DLPACK=1,
                 CLOCKWORK_MODEL_DIR, bin/cw on PATH
   setup.sh      installs the wheels into site/ (pip --no-index) and regenerates the weights
@@ -125,8 +126,8 @@ def copy_zoo(zoo: Path, dest: Path) -> list[str]:
     for d in sorted(p for p in zoo.iterdir() if (p / "model.json").exists()):
         out = dest / d.name
         out.mkdir(parents=True, exist_ok=True)
-        for f in d.iterdir():
-            if f.suffix in (".json", ".so") and not f.name.endswith(".tmp"):
+        for f in d.iterdir():     # .onnx: an import's graph (checked against onnxruntime there)
+            if f.suffix in (".json", ".so", ".onnx") and not f.name.endswith(".tmp"):
                 shutil.copy2(f, out / f.name)
         names.append(d.name)
     return names
