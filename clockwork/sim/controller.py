@@ -25,6 +25,7 @@ from collections import deque
 from time import process_time_ns
 
 from ..controller import logs as logs_mod
+from ..controller.admission import Replies
 from ..controller.queuewait import QueueWait
 from ..controller.schedulers.common import Settings
 from ..controller.server import HOUSEKEEPING_NS, Controller
@@ -53,6 +54,8 @@ class SimController(Controller):
         self._backlog: deque = deque()      # (socket, frames) read but not yet handled (CPU busy)
         self._busy = False
         self.client_sock = network.router_socket("controller", lambda: self._arrived(self.client_sock))
+        self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
+        self.spin_s = 0.0                   # nothing to spin for in simulated time
         self.workers: list[WorkerLink] = []
         for i, lk in enumerate(links):
             w = WorkerLink(i, f"sim-worker-{i}", lk.dealer)
@@ -141,7 +144,7 @@ class SimController(Controller):
             self._next_print = now + int(self.print_interval * 1e9)
         if self.phase == "running" and now >= self._next_tick:
             self._next_tick = self._tick()
-        self._arm()
+        self._end_pass()
         self.cpu_ns += process_time_ns() - cpu0
 
     # ------------------------------------------------------------------ controller CPU time
@@ -180,8 +183,14 @@ class SimController(Controller):
             self._next_tick = self._tick()
         elif self._failed_sends:         # (edge actions: probes, model loads)
             self._deliver_failed_sends()
-        self._arm()
+        self._end_pass()
         self.cpu_ns += process_time_ns() - cpu0
+
+    def _end_pass(self) -> None:
+        """What run() does before it waits: answers made in this pass go out, timers re-armed."""
+        if self.replies.waiting:
+            self.replies.flush()
+        self._arm()
 
     def _arm(self) -> None:
         wake = min(self._next_housekeeping, self._next_print)
@@ -194,5 +203,6 @@ class SimController(Controller):
     def finish(self) -> None:
         """Stop serving and close the logs (run()'s finally)."""
         self._running = False
+        self.replies.flush()
         self.request_log.close()
         self.action_log.close()
