@@ -69,31 +69,50 @@ class Controller(WorkerLinks, ModelLoading, Admission):
     def __init__(self, config: dict, workers: list[str], scheduler: str | None = None,
                  host: str | None = None, client_port: int | None = None, log_dir=None,
                  out=print, telemetry_port: int | None = None):
-        from .schedulers import make_scheduler   # registry lives with the policies
-
+        if not workers:
+            raise ValueError("at least one worker address is needed (HOST:PORT)")
         cc = config["controller"]
-        self.config = config
-        self.out = out
-        self.clock = time.monotonic_ns
-        self.action_ids = itertools.count(1)
-        # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
-        self.epoch = new_epoch()
         self.ctx = zmq.Context.instance()
         self.security = sec = security_mod.load(config)    # None: plain TCP
         self.host = host = host or cc.get("bind", "127.0.0.1")
         self.client_port = client_port or cc["client_port"]
         try:
-            self.client_sock = router(self.ctx, host, self.client_port,
-                                      secure=sec and (lambda sk: sec.server(sk, "controller")))
+            client_sock = router(self.ctx, host, self.client_port,
+                                 secure=sec and (lambda sk: sec.server(sk, "controller")))
         except zmq.ZMQError as e:     # e.g. the port is in use: one line, not a traceback
             raise ValueError(f"cannot listen for clients on {host}:{self.client_port}: {e}") from None
-        self.workers: list[WorkerLink] = []
+        links = []
         for i, addr in enumerate(workers):
             whost, wport = parse_address(addr, config["worker"]["port"])
-            self.workers.append(WorkerLink(i, addr, dealer(
+            links.append(WorkerLink(i, addr, dealer(
                 self.ctx, whost, wport, secure=sec and (lambda sk: sec.client(sk, "controller", "worker")))))
-        if not self.workers:
-            raise ValueError("at least one worker address is needed (HOST:PORT)")
+        # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
+        self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out)
+        if telemetry_port is None:
+            telemetry_port = cc.get("telemetry_port", 0)
+        if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
+            try:
+                from ..telemetry.publisher import TelemetryPublisher
+                self.telemetry = TelemetryPublisher(self, self.ctx, host, telemetry_port,
+                                                    security=self.security)
+            except ImportError:
+                self.telemetry = None
+
+    def _init_state(self, config: dict, client_sock, workers: list[WorkerLink], scheduler: str | None,
+                    clock, epoch: int, log_dir, out) -> None:
+        """Everything but opening sockets and telemetry. The simulator's controller
+        (clockwork.sim.controller) calls this with its own sockets and clock, so both run on
+        the same state."""
+        from .schedulers import make_scheduler   # registry lives with the policies
+
+        cc = config["controller"]
+        self.config = config
+        self.out = out
+        self.clock = clock
+        self.action_ids = itertools.count(1)
+        self.epoch = epoch
+        self.client_sock = client_sock
+        self.workers = workers
         self.scheduler_name = scheduler or cc["scheduler"]
         self.scheduler = make_scheduler(self.scheduler_name, config, self.clock, self)
         self.pending: dict[int, Pending] = {}
@@ -127,15 +146,6 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.request_log, self.action_log = logs_mod.open_logs(
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
         self.telemetry = None
-        if telemetry_port is None:
-            telemetry_port = cc.get("telemetry_port", 0)
-        if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
-            try:
-                from ..telemetry.publisher import TelemetryPublisher
-                self.telemetry = TelemetryPublisher(self, self.ctx, host, telemetry_port,
-                                                    security=self.security)
-            except ImportError:
-                self.telemetry = None
         self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
         self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
         self._running = False

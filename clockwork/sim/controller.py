@@ -7,9 +7,8 @@ inherited unchanged: request validation and admission (admission.py), the LoadMo
 connection and rejoin (worker_links.py), housekeeping, the request and action logs and the
 stats lines (server.py). Only two things are written here:
 
-  * __init__, which builds the same attributes as Controller.__init__ without opening ZeroMQ
-    sockets (Controller has no way to be given its sockets and clock; when it gains one, this
-    becomes a plain Controller(...)); and
+  * __init__, which makes in-memory sockets and hands them, with the simulated clock, to
+    Controller._init_state (the state Controller.__init__ builds around its ZeroMQ sockets); and
   * the event loop: Controller.run() waits on sockets with the wall clock, so its body is
     re-expressed as two event handlers (`_turn` for timers, `_readable` for a socket that has
     messages), doing what one pass of run()'s loop does, in the same order.
@@ -20,18 +19,11 @@ ticks included), so queueing inside a busy controller shows up as it would for r
 """
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from time import process_time_ns
 
-from ..controller import logs as logs_mod
-from ..controller.admission import Replies
-from ..controller.queuewait import QueueWait
-from ..controller.schedulers.common import Settings
 from ..controller.server import HOUSEKEEPING_NS, Controller
-from ..controller.stats import ControllerStats
 from ..controller.worker_links import WorkerLink
-from ..limits import MAX_COPIES
 
 FAR = 1 << 62
 
@@ -39,68 +31,24 @@ FAR = 1 << 62
 class SimController(Controller):
     def __init__(self, config: dict, loop, network, links: list, scheduler: str | None = None,
                  log_dir=None, out=print, epoch: int = 1, message_cost_ns: int = 0):
-        from ..controller.schedulers import make_scheduler
-
-        cc = config["controller"]
-        self.config = config
-        self.out = out
         self.loop = loop
-        self.clock = loop
-        self.action_ids = itertools.count(1)
-        self.epoch = epoch                # seeded (Controller draws it at random): runs repeat
         self.security = None
         self.host, self.client_port = "sim", 0
         self.message_cost = message_cost_ns
         self._backlog: deque = deque()      # (socket, frames) read but not yet handled (CPU busy)
         self._busy = False
-        self.client_sock = network.router_socket("controller", lambda: self._arrived(self.client_sock))
-        self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
-        self.spin_s = 0.0                   # nothing to spin for in simulated time
-        self.workers: list[WorkerLink] = []
+        client_sock = network.router_socket("controller", lambda: self._arrived(self.client_sock))
+        workers: list[WorkerLink] = []
         for i, lk in enumerate(links):
             w = WorkerLink(i, f"sim-worker-{i}", lk.dealer)
             lk.dealer.on_message = (lambda w=w: self._arrived(w.sock))
             w.monitor.on_message = (lambda w=w: self._arrived(w.monitor))
-            self.workers.append(w)
-        if not self.workers:
+            workers.append(w)
+        if not workers:
             raise ValueError("at least one worker is needed")
-        self.scheduler_name = scheduler or cc["scheduler"]
-        self.scheduler = make_scheduler(self.scheduler_name, config, self.clock, self)
-        self.pending = {}
-        self.models = {}
-        self.next_model_id = 0
-        self.load_jobs = {}
-        self.loaded_paths = []
-        self.rejoin_waiting = {}
-        self.phase = "connecting"
-        self.stats = ControllerStats()
-        self.request_ids = itertools.count(1)
-        self.queue_wait = QueueWait()
-        self.arrivals = 0
-        self.departures = 0
-        self._pad = {}
-        self._model_counts = {}
-        self.settings = Settings(config)
-        self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
-        self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
-        self.started = self.next_startup_report = 0
-        self.max_models = int(cc.get("max_models", MAX_COPIES))
-        self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
-        self.client_copies = {}
-        self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
-        self.model_order = []
-        self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
-        self.input_bytes = 0
-        self._held = {}
-        self.print_interval = float(cc["print_interval_s"])
-        self.request_log, self.action_log = logs_mod.open_logs(
-            log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
-        self.telemetry = None
-        self._running = False
-        self._failed_sends = []
-        self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
-        self._sock_worker = {w.sock: w for w in self.workers}
-        self._monitor_worker = {w.monitor: w for w in self.workers}
+        # the epoch is seeded (Controller draws it at random), so runs repeat
+        self._init_state(config, client_sock, workers, scheduler, loop, epoch, log_dir, out)
+        self.spin_s = 0.0                   # nothing to spin for in simulated time
         self._next_tick = 0
         self._next_housekeeping = 0
         self._next_print = FAR
