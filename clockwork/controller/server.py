@@ -218,18 +218,22 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     self.replies.flush()
                 ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s)
                 for sock in ready:
-                    if sock is self.client_sock:
-                        self._drain_clients()
-                    elif sock in self._sock_worker:
-                        self._drain_worker(self._sock_worker[sock])
-                    else:
-                        self._link_events(self._monitor_worker[sock])
+                    self._handle_ready(sock)
                 if ready and self.phase == "running":
                     next_tick = self._tick()
                 elif self._failed_sends:     # (edge actions: probes, model loads)
                     self._deliver_failed_sends()
         finally:
             self.close()
+
+    def _handle_ready(self, sock) -> None:
+        """Read what a ready socket holds: client requests, worker results or link events."""
+        if sock is self.client_sock:
+            self._drain_clients()
+        elif sock in self._sock_worker:
+            self._drain_worker(self._sock_worker[sock])
+        else:
+            self._link_events(self._monitor_worker[sock])
 
     def stop(self) -> None:
         self._running = False

@@ -121,12 +121,7 @@ class SimController(Controller):
         if not self._running:
             return
         cpu0 = process_time_ns()
-        if sock is self.client_sock:
-            self._drain_clients()
-        elif sock in self._sock_worker:
-            self._drain_worker(self._sock_worker[sock])
-        else:
-            self._link_events(self._monitor_worker[sock])
+        self._handle_ready(sock)
         if self.phase == "running":
             self._next_tick = self._tick()
         elif self._failed_sends:         # (edge actions: probes, model loads)
