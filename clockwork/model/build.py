@@ -66,6 +66,17 @@ class BuildError(RuntimeError):
     """A model could not be built (bad target, compiler missing, no device code produced)."""
 
 
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4] (sorted, unique, positive), for --batch-sizes; ValueError otherwise."""
+    try:
+        sizes = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        sizes = []
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"{text!r}: expected positive integers like 1,2,4,8,16")
+    return sizes
+
+
 def target_key(target: str, arch: str | None = None) -> str:
     """The name of a compiled module in a model directory: "llvm" or "cuda-sm_90"."""
     if target == "llvm":

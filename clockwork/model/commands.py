@@ -55,12 +55,9 @@ def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, d
     from ..config import model_dir
     from . import build, nets
     try:
-        bs = sorted({int(b) for b in batch_sizes.split(",") if b.strip()})
-        if not bs or bs[0] < 1:
-            raise ValueError
-    except ValueError:
-        raise click.BadParameter(f"{batch_sizes!r}: expected positive integers like 1,2,4,8,16",
-                                 param_hint="--batch-sizes") from None
+        bs = build.parse_batch_sizes(batch_sizes)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--batch-sizes") from None
     target_dir = model_dir(out)
     names = list(models) or list(nets.NAMES)
     try:

@@ -659,12 +659,9 @@ def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dt
     if onnx_zoo and name:
         raise click.UsageError("--name is for one ONNX file, not --onnx-zoo")
     try:
-        bs = sorted({int(b) for b in batch_sizes.split(",") if b.strip()})
-        if not bs or bs[0] < 1:
-            raise ValueError
-    except ValueError:
-        raise click.BadParameter(f"{batch_sizes!r}: expected positive integers like 1,2,4,8,16",
-                                 param_hint="--batch-sizes") from None
+        bs = build.parse_batch_sizes(batch_sizes)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--batch-sizes") from None
     arch = arch if target == "cuda" else None
     try:
         build.target_key(target, arch)
