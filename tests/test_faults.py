@@ -54,6 +54,17 @@ def lines(cluster, name="controller"):
     return list(cluster.output.get(name, []))
 
 
+def _keep_going(client, tally, model_id):
+    """One ~5 ms step of a bounded wait: a request through `tally` if given, and the client's
+    answers read (or a plain sleep without a client)."""
+    if tally is not None:
+        tally.send(client, model_id)
+    if client is not None:
+        client.poll(0.005)
+    else:
+        time.sleep(0.005)
+
+
 def wait_for(cluster, pattern, start=0, client=None, tally=None, model_id=None, name="controller"):
     """Wait (bounded) for a line matching `pattern` in a process's output after line `start`,
     keeping the client's traffic going (a request every ~5 ms) if a tally is given."""
@@ -64,12 +75,7 @@ def wait_for(cluster, pattern, start=0, client=None, tally=None, model_id=None, 
             m = rx.search(line)
             if m:
                 return m
-        if tally is not None:
-            tally.send(client, model_id)
-        if client is not None:
-            client.poll(0.005)
-        else:
-            time.sleep(0.005)
+        _keep_going(client, tally, model_id)
     raise AssertionError(f"no line matching {pattern!r} within {WAIT_S}s:\n" + "".join(lines(cluster, name)[-30:]))
 
 
@@ -104,12 +110,7 @@ class Events:
             for e in self.seen[since:]:
                 if e.kind == kind and e.worker_id == worker_id:
                     return e
-            if tally is not None:
-                tally.send(client, model_id)
-            if client is not None:
-                client.poll(0.005)
-            else:
-                time.sleep(0.005)
+            _keep_going(client, tally, model_id)
         raise AssertionError(f"no {kind} event for worker {worker_id} within {WAIT_S}s: {self.seen[since:]}")
 
     def close(self) -> None:
