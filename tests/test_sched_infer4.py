@@ -489,3 +489,20 @@ def test_absurd_slo_factor_is_an_invalid_request_not_a_crash():
     assert out.responses[r.id][0] == Status.INVALID_REQUEST
     sched.tick()
     assert not out.actions
+
+
+# ---------------------------------------------------------------- scale
+
+def test_per_model_state_is_made_on_first_use_and_instances_share_profile_tables():
+    """With a million instances most are never requested: their state (queue, estimates) must
+    not be built up front, and what it is built from (pad and batch tables) is one per profile."""
+    models = {i: model_info(i, EXEC, output_size=8) for i in range(10_000)}
+    sched, clock, out = setup(models=models, loaded=(0,))
+    assert len(sched._models) == 1                         # the one loaded model
+    for mid in (5, 7, 5):
+        sched.on_request(request(clock, model_id=mid))
+    assert sorted(sched._models) == [0, 5, 7]
+    a, b = sched._models[5], sched._models[7]
+    assert a.pad is b.pad and a.est is not b.est           # shared tables, own estimates
+    sched.on_request(request(clock, model_id=10_000))       # unknown: still refused
+    assert list(out.responses.values())[-1][0] == Status.INVALID_REQUEST

@@ -13,6 +13,22 @@ from ...percentiles import percentile
 from ...transport.schema import ModelInfo
 from .common import DEFAULT_CLOCK_MHZ, batch_tables
 
+_tables: dict[tuple, tuple] = {}     # (batch sizes, exec ns) -> the tables instances share
+
+
+def _shared_tables(info: ModelInfo) -> tuple:
+    """(pad, compiled, est, first) for a model's profile, computed once per distinct profile:
+    the many instances of one architecture share them (est is copied: it changes per model)."""
+    key = (tuple(info.batch_sizes), tuple(info.exec_ns))
+    tables = _tables.get(key)
+    if tables is None:
+        pad, exec_ns = batch_tables(info)
+        first = {}
+        for n in range(len(pad) - 1, 0, -1):
+            first[pad[n]] = n
+        tables = _tables[key] = (pad, sorted(set(pad[1:])), [e * DEFAULT_CLOCK_MHZ for e in exec_ns], first)
+    return tables
+
 
 class Estimates:
     """A model's estimates. Base class of INFER4's per-model state (slots: no per-access cost)."""
@@ -20,18 +36,16 @@ class Estimates:
                  "weights_est", "_weights_window", "_weights_pos")
 
     def __init__(self, info: ModelInfo):
-        pad, exec_ns = batch_tables(info)
+        pad, compiled, est, first = _shared_tables(info)
         self.pad = pad                     # pad[n]: the compiled batch size n items run as
         self.top = len(pad) - 1            # largest compiled batch size
-        self.compiled = sorted(set(pad[1:]))
-        self.est = [e * DEFAULT_CLOCK_MHZ for e in exec_ns]     # ns x MHz, by items n
-        self.b1ns = exec_ns[1]             # batch-1 estimate, ns at the nominal clock
+        self.compiled = compiled
+        self.est = est[:]                  # ns x MHz, by items n
+        self.b1ns = est[1] // DEFAULT_CLOCK_MHZ    # batch-1 estimate, ns at the nominal clock
         # _first[b]: the smallest n padded to compiled size b (the estimates a measurement sets)
-        self._first = {}
-        for n in range(self.top, 0, -1):
-            self._first[pad[n]] = n
-        self._windows = {b: [] for b in self.compiled}
-        self._wpos = {b: 0 for b in self.compiled}
+        self._first = first
+        self._windows: dict[int, list[int]] = {}    # compiled size -> last measurements (on first use)
+        self._wpos: dict[int, int] = {}
         self.weights_est = max(1, info.weights_load_ns)
         self._weights_window: list[int] = []
         self._weights_pos = 0
@@ -39,12 +53,15 @@ class Estimates:
     def measure(self, items: int, scaled: int, window: int, p: float) -> None:
         """An Infer of `items` items took `scaled` ns x MHz."""
         b = self.pad[items]
-        w = self._windows[b]
+        w = self._windows.get(b)
+        if w is None:
+            w = self._windows[b] = []
         if len(w) < window:
             w.append(scaled)
         else:
-            w[self._wpos[b]] = scaled
-            self._wpos[b] = (self._wpos[b] + 1) % window
+            pos = self._wpos.get(b, 0)
+            w[pos] = scaled
+            self._wpos[b] = (pos + 1) % window
         value = int(percentile(w, p))
         est = self.est
         for n in range(self._first[b], b + 1):

@@ -54,6 +54,9 @@ _INFER, _LOAD, _EVICT = 0, 1, 2
 _heappush, _heappop, _heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
 
 
+_batching: dict[tuple, tuple] = {}     # (profile's compiled sizes, settings) -> (sizes, thresholds, compiled)
+
+
 class _Model(Estimates):
     """Per-model state: queue, where it is loaded, and (the base class) its estimates."""
     __slots__ = ("id", "info", "pages", "output_size", "limit", "thresholds", "sizes", "queue",
@@ -65,10 +68,14 @@ class _Model(Estimates):
         self.info = info
         self.pages = info.num_pages
         self.output_size = info.output_size
-        exec_ns = [e // DEFAULT_CLOCK_MHZ for e in self.est]
-        self.sizes = batch_sizes(self.compiled, exec_ns, s.max_batch_size, s.max_exec)  # ascending
+        key = (id(self.compiled), s.max_batch_size, s.max_exec)   # compiled: one list per profile
+        shared = _batching.get(key)
+        if shared is None:
+            exec_ns = [e // DEFAULT_CLOCK_MHZ for e in self.est]
+            sizes = batch_sizes(self.compiled, exec_ns, s.max_batch_size, s.max_exec)  # ascending
+            shared = _batching[key] = (sizes, frozenset(sizes), self.compiled)
+        self.sizes, self.thresholds = shared[0], shared[1]
         self.limit = self.sizes[-1]
-        self.thresholds = frozenset(self.sizes)
         self.queue: deque[Request] = deque()
         self.items = 0                     # sum of batch_size over the queue
         self.gpus: list[_Gpu] = []         # GPUs with the weights loaded
@@ -130,7 +137,8 @@ class Infer4Scheduler(Scheduler):
     def __init__(self, config: dict, clock, out):
         super().__init__(config, clock, out)
         self.s = Settings(config)
-        self._models: dict[int, _Model] = {}
+        self._infos: dict[int, ModelInfo] = {}         # every model known
+        self._models: dict[int, _Model] = {}           # those requested or loaded so far (_model)
         self._gpus: dict[int, _Gpu] = {}
         self._by_ref: dict[tuple[int, int], _Gpu] = {}   # (worker id, gpu id) -> GPU
         self._next_index = 0
@@ -150,25 +158,32 @@ class Infer4Scheduler(Scheduler):
     def add_models(self, models: dict[int, ModelInfo]) -> None:
         """Models loaded while running (a LoadModel after startup)."""
         super().add_models(models)
-        for info in models.values():
-            self._add_model(info)
+        self._infos.update(models)
 
     def start(self, models: dict[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
         super().start(models, workers)
-        for info in models.values():
-            self._add_model(info)
+        self._infos.update(models)
         for worker_id in sorted(workers):
             self._add_worker(worker_id, workers[worker_id])
 
-    def _add_model(self, info: ModelInfo) -> None:
-        if info.model_id not in self._models:
-            self._models[info.model_id] = _Model(info, self.s)
+    def _model(self, model_id: int) -> _Model | None:
+        """A model's state, made on first use: with a million instances most are never
+        requested, and their state (queue, estimates) would cost memory and startup time."""
+        m = self._models.get(model_id)
+        if m is None:
+            info = self._infos.get(model_id)
+            if info is None:
+                return None
+            m = self._models[model_id] = _Model(info, self.s)
+        return m
 
     def _add_worker(self, worker_id: int, state: WorkerState) -> None:
         for info in state.models:
-            self._add_model(info)
+            self._infos.setdefault(info.model_id, info)
         now = self.clock()
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
+            for mid in gs.loaded_models:
+                self._model(mid)
             g = _Gpu(ref, free_pages(gs, self._models), now)
             self._gpus[ref.index] = g
             self._by_ref[(worker_id, ref.gpu_id)] = g
@@ -185,7 +200,7 @@ class Infer4Scheduler(Scheduler):
     # ------------------------------------------------------------------ requests
 
     def on_request(self, req: Request) -> None:
-        m = self._models.get(req.model_id)
+        m = self._model(req.model_id)
         if m is None:
             self._respond(req, Status.INVALID_REQUEST, f"unknown model {req.model_id}")
             return
@@ -647,7 +662,7 @@ class Infer4Scheduler(Scheduler):
 
     def estimate(self, model_id: int, batch_size: int, gpu_index: int | None = None) -> int:
         """Current exec estimate (ns) of `batch_size` items of a model, at a GPU's clock."""
-        m = self._models[model_id]
+        m = self._model(model_id)
         clock = self._gpus[gpu_index].clock if gpu_index is not None else DEFAULT_CLOCK_MHZ
         return m.est[batch_size] // clock
 
