@@ -12,7 +12,7 @@ from clockwork.controller.scheduler import Request
 from clockwork.controller.schedulers import make_scheduler
 from clockwork.controller.simulator import MS, Simulator, model_info
 from clockwork.status import Status
-from clockwork.transport.schema import GpuState, Infer, WorkerState
+from clockwork.transport.schema import GpuState, Infer, LoadWeights, WorkerState
 
 EXEC = {1: 5 * MS, 2: 5_500_000, 4: 6 * MS, 8: 7 * MS, 16: 10 * MS}
 
@@ -47,6 +47,38 @@ def test_no_infer_window_lets_a_batch_finish_after_its_slo():
     assert a.earliest <= clock.now
     assert a.latest + a.expected_ns <= r.deadline - 1 * MS
     assert a.latest >= clock.now
+
+
+def _sched(loaded=(0,), config=None, exec_ns=EXEC, weights_load_ns=1 * MS):
+    clock, out = _Clock(), _Out()
+    models = {0: model_info(0, exec_ns, weights_load_ns=weights_load_ns)}
+    sched = make_scheduler("infer4", config or {}, clock, out)
+    sched.start(models, {0: WorkerState(page_size=16 << 20, models=list(models.values()),
+                                        gpus=[GpuState(0, 100, 100, 1 << 29, 1 << 29, list(loaded))])})
+    return sched, clock, out
+
+
+def test_load_window_is_tied_to_the_waiting_requests_deadlines():
+    # A cold model's LoadWeights may start as long as the newest waiting request can still be
+    # served from it (load + batch-1 exec by its exec deadline), not only until the original's
+    # planned start + latest_delta (11 ms): a load reaching a busy worker 15 ms late with 80 ms
+    # of slack left must not fail ACTION_TOO_LATE (tests/test_sim_scenarios.py, end to end).
+    sched, clock, out = _sched(loaded=(), weights_load_ns=8 * MS)
+    first = Request(1, None, 1, 0, 1, 0, 100 * MS, [])
+    sched.on_request(first)
+    clock.now = 2 * MS
+    newest = Request(2, None, 2, 0, 1, clock.now, 100 * MS, [])
+    sched.on_request(newest)
+    sched.tick()
+    (a,) = [a for a in out.actions if type(a) is LoadWeights]
+    assert a.earliest <= clock.now
+    assert a.latest == newest.exec_deadline - 8 * MS - EXEC[1]
+    # never tighter than the original's window, for requests with little slack left
+    sched2, clock2, out2 = _sched(loaded=(), weights_load_ns=8 * MS)
+    sched2.on_request(Request(1, None, 1, 0, 1, 0, 20 * MS, []))
+    sched2.tick()
+    (b,) = [a for a in out2.actions if type(a) is LoadWeights]
+    assert b.latest == clock2.now + 1 * MS + 10 * MS
 
 
 class _Clock:

@@ -137,9 +137,6 @@ def test_clipper_adapts_batch_size_to_the_slo(tmp_path, slo_ms):
         assert max(batches) == 16
 
 
-@pytest.mark.xfail(strict=True, reason="infer4's LoadWeights window is latest = now + 11 ms, not tied to "
-                   "the waiting requests' deadlines as its Infer window is: a load that reaches the "
-                   "worker 15 ms after it was sent fails ACTION_TOO_LATE, every time")
 def test_actions_reaching_the_worker_late_still_run_when_their_deadline_allows(tmp_path):
     """Every message takes 15 ms one way (a worker held off the CPU): more than the original's
     latest_delta past the planned start, far less than the 100 ms SLO. tests/test_infer4_windows.py

@@ -46,7 +46,7 @@ from ..scheduler import GpuRef, Request, Scheduler
 from .batching import EARLIEST_LEAD, LATEST_MIN, batch_sizes, choose_batch, infer_window
 from .common import DEFAULT_CLOCK_MHZ, Settings, build_gpus, ceil_div, free_pages, output_view
 from .estimates import Estimates
-from .load_planning import eviction_victims, next_load_pass, rank_demand
+from .load_planning import eviction_victims, load_latest, next_load_pass, rank_demand
 
 INF = 1 << 62
 
@@ -479,7 +479,9 @@ class Infer4Scheduler(Scheduler):
         s = self.s
         start = g.load_free if g.load_free > now else now
         e = m.weights_est
-        latest = max(now + LATEST_MIN + s.latest_delta, start + s.latest_delta)
+        q = m.queue
+        last_useful = q[-1].exec_deadline - e - m.est[1] // g.clock if q else 0
+        latest = load_latest(start, now, s.latest_delta, LATEST_MIN, last_useful)
         aid = next(self.out.action_ids)
         g.free_pages -= m.pages
         g.loading.add(m.id)

@@ -14,6 +14,19 @@ from __future__ import annotations
 LOAD_INTERVAL = 100_000         # load decisions at most every 100 us (the original's)
 
 
+def load_latest(start: int, now: int, latest_delta: int, latest_min: int, last_useful: int) -> int:
+    """The latest start of a LoadWeights expected to start at `start`: the original's start +
+    latest_delta (now + latest_min at least), or later if the requests it is loaded for allow:
+    `last_useful` is when it must start at the latest for the newest of them to still finish
+    in time (its exec deadline - load estimate - batch-1 estimate). Tied to those deadlines as
+    an Infer's window is, so a load reaching a worker late (a slow link, a busy process) still
+    runs while it can help, instead of failing ACTION_TOO_LATE 11 ms after it was planned."""
+    latest = start + latest_delta
+    if latest < now + latest_min + latest_delta:
+        latest = now + latest_min + latest_delta
+    return latest if latest > last_useful else last_useful
+
+
 def next_load_pass(now: int, models_waiting: int) -> int:
     """When the next pass may run: a pass costs O(models waiting), so passes space out as that grows."""
     return now + LOAD_INTERVAL * max(1, models_waiting >> 3)
