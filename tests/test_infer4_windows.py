@@ -81,6 +81,32 @@ def test_load_window_is_tied_to_the_waiting_requests_deadlines():
     assert b.latest == clock2.now + 1 * MS + 10 * MS
 
 
+def test_no_infer_is_sent_whose_window_has_already_closed():
+    # An SLO at or below the exec time (slo_factor 1) can never be met: answered at once, no
+    # Infer sent (the original's exec deadline, arrival + 15 ms, let such Infers go out with
+    # windows already closed: a wasted round trip each, or a late answer).
+    sched, clock, out = _sched()
+    clock.now = 3 * MS
+    short = Request(1, None, 1, 0, 1, clock.now, 0, [], slo_factor=1.0)
+    sched.on_request(short)
+    assert out.responses == {1: Status.COULD_NOT_START_IN_TIME}
+    # A 10 ms SLO behind 5 ms of work on the only GPU: starting when the GPU is free (5 ms from
+    # now) it would end 1 ms past its window's latest finish (deadline - 1 ms); it must be
+    # answered, not sent with a window closing before the GPU is expected free.
+    busy = Request(2, None, 2, 0, 1, clock.now, 100 * MS, [])
+    sched.on_request(busy)
+    sched.tick()
+    tight = Request(3, None, 3, 0, 1, clock.now, 10 * MS, [])
+    sched.on_request(tight)
+    sched.tick()
+    first, *rest = [a for a in out.actions if type(a) is Infer]
+    free = first.earliest + first.expected_ns
+    assert all(a.latest >= free for a in rest), [(a.earliest, a.latest) for a in rest]
+    assert out.responses.get(3) == Status.COULD_NOT_START_IN_TIME
+    for a in out.actions:
+        assert type(a) is not Infer or a.latest >= a.earliest
+
+
 class _Clock:
     now = 0
 
@@ -92,9 +118,11 @@ class _Out:
     def __init__(self):
         self.action_ids = itertools.count(1)
         self.actions = []
+        self.responses = {}
 
     def send_action(self, worker_id, action, data=(), expected_end=0):
         self.actions.append(action)
 
     def respond(self, req, status, message="", output=None, exec_ns=0):
-        pass
+        assert req.id not in self.responses
+        self.responses[req.id] = status

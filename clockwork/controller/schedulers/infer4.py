@@ -226,6 +226,16 @@ class Infer4Scheduler(Scheduler):
         if not m.gpus:
             req.is_coldstart = True
         dl = req.exec_deadline
+        if dl > req.deadline - LATEST_MIN:
+            # The original's exec deadline is at least schedule_ahead + buffer (15 ms) after
+            # arrival, past the deadline itself for SLOs under 15 ms; but an Infer's window closes
+            # LATEST_MIN before its earliest deadline (batching.infer_window). Planning to finish
+            # later than that sent Infers whose window had already closed: plan to finish by then.
+            dl = req.exec_deadline = req.deadline - LATEST_MIN
+        if self.clock() + m.est[req.batch_size] // self._max_clock > dl:
+            # not even starting now on the fastest GPU (e.g. an SLO at or below the exec time)
+            self._respond(req, Status.COULD_NOT_START_IN_TIME, "could not start in time (SLO too short)")
+            return
         if q and m.gpus and q[-1].exec_deadline <= dl:
             # Admission at arrival. Joining the tail, the request finishes no earlier than if
             # every GPU of the cluster served nothing but this queue, in full batches, from
