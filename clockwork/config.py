@@ -51,6 +51,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "scheduler": Spec(str),
         "default_slo_ms": POSITIVE,
         "schedule_ahead_ms": NON_NEGATIVE,
+        "dispatch_ahead_ms": NON_NEGATIVE,
         "max_exec_ms": POSITIVE,
         "max_batch_size": POSITIVE_INT,
         "buffer_ms": NON_NEGATIVE,

@@ -85,7 +85,7 @@ def test_no_infer_is_sent_whose_window_has_already_closed():
     # An SLO at or below the exec time (slo_factor 1) can never be met: answered at once, no
     # Infer sent (the original's exec deadline, arrival + 15 ms, let such Infers go out with
     # windows already closed: a wasted round trip each, or a late answer).
-    sched, clock, out = _sched()
+    sched, clock, out = _sched(config={"dispatch_ahead_ms": 10.0})     # plans 10 ms ahead
     clock.now = 3 * MS
     short = Request(1, None, 1, 0, 1, clock.now, 0, [], slo_factor=1.0)
     sched.on_request(short)

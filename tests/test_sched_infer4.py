@@ -127,9 +127,12 @@ def test_batches_up_to_max_batch_size(max_batch):
         sched.on_request(r)
     done = set()
     while len(out.responses) < n:
-        sched.tick()
+        wake = sched.tick()
         sent = [a for a in out.infers() if a.action_id not in done]
-        assert sent, "nothing scheduled while requests wait"
+        if not sent:        # the next batch is formed dispatch_ahead before the GPU is free
+            assert wake is not None and wake > clock.now, "nothing scheduled while requests wait"
+            clock.now = wake
+            continue
         for a in sent:      # complete each batch as planned
             done.add(a.action_id)
             clock.now = max(clock.now, a.earliest)
@@ -164,7 +167,7 @@ def test_infer_window():
     # batch-1 exec 5 ms, longer than EARLIEST_LEAD (1 ms), so an earliest of `now` differs
     # from "the expected start minus the lead"
     exec_ns = {1: 5 * MS, 2: 6 * MS}
-    sched, clock, out = setup({"schedule_ahead_ms": 20.0, "max_batch_size": 1},
+    sched, clock, out = setup({"schedule_ahead_ms": 20.0, "dispatch_ahead_ms": 20.0, "max_batch_size": 1},
                               models={0: model_info(0, exec_ns, output_size=8)})
     clock.now = 5 * MS
     for _ in range(3):      # three batches of 1 (each after the previous was sent)
@@ -180,8 +183,8 @@ def test_infer_window():
     assert a3.latest == clock.now + 100 * MS - est - 1 * MS
 
 
-def test_only_schedules_within_schedule_ahead():
-    sched, clock, out = setup({"schedule_ahead_ms": 10.0, "max_batch_size": 1})
+def test_only_schedules_within_dispatch_ahead():
+    sched, clock, out = setup({"dispatch_ahead_ms": 10.0, "max_batch_size": 1})
     for _ in range(30):
         sched.on_request(request(clock))
     sched.tick()
@@ -189,6 +192,28 @@ def test_only_schedules_within_schedule_ahead():
     assert len(out.infers()) == 10
     wake = sched.tick()
     assert wake is not None and wake > clock.now
+
+
+def test_next_batch_is_formed_only_dispatch_ahead_before_the_gpu_is_free():
+    # The GPU is busy for 5 ms. Requests arriving meanwhile wait until it is expected free
+    # within dispatch_ahead (3 ms), then go as one batch: handing it the next batch 10 ms ahead
+    # (schedule_ahead, the original) sent each as a batch of 1, which at the GPUs' batch-1
+    # capacity leaves no room (docs/experiments.md, SLO sweep at 25-50 ms).
+    exec_ns = {1: 5 * MS, 2: 5_500_000, 4: 6 * MS}
+    sched, clock, out = setup({"dispatch_ahead_ms": 3.0}, models={0: model_info(0, exec_ns, output_size=8)})
+    sched.on_request(request(clock))
+    sched.tick()
+    for t in (100_000, 1 * MS, 1_500_000):
+        clock.now = t
+        sched.on_request(request(clock))
+        wake = sched.tick()
+    assert len(out.infers()) == 1 and wake == 5 * MS - 3 * MS
+    while len(out.infers()) == 1 and clock.now < 5 * MS:
+        clock.now = wake
+        wake = sched.tick()
+    first, second = out.infers()
+    assert second.batch_size == 3 and second.earliest == 5 * MS - 1 * MS
+    assert clock.now <= 5 * MS - 3 * MS + 1
 
 
 # ---------------------------------------------------------------- drops and timeouts

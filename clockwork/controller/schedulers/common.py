@@ -40,6 +40,9 @@ class Settings:
 
         self.default_slo = ms("default_slo_ms", 0.001)
         self.schedule_ahead = ms("schedule_ahead_ms")
+        # how long before a GPU is expected free its next batch is formed and sent (at most
+        # schedule_ahead): later means more requests to batch, earlier more room for late messages
+        self.dispatch_ahead = min(ms("dispatch_ahead_ms"), self.schedule_ahead)
         self.latest_delta = self.schedule_ahead          # the original: latest_delta = schedule_ahead
         self.max_exec = ms("max_exec_ms", 0.001)
         self.buffer = ms("buffer_ms")

@@ -16,7 +16,7 @@ windows), load_planning.py (load demand, eviction victims).
   reaches a new compiled batch size (key only ever drops then) and corrected lazily when popped
   (the front may have been served by another GPU). Requests are not pinned to GPUs: whichever
   GPU holding the model pops it first serves it, like the original.
-- While a GPU's exec executor is expected free before now + schedule_ahead, pop the most urgent
+- While a GPU's exec executor is expected free before now + dispatch_ahead, pop the most urgent
   model: drop front requests that cannot finish by their exec deadline even alone
   (COULD_NOT_START_IN_TIME), then run the batch batching.choose_batch picks.
 - Admission at arrival: a request that would miss its exec deadline even if every GPU served
@@ -285,7 +285,7 @@ class Infer4Scheduler(Scheduler):
             g.live[m.id] = key
             _heappush(g.heap, (key, m.id))
         if g.timer == INF:
-            t = g.exec_free - self.s.schedule_ahead
+            t = g.exec_free - self.s.dispatch_ahead
             g.timer = t
             _heappush(self._gpu_timers, (t, g.index))
 
@@ -317,7 +317,7 @@ class Infer4Scheduler(Scheduler):
 
         gt = self._gpu_timers
         gpus = self._gpus
-        while gt and gt[0][0] < now:     # hungry: expected free before now + schedule_ahead
+        while gt and gt[0][0] < now:     # hungry: expected free before now + dispatch_ahead
             t, idx = _heappop(gt)
             g = gpus.get(idx)
             if g is None or g.timer != t:
@@ -340,7 +340,7 @@ class Infer4Scheduler(Scheduler):
         return wake if wake > now else now + 1
 
     def _schedule_gpu(self, g: _Gpu, now: int) -> None:
-        horizon = now + self.s.schedule_ahead
+        horizon = now + self.s.dispatch_ahead
         heap, live, models = g.heap, g.live, self._models
         while heap:
             t = g.exec_free if g.exec_free > now else now
@@ -368,7 +368,7 @@ class Infer4Scheduler(Scheduler):
                 live[mid] = key
                 _heappush(heap, (key, mid))
         if heap and g.timer == INF:
-            t = g.exec_free - self.s.schedule_ahead
+            t = g.exec_free - self.s.dispatch_ahead
             g.timer = t
             _heappush(self._gpu_timers, (t, g.index))
 
@@ -603,7 +603,7 @@ class Infer4Scheduler(Scheduler):
     def _rearm(self, g: _Gpu) -> None:
         """The expected free time moved earlier: make sure the GPU's timer is not too late."""
         if g.heap and g.alive:
-            t = g.exec_free - self.s.schedule_ahead
+            t = g.exec_free - self.s.dispatch_ahead
             if t < g.timer:
                 g.timer = t
                 _heappush(self._gpu_timers, (t, g.index))
