@@ -84,6 +84,7 @@ class SimConfig:
     drift_ppm: float = 0.0
     exec_sigma: float = 0.0
     faults: list = field(default_factory=list)
+    measure_cpu: bool = False      # report the controller's CPU time (Outcome.controller_cpu_s); costs time
     base: dict = field(default_factory=dict)     # the full clockwork config ([controller], [worker] ...)
 
 

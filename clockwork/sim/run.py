@@ -40,7 +40,7 @@ class Outcome:
         self.run_wall_s = 0.0             # wall time from the workload's start (setup excluded)
         self.run_sim_s = 0.0
         self.run_cpu_s = 0.0              # this process's CPU time over the same span
-        self.controller_cpu_s = 0.0       # of which in the controller's handlers (whole run)
+        self.controller_cpu_s = 0.0       # of which in the controller's handlers (whole run; measure_cpu)
         self.events = 0
 
     @property
@@ -118,7 +118,8 @@ class Simulation:
         try:
             self.controller = ctl = _CountingController(config, loop, net, links, cfg.scheduler, log_dir, out,
                                                         epoch=seeds.getrandbits(63) or 1,
-                                                        message_cost_ns=int(cfg.controller_us * 1000))
+                                                        message_cost_ns=int(cfg.controller_us * 1000),
+                                                        measure_cpu=cfg.measure_cpu)
         except (ValueError, KeyError) as e:
             raise SimError(str(e)) from None
         ctl.outcome = self.outcome

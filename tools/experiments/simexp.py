@@ -44,6 +44,7 @@ def run_point(out_dir: Path, scheduler: str, gpus: int, workload: list[str], dur
     cfg.seed = seed
     cfg.slo_ms = slo_ms
     cfg.controller_us = controller_us
+    cfg.measure_cpu = True              # the controller's CPU per request (scalability.py)
     cfg.workload, cfg.workload_args = workload[0], list(workload[1:])
     cfg.log_dir = str(out_dir)
     cfg.base["controller"]["max_models"] = cfg.base["controller"]["max_models_per_client"] = 10_000_000
