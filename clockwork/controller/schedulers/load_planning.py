@@ -40,35 +40,59 @@ def rank_demand(wanting: dict, n_gpus: int, now: int, max_load_slo: int,
     demand = []                 # (model, queued work, copies)
     share_of: dict[int, float] = {}
     loadable = False
-    for mid, m in list(wanting.items()):
+    emptied = None
+    for m in wanting.values():
         q = m.queue
         if not q:
-            m.wanting = False
-            del wanting[mid]
+            if emptied is None:
+                emptied = []
+            emptied.append(m)
             continue
         back = q[-1]
         b1 = m.b1ns
         if back.arrival + max_load_slo <= now or back.exec_deadline <= now + m.weights_est + b1:
             continue            # no queued request could still be helped by a load
         d = m.items * b1
-        k = len(m.gpus) + len(m.loading_gpus)
+        gpus, loading = m.gpus, m.loading_gpus
+        k = len(gpus) + len(loading)
         demand.append((m, d, k))
         if k:
             share = d / k
-            for h in m.gpus:
+            for h in gpus:
                 share_of[h.index] = share_of.get(h.index, 0.0) + share
-            for h in m.loading_gpus:
+            for h in loading:
                 share_of[h.index] = share_of.get(h.index, 0.0) + share
         if k < n_gpus:
             loadable = True
+    if emptied is not None:
+        for m in emptied:
+            m.wanting = False
+            del wanting[m.id]
     if not loadable:
         return [], share_of     # every model that could use a load is on every GPU already
+    # A model with copies has unmet demand only if one of its GPUs holds more than `capacity`
+    # (otherwise unmet = d - k * (d / k), zero up to rounding, never above 0.5)
+    over = {i for i, w in share_of.items() if w > capacity}
     ranked = []
     for m, d, k in demand:
         if k >= n_gpus:
             continue
         unmet = float(d)
         if k:
+            if not over:
+                continue
+            hit = False
+            for h in m.gpus:
+                if h.index in over:
+                    hit = True
+                    break
+            if not hit:
+                for h in m.loading_gpus:
+                    if h.index in over:
+                        hit = True
+                        break
+            if not hit:
+                continue
             share = d / k
             for h in m.gpus:
                 unmet -= share * min(1.0, capacity / share_of[h.index])
