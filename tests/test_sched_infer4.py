@@ -531,3 +531,26 @@ def test_per_model_state_is_made_on_first_use_and_instances_share_profile_tables
     assert a.pad is b.pad and a.est is not b.est           # shared tables, own estimates
     sched.on_request(request(clock, model_id=10_000))       # unknown: still refused
     assert list(out.responses.values())[-1][0] == Status.INVALID_REQUEST
+
+
+def test_cold_model_is_loaded_at_once_when_the_next_load_pass_is_far_off():
+    """Load passes space out with the models waiting (their cost grows with them): with 96
+    waiting the next is 1.2 ms away. A request for a model with no copy must not wait for it
+    (at 1,000 GPUs x 10,000 instances passes were 60-100 ms apart, longer than a cold request
+    stays helpable, and 7-15% of requests timed out): its load goes out in the same tick."""
+    models = {i: model_info(i, EXEC, num_pages=1, weights_load_ns=100_000) for i in range(100)}
+    sched, clock, out = setup({"max_loads_per_gpu": 200}, models=models, gpus=2, loaded=(), pages=200)
+    for mid in range(96):
+        sched.on_request(request(clock, model_id=mid))
+    sched.tick()
+    loads = [a.model_id for _, a, _ in out.actions if type(a) is LoadWeights]
+    assert sorted(loads) == list(range(96))                 # the pass placed every one
+    clock.now = 100_000
+    sched.on_request(request(clock, model_id=97))
+    sched.tick()
+    loads = [a for _, a, _ in out.actions if type(a) is LoadWeights]
+    assert loads[-1].model_id == 97 and loads[-1].earliest == clock.now
+    sched.on_request(request(clock, model_id=97))           # loading: no second copy
+    sched.on_request(request(clock, model_id=0))            # has a copy: left to the passes
+    sched.tick()
+    assert len([a for _, a, _ in out.actions if type(a) is LoadWeights]) == 97

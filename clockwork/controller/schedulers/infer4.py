@@ -46,7 +46,8 @@ from ..scheduler import GpuRef, Request, Scheduler
 from .batching import EARLIEST_LEAD, LATEST_MIN, batch_sizes, choose_batch, infer_window
 from .common import DEFAULT_CLOCK_MHZ, Settings, build_gpus, ceil_div, free_pages, output_view
 from .estimates import Estimates
-from .load_planning import eviction_victims, load_latest, next_load_pass, rank_demand
+from .load_planning import (DIRECT_LOAD_AFTER, eviction_victims, helpable, load_latest, next_load_pass,
+                            rank_demand)
 
 INF = 1 << 62
 
@@ -89,7 +90,7 @@ class _Gpu:
     __slots__ = ("ref", "index", "worker_id", "gpu_id", "alive", "clock", "exec_free", "infers",
                  "load_free", "loads", "heap", "live", "timer", "loaded", "loading", "busy",
                  "free_pages", "total_pages", "exec_ns", "batches", "items", "load_count",
-                 "evict_count", "added_at")
+                 "evict_count", "added_at", "in_slots")
 
     def __init__(self, ref: GpuRef, free_pages: int, now: int):
         self.ref = ref
@@ -116,6 +117,7 @@ class _Gpu:
         self.load_count = 0
         self.evict_count = 0
         self.added_at = now
+        self.in_slots = False               # in the scheduler's turn of GPUs for direct loads
 
 
 class _Pending:
@@ -148,6 +150,8 @@ class Infer4Scheduler(Scheduler):
         self._wanting: dict[int, _Model] = {}          # models with queued requests
         self._load_dirty = False
         self._next_load = 0
+        self._cold: deque[_Model] = deque()   # models asked for with no copy, for direct loads
+        self._slots: deque[_Gpu] = deque()    # GPUs that may have a free load slot, in turn
         self._counts = [0] * 64                        # responses by status code
         self._queued = 0
         self._overloaded = 0
@@ -195,6 +199,8 @@ class Infer4Scheduler(Scheduler):
                     m.gpus.append(g)
                     if m.queue:
                         self._push(g, m)
+            g.in_slots = True
+            self._slots.append(g)
         self._load_dirty = True
 
     # ------------------------------------------------------------------ requests
@@ -225,6 +231,8 @@ class Infer4Scheduler(Scheduler):
             req.exec_deadline = req.arrival + max(slo - s.buffer, s.schedule_ahead + s.buffer)
         if not m.gpus:
             req.is_coldstart = True
+            if not m.loading_gpus:
+                self._cold.append(m)
         dl = req.exec_deadline
         if dl > req.deadline - LATEST_MIN:
             # The original's exec deadline is at least schedule_ahead + buffer (15 ms) after
@@ -325,6 +333,11 @@ class Infer4Scheduler(Scheduler):
             g.timer = INF
             self._schedule_gpu(g, now)
 
+        if self._cold:
+            if self._next_load - now > DIRECT_LOAD_AFTER:
+                self._direct_loads(now)
+            else:
+                self._cold.clear()          # the next pass is near: it places them
         wake = INF
         if self._load_dirty and self._wanting:
             if now >= self._next_load:
@@ -463,6 +476,33 @@ class Infer4Scheduler(Scheduler):
                     self._send_load(g, m, now)
                     chosen.add(mid)
                     self._load_dirty = True     # there may be more to load next pass
+
+    def _direct_loads(self, now: int) -> None:
+        """Models asked for with no copy get one at once, each on the next GPU with a free load
+        slot (in turn), when the next load pass is far off (load_planning: DIRECT_LOAD_AFTER)."""
+        s = self.s
+        horizon = now + s.schedule_ahead
+        cold, slots = self._cold, self._slots
+        while cold and slots:
+            m = cold.popleft()
+            if m.gpus or m.loading_gpus or not helpable(m, now, s.max_load_slo):
+                continue
+            free = False                    # a GPU with a slot free now seen in this round
+            for _ in range(len(slots)):
+                g = slots.popleft()
+                if not g.alive or g.loads >= s.max_loads_per_gpu:
+                    g.in_slots = False      # back in turn when one of its loads finishes
+                    continue
+                slots.append(g)
+                if g.load_free >= horizon:
+                    continue
+                free = True
+                if m.pages <= g.total_pages and self._make_room(g, m, now):
+                    self._send_load(g, m, now)
+                    break
+            if not free:
+                break
+        cold.clear()                        # what found no slot waits for the next pass
 
     def _make_room(self, g: _Gpu, m: _Model, now: int) -> bool:
         """Evict (load_planning.eviction_victims) until `m` fits on `g`. False (and no
@@ -616,6 +656,9 @@ class Infer4Scheduler(Scheduler):
         if g in m.loading_gpus:
             m.loading_gpus.remove(g)
         self._load_dirty = True
+        if g.alive and not g.in_slots:
+            g.in_slots = True
+            self._slots.append(g)           # a slot freed up
         ok = type(result) is LoadWeightsResult
         if ok:
             s = self.s

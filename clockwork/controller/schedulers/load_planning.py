@@ -7,11 +7,15 @@ A GPU already holding the model serves its share of that demand in proportion to
 default_slo / (the GPU's total queued share) -- the original LoadTracker's capacity rule,
 without its incremental priority sets: demand is re-evaluated over the models with queued
 requests at most every LOAD_INTERVAL (longer when many models wait), and only when something
-changed. Pure functions of the scheduler's state: the scheduler sends the actions.
+changed. With thousands of models waiting passes are tens of ms apart, longer than a cold
+request stays helpable (max_load_slo): then a model with no copy at all is loaded at once on
+the next GPU with a free load slot, in turn (DIRECT_LOAD_AFTER; INFER4 keeps the queue and the
+slots). Pure functions of the scheduler's state: the scheduler sends the actions.
 """
 from __future__ import annotations
 
 LOAD_INTERVAL = 100_000         # load decisions at most every 100 us (the original's)
+DIRECT_LOAD_AFTER = 1_000_000   # cold models are loaded at once when the next pass is further off
 
 
 def load_latest(start: int, now: int, latest_delta: int, latest_min: int, last_useful: int) -> int:
@@ -25,6 +29,16 @@ def load_latest(start: int, now: int, latest_delta: int, latest_min: int, last_u
     if latest < now + latest_min + latest_delta:
         latest = now + latest_min + latest_delta
     return latest if latest > last_useful else last_useful
+
+
+def helpable(m, now: int, max_load_slo: int) -> bool:
+    """Whether a load of model `m` could still help a request in its queue: the newest arrived
+    within max_load_slo and has time left for a load and a batch-1 exec (as in rank_demand)."""
+    q = m.queue
+    if not q:
+        return False
+    back = q[-1]
+    return back.arrival + max_load_slo > now and back.exec_deadline > now + m.weights_est + m.b1ns
 
 
 def next_load_pass(now: int, models_waiting: int) -> int:
