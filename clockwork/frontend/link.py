@@ -124,16 +124,13 @@ class ControllerLink:
 
     # ------------------------------------------------------------------ requests
 
-    def infer(self, model_id: int, inputs, batch_size: int, slo_ns: int) -> asyncio.Future:
-        """Send one Infer; the future gets (response, data frames). Never raises."""
-        fut = self._loop.create_future()
-
-        def answered(response, data, latency_s):
-            if not fut.done():
-                fut.set_result((response, data))
+    def infer(self, model_id: int, inputs, batch_size: int, slo_ns: int, answered) -> None:
+        """Send one Infer; `answered(response, data_frames, latency_s)` runs on the loop's
+        thread when the controller answers (or the client library gives up: NO_ANSWER,
+        CONNECTION_LOST, SEND_FAILED), possibly before this returns. No future, no task: the
+        caller's callback is the whole per-request state."""
         self.client.infer_async(model_id, answered, inputs, batch_size, slo_ns=slo_ns)
         self._schedule_pump()
-        return fut
 
     def _call(self, send, timeout_s: float) -> asyncio.Future:
         fut = self._loop.create_future()
