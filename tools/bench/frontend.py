@@ -214,7 +214,6 @@ def summary(runs: list[dict], key: str) -> str:
 
 
 def main() -> None:
-    from clockwork.client.api import Client
     from clockwork.local import LocalCluster
     from clockwork.model.zoo import load_profile
 
@@ -235,48 +234,59 @@ def main() -> None:
     shape = load_profile("h200")["models"][a.model]["input"]["shape"]
     x = np.random.default_rng(0).random((a.batch, *shape), dtype=np.float32)
     ctx = multiprocessing.get_context("spawn")
-    with LocalCluster(gpus=a.gpus) as c, ctx.Pool(a.clients) as pool:
-        pool.map(_warm_imports, range(a.clients))
-        fe = c.start_frontend(0, 0, ("--model", a.model, *a.frontend_arg))
-        ports = {}
-        deadline = time.monotonic() + 120
-        while len(ports) < 2 or not _ready(ports.get("HTTP")):
-            for line in c.output.get("frontend", []):
-                m = PORTS.search(line)
-                if m:
-                    ports[m.group(1)] = int(m.group(2))
-            if fe.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("frontend did not start: " + "".join(c.output.get("frontend", [])))
-            time.sleep(0.1)
-        loader = Client(c.address, log=lambda *_: None)
-        model_id = min(m.model_id for m in loader.ls() if m.source.rstrip("/").endswith("/" + a.model))
-        loader.close()
-        targets = {"native": c.address, "http": f"127.0.0.1:{ports['HTTP']}",
-                   "raw": f"127.0.0.1:{ports['HTTP']}", "grpc": f"127.0.0.1:{ports['gRPC']}"}
-        pids = {"frontend": fe.pid, "controller": c.controller.pid}
-        print(f"# {a.model}, batch {a.batch} per request, closed loop {a.duration:g} s per point x {a.repeat}, "
-              f"{a.clients} load-generator processes, one front-end process, emulated worker "
-              f"({a.gpus} GPUs), {os.cpu_count()} CPUs; median [min-max] of the runs")
-        cols = ("path", "conc", "req/s", "p50 ms", "p99 ms", "fe CPU us/req", "fe CPU %", "ctl CPU us/req")
-        print(" | ".join(cols))
-        rows = []
-        for conc in [int(v) for v in a.concurrency.split(",")]:
-            runs = {path: [] for path in paths}
-            for _ in range(a.repeat):
-                for path in paths:
-                    r = point(pool, path, targets[path], a.model, model_id, x, conc, a.clients,
-                              a.duration, pids)
-                    runs[path].append(r)
-                    rows.append(r)
+    pool = ctx.Pool(a.clients)
+    try:
+        with LocalCluster(gpus=a.gpus) as c:
+            measure(a, c, pool, paths, x)
+    finally:
+        pool.close()
+        pool.join()
+
+
+def measure(a, c, pool, paths: list[str], x: np.ndarray) -> None:
+    """Start the front end beside the cluster, then every point; prints a table as it goes."""
+    from clockwork.client.api import Client
+    pool.map(_warm_imports, range(a.clients))
+    fe = c.start_frontend(0, 0, ("--model", a.model, *a.frontend_arg))
+    ports = {}
+    deadline = time.monotonic() + 120
+    while len(ports) < 2 or not _ready(ports.get("HTTP")):
+        for line in c.output.get("frontend", []):
+            m = PORTS.search(line)
+            if m:
+                ports[m.group(1)] = int(m.group(2))
+        if fe.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("frontend did not start: " + "".join(c.output.get("frontend", [])))
+        time.sleep(0.1)
+    loader = Client(c.address, log=lambda *_: None)
+    model_id = min(m.model_id for m in loader.ls() if m.source.rstrip("/").endswith("/" + a.model))
+    loader.close()
+    targets = {"native": c.address, "http": f"127.0.0.1:{ports['HTTP']}",
+               "raw": f"127.0.0.1:{ports['HTTP']}", "grpc": f"127.0.0.1:{ports['gRPC']}"}
+    pids = {"frontend": fe.pid, "controller": c.controller.pid}
+    print(f"# {a.model}, batch {a.batch} per request, closed loop {a.duration:g} s per point x {a.repeat}, "
+          f"{a.clients} load-generator processes, one front-end process, emulated worker "
+          f"({a.gpus} GPUs), {os.cpu_count()} CPUs; median [min-max] of the runs")
+    cols = ("path", "conc", "req/s", "p50 ms", "p99 ms", "fe CPU us/req", "fe CPU %", "ctl CPU us/req")
+    print(" | ".join(cols))
+    rows = []
+    for conc in [int(v) for v in a.concurrency.split(",")]:
+        runs = {path: [] for path in paths}
+        for _ in range(a.repeat):
             for path in paths:
-                rs = runs[path]
-                errs = sum(r["errors"] for r in rs)
-                print(" | ".join([path, str(conc), summary(rs, "rps"), summary(rs, "p50_ms"),
-                                  summary(rs, "p99_ms"), summary(rs, "fe_cpu_us"), summary(rs, "fe_cpu_pct"),
-                                  summary(rs, "ctl_cpu_us")]) + (f" | {errs} errors" if errs else ""),
-                      flush=True)
-        if a.json:
-            Path(a.json).write_text(json.dumps({"args": vars(a), "cpus": os.cpu_count(), "runs": rows}, indent=1))
+                r = point(pool, path, targets[path], a.model, model_id, x, conc, a.clients,
+                          a.duration, pids)
+                runs[path].append(r)
+                rows.append(r)
+        for path in paths:
+            rs = runs[path]
+            errs = sum(r["errors"] for r in rs)
+            print(" | ".join([path, str(conc), summary(rs, "rps"), summary(rs, "p50_ms"),
+                              summary(rs, "p99_ms"), summary(rs, "fe_cpu_us"), summary(rs, "fe_cpu_pct"),
+                              summary(rs, "ctl_cpu_us")]) + (f" | {errs} errors" if errs else ""),
+                  flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "cpus": os.cpu_count(), "runs": rows}, indent=1))
 
 
 def _ready(port) -> bool:
