@@ -20,7 +20,7 @@ measured window), plus the controller's CPU per request. --repeat N runs every p
 (the paths interleaved) and prints the median with the range [min-max].
 
     python tools/bench/frontend.py [--concurrency 1,4,16,64,256] [--duration 3] [--repeat 3]
-        [--paths native,http,grpc,raw] [--clients 4] [--model mlp] [--batch 1] [--json out.json]
+        [--paths native,http,grpc,raw] [--clients 4] [--setup 2] [--model mlp] [--batch 1] [--json out.json]
 
 --batch N sends N inputs per request (one clockwork request of batch size N, as the front end
 serves a protocol batch): compare `--concurrency 4` with `--concurrency 1 --batch 4` for the
@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from clockwork.percentiles import percentile  # noqa: E402
 
 PORTS = re.compile(r"frontend: (HTTP|gRPC) on [\d.]+:(\d+)")
-SETUP_S = 2.0          # the load generators connect and warm up before the window opens
 
 
 def cpu_s(pid: int) -> float:
@@ -181,8 +180,8 @@ def split(conc: int, clients: int) -> list[int]:
 
 
 def point(pool, path: str, target: str, model: str, model_id: int, x, conc: int, clients: int,
-          duration: float, pids: dict) -> dict:
-    start = time.time() + SETUP_S
+          duration: float, setup: float, pids: dict) -> dict:
+    start = time.time() + setup
     end = start + duration
     jobs = [(path, target, model, model_id, x, c, start, end) for c in split(conc, clients)]
     pending = pool.map_async(drive, jobs)
@@ -221,6 +220,8 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,4,16,64")
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--setup", type=float, default=2.0,
+                   help="seconds for the load generators to connect and warm up before each window")
     p.add_argument("--paths", default="native,http,grpc,raw")
     p.add_argument("--clients", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)),
                    help="load-generator processes (default: half the CPUs, at most 8)")
@@ -275,7 +276,7 @@ def measure(a, c, pool, paths: list[str], x: np.ndarray) -> None:
         for _ in range(a.repeat):
             for path in paths:
                 r = point(pool, path, targets[path], a.model, model_id, x, conc, a.clients,
-                          a.duration, pids)
+                          a.duration, a.setup, pids)
                 runs[path].append(r)
                 rows.append(r)
         for path in paths:
