@@ -99,6 +99,7 @@ async def _triton(path: str, url: str, model: str, x: np.ndarray, conc: int, sta
     now = time.time
     lat: list[float] = []
     errors = [0]
+    first: list[str] = []
     if path == "raw":
         host, port = url.split(":")
         request = _raw_request(model, x)
@@ -132,14 +133,19 @@ async def _triton(path: str, url: str, model: str, x: np.ndarray, conc: int, sta
         close = client.close
 
     async def caller(conn):
-        await call(conn)                                 # connection up before the window
+        try:
+            await call(conn)                             # connection up before the window
+        except Exception as e:
+            errors[0] += 1
+            first[:] = first or [f"{type(e).__name__}: {e}"]
         await asyncio.sleep(max(0.0, start - now()))
         while now() < end:
             t = time.perf_counter()
             try:
                 await call(conn)
-            except Exception:
+            except Exception as e:
                 errors[0] += 1
+                first[:] = first or [f"{type(e).__name__}: {e}"]
                 continue
             lat.append(time.perf_counter() - t)
     try:
@@ -150,20 +156,27 @@ async def _triton(path: str, url: str, model: str, x: np.ndarray, conc: int, sta
         for c in conns:
             if c is not None:
                 c[1].close()
+    if first:
+        print(f"load generator ({path}): {errors[0]} errors, the first: {first[0]}", file=sys.stderr)
     return lat, errors[0]
 
 
 def drive(job):
-    """One load generator's share of a point: (latencies, errors)."""
+    """One load generator's share of a point: (latencies, errors); never raises (an exception
+    of a client library may not survive pickling back to the parent)."""
     path, target, model, model_id, x, conc, start, end = job
-    if path == "native":
-        return _native(target, model_id, x, conc, start, end)
     try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    return asyncio.run(_triton(path, target, model, x, conc, start, end))
+        if path == "native":
+            return _native(target, model_id, x, conc, start, end)
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+        return asyncio.run(_triton(path, target, model, x, conc, start, end))
+    except Exception as e:
+        print(f"load generator ({path}, {conc} callers): {type(e).__name__}: {e}", file=sys.stderr)
+        return [], conc
 
 
 def _warm_imports(_):
