@@ -13,7 +13,7 @@ Request parameters: "slo_ms" (the clockwork SLO; the controller's default otherw
 "timeout" (microseconds, Triton's), "binary_data_output"; per output "binary_data".
 
 An asyncio Protocol on uvloop with httptools (the HTTP/1.1 parser uvicorn uses), chosen by
-measurement over aiohttp (BENCHMARKS.md, "Front end per-request cost"): a request is parsed by
+measurement over aiohttp (BENCHMARKS.md, "KServe v2 front end: per-request cost"): a request is parsed by
 httptools, its JSON header decoded by msgspec, and handed to the controller link with a
 callback; the callback writes the answer. No task, no future, no request or response object
 per request. HTTP/1.1 keep-alive, Content-Length and chunked bodies, `Expect: 100-continue`
