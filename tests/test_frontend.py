@@ -477,6 +477,25 @@ def test_expect_100_continue_chunked_bodies_and_bad_routes(fe):
     assert status == 400 and "malformed HTTP" in json.loads(reply)["error"]
 
 
+def test_endless_request_head_is_refused_not_buffered(fe, http):
+    """A header that never ends (httptools has no limit of its own) is answered 431 and the
+    connection closed once the head passes MAX_HEAD, instead of growing without bound."""
+    from clockwork.frontend.http_server import MAX_HEAD
+    host, port = fe.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        sent, piece = 0, b"a" * 65536
+        try:
+            while sent <= MAX_HEAD + len(piece):
+                s.sendall(piece)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                                   # closed on us while sending: also fine
+        buf = bytearray()
+        assert read_response(s, buf)[0] == 431
+    assert http.is_server_live()
+
+
 # ---------------------------------------------------------------- misbehaving clients, limits
 
 def test_client_disconnecting_mid_request_disturbs_nobody(cluster, fe, http):

@@ -45,11 +45,12 @@ from .registry import NUMPY_DTYPES, Registry
 JSON_OFFLOAD = 256 << 10
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+MAX_HEAD = 1 << 20     # bytes of request line + headers; beyond: 431 and closed (httptools sets none)
 LINGER_S = 5.0          # after a 413, read (and drop) the rest of the body this long, so the
                         # client sees the answer rather than a reset
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
+           413: "Payload Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
            504: "Gateway Timeout"}
 JSON_TYPE = b"application/json"
 BINARY_TYPE = b"application/octet-stream"
@@ -173,6 +174,9 @@ class Connection(asyncio.Protocol):
         self.keep_alive = True          # of the request being answered
         self.waiting: deque = deque()   # pipelined requests behind it
         self.discard = False            # dropping the rest of a refused body
+        self.closing = False            # refused: dropping whatever comes until closed
+        self._in_head = False           # between a request's first byte and its headers' end
+        self._head_size = 0
         self._url = b""
         self._header_length = None
         self._length = None
@@ -199,6 +203,8 @@ class Connection(asyncio.Protocol):
         self.waiting.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -206,10 +212,16 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as e:
             if self.transport is not None and not self.discard:
                 self._refuse(400, f"malformed HTTP request: {e}")
+        if self._in_head and not self.closing:   # a chunk that ended inside a request's head
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                self._refuse(431, f"request line and headers longer than {MAX_HEAD} bytes")
 
     # ------------------------------------------------------------------ httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_size = 0
         self._url = b""
         self._header_length = None
         self._length = None
@@ -230,6 +242,7 @@ class Connection(asyncio.Protocol):
             self._expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         length = self._length
         if length is not None and length > self.front.max_body:
             self._too_large()
@@ -292,14 +305,23 @@ class Connection(asyncio.Protocol):
         self.respond(e.http, _encode(e.body()))
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer and close: the connection cannot go on (malformed HTTP)."""
-        if self.transport is not None:
-            self.keep_alive = False
-            self.waiting.clear()
-            self.respond(status, _encode({"error": message}))
+        """Answer and close: the connection cannot go on (malformed HTTP, head too long).
+        With a request still being answered, only close: an answer now would be taken for its."""
+        if self.transport is None:
+            return
+        self.waiting.clear()
+        if self.busy:
+            self.transport.close()
+            self.transport = None
+            return
+        body = _encode({"error": message})
+        self.transport.write(response_head(status, JSON_TYPE, len(body), False) + body)
+        self.closing = True              # what else comes is dropped, then closed (no reset that
+        asyncio.get_running_loop().call_later(LINGER_S, self._linger_over)   # loses the answer)
 
     def _too_large(self) -> None:
-        """413 at once; the rest of the body is read and dropped for LINGER_S, then closed."""
+        """413 at once; the rest of the body is read and dropped (at most LINGER_S), then the
+        connection is closed."""
         front = self.front
         front.metrics.failure("http", 413, None)
         self.discard = True

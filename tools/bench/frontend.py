@@ -9,6 +9,7 @@ closed loops (each of `c` callers sends its next request when the last one is an
     native   clockwork's ZeroMQ client (clockwork.client.api) straight to the controller
     http     tritonclient.http.aio (binary tensor data, as tritonclient sends by default)
     grpc     tritonclient.grpc.aio (raw_input_contents)
+    grpc-stream  the same over ModelStreamInfer: one stream per caller, one request at a time
     raw      the same HTTP request bytes as tritonclient's, sent by a minimal keep-alive
              client (uvloop streams): the front end's own cost without tritonclient's
 
@@ -119,7 +120,7 @@ async def _triton(path: str, url: str, model: str, x: np.ndarray, conc: int, sta
         close = None
     else:
         if path == "http":
-            import tritonclient.http.aio as tc
+            import tritonclient.http.aio as tc  # noqa: F811
             client = tc.InferenceServerClient(url, conn_limit=max(conc, 1))
         else:
             import tritonclient.grpc.aio as tc
@@ -127,9 +128,26 @@ async def _triton(path: str, url: str, model: str, x: np.ndarray, conc: int, sta
         inp = tc.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
 
-        async def call(conn):
-            await client.infer(model, [inp])
-        conns = [None] * conc
+        if path == "grpc-stream":
+            async def connect():
+                queue: asyncio.Queue = asyncio.Queue()
+
+                async def requests():
+                    while True:
+                        yield await queue.get()
+                return queue, client.stream_infer(requests()).__aiter__()
+
+            async def call(conn):
+                queue, answers = conn
+                queue.put_nowait({"model_name": model, "inputs": [inp]})
+                result, error = await answers.__anext__()
+                if error is not None:
+                    raise error
+            conns = [await connect() for _ in range(conc)]
+        else:
+            async def call(conn):
+                await client.infer(model, [inp])
+            conns = [None] * conc
         close = client.close
 
     async def caller(conn):
@@ -153,8 +171,8 @@ async def _triton(path: str, url: str, model: str, x: np.ndarray, conc: int, sta
     finally:
         if close is not None:
             await close()
-        for c in conns:
-            if c is not None:
+        if path == "raw":
+            for c in conns:
                 c[1].close()
     if first:
         print(f"load generator ({path}): {errors[0]} errors, the first: {first[0]}", file=sys.stderr)
@@ -275,8 +293,8 @@ def measure(a, c, pool, paths: list[str], x: np.ndarray) -> None:
     loader = Client(c.address, log=lambda *_: None)
     model_id = min(m.model_id for m in loader.ls() if m.source.rstrip("/").endswith("/" + a.model))
     loader.close()
-    targets = {"native": c.address, "http": f"127.0.0.1:{ports['HTTP']}",
-               "raw": f"127.0.0.1:{ports['HTTP']}", "grpc": f"127.0.0.1:{ports['gRPC']}"}
+    targets = {"native": c.address, "http": f"127.0.0.1:{ports['HTTP']}", "raw": f"127.0.0.1:{ports['HTTP']}",
+               "grpc": f"127.0.0.1:{ports['gRPC']}", "grpc-stream": f"127.0.0.1:{ports['gRPC']}"}
     pids = {"frontend": fe.pid, "controller": c.controller.pid}
     print(f"# {a.model}, batch {a.batch} per request, closed loop {a.duration:g} s per point x {a.repeat}, "
           f"{a.clients} load-generator processes, one front-end process, emulated worker "
