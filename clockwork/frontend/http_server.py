@@ -419,10 +419,11 @@ class HttpFrontend:
     async def _model_slow(self, conn, action: str, name: str, version: str) -> None:
         try:
             m = await self.inference.model(name, version)
+            self._answer_model(conn, action, m)
         except FrontendError as e:
             conn.error(e)
-            return
-        self._answer_model(conn, action, m)
+        except Exception as e:           # a bug costs one request, one line, never the server
+            self._internal(conn, f"/v2/models/{name}", e)
 
     def _answer_model(self, conn, action: str, m) -> None:
         if action == "":
