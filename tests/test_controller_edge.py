@@ -51,7 +51,10 @@ def _edge(monkeypatch, log_dir):
     real_send = worker_links.send
 
     def capture(sock, msg, data=(), ident=None, flags=0):
-        wire.append((msg, list(data)))
+        if type(msg) is s.ActionBatch:      # the actions one by one
+            wire.extend((m, list(d)) for m, d in s.unbatch(msg, list(data)))
+        else:
+            wire.append((msg, list(data)))
         if ident is not None:
             real_send(sock, msg, data, ident=ident, flags=flags)
     monkeypatch.setattr(worker_links, "send", capture)       # actions to workers
@@ -63,6 +66,7 @@ def _edge(monkeypatch, log_dir):
     try:
         w = c.workers[0]
         c._probe(w, clock.now)                      # Reset, GetWorkerState
+        c.send_actions()                            # (as the loop does at the end of its pass)
         models = {0: model_info(0, {1: 2 * MS, 2: 3 * MS}, output_size=8)}
         state = s.WorkerState(page_size=16 << 20, models=list(models.values()),
                               gpus=[s.GpuState(0, 100, 99, 1 << 29, 1 << 29, [0])])

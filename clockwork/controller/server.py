@@ -147,6 +147,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
         self.telemetry = None
         self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
+        self.batch_actions = bool(cc.get("batch_actions", True))
+        self._outgoing: list[WorkerLink] = []      # links with actions held (worker_links.send_actions)
         self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
         self._running = False
         self._failed_sends: list[tuple[int, str]] = []     # (action id, why), delivered after the tick
@@ -159,13 +161,30 @@ class Controller(WorkerLinks, ModelLoading, Admission):
     # ------------------------------------------------------------------ Outbox for the scheduler
 
     def _tick(self) -> int:
-        """Run the scheduler's tick, then deliver the sends that failed during it; returns when
-        to tick next (at once if failures were delivered: the scheduler must see them)."""
+        """Run the scheduler's tick, send the actions it made, then deliver the sends that
+        failed; returns when to tick next (at once if failures were delivered: the scheduler
+        must see them)."""
         nt = self.scheduler.tick()
+        if self._outgoing:
+            self.send_actions()
         if self._failed_sends:
             self._deliver_failed_sends()
             return self.clock()
         return nt if nt is not None else self.clock() + HOUSEKEEPING_NS
+
+    def _send_outgoing(self) -> bool:
+        """The end of every loop pass, before it waits: the actions made outside a tick (probes,
+        model loads, handlers) go out, then the answers. Returns whether sends failed: their
+        WORKER_LOST results were delivered, and a running scheduler must tick again at once."""
+        failed = False
+        while self._outgoing:
+            self.send_actions()
+            if self._failed_sends:
+                failed = True
+                self._deliver_failed_sends()     # (edge callbacks may send again)
+        if self.replies.waiting:
+            self.replies.flush()
+        return failed
 
     # ------------------------------------------------------------------ main loop
 
@@ -209,13 +228,14 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     next_print = now + int(self.print_interval * 1e9)
                 if self.phase == "running" and now >= next_tick:
                     next_tick = self._tick()
+                # every action and answer this pass made goes out before we sleep
+                if self._send_outgoing() and self.phase == "running":
+                    next_tick = now
                 wake = min(next_housekeeping, next_print)
                 if self.phase == "running":
                     wake = min(wake, next_tick)
                 if end is not None:
                     wake = min(wake, end)
-                if self.replies.waiting:      # every answer this pass made goes out before we sleep
-                    self.replies.flush()
                 ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s)
                 for sock in ready:
                     self._handle_ready(sock)

@@ -11,7 +11,8 @@ client processes sharing the rate; worker, controller and clients share the mach
 which the figures printed say.
 
 --wire single sends one ZeroMQ message per request and per answer (the format before request
-and reply batching), for the ratio; --py-spy FILE records the controller with py-spy (on PATH)
+and reply batching), for the ratio; --worker-wire single likewise one message per action and
+per result between controller and worker (before action and result batching); --py-spy FILE records the controller with py-spy (on PATH)
 during the last step, writes its collapsed stacks to FILE and prints where the time went.
 
     python tools/bench/controller_cost.py --gpus 8 --rates 500,1000,2000,4000
@@ -189,6 +190,8 @@ def main():
     ap.add_argument("--clients", type=int, default=1, help="client processes sharing the rate")
     ap.add_argument("--wire", choices=["batched", "single"], default="batched",
                     help="batched: requests and answers coalesced per message; single: one message each")
+    ap.add_argument("--worker-wire", choices=["batched", "single"], default="batched",
+                    help="batched: actions and results coalesced per worker per loop pass; single: one message each")
     ap.add_argument("--burst", type=int, default=1, help="requests sent at once per arrival (same total rate)")
     ap.add_argument("--threads", action="store_true", help="print the controller's CPU per thread")
     ap.add_argument("--py-spy", dest="py_spy", default=None, metavar="FILE.svg",
@@ -196,10 +199,13 @@ def main():
     args = ap.parse_args()
     copies = args.copies or 4 * args.gpus
     coalesce = args.wire == "batched"
-    cfg = quick_config(3600, {"controller": {"batch_replies": str(coalesce).lower()}})
+    worker_batching = str(args.worker_wire == "batched").lower()
+    cfg = quick_config(3600, {"controller": {"batch_replies": str(coalesce).lower(), "batch_actions": worker_batching},
+                              "worker": {"batch_results": worker_batching}})
     print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs, {copies} resnet50 copies, "
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
           f"{os.cpu_count()} cores shared by client, controller and worker; wire {args.wire}, "
+          f"worker wire {args.worker_wire}, "
           f"{args.clients} client process(es), bursts of {args.burst}; load average {os.getloadavg()[0]:.1f}")
     with LocalCluster(gpus=args.gpus, scheduler=args.scheduler, config_file=cfg) as cluster:
         client = Client(cluster.address, log=lambda *_: None, coalesce=coalesce)
