@@ -78,14 +78,12 @@ class TsvLog:
             self._file, self.kept = open_new(path, buffering=1 << 20)
             self._file.write("\t".join(columns) + "\n")
             self._file.flush()
-
-    @property
-    def on(self) -> bool:
-        """Whether rows are written: build a row only then (hot path)."""
-        return self._file is not None
+        # whether rows are written: build a row only then (hot path; an attribute, not a
+        # property, since it is read per request)
+        self.on = self._file is not None
 
     def add(self, row: tuple) -> None:
-        if self._file is not None:
+        if self.on:
             self.rows.append(row)
 
     def flush(self) -> None:
@@ -100,6 +98,7 @@ class TsvLog:
             self.flush()
             self._file.close()
             self._file = None
+            self.on = False
 
 
 def open_logs(directory: Path | None, request_name: str, action_name: str):
