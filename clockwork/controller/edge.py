@@ -40,6 +40,8 @@ from .admission import Replies, split_infer_batch
 from .queuewait import QueueWait
 from .worker_links import DRAIN_BATCH
 
+STOP_CHECK_NS = 100_000_000     # the loop looks at stop() (SIGTERM) at least this often
+
 
 class Edge:
     def __init__(self, config: dict, controller: str, host: str, port: int, out=print,
@@ -92,7 +94,7 @@ class Edge:
                 if now >= next_print:
                     next_print = now + self.print_ns
                     self.out(f"Edge forwarded={self.forwarded} answered={self.answered} in flight={len(self.routes)}")
-                wake = next_print if end is None else min(next_print, end)
+                wake = min(next_print, now + STOP_CHECK_NS) if end is None else min(next_print, end, now + STOP_CHECK_NS)
                 for sock in wait(socks, max(0, wake - self.clock()) / 1e9):
                     if sock is self.clients:
                         self._drain_clients()

@@ -105,20 +105,25 @@ def send_load(client: Client, model_ids: list[int], rate: float, seconds: float,
 
 
 def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
-             slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1) -> dict:
+             slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1,
+             edges: list | None = None) -> dict:
+    """One load step; `edges` [(pid, address)]: the clients connect to these edge processes
+    (round robin) instead of to the controller, and their CPU is counted too."""
     import multiprocessing as mp
     procs = []
-    if clients > 1:         # separate sender processes, each started and connected beforehand
+    edges = edges or []
+    if clients > 1 or edges:    # separate sender processes, each started and connected beforehand
         ctx = mp.get_context("spawn")
         ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
         procs = [ctx.Process(target=_client_process, args=(
-            client.address, model_ids, rate / clients, seconds, slo_ns, rng.random(), coalesce,
-            burst, ready, go, results)) for _ in range(clients)]
+            edges[i % len(edges)][1] if edges else client.address, model_ids, rate / clients, seconds,
+            slo_ns, rng.random(), coalesce, burst, ready, go, results)) for i in range(clients)]
         for p in procs:
             p.start()
         for _ in procs:
             ready.get(timeout=60)
     threads0 = thread_cpu_seconds(pid)
+    edges0 = sum(cpu_seconds(e) for e, _ in edges)
     cpu0 = cpu_seconds(pid)
     py0 = main_thread_cpu_seconds(pid)
     t0 = time.perf_counter()
@@ -132,6 +137,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pid) - cpu0
     py = main_thread_cpu_seconds(pid) - py0
+    edge_cpu = sum(cpu_seconds(e) for e, _ in edges) - edges0
     threads1 = thread_cpu_seconds(pid)
     sent = sum(p["sent"] for p in parts)
     statuses: dict = {}
@@ -146,6 +152,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         "within_slo": ok / sent if sent else 0.0,
         "cpu_us_per_req": cpu / max(1, answered) * 1e6,
         "py_us_per_req": py / max(1, answered) * 1e6,
+        "edges_us_per_req": edge_cpu / max(1, answered) * 1e6,
         "threads_us_per_req": {k: (v - threads0.get(k, 0.0)) / max(1, answered) * 1e6
                                for k, v in threads1.items()},
         "controller_cpu_util": cpu / elapsed,
@@ -153,6 +160,24 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         "p99_ms": lat[int(len(lat) * 0.99)] * 1e3 if lat else float("nan"),
         "statuses": statuses,
     }
+
+
+def start_edges(n: int, controller: str, config) -> list:
+    """[(process, address)] of n `cw edge` processes in front of `controller`, listening."""
+    import subprocess
+    from clockwork.transport.sockets import free_port
+    edges = []
+    for _ in range(n):
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "clockwork.cli", "edge", controller, "--port", str(port),
+                              "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in p.stdout:
+            if "listening" in line:
+                break
+        else:
+            raise SystemExit("an edge process did not start")
+        edges.append((p, f"127.0.0.1:{port}"))
+    return edges
 
 
 def print_profile(path: str, top: int = 25) -> None:
@@ -193,6 +218,8 @@ def main():
     ap.add_argument("--worker-wire", choices=["batched", "single"], default="batched",
                     help="batched: actions and results coalesced per worker per loop pass; single: one message each")
     ap.add_argument("--burst", type=int, default=1, help="requests sent at once per arrival (same total rate)")
+    ap.add_argument("--edges", type=int, default=0,
+                    help="put this many `cw edge` processes between the clients and the controller")
     ap.add_argument("--threads", action="store_true", help="print the controller's CPU per thread")
     ap.add_argument("--py-spy", dest="py_spy", default=None, metavar="FILE.svg",
                     help="record the controller with py-spy during the last step")
@@ -214,6 +241,7 @@ def main():
         ids = list(range(first, first + n))
         # warm-up: load weights everywhere they will be needed
         run_step(client, cluster.controller.pid, ids, 200, 3.0, int(args.slo_ms * 1e6), random.Random(0))
+        edges = start_edges(args.edges, cluster.address, cfg)
         best = None
         print(f"{'rate/s':>8} {'sent':>7} {'in SLO':>8} {'ctl us/req':>10} {'py us/req':>9} {'ctl CPU':>8} "
               f"{'p50 ms':>7} {'p99 ms':>7}  statuses")
@@ -227,12 +255,16 @@ def main():
                                         "--nonblocking", "--format", "raw", "-o", args.py_spy],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             r = run_step(client, cluster.controller.pid, ids, rate, args.seconds,
-                         int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst)
+                         int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst,
+                         [(e.pid, a) for e, a in edges])
             if spy is not None:
                 spy.wait()
             print(f"{r['rate']:8.0f} {r['sent']:7d} {100 * r['within_slo']:7.3f}% "
                   f"{r['cpu_us_per_req']:10.1f} {r['py_us_per_req']:9.1f} {100 * r['controller_cpu_util']:7.1f}% "
                   f"{r['p50_ms']:7.2f} {r['p99_ms']:7.2f}  {r['statuses']}", flush=True)
+            if edges:
+                print(f"         edges: {r['edges_us_per_req']:.1f} us/req in {len(edges)} processes; controller "
+                      f"+ edges {r['cpu_us_per_req'] + r['edges_us_per_req']:.1f} us/req", flush=True)
             if args.threads:
                 print("         controller us/req by thread: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in sorted(r["threads_us_per_req"].items(), key=lambda kv: -kv[1])
@@ -242,6 +274,9 @@ def main():
             if r["within_slo"] >= 0.999:
                 best = r
         client.close()
+        for e, _ in edges:
+            e.terminate()
+            e.wait(10)
     cfg.unlink()
     if best:
         print(f"highest rate with >= 99.9% within SLO: {best['rate']:.0f} r/s "
