@@ -106,7 +106,7 @@ def send_load(client: Client, model_ids: list[int], rate: float, seconds: float,
 
 def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
              slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1,
-             edges: list | None = None) -> dict:
+             edges: list | None = None, worker_pid: int | None = None) -> dict:
     """One load step; `edges` [(pid, address)]: the clients connect to these edge processes
     (round robin) instead of to the controller, and their CPU is counted too."""
     import multiprocessing as mp
@@ -124,6 +124,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
             ready.get(timeout=60)
     threads0 = thread_cpu_seconds(pid)
     edges0 = sum(cpu_seconds(e) for e, _ in edges)
+    worker0 = cpu_seconds(worker_pid) if worker_pid else 0.0
     cpu0 = cpu_seconds(pid)
     py0 = main_thread_cpu_seconds(pid)
     t0 = time.perf_counter()
@@ -138,6 +139,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
     cpu = cpu_seconds(pid) - cpu0
     py = main_thread_cpu_seconds(pid) - py0
     edge_cpu = sum(cpu_seconds(e) for e, _ in edges) - edges0
+    worker_cpu = cpu_seconds(worker_pid) - worker0 if worker_pid else 0.0
     threads1 = thread_cpu_seconds(pid)
     sent = sum(p["sent"] for p in parts)
     statuses: dict = {}
@@ -153,6 +155,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         "cpu_us_per_req": cpu / max(1, answered) * 1e6,
         "py_us_per_req": py / max(1, answered) * 1e6,
         "edges_us_per_req": edge_cpu / max(1, answered) * 1e6,
+        "worker_us_per_req": worker_cpu / max(1, answered) * 1e6,
         "threads_us_per_req": {k: (v - threads0.get(k, 0.0)) / max(1, answered) * 1e6
                                for k, v in threads1.items()},
         "controller_cpu_util": cpu / elapsed,
@@ -256,7 +259,7 @@ def main():
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             r = run_step(client, cluster.controller.pid, ids, rate, args.seconds,
                          int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst,
-                         [(e.pid, a) for e, a in edges])
+                         [(e.pid, a) for e, a in edges], cluster.worker_procs[0].pid)
             if spy is not None:
                 spy.wait()
             print(f"{r['rate']:8.0f} {r['sent']:7d} {100 * r['within_slo']:7.3f}% "
@@ -268,7 +271,7 @@ def main():
             if args.threads:
                 print("         controller us/req by thread: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in sorted(r["threads_us_per_req"].items(), key=lambda kv: -kv[1])
-                    if v >= 0.05), flush=True)
+                    if v >= 0.05) + f"; worker process {r['worker_us_per_req']:.1f}", flush=True)
             if spy is not None:
                 print_profile(args.py_spy)
             if r["within_slo"] >= 0.999:
