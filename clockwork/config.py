@@ -86,6 +86,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "logging": {
         "request_log": Spec(str),
         "action_log": Spec(str),
+        "writer_process": Spec(bool),
     },
 }
 

@@ -187,8 +187,8 @@ def test_logs_have_the_originals_meaning(logged_edge, tmp_path):
     (sent, _), = [x for x in wire if type(x[0]) is s.Infer]
     assert sent.batch_size == 2
     ran = _answer(c, clock, sent)
-    c.request_log.flush()
-    c.action_log.flush()
+    c.request_log.close()                              # every row written (by the writer child)
+    c.action_log.close()
     rows = {int(r["request_id"]): r for r in _rows(c.request_log.path)}
     slo = str(100 * MS)
     assert {k: (r["result"], r["deadline"], r["deadline_met"]) for k, r in rows.items()} == {

@@ -87,7 +87,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             links.append(WorkerLink(i, addr, dealer(
                 self.ctx, whost, wport, secure=sec and (lambda sk: sec.client(sk, "controller", "worker")))))
         # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
-        self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out)
+        self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out,
+                         log_writer=bool(config["logging"].get("writer_process", True)))
         if telemetry_port is None:
             telemetry_port = cc.get("telemetry_port", 0)
         if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
@@ -99,10 +100,10 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                 self.telemetry = None
 
     def _init_state(self, config: dict, client_sock, workers: list[WorkerLink], scheduler: str | None,
-                    clock, epoch: int, log_dir, out) -> None:
+                    clock, epoch: int, log_dir, out, log_writer: bool = False) -> None:
         """Everything but opening sockets and telemetry. The simulator's controller
         (clockwork.sim.controller) calls this with its own sockets and clock, so both run on
-        the same state."""
+        the same state. `log_writer`: the logs are written by child processes (logs.py)."""
         from .schedulers import make_scheduler   # registry lives with the policies
 
         cc = config["controller"]
@@ -144,7 +145,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self._held: dict[int, int] = {}     # request id -> its input bytes, until answered
         self.print_interval = float(cc["print_interval_s"])
         self.request_log, self.action_log = logs_mod.open_logs(
-            log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
+            log_dir, config["logging"]["request_log"], config["logging"]["action_log"], log_writer)
         self.telemetry = None
         self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
         self.batch_actions = bool(cc.get("batch_actions", True))

@@ -223,6 +223,9 @@ def main():
     ap.add_argument("--burst", type=int, default=1, help="requests sent at once per arrival (same total rate)")
     ap.add_argument("--edges", type=int, default=0,
                     help="put this many `cw edge` processes between the clients and the controller")
+    ap.add_argument("--logs", choices=["off", "inline", "child"], default="off",
+                    help="request and action logs: none (default), formatted on the controller's loop "
+                         "thread, or by writer child processes ([logging] writer_process)")
     ap.add_argument("--threads", action="store_true", help="print the controller's CPU per thread")
     ap.add_argument("--py-spy", dest="py_spy", default=None, metavar="FILE.svg",
                     help="record the controller with py-spy during the last step")
@@ -231,13 +234,16 @@ def main():
     coalesce = args.wire == "batched"
     worker_batching = str(args.worker_wire == "batched").lower()
     cfg = quick_config(3600, {"controller": {"batch_replies": str(coalesce).lower(), "batch_actions": worker_batching},
-                              "worker": {"batch_results": worker_batching}})
+                              "worker": {"batch_results": worker_batching},
+                              "logging": {"writer_process": str(args.logs == "child").lower()}})
     print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs, {copies} resnet50 copies, "
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
           f"{os.cpu_count()} cores shared by client, controller and worker; wire {args.wire}, "
           f"worker wire {args.worker_wire}, "
           f"{args.clients} client process(es), bursts of {args.burst}; load average {os.getloadavg()[0]:.1f}")
-    with LocalCluster(gpus=args.gpus, scheduler=args.scheduler, config_file=cfg) as cluster:
+    import tempfile
+    log_dir = None if args.logs == "off" else tempfile.mkdtemp(prefix="controller-cost-logs-")
+    with LocalCluster(gpus=args.gpus, scheduler=args.scheduler, config_file=cfg, log_dir=log_dir) as cluster:
         client = Client(cluster.address, log=lambda *_: None, coalesce=coalesce)
         first, n, _ = client.load_model("resnet50", copies=copies)
         client.ls()
@@ -281,6 +287,9 @@ def main():
             e.terminate()
             e.wait(10)
     cfg.unlink()
+    if log_dir is not None:
+        import shutil
+        shutil.rmtree(log_dir, ignore_errors=True)
     if best:
         print(f"highest rate with >= 99.9% within SLO: {best['rate']:.0f} r/s "
               f"(controller {best['cpu_us_per_req']:.1f} us CPU per request)")
