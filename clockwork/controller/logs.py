@@ -15,10 +15,12 @@ original logged them. `goodput` = worker_exec_duration x batch_size / the compil
 Rows are kept as tuples on the hot path and written in bulk when flushed (from the event loop's
 housekeeping, every 50 ms, so `tail -F` and `cw plot` see a running controller's rows at once),
 so logging costs one tuple per event while serving. Turning rows into text costs several us per
-row, so the controller ([logging] writer_process, on by default) hands each flush's rows, msgpack
-encoded, to a writer child process (`python -m clockwork.controller.logs PATH`) that formats and
-appends them; its loop thread pays well under a microsecond per row. Should the child die, the
-rows are formatted in-process from then on. A new run never truncates a previous run's logs:
+row on the loop thread when flushed; with [logging] writer_process = true the controller hands
+each flush's rows, msgpack encoded, to a writer child process (`python -m
+clockwork.controller.logs PATH`) that formats and appends them, and its loop thread pays well
+under a microsecond per row. Should the child die, the rows are formatted in-process from then
+on. Off by default: on the 2-core development machine the extra processes cost more latency
+than the loop thread saved (BENCHMARKS.md, issue 13 part 2). A new run never truncates a previous run's logs:
 they are renamed aside first (see clockwork.runfiles).
 """
 from __future__ import annotations

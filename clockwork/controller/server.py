@@ -88,7 +88,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                 self.ctx, whost, wport, secure=sec and (lambda sk: sec.client(sk, "controller", "worker")))))
         # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
         self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out,
-                         log_writer=bool(config["logging"].get("writer_process", True)))
+                         log_writer=bool(config["logging"].get("writer_process", False)))
         if telemetry_port is None:
             telemetry_port = cc.get("telemetry_port", 0)
         if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
