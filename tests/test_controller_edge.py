@@ -5,6 +5,7 @@ the edge as its socket reader would. A stand-in worker whose clock is 7 s ahead 
 - every window goes out in the worker's clock and every result time comes back in the
   controller's, while the scheduler's own copy of an action is left in controller time;
 - a send that fails reaches the scheduler after the tick, never from inside its own send."""
+import msgspec
 import pytest
 import zmq
 
@@ -215,3 +216,21 @@ def test_evictions_have_a_row():
     assert (row["worker_action_received"], row["worker_result_sent"], row["controller_action_duration"]) == (
         100, 400, 500)
     assert (row["requests_queued"], row["copies_loaded"]) == (7, 2)
+
+
+def test_an_unreadable_result_in_a_batch_fails_its_action_and_the_rest_are_read(edge):
+    c, clock, wire = edge
+    results = []
+    on_result = c.scheduler.on_result
+    c.scheduler.on_result = lambda wid, a, r, d: (results.append(r), on_result(wid, a, r, d))
+    c.respond = lambda req, status, *a, **k: None
+    c.scheduler.on_request(_request(c, clock, 1))
+    c._tick()
+    ((sent, _),) = wire
+    bad = msgspec.Raw(msgspec.msgpack.encode([44, sent.action_id, "not a time"]))
+    beat = msgspec.Raw(msgspec.msgpack.encode(s.Heartbeat(clock.now, 3, [s.GpuReading(0, 1, 2, 3, 4, 5, 0.5)])))
+    w = c.workers[0]
+    c._on_result_batch(w, s.ResultBatch([bad, beat]), [], clock.now)
+    assert [(type(r), r.status, r.action_id) for r in results] == [(s.ErrorResult, Status.BAD_MESSAGE, sent.action_id)]
+    assert sent.action_id not in c.pending and sent.action_id not in w.pending
+    assert [g.gpu_id for g in w.readings] == [0]          # the heartbeat after it was read

@@ -118,15 +118,17 @@ class WorkerLinks:
             except ProtocolError as e:
                 self.out(f"Worker {w.address}: {e}")
                 continue
-            if type(msg) is not s.ResultBatch:
+            if type(msg) is s.ResultBatch:
+                self._on_result_batch(w, msg, data, self.clock())
+            else:
                 self._on_worker_message(w, msg, data, self.clock())
-                continue
-            now = self.clock()
-            for result, frames in s.unbatch(msg, data):
-                if type(result) is s.BadEntry:
-                    self._bad_result(w, result, now)
-                else:
-                    self._on_worker_message(w, result, frames, now)
+
+    def _on_result_batch(self, w: WorkerLink, batch: s.ResultBatch, data, now: int) -> None:
+        for result, frames in s.unbatch(batch, data):
+            if type(result) is s.BadEntry:
+                self._bad_result(w, result, now)
+            else:
+                self._on_worker_message(w, result, frames, now)
 
     def _bad_result(self, w: WorkerLink, entry: s.BadEntry, now: int) -> None:
         """A result in a batch that could not be read: its action (if it names one of ours on
