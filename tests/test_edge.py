@@ -143,3 +143,23 @@ def test_requests_in_flight_when_the_controller_goes_are_answered():
         edge.stop()
         thread.join(10)
         ctx.term()
+
+
+def test_edge_refuses_what_it_cannot_do_in_one_line():
+    from click.testing import CliRunner
+
+    from clockwork.controller.edge import edge_command
+    config = _config()
+    config["security"]["enabled"] = True
+    with pytest.raises(ValueError, match="security"):
+        Edge(config, "127.0.0.1:1", "127.0.0.1", free_port())
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.ROUTER)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        r = CliRunner().invoke(edge_command, ["127.0.0.1:1", "--port", str(port)])
+        assert r.exit_code == 1 and f"cannot listen for clients on 127.0.0.1:{port}" in r.output, r.output
+        assert "Traceback" not in r.output
+    finally:
+        taken.close(0)
+        ctx.term()
