@@ -91,6 +91,7 @@ class Edge:
                 now = self.clock()
                 if end is not None and now >= end:
                     break
+                self.queue_wait.sweep(now)          # forget clients gone (cheap until due)
                 if now >= next_print:
                     next_print = now + self.print_ns
                     self.out(f"Edge forwarded={self.forwarded} answered={self.answered} in flight={len(self.routes)}")

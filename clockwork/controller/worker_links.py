@@ -260,6 +260,7 @@ class WorkerLinks:
                 else:
                     for aid in sorted(w.pending):
                         self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} disconnected")
+                    w.outbox.clear()        # failed above: not sent
                     w.last_probe = 0
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not w.alive and self._running:
                 w.taken = False     # a new connection (e.g. the worker restarted): ours again
@@ -283,6 +284,7 @@ class WorkerLinks:
                 self.out(f"Worker {w.id} ({w.address}): {why}")
                 for aid in sorted(w.pending):
                     self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} serves another controller")
+                w.outbox.clear()
             return
         p = self.pending.get(msg.action_id)
         if p is not None and p.worker is w:
