@@ -234,3 +234,21 @@ def test_an_unreadable_result_in_a_batch_fails_its_action_and_the_rest_are_read(
     assert [(type(r), r.status, r.action_id) for r in results] == [(s.ErrorResult, Status.BAD_MESSAGE, sent.action_id)]
     assert sent.action_id not in c.pending and sent.action_id not in w.pending
     assert [g.gpu_id for g in w.readings] == [0]          # the heartbeat after it was read
+
+
+def test_a_failed_batch_send_fails_each_of_its_actions_after_the_pass(edge, monkeypatch):
+    c, clock, wire = edge
+
+    def send(sock, msg, data=(), ident=None, flags=0):
+        if type(msg) is s.ActionBatch:
+            raise zmq.Again()
+    monkeypatch.setattr(worker_links, "send", send)
+    w = c.workers[0]
+    got = []
+    ids = [next(c.action_ids) for _ in range(3)]
+    for aid in ids:
+        c.send_action(w.id, s.ClearCache(aid), on_done=lambda w, r: got.append((r.action_id, r.status)))
+    assert not got and len(w.outbox) == 3             # held, nothing reported from inside a send
+    assert c._send_outgoing() is True                 # the loop ticks again at once
+    assert got == [(aid, Status.WORKER_LOST) for aid in ids]
+    assert not w.outbox and not set(ids) & set(c.pending)
