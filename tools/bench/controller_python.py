@@ -6,8 +6,11 @@ runtime in simulated time, one worker with --gpus emulated GPUs, an open-loop Po
 over --copies resnet50 copies. Simulated time makes the load the same whatever the machine is
 doing; the figure is the process CPU time spent in the controller's handlers (SimController
 cpu_ns) per request: the Python work of admission, answers, actions, results, clock
-conversion and the policy, with in-memory sockets instead of ZeroMQ. Prints the median and
-range over --repeats runs; --profile FILE also writes a cProfile of one more run.
+conversion and the policy, with in-memory sockets instead of ZeroMQ. The figure includes the
+simulator's own accounting (two process_time_ns() calls per handled event) and its in-memory
+network, together about 45% of it in a py-spy profile (BENCHMARKS.md, issue 13 part 2): compare
+runs with each other, not with a real controller's CPU. Prints the median and range over
+--repeats runs; --profile FILE also writes a cProfile of one more run.
 
     python tools/bench/controller_python.py --gpus 64 --copies 256 --rate 10000 --repeats 5
 """
