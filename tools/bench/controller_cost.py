@@ -106,7 +106,7 @@ def send_load(client: Client, model_ids: list[int], rate: float, seconds: float,
 
 def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
              slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1,
-             edges: list | None = None, worker_pid: int | None = None) -> dict:
+             edges: list | None = None, worker_pids: tuple = ()) -> dict:
     """One load step; `edges` [(pid, address)]: the clients connect to these edge processes
     (round robin) instead of to the controller, and their CPU is counted too."""
     import multiprocessing as mp
@@ -124,7 +124,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
             ready.get(timeout=60)
     threads0 = thread_cpu_seconds(pid)
     edges0 = sum(cpu_seconds(e) for e, _ in edges)
-    worker0 = cpu_seconds(worker_pid) if worker_pid else 0.0
+    worker0 = sum(cpu_seconds(w) for w in worker_pids)
     cpu0 = cpu_seconds(pid)
     py0 = main_thread_cpu_seconds(pid)
     t0 = time.perf_counter()
@@ -139,7 +139,7 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
     cpu = cpu_seconds(pid) - cpu0
     py = main_thread_cpu_seconds(pid) - py0
     edge_cpu = sum(cpu_seconds(e) for e, _ in edges) - edges0
-    worker_cpu = cpu_seconds(worker_pid) - worker0 if worker_pid else 0.0
+    worker_cpu = sum(cpu_seconds(w) for w in worker_pids) - worker0
     threads1 = thread_cpu_seconds(pid)
     sent = sum(p["sent"] for p in parts)
     statuses: dict = {}
@@ -209,7 +209,9 @@ def print_profile(path: str, top: int = 25) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--gpus", type=int, default=8, help="emulated GPUs in all")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes sharing the GPUs (--gpus must divide evenly)")
     ap.add_argument("--copies", type=int, default=0, help="resnet50 copies (default 4 per GPU)")
     ap.add_argument("--rates", default="500,1000,2000,3000,4000")
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -236,14 +238,18 @@ def main():
     cfg = quick_config(3600, {"controller": {"batch_replies": str(coalesce).lower(), "batch_actions": worker_batching},
                               "worker": {"batch_results": worker_batching},
                               "logging": {"writer_process": str(args.logs == "child").lower()}})
-    print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs, {copies} resnet50 copies, "
+    print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs in {args.workers} worker "
+          f"process(es), {copies} resnet50 copies, "
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
           f"{os.cpu_count()} cores shared by client, controller and worker; wire {args.wire}, "
           f"worker wire {args.worker_wire}, "
           f"{args.clients} client process(es), bursts of {args.burst}; load average {os.getloadavg()[0]:.1f}")
     import tempfile
     log_dir = None if args.logs == "off" else tempfile.mkdtemp(prefix="controller-cost-logs-")
-    with LocalCluster(gpus=args.gpus, scheduler=args.scheduler, config_file=cfg, log_dir=log_dir) as cluster:
+    if args.workers < 1 or args.gpus % args.workers:
+        raise SystemExit("--gpus must be a multiple of --workers")
+    with LocalCluster(gpus=args.gpus // args.workers, workers=args.workers, scheduler=args.scheduler,
+                      config_file=cfg, log_dir=log_dir) as cluster:
         client = Client(cluster.address, log=lambda *_: None, coalesce=coalesce)
         first, n, _ = client.load_model("resnet50", copies=copies)
         client.ls()
@@ -265,7 +271,7 @@ def main():
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             r = run_step(client, cluster.controller.pid, ids, rate, args.seconds,
                          int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst,
-                         [(e.pid, a) for e, a in edges], cluster.worker_procs[0].pid)
+                         [(e.pid, a) for e, a in edges], [w.pid for w in cluster.worker_procs])
             if spy is not None:
                 spy.wait()
             print(f"{r['rate']:8.0f} {r['sent']:7d} {100 * r['within_slo']:7.3f}% "
@@ -277,7 +283,7 @@ def main():
             if args.threads:
                 print("         controller us/req by thread: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in sorted(r["threads_us_per_req"].items(), key=lambda kv: -kv[1])
-                    if v >= 0.05) + f"; worker process {r['worker_us_per_req']:.1f}", flush=True)
+                    if v >= 0.05) + f"; worker processes {r['worker_us_per_req']:.1f}", flush=True)
             if spy is not None:
                 print_profile(args.py_spy)
             if r["within_slo"] >= 0.999:
