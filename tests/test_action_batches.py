@@ -45,7 +45,7 @@ class WorkerThread:
     """A WorkerServer on a loop thread; `held_at_wait` lists, per wait of its loop, how many
     results it still held then."""
 
-    def __init__(self, zoo, monkeypatch):
+    def __init__(self, zoo, monkeypatch, batch_results=True):
         self.held_at_wait = []
         real_wait = worker_server.WorkerServer._wait
 
@@ -57,7 +57,8 @@ class WorkerThread:
         rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 24, 1 << 24)
         self.ctx = zmq.Context()
         self.port = sockets.free_port()
-        self.server = worker_server.WorkerServer(rt, "127.0.0.1", self.port, log=lambda *a: None, ctx=self.ctx)
+        self.server = worker_server.WorkerServer(rt, "127.0.0.1", self.port, log=lambda *a: None, ctx=self.ctx,
+                                                 batch_results=batch_results)
         self.thread = threading.Thread(target=self.server.serve, daemon=True)
         self.thread.start()
 
@@ -69,8 +70,9 @@ class WorkerThread:
 
 
 @pytest.fixture
-def worker(zoo, monkeypatch):
-    w = WorkerThread(zoo, monkeypatch)
+def worker(zoo, monkeypatch, request):
+    """Batching results unless parametrized indirectly with False."""
+    w = WorkerThread(zoo, monkeypatch, getattr(request, "param", True))
     try:
         yield w
     finally:
@@ -157,6 +159,7 @@ def test_single_and_batched_actions_mixed(worker, link, zoo):
     assert got[13][0].status == Status.UNKNOWN_MODEL
 
 
+@pytest.mark.parametrize("worker", [True, False], indirect=True, ids=["batch_results", "single_results"])
 def test_results_ready_in_one_turn_leave_in_one_message(worker, link):
     link.send(s.Reset(1))
     link.results(1)
@@ -165,8 +168,11 @@ def test_results_ready_in_one_turn_leave_in_one_message(worker, link):
     link.send_batch([s.EvictWeights(20 + i, 0, 0, model_id=50 + i, gpu_id=0) for i in range(8)])
     got = _one_each(link.results(8), range(20, 28))
     assert all(r.status == Status.UNKNOWN_MODEL for r, _ in got.values())
-    assert link.messages == {"batched": 1}
-    assert len({r.sent for r, _ in got.values()}) == 1          # stamped when the batch left
+    if worker.server.batch_results:
+        assert link.messages == {"batched": 1}
+        assert len({r.sent for r, _ in got.values()}) == 1          # stamped when the batch left
+    else:                                                            # [worker] batch_results = false
+        assert link.messages == {"single": 8}
     assert max(worker.held_at_wait) == 0
 
 

@@ -252,3 +252,17 @@ def test_a_failed_batch_send_fails_each_of_its_actions_after_the_pass(edge, monk
     assert c._send_outgoing() is True                 # the loop ticks again at once
     assert got == [(aid, Status.WORKER_LOST) for aid in ids]
     assert not w.outbox and not set(ids) & set(c.pending)
+
+
+def test_with_batch_actions_off_an_action_leaves_at_once(monkeypatch):
+    wire = []
+    monkeypatch.setattr(worker_links, "send", lambda sock, msg, data=(), ident=None, flags=0: wire.append(msg))
+    config = load_config()
+    config["controller"].update(telemetry_port=0, metrics_port=0, batch_actions=False)
+    c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
+                              client_port=free_port(), out=lambda *a: None)
+    try:
+        c._probe(c.workers[0], 0)
+        assert [type(m) for m in wire] == [s.Reset, s.GetWorkerState] and not c._outgoing
+    finally:
+        c.close()
