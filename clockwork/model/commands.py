@@ -45,8 +45,13 @@ def zoo_group():
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default=None,
               help="Activation layout inside the model [default: NHWC for cuda float16, else "
                    "NCHW]. Inputs are NCHW either way.")
+@click.option("--conv", type=click.Choice(["cudnn", "tvm"]), default=None,
+              help="Who runs the convolutions [default: cudnn for cuda float16 NHWC, else tvm]: "
+                   "cudnn calls cuDNN through clockwork's small library, which the worker loads "
+                   "(bundles carry it); tvm compiles them with TVM's schedules.")
 @click.option("--force", is_flag=True, help="Rebuild even what is up to date.")
-def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, dtype, layout, force):
+def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, dtype, layout, conv,
+                      force):
     """Compile models (TVM) into model directories: weights.bin, <target>.so, model.json.
 
     Cached: a model whose definition, weights and target are unchanged is skipped. CUDA code is
@@ -67,10 +72,13 @@ def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, d
     where = "llvm (CPU)" if target == "llvm" else f"CUDA {arch}"
     dtype = dtype or build.default_dtype(target)
     layout = layout or build.default_layout(target, dtype)
-    click.echo(f"Building {len(names)} model(s) for {where}, {dtype} {layout}, into {target_dir}")
+    conv = conv or build.default_conv(target, dtype, layout)
+    click.echo(f"Building {len(names)} model(s) for {where}, {dtype} {layout}, convs by {conv}, "
+               f"into {target_dir}")
     try:
         build.build_zoo(names, target_dir, target, arch if target == "cuda" else None, bs, page_size,
-                        seed, force, log=lambda m: click.echo(m), dtype=dtype, layout=layout)
+                        seed, force, log=lambda m: click.echo(m), dtype=dtype, layout=layout,
+                        conv=conv)
     except build.BuildError as e:
         raise click.ClickException(str(e)) from None
 
