@@ -58,6 +58,12 @@ class CudaError(RuntimeError):
     pass
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """$name "1" or "0" if set (the environment overrides the worker's config), else default."""
+    v = os.environ.get(name, "").strip()
+    return default if v not in ("0", "1") else v == "1"
+
+
 class _Cuda:
     """Thin checked wrappers over the CUDA runtime calls we use."""
 
@@ -114,12 +120,8 @@ class CudaBackend(Backend):
                  workspace_pool_size: int, gpus: list[int] | None = None,
                  graphs: bool | None = None, gate: bool | None = None):
         super().__init__(page_size, total_pages, io_pool_size, workspace_pool_size)
-        if graphs is None:
-            graphs = os.environ.get("CLOCKWORK_CUDA_GRAPHS", "0") == "1"
-        if gate is None:
-            gate = os.environ.get("CLOCKWORK_CUDA_GATE", "0") == "1"
-        self.graphs = graphs
-        self.gate = gate
+        self.graphs = env_flag("CLOCKWORK_CUDA_GRAPHS", False) if graphs is None else graphs
+        self.gate = env_flag("CLOCKWORK_CUDA_GATE", False) if gate is None else gate
         self.gate_error: str | None = None
         self.graph_errors: list[str] = []     # captures that failed (those batches run direct)
         self.cu = cu = _Cuda()
