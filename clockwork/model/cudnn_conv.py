@@ -284,6 +284,10 @@ def cudnn_lib_dir() -> Path | None:
     home = cudnn_home()
     if home is not None and (home / "lib" / "libcudnn.so.9").exists():
         return home / "lib"
+    for entry in sys.path:                  # wheels of another layout (nvidia/cu13/lib)
+        for sub in ("nvidia/cudnn/lib", "nvidia/cu13/lib", "nvidia/cu12/lib"):
+            if (Path(entry) / sub / "libcudnn.so.9").exists():
+                return Path(entry) / sub
     return None
 
 
