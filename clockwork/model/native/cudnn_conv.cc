@@ -48,14 +48,23 @@ using tvm::ffi::Shape;
       TVM_FFI_THROW(RuntimeError) << "cuDNN " << what << ": " << cudnnGetErrorString(st_); \
   } while (0)
 
+// One way to run a conv: an algorithm, relu fused or as a second call.
+struct Choice {
+  cudnnConvolutionFwdAlgo_t algo;
+  bool separate_relu;
+};
+
 struct Plan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t conv = nullptr;
   cudnnActivationDescriptor_t act = nullptr, relu = nullptr;
-  cudnnConvolutionFwdAlgo_t algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+  std::vector<Choice> choices;   // in order of preference; the first that runs is kept
+  size_t chosen = 0;
+  bool ready = false;            // set by the first call that ran (at model load)
   size_t workspace = 0;
-  bool separate_relu = false;
+  bool has_relu = false;
+  std::string shape;
   std::string describe;
 };
 
@@ -132,41 +141,59 @@ Plan MakePlan(Gpu& g, const DLTensor* x, const DLTensor* w, const DLTensor* y,
                               << y->shape[2] << ") is not what the conv gives (" << oh << ", " << ow << ")";
   CW_CUDNN(cudnnSetTensor4dDescriptor(p.y, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, n, k, oh, ow), "y");
   CW_CUDNN(cudnnSetTensor4dDescriptor(p.bias, CUDNN_TENSOR_NCHW, CUDNN_DATA_HALF, 1, k, 1, 1), "bias");
-  const bool relu = a[6] != 0;
+  p.has_relu = a[6] != 0;
   std::ostringstream d;
   d << "x " << n << "x" << h << "x" << wd << "x" << c << " w " << k << "x" << r << "x" << s
-    << " s" << a[0] << " p" << a[2] << (relu ? " relu" : "");
-  if (relu && !heuristic) {
-    p.algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;   // the only one fused with relu
-  } else {
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int got = 0;
-    CW_CUDNN(cudnnGetConvolutionForwardAlgorithm_v7(g.handle, p.x, p.w, p.conv, p.y,
-                                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf),
-             "heuristics");
-    int pick = -1;
-    for (int i = 0; i < got && pick < 0; ++i)
-      if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= g.workspace_size) pick = i;
-    if (pick < 0) TVM_FFI_THROW(RuntimeError) << "cuDNN: no algorithm for conv " << d.str();
-    p.algo = perf[pick].algo;
-    p.separate_relu = relu;
-  }
-  CW_CUDNN(cudnnSetActivationDescriptor(p.act, relu && !p.separate_relu ? CUDNN_ACTIVATION_RELU
-                                                                         : CUDNN_ACTIVATION_IDENTITY,
-                                        CUDNN_NOT_PROPAGATE_NAN, 0.0), "activation");
-  if (p.separate_relu) {
+    << " s" << a[0] << " p" << a[2] << (p.has_relu ? " relu" : "");
+  p.shape = d.str();
+  // fused mode: relu fused (cuDNN allows that only with IMPLICIT_PRECOMP_GEMM) first; then, as
+  // in heuristic mode, cuDNN's heuristic algorithms in their order with relu as a second call
+  if (p.has_relu && !heuristic)
+    p.choices.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, false});
+  cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+  int got = 0;
+  CW_CUDNN(cudnnGetConvolutionForwardAlgorithm_v7(g.handle, p.x, p.w, p.conv, p.y,
+                                                  CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf),
+           "heuristics");
+  for (int i = 0; i < got; ++i)
+    if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= g.workspace_size)
+      p.choices.push_back({perf[i].algo, p.has_relu});
+  if (p.has_relu) {
     CW_CUDNN(cudnnCreateActivationDescriptor(&p.relu), "descriptor");
     CW_CUDNN(cudnnSetActivationDescriptor(p.relu, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0),
              "relu");
   }
-  CW_CUDNN(cudnnGetConvolutionForwardWorkspaceSize(g.handle, p.x, p.w, p.conv, p.y, p.algo,
-                                                   &p.workspace), "workspace size");
-  if (p.workspace > g.workspace_size)
-    TVM_FFI_THROW(RuntimeError) << "cuDNN conv " << d.str() << " needs " << p.workspace
-                                << " bytes of workspace, more than CLOCKWORK_CUDNN_WORKSPACE_MB";
-  d << " algo " << static_cast<int>(p.algo) << (p.separate_relu ? "+relu" : "") << " ws " << p.workspace;
-  p.describe = d.str();
+  if (p.choices.empty()) TVM_FFI_THROW(RuntimeError) << "cuDNN: no algorithm for conv " << p.shape;
   return p;
+}
+
+// Make choice i current; false if its workspace does not fit.
+bool Choose(Gpu& g, Plan& p, size_t i) {
+  const Choice& c = p.choices[i];
+  p.chosen = i;
+  CW_CUDNN(cudnnSetActivationDescriptor(p.act, p.has_relu && !c.separate_relu ? CUDNN_ACTIVATION_RELU
+                                                                               : CUDNN_ACTIVATION_IDENTITY,
+                                        CUDNN_NOT_PROPAGATE_NAN, 0.0), "activation");
+  if (cudnnGetConvolutionForwardWorkspaceSize(g.handle, p.x, p.w, p.conv, p.y, c.algo, &p.workspace) !=
+          CUDNN_STATUS_SUCCESS || p.workspace > g.workspace_size)
+    return false;
+  std::ostringstream d;
+  d << p.shape << ": algo " << static_cast<int>(c.algo) << (c.separate_relu ? " + relu call" : "")
+    << ", workspace " << p.workspace << " (choice " << i + 1 << " of " << p.choices.size() << ")";
+  p.describe = d.str();
+  return true;
+}
+
+cudnnStatus_t Run(Gpu& g, const Plan& p, const void* x, const void* w, const void* z, bool has_z,
+                  const void* bias, void* y) {
+  const float one = 1.0f, zero = 0.0f;
+  const Choice& c = p.choices[p.chosen];
+  cudnnStatus_t st = cudnnConvolutionBiasActivationForward(
+      g.handle, &one, p.x, x, p.w, w, p.conv, c.algo, g.workspace, p.workspace,
+      has_z ? &one : &zero, p.y, z, p.bias, bias, p.act, p.y, y);
+  if (st == CUDNN_STATUS_SUCCESS && c.separate_relu)
+    st = cudnnActivationForward(g.handle, p.relu, &one, p.y, y, &zero, p.y, y);
+  return st;
 }
 
 // conv2d(x, w, bias, [z], attrs, y)
@@ -202,27 +229,29 @@ void Conv2d(PackedArgs args, tvm::ffi::Any* rv) {
   for (int i = 0; i < 4; ++i) key.push_back(dx->shape[i]);
   for (int i = 0; i < 4; ++i) key.push_back(dw->shape[i]);
   key.push_back(heuristic);
-  Gpu* g;
-  const Plan* p;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    g = &GpuFor(device);
-    auto it = g->plans.find(key);
-    if (it == g->plans.end())
-      it = g->plans.emplace(key, MakePlan(*g, dx, dw, dy, key, heuristic)).first;
-    p = &it->second;
-  }
+  std::lock_guard<std::mutex> lock(mu);
+  Gpu& g = GpuFor(device);
+  auto it = g.plans.find(key);
+  if (it == g.plans.end()) it = g.plans.emplace(key, MakePlan(g, dx, dw, dy, key, heuristic)).first;
+  Plan& p = it->second;
   auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(kDLCUDA, device));
-  CW_CUDNN(cudnnSetStream(g->handle, stream), "set stream");
-  const float one = 1.0f, zero = 0.0f;
-  CW_CUDNN(cudnnConvolutionBiasActivationForward(
-               g->handle, &one, p->x, Data(dx), p->w, Data(dw), p->conv, p->algo, g->workspace,
-               p->workspace, has_z ? &one : &zero, p->y, z, p->bias, Data(db),
-               p->act, p->y, Data(dy)),
-           "conv " + p->describe);
-  if (p->separate_relu)
-    CW_CUDNN(cudnnActivationForward(g->handle, p->relu, &one, p->y, Data(dy), &zero, p->y, Data(dy)),
-             "relu");
+  CW_CUDNN(cudnnSetStream(g.handle, stream), "set stream");
+  if (p.ready) {
+    CW_CUDNN(Run(g, p, Data(dx), Data(dw), z, has_z, Data(db), Data(dy)), "conv " + p.describe);
+    return;
+  }
+  // first call of this plan (model load): the first choice that runs is kept for good
+  cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
+  for (size_t i = 0; i < p.choices.size(); ++i) {
+    if (!Choose(g, p, i)) continue;
+    st = Run(g, p, Data(dx), Data(dw), z, has_z, Data(db), Data(dy));
+    if (st == CUDNN_STATUS_SUCCESS) {
+      p.ready = true;
+      return;
+    }
+    if (st != CUDNN_STATUS_NOT_SUPPORTED && st != CUDNN_STATUS_BAD_PARAM) break;
+  }
+  CW_CUDNN(st, "conv " + p.shape);
 }
 
 std::string Plans() {
