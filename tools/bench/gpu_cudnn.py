@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import tvm_ffi
+    from clockwork.model import cudnn_conv
     from clockwork.model.cuda import CudaBackend
     from clockwork.model.format import load_spec
     spec = load_spec(Path(a.zoo) / a.model)
@@ -84,6 +85,7 @@ def main():
         row = {}
         for graphs in (False, True):
             backend = CudaBackend(16 << 20, 1, 16 << 20, 16 << 20, graphs=graphs)
+            cudnn_conv.load()                      # (once) so that plans can be dropped
             tvm_ffi.get_global_func("clockwork.cudnn.reset")()
             hm = backend.load_host_model(spec)
             prof = backend.profile(hm, 0, a.runs, [1, 16])
