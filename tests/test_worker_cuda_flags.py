@@ -45,11 +45,11 @@ def _worker_backend_kwargs(monkeypatch, tmp_path, config_text, env):
 
 
 def test_worker_config_keys_reach_the_cuda_backend(monkeypatch, tmp_path):
-    assert _worker_backend_kwargs(monkeypatch, tmp_path, "", {}) == (False, False)
-    on = "[worker]\ncuda_graphs = true\ncuda_gate = true\n"
-    assert _worker_backend_kwargs(monkeypatch, tmp_path, on, {}) == (True, True)
-    assert _worker_backend_kwargs(monkeypatch, tmp_path, on, {"CLOCKWORK_CUDA_GATE": "0"}) == (True, False)
-    assert _worker_backend_kwargs(monkeypatch, tmp_path, "", {"CLOCKWORK_CUDA_GRAPHS": "1"}) == (True, False)
+    assert _worker_backend_kwargs(monkeypatch, tmp_path, "", {}) == (True, True)     # the defaults
+    off = "[worker]\ncuda_graphs = false\ncuda_gate = false\n"
+    assert _worker_backend_kwargs(monkeypatch, tmp_path, off, {}) == (False, False)
+    assert _worker_backend_kwargs(monkeypatch, tmp_path, "", {"CLOCKWORK_CUDA_GATE": "0"}) == (True, False)
+    assert _worker_backend_kwargs(monkeypatch, tmp_path, off, {"CLOCKWORK_CUDA_GRAPHS": "1"}) == (True, False)
 
 
 def test_a_non_boolean_value_is_refused(monkeypatch, tmp_path):
