@@ -96,7 +96,9 @@ _attach_import_command()
 # cw check-model / cw profile model
 
 def _open(path: str, backend: str, gpu: int):
-    """(backend, host model) for one model directory, with a weights cache just big enough."""
+    """(backend, host model) for one model directory, with a weights cache just big enough;
+    a CUDA backend in the worker's modes ([worker] cuda_graphs / cuda_gate, or their
+    environment variables), so the times are the ones the worker will see."""
     from .backend import BackendUnavailable, LoadError, backend_class
     from .format import ModelFormatError, load_spec
     try:
@@ -105,8 +107,17 @@ def _open(path: str, backend: str, gpu: int):
         raise click.ClickException(str(e)) from None
     pages = max(1, spec.num_pages(spec.page_size))
     try:
-        kw = {"gpus": [gpu]} if backend == "cuda" else {}
-        dev = backend_class(backend)(spec.page_size, pages, 64 << 20, 64 << 20, 64 << 20, **kw)
+        kw = {}
+        if backend == "cuda":
+            from ..config import ConfigError, load_config
+            from .cuda import env_flag
+            try:
+                cfg = load_config()["worker"]
+            except ConfigError as e:
+                raise click.ClickException(str(e)) from None
+            kw = {"gpus": [gpu], "graphs": env_flag("CLOCKWORK_CUDA_GRAPHS", cfg["cuda_graphs"]),
+                  "gate": env_flag("CLOCKWORK_CUDA_GATE", cfg["cuda_gate"])}
+        dev = backend_class(backend)(spec.page_size, pages, 64 << 20, 64 << 20, **kw)
         hm = dev.load_host_model(spec)
     except (BackendUnavailable, LoadError) as e:
         raise click.ClickException(str(e)) from None
