@@ -42,6 +42,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "heartbeat_interval_ms": POSITIVE,
         "print_interval_s": POSITIVE,
         "emulated_clock_offset_ns": Spec(int, -(1 << 60), 1 << 60),
+        "cuda_graphs": Spec(bool),
+        "cuda_gate": Spec(bool),
     },
     "controller": {
         "client_port": PORT,
