@@ -6,8 +6,9 @@ torch.profiler over our direct calls and over PyTorch's fp16 channels_last ResNe
   python tools/bench/gpu_cudnn.py [--zoo DIR] [--model resnet50] [--runs 200] [--json F]
 
 Modes (CLOCKWORK_CUDNN_MODE, read when a plan is made): fused (one cudnnConvolutionBias-
-ActivationForward per conv, relu fused: IMPLICIT_PRECOMP_GEMM) and heuristic (cuDNN's first
-heuristic algorithm, relu as a second call). Timings are CUDA-event p50 (p99) of `runs` execs,
+ActivationForward per conv, relu fused: IMPLICIT_PRECOMP_GEMM), heuristic (cuDNN's first
+heuristic algorithm, relu as a second call) and graph (cuDNN graph API: conv -> +bias -> +z ->
+relu as one operation graph, its execution plan built once per shape). --modes picks some. Timings are CUDA-event p50 (p99) of `runs` execs,
 direct calls and CUDA graph replays (the worker's CLOCKWORK_CUDA_GRAPHS mode).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from benchutil import pct
 
-MODES = ("fused", "heuristic")
+MODES = ("fused", "heuristic", "graph")
 
 
 def top_kernels(prof, n=14) -> list[tuple[str, int, float]]:
@@ -69,6 +70,8 @@ def main():
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--profile-runs", type=int, default=20)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--kernels", action="store_true", help="also GPU time per kernel (torch.profiler)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     import tvm_ffi
@@ -80,7 +83,8 @@ def main():
     print(f"{a.model}: p50 (p99) ms of {a.runs} execs, CUDA events\n")
     print("| mode | b1 direct | b16 direct | b1 graph | b16 graph |")
     print("|---|---|---|---|---|")
-    for mode in MODES:
+    modes = a.modes.split(",")
+    for mode in modes:
         os.environ["CLOCKWORK_CUDNN_MODE"] = mode
         row = {}
         for graphs in (False, True):
@@ -93,7 +97,7 @@ def main():
                 row[f"b{b}{' graph' if graphs else ''}"] = (pct(prof[b], 50) / 1e6, pct(prof[b], 99) / 1e6)
             if not graphs:
                 report["plans"][mode] = tvm_ffi.get_global_func("clockwork.cudnn.plans")()
-                if mode == MODES[0]:
+                if a.kernels and mode == modes[0]:
                     for b in (1, 16):
                         report["kernels"][f"ours b{b}"] = profile_ours(backend, hm, b, a.profile_runs)
             hm.close()
@@ -102,7 +106,7 @@ def main():
         print(f"| {mode} | " + " | ".join(f"{row[k][0]:.3f} ({row[k][1]:.3f})"
                                          for k in ("b1", "b16", "b1 graph", "b16 graph")) + " |", flush=True)
     os.environ.pop("CLOCKWORK_CUDNN_MODE")
-    for b in (1, 16):
+    for b in (1, 16) if a.kernels else ():
         report["kernels"][f"torch b{b}"] = profile_torch(b, a.profile_runs)
     for mode, text in report["plans"].items():
         print(f"\nplans ({mode}):\n{text}")

@@ -23,7 +23,7 @@ step correctness
 python3 tools/bench/gpu_check.py --zoo $BD/zoo --infers $INF --json $OUT/check.json 2>&1 | tee $OUT/check.log
 CLOCKWORK_CUDA_GATE=1 CLOCKWORK_CUDA_GRAPHS=1 python3 tools/bench/gpu_check.py --zoo $BD/zoo --infers $INF --json $OUT/check_gate_graphs.json 2>&1 | tee $OUT/check_gate_graphs.log
 step cudnn-modes
-python3 tools/bench/gpu_cudnn.py --zoo $BD/zoo --runs $RUNS --json $OUT/cudnn.json 2>&1 | tee $OUT/cudnn.log
+python3 tools/bench/gpu_cudnn.py --zoo $BD/zoo --runs $RUNS --kernels --json $OUT/cudnn.json 2>&1 | tee $OUT/cudnn.log
 step torch
 python3 tools/bench/gpu_vs_torch.py --zoo $BD/zoo $ALSO --runs $RUNS --json $OUT/torch.json 2>&1 | tee $OUT/torch.log
 step exec

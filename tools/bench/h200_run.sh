@@ -51,7 +51,7 @@ step torch
 python3 tools/bench/gpu_vs_torch.py --zoo $BD/zoo $ALSO --runs $RUNS --json $OUT/torch.json 2>&1 | tee $OUT/torch.log
 if grep -q '"conv": "cudnn"' $BD/zoo/resnet50/model.json; then
 step cudnn
-python3 tools/bench/gpu_cudnn.py --zoo $BD/zoo --runs $RUNS --json $OUT/cudnn.json 2>&1 | tee $OUT/cudnn.log
+python3 tools/bench/gpu_cudnn.py --zoo $BD/zoo --runs $RUNS --kernels --json $OUT/cudnn.json 2>&1 | tee $OUT/cudnn.log
 fi
 step graphs
 python3 tools/bench/gpu_graphs.py --zoo $BD/zoo --runs $RUNS --json $OUT/graphs.json 2>&1 | tee $OUT/graphs.log

@@ -18,7 +18,11 @@
 //
 // Modes (CLOCKWORK_CUDNN_MODE, read when a plan is made): "fused" (default) runs one
 // cudnnConvolutionBiasActivationForward (relu needs cuDNN's IMPLICIT_PRECOMP_GEMM algorithm);
-// "heuristic" takes cuDNN's first heuristic algorithm and runs relu as a second call.
+// "heuristic" takes cuDNN's first heuristic algorithm and runs relu as a second call; "graph"
+// builds, once per shape, a cuDNN graph-API operation graph conv -> +bias [-> +z] [-> relu]
+// and an execution plan of the first engine of heuristics mode A that finalizes and fits the
+// workspace (precompiled engines before runtime-compiled ones); each call then only executes
+// that plan (the legacy calls above cost ~50-250 us of host time each in cuDNN 9).
 #include <cuda_runtime.h>
 #include <cudnn.h>
 #include <tvm/ffi/container/shape.h>
@@ -68,11 +72,21 @@ struct Plan {
   std::string describe;
 };
 
+struct GraphPlan {
+  std::vector<cudnnBackendDescriptor_t> descs;   // every descriptor made (freed by Reset)
+  cudnnBackendDescriptor_t plan = nullptr, pack = nullptr;
+  void* pack_ptrs[6] = {};                       // pointers the cached variant pack holds
+  int64_t workspace = 0;
+  bool has_z = false;
+  std::string describe;
+};
+
 struct Gpu {
   cudnnHandle_t handle = nullptr;
   void* workspace = nullptr;
   size_t workspace_size = 0;
   std::map<std::vector<int64_t>, Plan> plans;
+  std::map<std::vector<int64_t>, GraphPlan> graph_plans;
 };
 
 std::mutex mu;
@@ -84,9 +98,200 @@ size_t WorkspaceBytes() {
   return static_cast<size_t>(mb > 0 ? mb : 64) << 20;
 }
 
-bool HeuristicMode() {
+enum Mode { kFused = 0, kHeuristic = 1, kGraph = 2 };
+
+Mode ModeFromEnv() {
   const char* v = std::getenv("CLOCKWORK_CUDNN_MODE");
-  return v && std::strcmp(v, "heuristic") == 0;
+  if (v && std::strcmp(v, "heuristic") == 0) return kHeuristic;
+  if (v && std::strcmp(v, "graph") == 0) return kGraph;
+  return kFused;
+}
+
+// ---- graph API plans
+
+cudnnBackendDescriptor_t Make(GraphPlan& p, cudnnBackendDescriptorType_t t) {
+  cudnnBackendDescriptor_t d = nullptr;
+  CW_CUDNN(cudnnBackendCreateDescriptor(t, &d), "create descriptor");
+  p.descs.push_back(d);
+  return d;
+}
+
+void Set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a, cudnnBackendAttributeType_t t,
+         int64_t n, const void* v) {
+  CW_CUDNN(cudnnBackendSetAttribute(d, a, t, n, v), "set attribute " + std::to_string(a));
+}
+
+// An NHWC tensor (dims in cuDNN's N, C, H, W order, strides of channels-last memory).
+cudnnBackendDescriptor_t GTensor(GraphPlan& p, int64_t uid, cudnnDataType_t dt, int64_t n, int64_t c,
+                                 int64_t h, int64_t w, bool is_virtual) {
+  auto d = Make(p, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+  int64_t dims[4] = {n, c, h, w}, strides[4] = {h * w * c, 1, w * c, c}, align = 16;
+  Set(d, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt);
+  Set(d, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims);
+  Set(d, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides);
+  Set(d, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+  Set(d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align);
+  if (is_virtual) {
+    bool v = true;
+    Set(d, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v);
+  }
+  CW_CUDNN(cudnnBackendFinalize(d), "tensor");
+  return d;
+}
+
+cudnnBackendDescriptor_t GPointwise(GraphPlan& p, cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x,
+                                    cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y) {
+  auto pw = Make(p, CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+  cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+  Set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+  Set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
+  CW_CUDNN(cudnnBackendFinalize(pw), "pointwise");
+  auto op = Make(p, CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+  Set(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw);
+  Set(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x);
+  if (b) Set(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b);
+  Set(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+  CW_CUDNN(cudnnBackendFinalize(op), "pointwise op");
+  return op;
+}
+
+enum Uid : int64_t { kX = 1, kW, kB, kZ, kY };
+
+GraphPlan MakeGraphPlan(cudnnHandle_t handle, size_t workspace_limit, const DLTensor* x,
+                        const DLTensor* w, const DLTensor* y, const std::vector<int64_t>& a, bool has_z) {
+  GraphPlan p;
+  p.has_z = has_z;
+  const int64_t n = x->shape[0], h = x->shape[1], wd = x->shape[2], c = x->shape[3];
+  const int64_t k = w->shape[0], r = w->shape[1], s = w->shape[2];
+  const int64_t oh = y->shape[1], ow = y->shape[2];
+  const bool relu = a[6] != 0;
+  auto tx = GTensor(p, kX, CUDNN_DATA_HALF, n, c, h, wd, false);
+  auto tw = GTensor(p, kW, CUDNN_DATA_HALF, k, c, r, s, false);
+  auto tb = GTensor(p, kB, CUDNN_DATA_HALF, 1, k, 1, 1, false);
+  auto ty = GTensor(p, kY, CUDNN_DATA_HALF, n, k, oh, ow, false);
+  int64_t next_virtual = 100;
+  auto virt = [&]() { return GTensor(p, next_virtual++, CUDNN_DATA_FLOAT, n, k, oh, ow, true); };
+  auto conv = Make(p, CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+  int64_t nd = 2, pad[2] = {a[2], a[3]}, stride[2] = {a[0], a[1]}, dil[2] = {a[4], a[5]};
+  cudnnDataType_t comp = CUDNN_DATA_FLOAT;
+  cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  Set(conv, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &nd);
+  Set(conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp);
+  Set(conv, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+  Set(conv, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
+  Set(conv, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pad);
+  Set(conv, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, dil);
+  Set(conv, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, stride);
+  CW_CUDNN(cudnnBackendFinalize(conv), "convolution");
+  std::vector<cudnnBackendDescriptor_t> ops;
+  auto cur = virt();
+  auto cop = Make(p, CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
+  float alpha = 1.0f, beta = 0.0f;
+  Set(cop, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &tx);
+  Set(cop, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &tw);
+  Set(cop, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cur);
+  Set(cop, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv);
+  Set(cop, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha);
+  Set(cop, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
+  CW_CUDNN(cudnnBackendFinalize(cop), "convolution op");
+  ops.push_back(cop);
+  auto out = (has_z || relu) ? virt() : ty;
+  ops.push_back(GPointwise(p, CUDNN_POINTWISE_ADD, cur, tb, out));
+  cur = out;
+  if (has_z) {
+    auto tz = GTensor(p, kZ, CUDNN_DATA_HALF, n, k, oh, ow, false);
+    out = relu ? virt() : ty;
+    ops.push_back(GPointwise(p, CUDNN_POINTWISE_ADD, cur, tz, out));
+    cur = out;
+  }
+  if (relu) ops.push_back(GPointwise(p, CUDNN_POINTWISE_RELU_FWD, cur, nullptr, ty));
+  auto graph = Make(p, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+  Set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, ops.size(), ops.data());
+  Set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  CW_CUDNN(cudnnBackendFinalize(graph), "operation graph");
+  auto heur = Make(p, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+  cudnnBackendHeurMode_t hmode = CUDNN_HEUR_MODE_A;
+  Set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+  Set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &hmode);
+  CW_CUDNN(cudnnBackendFinalize(heur), "heuristics");
+  int64_t count = 0;
+  CW_CUDNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                    0, &count, nullptr), "heuristics count");
+  std::vector<cudnnBackendDescriptor_t> cfgs;
+  for (int64_t i = 0; i < count; ++i) cfgs.push_back(Make(p, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
+  int64_t got = 0;
+  if (count > 0)
+    CW_CUDNN(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                      count, &got, cfgs.data()), "heuristics results");
+  std::ostringstream d;
+  d << "x " << n << "x" << h << "x" << wd << "x" << c << " w " << k << "x" << r << "x" << s << " s"
+    << a[0] << " p" << a[2] << (has_z ? " +z" : "") << (relu ? " relu" : "");
+  for (int pass = 0; pass < 2 && !p.plan; ++pass) {     // precompiled engines first
+    for (int64_t i = 0; i < got && !p.plan; ++i) {
+      auto engine = Make(p, CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+      int64_t ne = 0, index = -1, nn = 0;
+      if (cudnnBackendGetAttribute(cfgs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                   &ne, &engine) != CUDNN_STATUS_SUCCESS)
+        continue;
+      cudnnBackendBehaviorNote_t notes[16];
+      bool compiled = false;
+      if (cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE, 16,
+                                   &nn, notes) == CUDNN_STATUS_SUCCESS)
+        for (int64_t j = 0; j < nn; ++j) compiled |= notes[j] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+      if (compiled != (pass == 1)) continue;
+      cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &ne, &index);
+      cudnnBackendDescriptor_t plan = nullptr;
+      if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) != CUDNN_STATUS_SUCCESS)
+        continue;
+      int64_t ws = 0;
+      if (cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle) ==
+              CUDNN_STATUS_SUCCESS &&
+          cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                   CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]) == CUDNN_STATUS_SUCCESS &&
+          cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
+          cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &ne,
+                                   &ws) == CUDNN_STATUS_SUCCESS &&
+          ws >= 0 && static_cast<size_t>(ws) <= workspace_limit) {
+        p.plan = plan;
+        p.descs.push_back(plan);
+        p.workspace = ws;
+        d << ": engine " << index << (compiled ? " (runtime compiled)" : "") << ", workspace " << ws
+          << " (heuristic choice " << i + 1 << " of " << got << ")";
+      } else {
+        cudnnBackendDestroyDescriptor(plan);
+      }
+    }
+  }
+  if (!p.plan) TVM_FFI_THROW(RuntimeError) << "cuDNN graph API: no engine for conv " << d.str();
+  p.describe = d.str();
+  return p;
+}
+
+void RunGraph(cudnnHandle_t handle, GraphPlan& p, void* workspace, void* x, void* w, void* b, void* z,
+              void* y) {
+  void* ptrs[6] = {x, w, b, y, z, workspace};
+  if (!p.pack || std::memcmp(ptrs, p.pack_ptrs, sizeof(ptrs)) != 0) {   // new addresses: new pack
+    if (p.pack) cudnnBackendDestroyDescriptor(p.pack);
+    p.pack = nullptr;
+    cudnnBackendDescriptor_t pack;
+    CW_CUDNN(cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack), "variant pack");
+    int64_t uids[5] = {kX, kW, kB, kY, kZ};
+    void* data[5] = {x, w, b, y, z};
+    const int64_t nt = p.has_z ? 5 : 4;
+    cudnnStatus_t st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, nt, uids);
+    if (st == CUDNN_STATUS_SUCCESS)
+      st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, nt, data);
+    if (st == CUDNN_STATUS_SUCCESS)
+      st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
+    if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(pack);
+    if (st != CUDNN_STATUS_SUCCESS) {
+      cudnnBackendDestroyDescriptor(pack);
+      CW_CUDNN(st, "variant pack");
+    }
+    p.pack = pack;
+    std::memcpy(p.pack_ptrs, ptrs, sizeof(ptrs));
+  }
+  CW_CUDNN(cudnnBackendExecute(handle, p.plan, p.pack), "execute " + p.describe);
 }
 
 Gpu& GpuFor(int device) {
@@ -224,13 +429,24 @@ void Conv2d(PackedArgs args, tvm::ffi::Any* rv) {
     z = Data(dz);
   }
   const int device = dx->device.device_id;
-  const bool heuristic = HeuristicMode();
+  const Mode mode = ModeFromEnv();
+  const bool heuristic = mode == kHeuristic;
   std::vector<int64_t> key(attrs.begin(), attrs.end());
   for (int i = 0; i < 4; ++i) key.push_back(dx->shape[i]);
   for (int i = 0; i < 4; ++i) key.push_back(dw->shape[i]);
-  key.push_back(heuristic);
+  key.push_back(mode);
+  key.push_back(has_z);
   std::lock_guard<std::mutex> lock(mu);
   Gpu& g = GpuFor(device);
+  if (mode == kGraph) {
+    auto git = g.graph_plans.find(key);
+    if (git == g.graph_plans.end())
+      git = g.graph_plans.emplace(key, MakeGraphPlan(g.handle, g.workspace_size, dx, dw, dy, key, has_z)).first;
+    auto stream = static_cast<cudaStream_t>(TVMFFIEnvGetStream(kDLCUDA, device));
+    CW_CUDNN(cudnnSetStream(g.handle, stream), "set stream");
+    RunGraph(g.handle, git->second, g.workspace, Data(dx), Data(dw), Data(db), const_cast<void*>(z), Data(dy));
+    return;
+  }
   auto it = g.plans.find(key);
   if (it == g.plans.end()) it = g.plans.emplace(key, MakePlan(g, dx, dw, dy, key, heuristic)).first;
   Plan& p = it->second;
@@ -257,8 +473,10 @@ void Conv2d(PackedArgs args, tvm::ffi::Any* rv) {
 std::string Plans() {
   std::lock_guard<std::mutex> lock(mu);
   std::ostringstream out;
-  for (auto& [dev, g] : gpus)
+  for (auto& [dev, g] : gpus) {
     for (auto& [key, p] : g.plans) out << "gpu " << dev << ": " << p.describe << "\n";
+    for (auto& [key, p] : g.graph_plans) out << "gpu " << dev << ": " << p.describe << "\n";
+  }
   return out.str();
 }
 
@@ -275,6 +493,11 @@ void Reset() {          // drop plans (benchmarks switching modes); handle and w
       if (p.relu) cudnnDestroyActivationDescriptor(p.relu);
     }
     g.plans.clear();
+    for (auto& [key, p] : g.graph_plans) {
+      if (p.pack) cudnnBackendDestroyDescriptor(p.pack);
+      for (auto d : p.descs) cudnnBackendDestroyDescriptor(d);
+    }
+    g.graph_plans.clear();
   }
 }
 
