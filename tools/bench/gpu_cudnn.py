@@ -5,10 +5,11 @@ torch.profiler over our direct calls and over PyTorch's fp16 channels_last ResNe
 
   python tools/bench/gpu_cudnn.py [--zoo DIR] [--model resnet50] [--runs 200] [--json F]
 
-Modes (CLOCKWORK_CUDNN_MODE, read when a plan is made): fused (one cudnnConvolutionBias-
-ActivationForward per conv, relu fused: IMPLICIT_PRECOMP_GEMM), heuristic (cuDNN's first
-heuristic algorithm, relu as a second call) and graph (cuDNN graph API: conv -> +bias -> +z ->
-relu as one operation graph, its execution plan built once per shape). --modes picks some. Timings are CUDA-event p50 (p99) of `runs` execs,
+Modes (CLOCKWORK_CUDNN_MODE, read when a plan is made): graph (the default; cuDNN graph API:
+conv -> +bias -> +z -> relu as one operation graph, its execution plan built once per shape),
+fused (legacy API: one cudnnConvolutionBiasActivationForward per conv, relu fused:
+IMPLICIT_PRECOMP_GEMM) and heuristic (legacy API, cuDNN's first heuristic algorithm, relu as
+a second call). --modes picks some. Timings are CUDA-event p50 (p99) of `runs` execs,
 direct calls and CUDA graph replays (the worker's CLOCKWORK_CUDA_GRAPHS mode).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from benchutil import pct
 
-MODES = ("fused", "heuristic", "graph")
+MODES = ("graph", "fused", "heuristic")
 
 
 def top_kernels(prof, n=14) -> list[tuple[str, int, float]]:

@@ -16,13 +16,14 @@
 // never freed or grown, so CUDA graphs captured over these calls stay valid. Each call runs on
 // the stream TVM launches on (TVMFFIEnvGetStream), so it is captured with the rest of the model.
 //
-// Modes (CLOCKWORK_CUDNN_MODE, read when a plan is made): "fused" (default) runs one
-// cudnnConvolutionBiasActivationForward (relu needs cuDNN's IMPLICIT_PRECOMP_GEMM algorithm);
-// "heuristic" takes cuDNN's first heuristic algorithm and runs relu as a second call; "graph"
-// builds, once per shape, a cuDNN graph-API operation graph conv -> +bias [-> +z] [-> relu]
-// and an execution plan of the first engine of heuristics mode A that finalizes and fits the
-// workspace (precompiled engines before runtime-compiled ones); each call then only executes
-// that plan (the legacy calls above cost ~50-250 us of host time each in cuDNN 9).
+// Modes (CLOCKWORK_CUDNN_MODE, read when a plan is made): "graph" (default) builds, once per
+// shape, a cuDNN graph-API operation graph conv -> +bias [-> +z] [-> relu] and the execution
+// plan of the first engine of heuristics mode A that finalizes and fits the workspace
+// (precompiled engines before runtime-compiled ones); each call then only executes that plan.
+// The legacy API's modes cost ~50-250 us of host time per call in cuDNN 9 (BENCHMARKS.md):
+// "fused" runs one cudnnConvolutionBiasActivationForward (relu fused, which cuDNN allows only
+// with its IMPLICIT_PRECOMP_GEMM algorithm); "heuristic" takes cuDNN's first heuristic
+// algorithm and runs relu as a second call.
 #include <cuda_runtime.h>
 #include <cudnn.h>
 #include <tvm/ffi/container/shape.h>
@@ -103,8 +104,8 @@ enum Mode { kFused = 0, kHeuristic = 1, kGraph = 2 };
 Mode ModeFromEnv() {
   const char* v = std::getenv("CLOCKWORK_CUDNN_MODE");
   if (v && std::strcmp(v, "heuristic") == 0) return kHeuristic;
-  if (v && std::strcmp(v, "graph") == 0) return kGraph;
-  return kFused;
+  if (v && std::strcmp(v, "fused") == 0) return kFused;
+  return kGraph;
 }
 
 // ---- graph API plans
