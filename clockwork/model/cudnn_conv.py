@@ -101,15 +101,15 @@ def _rewrite_function(func):
             last, args, dead = chain
             new_value[last] = args
             drop.update(dead)
-            drop.add(last)
+            drop.add(last)          # (taken by this chain; its binding is replaced, not dropped)
         bindings = []
         for b in block.bindings:
             if b.var in new_value:
                 x, w, bias, z, attrs = new_value[b.var]
-                sinfo = b.var.ty
+                ty = b.var.ty
                 call = relax.call_dps_packed(
                     OP, [x, w, bias, *([z] if z is not None else []), relax.ShapeExpr(attrs)],
-                    relax.TensorType(sinfo.shape, sinfo.dtype))
+                    relax.TensorType(ty.shape, ty.dtype))
                 bindings.append(relax.VarBinding(b.var, call))
                 replaced += 1
             elif b.var not in drop:
