@@ -85,6 +85,11 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     try:
         if emulate:
             dev = backend_class("emulated")(emulate, **pools)
+        elif backend == "cuda":          # config keys, overridden by $CLOCKWORK_CUDA_GRAPHS/_GATE
+            from ..model.cuda import env_flag
+            dev = backend_class(backend)(**pools,
+                                         graphs=env_flag("CLOCKWORK_CUDA_GRAPHS", cfg["cuda_graphs"]),
+                                         gate=env_flag("CLOCKWORK_CUDA_GATE", cfg["cuda_gate"]))
         else:
             dev = backend_class(backend)(**pools)
     except (BackendUnavailable, RuntimeError, OSError) as e:   # no GPU, no TVM, no driver ...
