@@ -42,6 +42,9 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "heartbeat_interval_ms": POSITIVE,
         "print_interval_s": POSITIVE,
         "emulated_clock_offset_ns": Spec(int, -(1 << 60), 1 << 60),
+        "batch_results": Spec(bool),
+        "cuda_graphs": Spec(bool),
+        "cuda_gate": Spec(bool),
     },
     "controller": {
         "client_port": PORT,
@@ -69,6 +72,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "print_interval_s": POSITIVE,
         "generate_inputs": Spec(bool),
         "batch_replies": Spec(bool),
+        "batch_actions": Spec(bool),
         "spin_us": Spec(float, lo=0, hi=1_000_000),
     },
     "security": {
@@ -85,6 +89,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "logging": {
         "request_log": Spec(str),
         "action_log": Spec(str),
+        "writer_process": Spec(bool),
     },
 }
 

@@ -502,6 +502,10 @@ def test_one_model_on_four_gpus_loads_and_infers_everywhere_at_once(zoo, monkeyp
     assert len(h.cuda.host) == pinned_before + 1, "one pinned host copy per model, not per GPU"
     assert h.cuda.host[hm.host_ptr][0] == hm.host_size
     assert sorted(h.tvm.loaded) == list(range(G)), "the code loaded once on every GPU"
+    if graphs:       # captured at LoadModelFromDisk (off the request path), kept for good
+        at_load = [dict(g.graphs) for g in h.backend._gpus]
+        assert all(sorted(gr) == [(m, b) for m in (0, 1) for b in hm.spec.batch_sizes] for gr in at_load), \
+            (sorted(at_load[0]), h.backend.graph_errors)
     PAGE_BYTES[0] = hm.page_slices[0][1]
     h.cuda.graph_launches.clear()       # (those of the load-time profiling)
     image = ctypes.string_at(hm.host_ptr, hm.host_size)
@@ -553,6 +557,7 @@ def test_one_model_on_four_gpus_loads_and_infers_everywhere_at_once(zoo, monkeyp
         assert first[gpu].isdisjoint(h.rt.gpus[gpu].resident[0].pages)
     infer_everywhere()
     if graphs:
+        assert [dict(g.graphs) for g in h.backend._gpus] == at_load, "LoadWeights captured again"
         assert all(a == b for a, b in h.cuda.graph_launches)
         assert sorted({a for a, _ in h.cuda.graph_launches}) == list(range(G)), "every GPU replays graphs"
         assert not h.backend.graph_errors, h.backend.graph_errors

@@ -12,6 +12,7 @@ import pytest
 
 from clockwork.client.api import Client
 from clockwork.local import LocalCluster
+from clockwork.model.zoo import write_emulated_zoo
 from clockwork.status import Status
 
 pytestmark = pytest.mark.timeout(240)
@@ -61,7 +62,9 @@ def config(tmp_path):
 def test_one_model_is_spread_over_all_four_gpus_and_churn_answers_every_request_once(
         tmp_path, config):
     logs = tmp_path / "logs"
-    with LocalCluster(gpus=G, log_dir=logs, config_file=config) as cluster:
+    zoo = tmp_path / "zoo"         # bursts sized for resnet50's ~1.3 ms exec (TVM-conv profile)
+    write_emulated_zoo(zoo, profile="h200-tvm", log=lambda *_: None)
+    with LocalCluster(gpus=G, log_dir=logs, config_file=config, model_dir=zoo) as cluster:
         client = Client(cluster.address, log=lambda *_: None)
         try:
             hot, _, _ = client.load_model("resnet50", copies=1)

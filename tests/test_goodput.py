@@ -13,6 +13,7 @@ from clockwork.client.workloads.engine import Engine
 from clockwork.client.arrivals import ClosedLoop
 from clockwork.controller.stats import ControllerStats
 from clockwork.local import LocalCluster, quick_config
+from clockwork.model.zoo import write_emulated_zoo
 
 
 def test_answers_drained_after_stopping_are_not_crammed_into_a_last_line():
@@ -84,13 +85,15 @@ def test_late_sends_count_only_open_loop_arrivals(echo):
 
 
 @pytest.mark.timeout(240)
-def test_late_successes_are_not_goodput_end_to_end():
+def test_late_successes_are_not_goodput_end_to_end(tmp_path):
     """The direct scheduler serves every request it takes up however late: with a 1 ms SLO and
-    resnet50's ~1.3 ms exec (conf/profiles/h200.toml) every success is late (goodput 0; a request whose SLO passed before
+    resnet50's ~1.3 ms exec (conf/profiles/h200-tvm.toml) every success is late (goodput 0; a request whose SLO passed before
     it was taken up is a TIMEOUT instead, issue 9 item 12), with a 60 s one every success counts."""
     conf = quick_config(1.0)
+    zoo = tmp_path / "zoo"
+    write_emulated_zoo(zoo, profile="h200-tvm", log=lambda *_: None)
     try:
-        with LocalCluster(gpus=1, scheduler="direct", config_file=conf) as c:
+        with LocalCluster(gpus=1, scheduler="direct", config_file=conf, model_dir=zoo) as c:
             late, ok, controller = _two_clients(c)
     finally:
         conf.unlink()

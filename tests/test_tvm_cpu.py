@@ -192,3 +192,15 @@ def test_bundle_weights_regenerate_from_seed(zoo, tmp_path):
     with pytest.raises(build.BuildError, match="differ"):
         build.materialize_weights(d, log=lambda *a: None)
     assert not (d / "weights.bin").exists()
+
+
+def test_check_model_command_on_the_cpu_backend(zoo):
+    """`cw check-model` opens a backend the way the worker does (it passed a stale extra
+    pool size once: a TypeError on CUDA, millions of GPUs on the CPU)."""
+    from click.testing import CliRunner
+
+    from clockwork.model.commands import check_model_command
+    r = CliRunner().invoke(check_model_command, [str(zoo / "mlp"), "--backend", "cpu", "--runs", "2"])
+    assert r.exit_code == 0, r.output
+    rows = [line.split() for line in r.output.splitlines() if line.split()[:1] == ["16"]]
+    assert rows and float(rows[0][1]) > 0, r.output

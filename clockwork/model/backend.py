@@ -159,6 +159,10 @@ class Backend:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ device operations
+    def prepare_instance(self, hm: HostModel, instance: int) -> None:
+        """May: set up state of model id `instance` ahead of its first LoadWeights, at
+        LoadModelFromDisk, off the request path (the CUDA backend captures its graphs here)."""
+
     def load_weights(self, gpu: int, hm: HostModel, pages: list[int], now: int,
                      instance: int = -1) -> Op:
         """Must: start copying hm's weights (of model id `instance`) into weights-cache

@@ -17,6 +17,10 @@ Weights and compute dtype (`--dtype`): float16 (the CUDA default) halves the wei
 convs and matmuls on tensor cores with float32 accumulation (clockwork.model.schedules);
 inputs and outputs stay float32. model.json records the dtype and every module carries a
 marker of the dtype it was compiled for, so a worker refuses a module and weights that disagree.
+
+Convolutions (`--conv`): "tvm" compiles them with TVM's schedules; "cudnn" (float16 NHWC
+only) has each conv (+ bias, residual add, relu) call cuDNN through our small library
+(clockwork.model.cudnn_conv), which the worker loads; model.json lists it under "ops".
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import nets
+from .cudnn_conv import OP
 from .format import DEFAULT_PAGE_SIZE, METADATA, layout_pages, write_metadata
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +112,19 @@ def default_layout(target: str, dtype: str) -> str:
     return "NHWC" if target == "cuda" and dtype == "float16" else "NCHW"
 
 
+def default_conv(target: str, dtype: str, layout: str) -> str:
+    """cuDNN for CUDA float16 NHWC (measured faster on the H200, BENCHMARKS.md), else TVM."""
+    return "cudnn" if (target, dtype, layout) == ("cuda", "float16", "NHWC") else "tvm"
+
+
+def check_conv(conv: str, dtype: str, layout: str) -> None:
+    from .cudnn_conv import CONV_CHOICES
+    if conv not in CONV_CHOICES:
+        raise BuildError(f"unknown conv {conv!r} ({' or '.join(CONV_CHOICES)})")
+    if conv == "cudnn" and (dtype, layout) != ("float16", "NHWC"):
+        raise BuildError(f"--conv cudnn needs --dtype float16 --layout NHWC (got {dtype} {layout})")
+
+
 def _check_tvm_ffi(target: str, dtype: str) -> None:
     from importlib import metadata
     try:
@@ -116,6 +134,23 @@ def _check_tvm_ffi(target: str, dtype: str) -> None:
     if target == "cuda" and dtype == "float16" and v.startswith(TVM_FFI_BROKEN_TENSORIZE):
         raise BuildError(f"apache-tvm-ffi {v} crashes in TVM's tensor-core schedules; "
                          f"pip install {TVM_FFI_PIN} (or build with --dtype float32)")
+
+
+class _ConvCounter:
+    """Runs a net's forward with no data, counting its convs."""
+    n = 0
+
+    def conv(self, *a):
+        self.n += 1
+
+    def __getattr__(self, name):
+        return lambda *a: None
+
+
+def _has_convs(net: nets.Net) -> bool:
+    ops = _ConvCounter()
+    net.forward(ops, None, {name: None for name, _, _ in net.weights})
+    return ops.n > 0
 
 
 def _hash(*parts) -> str:
@@ -211,9 +246,14 @@ def materialize_weights(model_dir: str | Path, log=print) -> Path:
 # compiling (in a child process)
 
 def _compile_child(name: str, target: str, arch: str | None, dtype: str, layout: str,
-                   batch_sizes: list[int], out: str) -> None:
-    """Runs inside the child: define, compile, export."""
-    compile_relax(nets.relax_module(nets.get(name, dtype, layout), batch_sizes), target, arch, out)
+                   batch_sizes: list[int], out: str, conv: str = "tvm") -> None:
+    """Runs inside the child: define, (rewrite convs,) compile, export."""
+    mod = nets.relax_module(nets.get(name, dtype, layout), batch_sizes)
+    if conv == "cudnn":
+        from . import cudnn_conv
+        mod, n = cudnn_conv.rewrite(mod)
+        print(f"convs served by cuDNN: {n}", flush=True)
+    compile_relax(mod, target, arch, out)
 
 
 def compile_relax(mod, target: str, arch: str | None, out: str) -> None:
@@ -237,9 +277,10 @@ def compile_relax(mod, target: str, arch: str | None, out: str) -> None:
 
 def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[int], out: Path,
                   log=print, dtype: str = "float32", layout: str = "NCHW",
-                  entry: str = "clockwork.model.build", job: str | None = None) -> float:
+                  entry: str = "clockwork.model.build", job: str | None = None,
+                  conv: str = "tvm") -> float:
     """Compile `name` for `target` into `out` (verified); returns seconds taken. The child runs
-    `python -m ENTRY compile JOB TARGET ARCH DTYPE LAYOUT BATCHES OUT` (JOB: the name)."""
+    `python -m ENTRY compile JOB TARGET ARCH DTYPE LAYOUT BATCHES OUT [CONV]` (JOB: the name)."""
     env = dict(os.environ)
     env.setdefault("TVM_NUM_THREADS", "1")
     if target == "cuda":
@@ -249,7 +290,7 @@ def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[in
             env.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     tmp = out.with_name(out.name + ".tmp")
     cmd = [sys.executable, "-m", entry, "compile", job or name, target, arch or "-",
-           dtype, layout, ",".join(map(str, batch_sizes)), str(tmp)]
+           dtype, layout, ",".join(map(str, batch_sizes)), str(tmp)] + ([conv] if conv != "tvm" else [])
     t0 = time.monotonic()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile("w+") as out_log:
@@ -278,7 +319,7 @@ def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[in
                          "could not load or no CUDA compiler); refusing to write this model")
     os.replace(tmp, out)
     for line in output.splitlines():
-        if line.startswith("GEMM kernels"):
+        if line.startswith(("GEMM kernels", "convs served")):
             log(f"    {line}")
     return took
 
@@ -289,12 +330,14 @@ def compile_model(name: str, target: str, arch: str | None, batch_sizes: list[in
 def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str | None = None,
                 batch_sizes=nets.BATCH_SIZES, page_size: int = DEFAULT_PAGE_SIZE, seed: int = 0,
                 force: bool = False, log=print, dtype: str | None = None,
-                layout: str | None = None) -> Path:
+                layout: str | None = None, conv: str | None = None) -> Path:
     """Build one model directory (or add a target to it). Skips what is unchanged. One
-    directory holds one dtype and layout: building another rewrites the weights and drops the
-    code of other targets."""
+    directory holds one dtype, layout and conv: building another rewrites the weights and
+    drops the code of other targets."""
     dtype = dtype or default_dtype(target)
     layout = layout or default_layout(target, dtype)
+    conv = conv or default_conv(target, dtype, layout)
+    check_conv(conv, dtype, layout)
     net = nets.get(name, dtype, layout)
     key = target_key(target, arch)
     batch_sizes = sorted(int(b) for b in batch_sizes)
@@ -309,10 +352,11 @@ def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str
     defn = net.definition_hash()
     w_hash = _hash(defn, seed, page_size)
     c_hash = _hash(defn, key, batch_sizes, _tvm_version(),
-                   (Path(__file__).parent / "schedules.py").read_bytes() if target == "cuda" else "")
+                   (Path(__file__).parent / "schedules.py").read_bytes() if target == "cuda" else "",
+                   conv, (Path(__file__).parent / "cudnn_conv.py").read_bytes() if conv == "cudnn" else "")
     hashes = dict(old.get("build", {}))
     same_batches = (old.get("batch_sizes") == batch_sizes and old.get("dtype", "float32") == dtype
-                    and old.get("layout", "NCHW") == layout)
+                    and old.get("layout", "NCHW") == layout and old.get("conv", "tvm") == conv)
     if not same_batches:                   # code of other targets has other functions: drop it
         hashes = {k: v for k, v in hashes.items() if k == "weights"}
 
@@ -329,7 +373,7 @@ def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str
         log(f"  {name}: {key} up to date, skipped")
     else:
         log(f"  {name}: compiling for {key}, batch sizes {','.join(map(str, batch_sizes))} ...")
-        took = compile_model(name, target, arch, batch_sizes, so, log, dtype, layout)
+        took = compile_model(name, target, arch, batch_sizes, so, log, dtype, layout, conv=conv)
         log(f"  {name}: {key} done in {took:.0f} s ({so.stat().st_size / 2**20:.1f} MiB)")
         code[key] = so.name
         hashes[key] = c_hash
@@ -338,6 +382,8 @@ def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str
         "name": name,
         "dtype": dtype,
         "layout": layout,
+        "conv": conv,
+        "ops": [OP] if conv == "cudnn" and _has_convs(net) else [],   # external functions called
         "input": {"shape": list(net.input_shape), "dtype": net.io_dtype},
         "output": {"shape": list(net.output_shape), "dtype": net.io_dtype},
         "batch_sizes": batch_sizes,
@@ -353,7 +399,8 @@ def build_model(name: str, out_root: str | Path, target: str = "llvm", arch: str
 
 def build_zoo(names, out_root, target="llvm", arch=None, batch_sizes=nets.BATCH_SIZES,
               page_size=DEFAULT_PAGE_SIZE, seed=0, force=False, log=print,
-              dtype: str | None = None, layout: str | None = None) -> list[Path]:
+              dtype: str | None = None, layout: str | None = None,
+              conv: str | None = None) -> list[Path]:
     names = list(names)
     unknown = [n for n in names if n not in nets.NAMES]
     if unknown:
@@ -364,21 +411,23 @@ def build_zoo(names, out_root, target="llvm", arch=None, batch_sizes=nets.BATCH_
         raise BuildError(f"unknown dtype {dtype!r} ({' or '.join(nets.DTYPES)})")
     if layout is not None and layout not in nets.LAYOUTS:
         raise BuildError(f"unknown layout {layout!r} ({' or '.join(nets.LAYOUTS)})")
+    if conv is not None:
+        check_conv(conv, dtype, layout or default_layout(target, dtype))
     _tvm_version()
     _check_tvm_ffi(target, dtype)
     out = []
     for i, n in enumerate(names, 1):
         log(f"[{i}/{len(names)}] {n}")
         out.append(build_model(n, out_root, target, arch, batch_sizes, page_size, seed, force, log,
-                               dtype, layout))
+                               dtype, layout, conv))
     return out
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 9 and sys.argv[1] == "compile":
-        _, _, name, tgt, arch, dt, layout, bs, path = sys.argv
+    if len(sys.argv) in (9, 10) and sys.argv[1] == "compile":
+        _, _, name, tgt, arch, dt, layout, bs, path, *conv = sys.argv
         _compile_child(name, tgt, None if arch == "-" else arch, dt, layout,
-                       [int(b) for b in bs.split(",")], path)
+                       [int(b) for b in bs.split(",")], path, *conv)
     elif len(sys.argv) >= 3 and sys.argv[1] == "weights":      # bundles: regenerate weights.bin
         try:
             for d in sys.argv[2:]:
@@ -386,6 +435,6 @@ if __name__ == "__main__":
         except (BuildError, OSError, KeyError, ValueError) as e:
             sys.exit(f"error: {e}")
     else:
-        print("internal entry points: compile NAME TARGET ARCH DTYPE LAYOUT BATCHES OUT | weights DIR...; "
+        print("internal entry points: compile NAME TARGET ARCH DTYPE LAYOUT BATCHES OUT [CONV] | weights DIR...; "
               "use `cw zoo build`", file=sys.stderr)
         sys.exit(2)

@@ -45,8 +45,13 @@ def zoo_group():
 @click.option("--layout", type=click.Choice(["NHWC", "NCHW"]), default=None,
               help="Activation layout inside the model [default: NHWC for cuda float16, else "
                    "NCHW]. Inputs are NCHW either way.")
+@click.option("--conv", type=click.Choice(["cudnn", "tvm"]), default=None,
+              help="Who runs the convolutions [default: cudnn for cuda float16 NHWC, else tvm]: "
+                   "cudnn calls cuDNN through clockwork's small library, which the worker loads "
+                   "(bundles carry it); tvm compiles them with TVM's schedules.")
 @click.option("--force", is_flag=True, help="Rebuild even what is up to date.")
-def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, dtype, layout, force):
+def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, dtype, layout, conv,
+                      force):
     """Compile models (TVM) into model directories: weights.bin, <target>.so, model.json.
 
     Cached: a model whose definition, weights and target are unchanged is skipped. CUDA code is
@@ -67,10 +72,13 @@ def zoo_build_command(out, models, target, arch, batch_sizes, page_size, seed, d
     where = "llvm (CPU)" if target == "llvm" else f"CUDA {arch}"
     dtype = dtype or build.default_dtype(target)
     layout = layout or build.default_layout(target, dtype)
-    click.echo(f"Building {len(names)} model(s) for {where}, {dtype} {layout}, into {target_dir}")
+    conv = conv or build.default_conv(target, dtype, layout)
+    click.echo(f"Building {len(names)} model(s) for {where}, {dtype} {layout}, convs by {conv}, "
+               f"into {target_dir}")
     try:
         build.build_zoo(names, target_dir, target, arch if target == "cuda" else None, bs, page_size,
-                        seed, force, log=lambda m: click.echo(m), dtype=dtype, layout=layout)
+                        seed, force, log=lambda m: click.echo(m), dtype=dtype, layout=layout,
+                        conv=conv)
     except build.BuildError as e:
         raise click.ClickException(str(e)) from None
 
@@ -88,7 +96,9 @@ _attach_import_command()
 # cw check-model / cw profile model
 
 def _open(path: str, backend: str, gpu: int):
-    """(backend, host model) for one model directory, with a weights cache just big enough."""
+    """(backend, host model) for one model directory, with a weights cache just big enough;
+    a CUDA backend in the worker's modes ([worker] cuda_graphs / cuda_gate, or their
+    environment variables), so the times are the ones the worker will see."""
     from .backend import BackendUnavailable, LoadError, backend_class
     from .format import ModelFormatError, load_spec
     try:
@@ -97,8 +107,17 @@ def _open(path: str, backend: str, gpu: int):
         raise click.ClickException(str(e)) from None
     pages = max(1, spec.num_pages(spec.page_size))
     try:
-        kw = {"gpus": [gpu]} if backend == "cuda" else {}
-        dev = backend_class(backend)(spec.page_size, pages, 64 << 20, 64 << 20, 64 << 20, **kw)
+        kw = {}
+        if backend == "cuda":
+            from ..config import ConfigError, load_config
+            from .cuda import env_flag
+            try:
+                cfg = load_config()["worker"]
+            except ConfigError as e:
+                raise click.ClickException(str(e)) from None
+            kw = {"gpus": [gpu], "graphs": env_flag("CLOCKWORK_CUDA_GRAPHS", cfg["cuda_graphs"]),
+                  "gate": env_flag("CLOCKWORK_CUDA_GATE", cfg["cuda_gate"])}
+        dev = backend_class(backend)(spec.page_size, pages, 64 << 20, 64 << 20, **kw)
         hm = dev.load_host_model(spec)
     except (BackendUnavailable, LoadError) as e:
         raise click.ClickException(str(e)) from None

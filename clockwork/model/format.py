@@ -19,6 +19,8 @@ model.json:
                  "tensors": [{"name": "w0", "shape": [...], "dtype": "float32",
                               "page": 0, "offset": 0, "nbytes": 4096}, ...]},
      "code": {"llvm": "llvm.so"},                               # target -> file
+     "ops": ["clockwork.cudnn.conv2d"],   # optional: functions the code calls that the worker
+                                          # must provide (a worker lacking one refuses the model)
      "source": "how it was made"}
 
 A weight tensor never straddles a page, so a model's pages can sit anywhere in a GPU's weights
@@ -137,6 +139,7 @@ class ModelSpec:
     exec_p99_ns: dict[int, int] = field(default_factory=dict)
     device: str | None = None
     dtype: str = "float32"               # weights/compute dtype the code was compiled for
+    ops: list[str] = field(default_factory=list)   # external functions the code calls
 
     @property
     def input_size(self) -> int:
@@ -284,6 +287,7 @@ def _parse_metadata(path: Path, meta: dict) -> ModelSpec:
         weights_file=None if weights_file is None else _str(weights_file, "weights.file"),
         code=code,
         dtype=_dtype(meta.get("dtype", "float32"), "dtype"),
+        ops=[_str(o, f"ops[{i}]") for i, o in enumerate(_list(meta.get("ops", []), "ops"))],
     )
 
 

@@ -186,6 +186,8 @@ def check_runnable(spec, code_key: str) -> None:
     if code_key.startswith("cuda") and not has_device_code(spec.path / spec.code[code_key]):
         raise ValueError(f"{spec.path / spec.code[code_key]}: holds no compiled GPU code (CUDA "
                          "source or host code only); rebuild it with `cw zoo build --target cuda`")
+    from .cudnn_conv import require         # the external functions the code calls (cuDNN convs)
+    require(spec.ops, spec.path, "cuda" if code_key.startswith("cuda") else "cpu")
 
 
 FATBIN_MAGIC = b"\x50\xed\x55\xba"          # 0xBA55ED50, little endian

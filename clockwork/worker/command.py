@@ -85,6 +85,11 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     try:
         if emulate:
             dev = backend_class("emulated")(emulate, **pools)
+        elif backend == "cuda":          # config keys, overridden by $CLOCKWORK_CUDA_GRAPHS/_GATE
+            from ..model.cuda import env_flag
+            dev = backend_class(backend)(**pools,
+                                         graphs=env_flag("CLOCKWORK_CUDA_GRAPHS", cfg["cuda_graphs"]),
+                                         gate=env_flag("CLOCKWORK_CUDA_GATE", cfg["cuda_gate"]))
         else:
             dev = backend_class(backend)(**pools)
     except (BackendUnavailable, RuntimeError, OSError) as e:   # no GPU, no TVM, no driver ...
@@ -106,7 +111,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     runtime = WorkerRuntime(dev, mdir, None, clock=clock, **pools)
     try:
         server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log,
-                              security=security, clock=clock)
+                              security=security, clock=clock, batch_results=cfg.get("batch_results", True))
     except security_mod.SecurityError as e:
         raise click.ClickException(str(e)) from None
     except zmq.ZMQError as e:

@@ -291,6 +291,7 @@ class WorkerRuntime:
                                list(host.spec.input_shape), host.spec.input_dtype,
                                list(host.spec.output_shape), host.spec.output_dtype)
             self.models[mid] = ModelInstance(mid, kind, info)
+            self.backend.prepare_instance(host, mid)      # (CUDA graphs: captured now)
             infos.append(info)
         self.send(reply_to, s.LoadModelFromDiskResult(a.action_id, received, 0, begin, self.clock(), infos), ())
 

@@ -62,7 +62,8 @@ def ours_times(backend, zoo, runs):
     from clockwork.model.format import load_spec
     spec = load_spec(Path(zoo) / "resnet50")
     meta = json.loads((spec.path / "model.json").read_text())
-    label = (f"ours, TVM {meta.get('dtype', 'float32')} {meta.get('layout', 'NCHW')}"
+    label = (f"ours, TVM {meta.get('dtype', 'float32')} {meta.get('layout', 'NCHW')}, convs by "
+             f"{meta.get('conv', 'tvm')}"
              f"{', CUDA graph' if backend.graphs else ''} ({zoo})")
     hm = backend.load_host_model(spec)
     prof = backend.profile(hm, 0, runs, [1, 16])

@@ -49,6 +49,10 @@ step loadweights
 python3 tools/bench/gpu_loadweights.py --zoo $BD/zoo --json $OUT/load.json 2>&1 | tee $OUT/load.log
 step torch
 python3 tools/bench/gpu_vs_torch.py --zoo $BD/zoo $ALSO --runs $RUNS --json $OUT/torch.json 2>&1 | tee $OUT/torch.log
+if grep -q '"conv": "cudnn"' $BD/zoo/resnet50/model.json; then
+step cudnn
+python3 tools/bench/gpu_cudnn.py --zoo $BD/zoo --runs $RUNS --kernels --json $OUT/cudnn.json 2>&1 | tee $OUT/cudnn.log
+fi
 step graphs
 python3 tools/bench/gpu_graphs.py --zoo $BD/zoo --runs $RUNS --json $OUT/graphs.json 2>&1 | tee $OUT/graphs.log
 fi
