@@ -466,6 +466,7 @@ def test_rejoined_worker_gets_new_gpus_and_models_load_again():
     sched.tick()
     assert not out.actions                      # no GPU: waits
     sched.on_worker_joined(0, worker(1, 100, (), models.values()))
+    assert [g.alive for g in sched._slots] == [True]   # the lost GPU left the turn of load slots
     clock.now += 1 * MS
     sched.tick()
     (wid, load, _), = out.actions

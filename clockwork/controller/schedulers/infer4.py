@@ -682,6 +682,8 @@ class Infer4Scheduler(Scheduler):
     def on_worker_lost(self, worker_id: int) -> None:
         super().on_worker_lost(worker_id)
         lost = [g for g in self._gpus.values() if g.worker_id == worker_id]
+        if lost:                            # a rejoin brings new GPU objects
+            self._slots = deque(g for g in self._slots if g.worker_id != worker_id)
         for g in lost:
             g.alive = False
             del self._gpus[g.index]
