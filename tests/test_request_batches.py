@@ -187,6 +187,17 @@ def test_replies_are_one_batch_per_batching_client_and_singles_to_others(monkeyp
         (b"new", [1, 3, 5], [1, 0, 1], [b"b", b"b"])]
     assert [(ident, m.request_id) for ident, m, d in sent if type(m) is not s.InferResponseBatch] == [
         (b"new", 6), (b"old", 2), (b"old", 4)]
+    # in the order made: the Ls answered after the Infers reaches the client after their answers
+    assert [type(m) for ident, m, d in sent if ident == b"new"] == [s.InferResponseBatch, s.LsResponse]
+    sent.clear()
+    replies.add(b"new", s.InferResponse(7, Status.SUCCESS))
+    replies.add(b"new", s.LsResponse(8, Status.SUCCESS))
+    replies.add(b"new", s.InferResponse(9, Status.SUCCESS))
+    replies.add(b"new", s.InferResponse(10, Status.SUCCESS))
+    replies.flush()
+    assert [(type(m).__name__, getattr(m, "request_id", None)) for _, m, _ in sent] == [
+        ("InferResponse", 7), ("LsResponse", 8), ("InferResponseBatch", None)]
+    assert [r.request_id for r in sent[2][1].responses] == [9, 10]
     sent.clear()
     unbatched = admission.Replies(_Sock(), batching=False)
     unbatched.client_batches(b"new")

@@ -56,8 +56,9 @@ class Replies:
             queue.append((msg, data))
 
     def flush(self) -> None:
-        """Send everything waiting: InferResponses to a batching client as one
-        InferResponseBatch, everything else as it was made."""
+        """Send everything waiting in the order it was made: a batching client's consecutive
+        InferResponses as one InferResponseBatch, everything else as it is (so an Ls answered
+        after some Infers still reaches the client after their answers)."""
         sock = self.sock
         for ident, queue in self.waiting.items():
             if len(queue) == 1 or ident not in self.batch_clients:
@@ -70,13 +71,22 @@ class Replies:
                     responses.append(msg)
                     counts.append(len(data))
                     frames.extend(data)
-                else:
-                    send(sock, msg, data, ident=ident)
-            if len(responses) == 1:
-                send(sock, responses[0], frames, ident=ident)
-            elif responses:
-                send(sock, s.InferResponseBatch(responses, counts if frames else []), frames, ident=ident)
+                    continue
+                if responses:
+                    _send_responses(sock, ident, responses, counts, frames)
+                    responses, counts, frames = [], [], []
+                send(sock, msg, data, ident=ident)
+            if responses:
+                _send_responses(sock, ident, responses, counts, frames)
         self.waiting.clear()
+
+
+def _send_responses(sock, ident: bytes, responses: list, counts: list, frames: list) -> None:
+    """One InferResponse as itself, several as one InferResponseBatch."""
+    if len(responses) == 1:
+        send(sock, responses[0], frames, ident=ident)
+    else:
+        send(sock, s.InferResponseBatch(responses, counts if frames else []), frames, ident=ident)
 
 
 def split_infer_batch(batch: s.InferRequestBatch, data) -> tuple[list, str | None]:
