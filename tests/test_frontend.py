@@ -521,7 +521,6 @@ def test_endless_request_head_is_refused_not_buffered(fe, http):
 # ---------------------------------------------------------------- misbehaving clients, limits
 
 def test_client_disconnecting_mid_request_disturbs_nobody(cluster, fe, http):
-    separate_process_only(fe)
     header = b'{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","parameters":{"binary_data_size":3136}}]}'
     request = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(header) + 3136}\r\n"
                f"Inference-Header-Content-Length: {len(header)}\r\n\r\n").encode() + header
@@ -531,6 +530,7 @@ def test_client_disconnecting_mid_request_disturbs_nobody(cluster, fe, http):
         s.sendall(request + bytes(1000))
         assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
     # ... and is gone half-way through the body
+    separate_process_only(fe)
     with stopped(cluster.controller):                          # gone while the controller works
         with socket.create_connection((host, int(port))) as s:
             s.sendall(request + bytes(3136))
