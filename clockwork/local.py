@@ -135,6 +135,13 @@ class LocalCluster:
         return self._spawn("frontend", [PY, "-m", "clockwork.frontend.command", self.address,
                                         "--http", str(http), "--grpc", str(grpc), *args])
 
+    @staticmethod
+    def in_process_frontend_args(http: int = -1, grpc: int = -1, args: tuple = ()) -> tuple:
+        """controller_args that serve KServe v2 inside the controller's process
+        (`cw controller --frontend-in-process`); -1: that protocol off."""
+        ports = (["--http", str(http)] if http >= 0 else []) + (["--grpc", str(grpc)] if grpc >= 0 else [])
+        return (*ports, "--frontend-in-process", *(f"--frontend-arg={a}" for a in args))
+
     def run_client(self, workload: str, args: list[str] = (), timeout: float | None = None,
                    name: str = "client") -> subprocess.CompletedProcess:
         proc = self._spawn(name, [PY, "-m", "clockwork.client.command", self.address,
@@ -221,9 +228,11 @@ def quick_config(print_interval: float, extra: dict | None = None) -> Path:
               help="Also serve KServe v2 HTTP on PORT (`cw frontend`, docs/frontend.md).")
 @click.option("--grpc", "grpc_port", type=click.IntRange(-1, 65535), default=-1, metavar="PORT",
               help="Also serve KServe v2 gRPC on PORT.")
+@click.option("--frontend-in-process", "in_process", is_flag=True,
+              help="Serve --http/--grpc on a thread of the controller process (docs/frontend.md).")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, http_port, grpc_port,
-                workload_args):
+                in_process, workload_args):
     """Run an emulated worker, a controller and a client on this machine and print their stats.
 
     Extra arguments after `--` go to the client workload.
@@ -232,11 +241,16 @@ def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, ht
     config = quick_config(interval)
     click.echo(f"clockwork: emulated worker ({gpus} GPUs) + {scheduler} controller + "
                f"`{workload}` client for {duration:g} s")
+    serving = http_port >= 0 or grpc_port >= 0
+    if in_process and not serving:
+        raise click.BadParameter("--frontend-in-process needs --http or --grpc")
     cluster = LocalCluster(gpus=gpus, scheduler=scheduler, config_file=config, echo=True,
-                           log_dir=Path(log_dir).resolve() if log_dir else None, fail_fast=True)
+                           log_dir=Path(log_dir).resolve() if log_dir else None, fail_fast=True,
+                           controller_args=LocalCluster.in_process_frontend_args(http_port, grpc_port)
+                           if in_process else ())
     try:
         with cluster:
-            if http_port >= 0 or grpc_port >= 0:
+            if serving and not in_process:
                 cluster.start_frontend(http_port, grpc_port, ("--host", "127.0.0.1"))
             result = cluster.run_client(workload, ["--duration", str(duration), *workload_args],
                                         timeout=duration + 120)

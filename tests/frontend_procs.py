@@ -43,6 +43,8 @@ class Frontend:
                     self.ports[m.group(1)] = int(m.group(2))
                 self._seen.notify_all()
 
+    mode = "process"
+
     def wait_ready(self, ready: bool = True, timeout: float = 60.0, grpc: bool = False) -> None:
         """Poll /v2/health/ready (or gRPC ServerReady) until it says `ready` (bounded)."""
         client = tg.InferenceServerClient(self.grpc) if grpc else th.InferenceServerClient(self.http)
@@ -70,3 +72,32 @@ class Frontend:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class InControllerFrontend(Frontend):
+    """The front end on a thread of `cluster`'s controller (`cw controller --frontend-in-process`,
+    started with the cluster): its ports from the controller's output."""
+    mode = "in-process"
+
+    def __init__(self, cluster, timeout: float = 60.0):
+        self.proc = cluster.controller
+        self._cluster = cluster
+        self.ports: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(self.ports) < 2:
+            for line in self.lines:
+                m = PORTS.search(line)
+                if m:
+                    self.ports[m.group(1)] = int(m.group(2))
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the in-process front end did not say its ports: " + "".join(self.lines))
+            time.sleep(0.05)
+        self.http = f"127.0.0.1:{self.ports['HTTP']}"
+        self.grpc = f"127.0.0.1:{self.ports['gRPC']}"
+
+    @property
+    def lines(self) -> list[str]:
+        return self._cluster.output.get("controller", [])
+
+    def stop(self) -> None:
+        pass                                  # stopped with the controller

@@ -31,7 +31,7 @@ from clockwork.local import LocalCluster
 from clockwork.model.zoo import load_profile
 from clockwork.status import Status
 from clockwork.transport.security import keys_command
-from frontend_procs import Frontend
+from frontend_procs import Frontend, InControllerFrontend
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,22 +41,38 @@ MLP_OUT = tuple(PROFILE["mlp"]["output"]["shape"])
 MAX_BODY_MB = 1
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+FRONTEND_ARGS = ("--model", "mlp", "--model", "resnet50:2", "--max-body-mb", str(MAX_BODY_MB))
+
+
+@pytest.fixture(scope="module", params=["process", "in-process"])
+def cluster(request, tmp_path_factory):
     """A generous default SLO: these tests assert answers, not the scheduler's judgement, and
-    on a loaded machine 100 ms can pass before a cold model runs (the SLO tests set theirs)."""
+    on a loaded machine 100 ms can pass before a cold model runs (the SLO tests set theirs).
+    Every test runs against both front ends: `cw frontend` in its own process, and the one on a
+    thread of the controller (`cw controller --frontend-in-process`)."""
     config = tmp_path_factory.mktemp("frontend") / "clockwork.toml"
     config.write_text("[controller]\ndefault_slo_ms = 10000.0\n")
-    with LocalCluster(gpus=1, config_file=config) as c:
+    args = LocalCluster.in_process_frontend_args(0, 0, FRONTEND_ARGS) if request.param == "in-process" else ()
+    with LocalCluster(gpus=1, config_file=config, controller_args=args) as c:
+        c.frontend_mode = request.param
         yield c
 
 
 @pytest.fixture(scope="module")
 def fe(cluster):
-    with Frontend(cluster.address, cluster.env(), "--model", "mlp", "--model", "resnet50:2",
-                  "--max-body-mb", str(MAX_BODY_MB)) as f:
+    if cluster.frontend_mode == "in-process":
+        f = InControllerFrontend(cluster)
         f.wait_ready()
         yield f
+        return
+    with Frontend(cluster.address, cluster.env(), *FRONTEND_ARGS) as f:
+        f.wait_ready()
+        yield f
+
+
+def separate_process_only(fe, why: str = "it SIGSTOPs the controller's process, which holds this front end too"):
+    if fe.mode == "in-process":
+        pytest.skip(f"separate front-end process only: {why}")
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +241,7 @@ def test_stream_infer_answers_each_request(fe, native):
 
 
 def test_stream_requests_are_served_concurrently(cluster, fe):
+    separate_process_only(fe)
     x = mlp_input(1)
     answers = []
     c = tg.InferenceServerClient(fe.grpc)
@@ -369,6 +386,7 @@ def test_oversize_bodies_are_refused(fe, http, grpcc):
 
 
 def test_no_answer_in_time_is_504_and_deadline_exceeded(cluster, fe, http, grpcc):
+    separate_process_only(fe)
     x = mlp_input(1)
     with stopped(cluster.controller):
         e = http_error(lambda: http.infer("mlp", [http_input(x)], timeout=300_000))
@@ -512,6 +530,7 @@ def test_client_disconnecting_mid_request_disturbs_nobody(cluster, fe, http):
         s.sendall(request + bytes(1000))
         assert http.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
     # ... and is gone half-way through the body
+    separate_process_only(fe)
     with stopped(cluster.controller):                          # gone while the controller works
         with socket.create_connection((host, int(port))) as s:
             s.sendall(request + bytes(3136))
@@ -536,6 +555,7 @@ def wait_for_metric(fe, name: str, value: float, timeout: float = 30.0) -> None:
 
 
 def test_batch_connection_and_inflight_limits(cluster, fe):
+    separate_process_only(fe, "it starts a front-end process of its own")
     with Frontend(cluster.address, cluster.env(), "--max-connections", "3", "--max-inflight", "1",
                   "--max-batch", "2") as f:
         f.wait_ready(grpc=True)                   # no HTTP connection of ours left over
@@ -586,6 +606,7 @@ def test_metrics_count_requests_and_failures(fe, http):
 # ---------------------------------------------------------------- controller restart (last: it kills it)
 
 def test_frontend_survives_a_controller_restart(cluster, fe, http, grpcc):
+    separate_process_only(fe, "the front end goes with its process (tests/test_frontend_in_process.py)")
     x = mlp_input(1)
     cluster.controller.terminate()
     cluster.controller.wait(30)
@@ -640,12 +661,15 @@ def test_curve_to_the_controller_and_tls_to_clients(tmp_path):
         assert not answer.startswith(b"HTTP/")
 
 
-def test_cw_run_serves_the_protocol_beside_its_workload():
-    """`cw run --http PORT`: the workload's models answer tritonclient while the workload runs."""
+@pytest.mark.parametrize("in_process", [False, True], ids=["process", "in-process"])
+def test_cw_run_serves_the_protocol_beside_its_workload(in_process):
+    """`cw run --http PORT [--frontend-in-process]`: the workload's models answer tritonclient
+    while the workload runs."""
     from clockwork.transport.sockets import free_port
     port = free_port()
+    mode = ["--frontend-in-process"] if in_process else []
     run = subprocess.Popen([sys.executable, "-m", "clockwork.cli", "run", "--gpus", "1", "--duration", "8",
-                            "--http", str(port), "--workload", "simple", "--", "--model", "mlp"],
+                            "--http", str(port), *mode, "--workload", "simple", "--", "--model", "mlp"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         h = th.InferenceServerClient(f"127.0.0.1:{port}")
@@ -663,7 +687,9 @@ def test_cw_run_serves_the_protocol_beside_its_workload():
         finally:
             h.close()
         out, _ = run.communicate(timeout=120)
-        assert run.returncode == 0 and "[frontend] frontend: HTTP on 127.0.0.1:" in out, out
+        said = re.search(r"\[(\w+)\] .*frontend: HTTP on 127\.0\.0\.1:", out)
+        assert run.returncode == 0 and said, out
+        assert said.group(1) == ("controller" if in_process else "frontend")      # which process serves
     finally:
         if run.poll() is None:
             run.terminate()
@@ -673,6 +699,7 @@ def test_cw_run_serves_the_protocol_beside_its_workload():
 def test_several_processes_share_the_ports(cluster, fe):
     """--processes 2: two front ends on the same ports (SO_REUSEPORT), both serving; SIGTERM to
     the parent stops them all."""
+    separate_process_only(fe, "--processes")
     import threading
     from clockwork.transport.sockets import free_port
     http_port, grpc_port = free_port(), free_port()

@@ -59,6 +59,8 @@ SEND_FAILED = -2    # could not even queue the request (send queue full)
 CONNECTION_LOST = -3   # the connection to the controller dropped with the request outstanding
 WRONG_PEER = -4     # the peer sent something no controller sends: it is not a clockwork controller
 
+INPROC = "inproc://"  # an address of this form names a controller in this very process
+
 MAX_BATCH = 256     # requests per InferRequestBatch: beyond, the batch is sent before poll()
 
 
@@ -107,7 +109,7 @@ def wrong_peer_message(address: str, header) -> str | None:
     return None
 
 
-def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq.Socket, zmq.Socket]:
+def _connect(ctx: zmq.Context, endpoint: str, security=None) -> tuple[zmq.Socket, zmq.Socket]:
     """A DEALER with sockets.dealer()'s options, plus a monitor for the ZMTP handshake that
     is attached *before* connecting, so the event cannot be missed. The handshake tells
     "a controller is listening" apart from "nothing there" without sending any request (an
@@ -122,7 +124,7 @@ def _connect(ctx: zmq.Context, host: str, port: int, security=None) -> tuple[zmq
         security.client(sock, security.client_key, "controller")
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILED)
     try:
-        sock.connect(tcp(host, port))
+        sock.connect(endpoint)
     except zmq.ZMQError:
         sock.disable_monitor()
         monitor.close(0)
@@ -213,9 +215,17 @@ class Client:
         spin_us: busy-wait this long for an answer before sleeping in poll() (default [client]
         spin_us)."""
         cfg = load_config()
-        security = security_mod.load(cfg)         # SecurityError (a ValueError) before any socket
-        self.host, self.port = parse_address(address, cfg["controller"]["client_port"])
-        self.address = f"{self.host}:{self.port}"
+        if address.startswith(INPROC):
+            # a controller in this process (the in-process front end, clockwork.frontend.in_process):
+            # no I/O thread, no TCP, no handshake and no CURVE (nothing leaves the process); the
+            # controller's context must be passed as ctx
+            security, endpoint = None, address
+            self.host, self.port, self.address = address, 0, address
+        else:
+            security = security_mod.load(cfg)     # SecurityError (a ValueError) before any socket
+            self.host, self.port = parse_address(address, cfg["controller"]["client_port"])
+            self.address = f"{self.host}:{self.port}"
+            endpoint = tcp(self.host, self.port)
         self.timeout_s = timeout_s
         self.connect_timeout_s = (cfg["client"]["connect_timeout_s"] if connect_timeout_s is None
                                   else connect_timeout_s)
@@ -227,7 +237,7 @@ class Client:
         self._own_ctx = ctx is None
         self._ctx = ctx or zmq.Context()
         try:
-            self._sock, self._monitor = _connect(self._ctx, self.host, self.port, security)
+            self._sock, self._monitor = _connect(self._ctx, endpoint, security)
         except zmq.ZMQError as e:
             if self._own_ctx:
                 self._ctx.term()
@@ -591,6 +601,11 @@ class Client:
                 break
             self.poll(min(left, 0.05))
         return len(self._pending)
+
+    def fail_outstanding(self, message: str) -> int:
+        """Answer every outstanding request CONNECTION_LOST now: the caller knows the controller
+        will never answer them (the in-process front end, when the controller's loop ended)."""
+        return self._fail_all(CONNECTION_LOST, message)
 
     def abandon(self) -> list[int]:
         """Forget every outstanding request (their callbacks never run); returns their ids."""

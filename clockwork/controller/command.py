@@ -31,8 +31,15 @@ from ..console import timestamped
               help="Also serve KServe v2 HTTP on PORT: a `cw frontend` child (docs/frontend.md).")
 @click.option("--grpc", "grpc_port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Also serve KServe v2 gRPC on PORT (a `cw frontend` child).")
+@click.option("--frontend-in-process", "in_process", is_flag=True,
+              help="Serve --http/--grpc on a thread of this process (linked over inproc://: one hop "
+                   "less per request) instead of a `cw frontend` child.")
+@click.option("--frontend-arg", "frontend_args", multiple=True, metavar="ARG",
+              help="An argument for the front end (`cw frontend -h`), e.g. --frontend-arg=--model=mlp. "
+                   "Repeatable.")
 def controller_command(workers, scheduler, host, port, telemetry_port, metrics_port, log_dir, no_logs,
-                       config_file, slo_ms, max_batch, generate_inputs, http_port, grpc_port):
+                       config_file, slo_ms, max_batch, generate_inputs, http_port, grpc_port, in_process,
+                       frontend_args):
     """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
     from .server import WorkersUnreachable, serve
     try:
@@ -49,16 +56,23 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
     if metrics_port is not None:
         cc["metrics_port"] = metrics_port
     addresses = [a for w in workers for a in w.split(",") if a]
-    frontend = None
+    frontend = in_process_frontend = None
+    serving = http_port is not None or grpc_port is not None
+    if (in_process or frontend_args) and not serving:
+        raise click.BadParameter("--frontend-in-process and --frontend-arg need --http or --grpc")
     try:
         logs = None if no_logs else log_dir_or_fail(log_dir)
-        if http_port is not None or grpc_port is not None:
+        bind = host or cc.get("bind", "127.0.0.1")
+        if serving and in_process:
+            from ..frontend.command import in_process_settings
+            in_process_frontend = in_process_settings(frontend_args, bind, http_port, grpc_port)
+        elif serving:
             from ..frontend.command import spawn
-            bind = host or cc.get("bind", "127.0.0.1")
             reach = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
-            frontend = spawn(f"{reach}:{port or cc['client_port']}", bind, http_port, grpc_port, config_file)
+            frontend = spawn(f"{reach}:{port or cc['client_port']}", bind, http_port, grpc_port, config_file,
+                             frontend_args)
         serve(config, addresses, scheduler=scheduler, host=host, client_port=port, log_dir=logs,
-              telemetry_port=telemetry_port, out=timestamped())
+              telemetry_port=telemetry_port, out=timestamped(), frontend=in_process_frontend)
     except (ValueError, KeyError, WorkersUnreachable) as e:
         raise click.ClickException(str(e))
     except OSError as e:      # e.g. the log files cannot be written

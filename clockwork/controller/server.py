@@ -152,6 +152,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self._outgoing: list[WorkerLink] = []      # links with actions held (worker_links.send_actions)
         self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
         self._running = False
+        self.last_pass_ns = 0       # when the loop last made a pass (the in-process front end's liveness)
+        self.loop_ended = ""        # why run() returned, once it has
         self._failed_sends: list[tuple[int, str]] = []     # (action id, why), delivered after the tick
         # Worker sockets come first: wait() lists ready sockets in this order, and a result
         # frees a GPU and answers requests, which must not queue behind a burst of new ones.
@@ -217,7 +219,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         next_print = self.clock() + int(self.print_interval * 1e9)
         try:
             while self._running:
-                now = self.clock()
+                now = self.last_pass_ns = self.clock()
                 if end is not None and now >= end:
                     break
                 if now >= next_housekeeping:
@@ -244,7 +246,11 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     next_tick = self._tick()
                 elif self._failed_sends:     # (edge actions: probes, model loads)
                     self._deliver_failed_sends()
+        except BaseException as e:
+            self.loop_ended = f"the controller's loop ended: {e!r}"
+            raise
         finally:
+            self.loop_ended = self.loop_ended or "the controller's loop ended (stopped)"
             self.close()
 
     def _handle_ready(self, sock) -> None:
@@ -258,6 +264,13 @@ class Controller(WorkerLinks, ModelLoading, Admission):
 
     def stop(self) -> None:
         self._running = False
+
+    def bind_in_process(self, endpoint: str) -> None:
+        """Also take clients on an inproc:// endpoint of this process's ZeroMQ context (the
+        in-process front end): the same ROUTER, so their requests meet exactly the admission
+        any client's meet, without an I/O thread or TCP in between. Before run(): the socket
+        belongs to the loop's thread."""
+        self.client_sock.bind(endpoint)
 
     def listening(self) -> str:
         """Where clients, `cw top` and Prometheus reach this controller (printed at start)."""
@@ -359,11 +372,25 @@ class Controller(WorkerLinks, ModelLoading, Admission):
 
     # ------------------------------------------------------------------ workers
 
-def serve(config: dict, workers: list[str], **kw) -> None:
-    """Run a controller in this process until interrupted (the `cw controller` body)."""
+def serve(config: dict, workers: list[str], frontend: dict | None = None, **kw) -> None:
+    """Run a controller in this process until interrupted (the `cw controller` body).
+    frontend: serve KServe v2 on a thread of this process too, with these settings
+    (frontend.command.in_process_settings; frontend/in_process.py)."""
     c = Controller(config, workers, **kw)
+    fe = None
     try:
+        if frontend is not None:
+            from ..frontend.in_process import InProcessFrontend
+            fe = InProcessFrontend(c, frontend, log=c.out)
+            try:
+                fe.start()
+            except BaseException:
+                c.close()
+                raise
         c.run()
     except KeyboardInterrupt:
         pass
+    finally:
+        if fe is not None:
+            fe.stop()
     sys.stdout.flush()

@@ -31,14 +31,20 @@ def parse_model(text: str) -> tuple[str, int]:
 
 async def serve(address: str, *, host: str, http_port: int | None, grpc_port: int | None,
                 models: list[tuple[str, int]], timeout_s: float, refresh_s: float, limits,
-                tls_cert: str | None, tls_key: str | None, reuse_port: bool = False, log=print) -> None:
+                tls_cert: str | None, tls_key: str | None, reuse_port: bool = False, log=print,
+                stop: asyncio.Event | None = None, ctx=None, controller_gone=None, listening=None) -> None:
+    """Serve until SIGINT / SIGTERM, or until `stop` is set when one is given (the in-process
+    front end: a thread receives no signals). `ctx`, `controller_gone`: the controller's ZeroMQ
+    context and liveness check when it runs in this process (link.py); `listening(ports)` is
+    called once the servers listen, with {"HTTP": port, "gRPC": port}."""
     from .grpc_server import GrpcFrontend
     from .http_server import HttpFrontend
     from .inference import Inference
     from .link import ControllerLink
     from .metrics import FrontendMetrics
 
-    link = ControllerLink(address, timeout_s=timeout_s, refresh_s=refresh_s, load=models, log=log)
+    link = ControllerLink(address, timeout_s=timeout_s, refresh_s=refresh_s, load=models, log=log,
+                          ctx=ctx, controller_gone=controller_gone)
     inference = Inference(link, limits)
     metrics = inference.metrics = FrontendMetrics(lambda: inference.inflight)
     link.on_ready_change = metrics.set_ready
@@ -52,23 +58,27 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
         with open(tls_key, "rb") as k, open(tls_cert, "rb") as c:
             credentials = grpc.ssl_server_credentials([(k.read(), c.read())])
     servers = []
+    ports = {}
     await link.start()
     try:
         if http_port is not None:
             http = HttpFrontend(inference, metrics, ssl_context=ssl_context)
             servers.append(http)
-            port = await http.start(host, http_port, reuse_port)
+            port = ports["HTTP"] = await http.start(host, http_port, reuse_port)
             log(f"frontend: HTTP on {host}:{port}{' (TLS)' if ssl_context else ''}")
         if grpc_port is not None:
             g = GrpcFrontend(inference, metrics, credentials=credentials)
             servers.append(g)
-            port = await g.start(host, grpc_port, reuse_port)
+            port = ports["gRPC"] = await g.start(host, grpc_port, reuse_port)
             log(f"frontend: gRPC on {host}:{port}{' (TLS)' if credentials else ''}")
         log(f"frontend: controller {link.address}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        if listening is not None:
+            listening(ports)
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         for s in servers:
@@ -77,7 +87,7 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
 
 
 def spawn(controller: str, host: str, http_port: int | None, grpc_port: int | None,
-          config_file: str | None = None):
+          config_file: str | None = None, args=()):
     """`cw frontend` as a child process (for `cw controller --http/--grpc`); its output goes
     where ours goes. Returns the Popen; the caller stops it."""
     import os
@@ -87,7 +97,7 @@ def spawn(controller: str, host: str, http_port: int | None, grpc_port: int | No
         env["CLOCKWORK_CONFIG_FILE"] = config_file
     return subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", controller, "--host", host,
                              "--http", str(-1 if http_port is None else http_port),
-                             "--grpc", str(-1 if grpc_port is None else grpc_port)],
+                             "--grpc", str(-1 if grpc_port is None else grpc_port), *args],
                             env=env, stdin=subprocess.DEVNULL)
 
 
@@ -129,6 +139,52 @@ def supervise(argv: list[str], processes: int) -> int:
             signal.signal(sig, handler)
 
 
+def check_installed() -> None:
+    try:
+        import httptools  # noqa: F401
+        import grpc  # noqa: F401
+        import tritonclient.grpc.service_pb2  # noqa: F401
+    except ImportError as e:
+        raise click.ClickException(f"{INSTALL_HINT} ({e})")
+
+
+def serve_settings(http_port, grpc_port, host, models, timeout_s, refresh_s, max_body_mb, max_batch,
+                   max_inflight, max_connections, tls_cert, tls_key, processes=1, reuse_port=False) -> dict:
+    """The command's options, checked, as serve()'s keyword arguments (click.BadParameter)."""
+    from .inference import Limits
+    check_installed()
+    if bool(tls_cert) != bool(tls_key):
+        raise click.BadParameter("--tls-cert and --tls-key go together")
+    if http_port < 0 and grpc_port < 0:
+        raise click.BadParameter("nothing to serve: both --http and --grpc are off")
+    for name, v in (("--max-inflight", max_inflight), ("--max-connections", max_connections)):
+        if v < 1:
+            raise click.BadParameter(f"{name} must be >= 1")
+    if timeout_s <= 0 or refresh_s <= 0 or max_body_mb <= 0 or max_batch < 0:
+        raise click.BadParameter("--timeout, --refresh and --max-body-mb must be > 0, --max-batch >= 0")
+    if processes < 1:
+        raise click.BadParameter("--processes must be >= 1")
+    limits = Limits(max_batch=max_batch, max_inflight=max_inflight, max_body=int(max_body_mb * 2**20),
+                    max_connections=max_connections)
+    return dict(host=host, http_port=None if http_port < 0 else http_port,
+                grpc_port=None if grpc_port < 0 else grpc_port, models=[parse_model(m) for m in models],
+                timeout_s=timeout_s, refresh_s=refresh_s, limits=limits, tls_cert=tls_cert, tls_key=tls_key,
+                reuse_port=reuse_port)
+
+
+def in_process_settings(args, host: str, http_port: int | None, grpc_port: int | None) -> dict:
+    """serve()'s keyword arguments for a front end in the controller's process: `cw frontend`'s
+    own options (`args`, as on its command line) with the controller's host and ports."""
+    ctx = frontend_command.make_context("cw controller --frontend-arg", ["-", *args])
+    p = ctx.params
+    if p["processes"] != 1:
+        raise click.BadParameter("--processes: an in-process front end is one thread of the controller")
+    p.update(host=host, http_port=-1 if http_port is None else http_port,
+             grpc_port=-1 if grpc_port is None else grpc_port)
+    del p["address"]
+    return serve_settings(**p)
+
+
 @click.command("frontend", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("address", default="127.0.0.1")
 @click.option("--http", "http_port", type=click.IntRange(-1, 65535), default=8000, show_default=True,
@@ -164,24 +220,8 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
     ADDRESS is the controller's HOST[:PORT] (port: [controller] client_port). CURVE to the
     controller follows [security] in the config, as for `cw client`.
     """
-    try:
-        import httptools  # noqa: F401
-        import grpc  # noqa: F401
-        import tritonclient.grpc.service_pb2  # noqa: F401
-    except ImportError as e:
-        raise click.ClickException(f"{INSTALL_HINT} ({e})")
-    from .inference import Limits
-    if bool(tls_cert) != bool(tls_key):
-        raise click.BadParameter("--tls-cert and --tls-key go together")
-    if http_port < 0 and grpc_port < 0:
-        raise click.BadParameter("nothing to serve: both --http and --grpc are off")
-    for name, v in (("--max-inflight", max_inflight), ("--max-connections", max_connections)):
-        if v < 1:
-            raise click.BadParameter(f"{name} must be >= 1")
-    if timeout_s <= 0 or refresh_s <= 0 or max_body_mb <= 0 or max_batch < 0:
-        raise click.BadParameter("--timeout, --refresh and --max-body-mb must be > 0, --max-batch >= 0")
-    if processes < 1:
-        raise click.BadParameter("--processes must be >= 1")
+    kw = serve_settings(http_port, grpc_port, host, models, timeout_s, refresh_s, max_body_mb, max_batch,
+                        max_inflight, max_connections, tls_cert, tls_key, processes, reuse_port)
     if processes > 1:
         if http_port == 0 or grpc_port == 0:
             raise click.BadParameter("--processes > 1 needs fixed --http / --grpc ports (or -1: off)")
@@ -194,8 +234,6 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
         if tls_cert:
             argv += ["--tls-cert", tls_cert, "--tls-key", tls_key]
         sys.exit(supervise(argv, processes))
-    limits = Limits(max_batch=max_batch, max_inflight=max_inflight, max_body=int(max_body_mb * 2**20),
-                    max_connections=max_connections)
     try:
         load_config()
     except ConfigError as e:
@@ -206,11 +244,7 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
     except ImportError:
         pass
     try:
-        asyncio.run(serve(address, host=host, http_port=None if http_port < 0 else http_port,
-                          grpc_port=None if grpc_port < 0 else grpc_port,
-                          models=[parse_model(m) for m in models], timeout_s=timeout_s,
-                          refresh_s=refresh_s, limits=limits, tls_cert=tls_cert, tls_key=tls_key,
-                          reuse_port=reuse_port, log=log_line))
+        asyncio.run(serve(address, log=log_line, **kw))
     except (ValueError, OSError) as e:       # bad address, port in use, unreadable key files
         raise click.ClickException(str(e))
     except KeyboardInterrupt:

@@ -36,8 +36,14 @@ class ControllerLink:
     """Owns one Client; every method runs on the event loop's thread."""
 
     def __init__(self, address: str, *, timeout_s: float = 30.0, refresh_s: float = 2.0,
-                 load: list[tuple[str, int]] = (), load_timeout_s: float = 600.0, log=print):
-        self.client = Client(address, timeout_s=timeout_s, connect_timeout_s=0, log=log)
+                 load: list[tuple[str, int]] = (), load_timeout_s: float = 600.0, log=print,
+                 ctx: zmq.Context | None = None, controller_gone=None):
+        """ctx and controller_gone: for a controller in this process (in_process.py), its
+        ZeroMQ context (an inproc:// address needs it) and `controller_gone()`: None while its
+        loop runs, else (why, ended: it will never answer again), checked every tick: the inproc link reports no disconnection, so a controller loop
+        that stopped or stalls is noticed through this instead."""
+        self.client = Client(address, timeout_s=timeout_s, connect_timeout_s=0, log=log, ctx=ctx)
+        self.controller_gone = controller_gone
         self.address = self.client.address
         self.timeout_s = timeout_s
         self.refresh_s = refresh_s
@@ -118,6 +124,20 @@ class ControllerLink:
             await asyncio.sleep(TICK_S)
             self._watch()
             self._pump_all()
+            if self.controller_gone is not None:
+                self._check_controller()
+
+    def _check_controller(self) -> None:
+        """Not ready while the in-process controller's loop is stalled or has ended; once it
+        ended, nothing in flight will be answered: fail it now (503), as a lost connection."""
+        gone = self.controller_gone()
+        if gone is None:
+            return
+        why, ended = gone
+        if self.ready:
+            self._set_ready(False, why)
+        if ended and self.client.outstanding:
+            self.client.fail_outstanding(why)
 
     def _set_ready(self, ready: bool, why: str = "") -> None:
         if ready != self.ready:
@@ -219,6 +239,10 @@ class ControllerLink:
                 self._set_ready(False, why)
                 return False
             return await self._do_refresh()
+        gone = self.controller_gone() if self.controller_gone is not None else None
+        if gone is not None:               # an answer from just before the loop stalled or ended
+            self._set_ready(False, gone[0])
+            return False
         self._set_ready(True)
         return True
 

@@ -12,6 +12,8 @@ closed loops (each of `c` callers sends its next request when the last one is an
     grpc-stream  the same over ModelStreamInfer: one stream per caller, one request at a time
     raw      the same HTTP request bytes as tritonclient's, sent by a minimal keep-alive
              client (uvloop streams): the front end's own cost without tritonclient's
+    mixed    `c` native callers and `c` raw callers at once (rows mixed:native, mixed:raw):
+             what the controller serves its own clients while the front end is busy
 
 The callers run in --clients load-generator processes (spawned; the concurrency is split
 among them), so that the load generator, which is Python too, is not what limits the
@@ -22,6 +24,13 @@ measured window), plus the controller's CPU per request. --repeat N runs every p
 
     python tools/bench/frontend.py [--concurrency 1,4,16,64,256] [--duration 3] [--repeat 3]
         [--paths native,http,grpc,raw] [--clients 4] [--setup 2] [--model mlp] [--batch 1] [--json out.json]
+        [--modes process,in-process]
+
+--modes in-process serves the protocol from a thread of the controller process
+(`cw controller --frontend-in-process`); `process,in-process` runs both clusters side by side
+and interleaves their points. In-process, "fe CPU" is the front end's thread (cw-frontend;
+grpcio's own threads count to the controller) and "ctl CPU" the rest of the controller
+process; "fe+ctl" is the server side's CPU per request either way.
 
 --batch N sends N inputs per request (one clockwork request of batch size N, as the front end
 serves a protocol batch): compare `--concurrency 4` with `--concurrency 1 --batch 4` for the
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -49,10 +59,19 @@ from clockwork.percentiles import percentile  # noqa: E402
 PORTS = re.compile(r"frontend: (HTTP|gRPC) on [\d.]+:(\d+)")
 
 
-def cpu_s(pid: int) -> float:
+def cpu_s(pid) -> float:
+    """User + system CPU seconds of a process, or of one thread: pid "PID/task/TID"."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def named_thread(pid: int, name: str) -> str:
+    """"PID/task/TID" of the thread of process pid called name (the in-process front end's)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if (task / "comm").read_text().strip() == name:
+            return f"{pid}/task/{task.name}"
+    raise SystemExit(f"no thread {name!r} in process {pid}")
 
 
 # ------------------------------------------------------------------ load generators (child processes)
@@ -113,9 +132,10 @@ async def _triton(path: str, url: str, model: str, x: np.ndarray, conc: int, sta
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
-            await reader.readexactly(n)
+            body = await reader.readexactly(n)
             if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+                status = head.split(b"\r\n", 1)[0].decode()
+                raise RuntimeError(f"{status}: {body[:200].decode(errors='replace')}")
         conns = [await connect() for _ in range(conc)]
         close = None
     else:
@@ -210,28 +230,48 @@ def split(conc: int, clients: int) -> list[int]:
     return [conc // n + (1 if i < conc % n else 0) for i in range(n)]
 
 
-def point(pool, path: str, target: str, model: str, model_id: int, x, conc: int, clients: int,
-          duration: float, setup: float, pids: dict) -> dict:
+def point(pool, path: str, target, model: str, model_id: int, x, conc: int, clients: int,
+          duration: float, setup: float, pids: dict) -> list[dict]:
+    """One window of `conc` callers on `path`; a row per path measured (two for "mixed": `conc`
+    native callers and `conc` raw HTTP callers at once, each on half the load generators: the
+    controller's throughput for its own clients while the front end is loaded)."""
     start = time.time() + setup
     end = start + duration
-    jobs = [(path, target, model, model_id, x, c, start, end) for c in split(conc, clients)]
+    if path == "mixed":
+        half = max(1, clients // 2)
+        jobs = ([("native", target[0], model, model_id, x, c, start, end) for c in split(conc, half)]
+                + [("raw", target[1], model, model_id, x, c, start, end) for c in split(conc, half)])
+    else:
+        jobs = [(path, target, model, model_id, x, c, start, end) for c in split(conc, clients)]
     pending = pool.map_async(drive, jobs)
     time.sleep(max(0.0, start - time.time()))
-    c0 = {k: cpu_s(pid) for k, pid in pids.items()}
+    c0 = {k: cpu_s(pid) for k, pid in pids.items() if k != "in_process"}
     time.sleep(max(0.0, end - time.time()))
-    c1 = {k: cpu_s(pid) for k, pid in pids.items()}
+    c1 = {k: cpu_s(pid) for k, pid in pids.items() if k != "in_process"}
     results = pending.get(timeout=duration + 120)
-    lat = [v for r, _ in results for v in r]
-    errors = sum(e for _, e in results)
-    n = max(1, len(lat))
-    out = {"path": path, "conc": conc, "rps": len(lat) / duration,
-           "inputs_per_s": len(lat) * x.shape[0] / duration,
-           "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3, "errors": errors,
-           "ctl_cpu_us": (c1["controller"] - c0["controller"]) / n * 1e6}
-    if path != "native":
-        out["fe_cpu_us"] = (c1["frontend"] - c0["frontend"]) / n * 1e6
-        out["fe_cpu_pct"] = (c1["frontend"] - c0["frontend"]) / duration * 100
-    return out
+    used = {k: c1[k] - c0[k] for k in c0}
+    if "in_process" in pids:                 # the controller process holds the front end's thread
+        used["controller"] -= used["frontend"]
+    rows = []
+    for name in (["native", "raw"] if path == "mixed" else [path]):
+        lat = [v for job, (r, _) in zip(jobs, results) if job[0] == name for v in r]
+        errors = sum(e for job, (_, e) in zip(jobs, results) if job[0] == name)
+        n = max(1, len(lat))
+        out = {"path": f"mixed:{name}" if path == "mixed" else path, "conc": conc, "rps": len(lat) / duration,
+               "inputs_per_s": len(lat) * x.shape[0] / duration,
+               "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3, "errors": errors,
+               "ctl_cpu_us": used["controller"] / n * 1e6}
+        if name != "native":
+            out["fe_cpu_us"] = used["frontend"] / n * 1e6
+            out["fe_cpu_pct"] = used["frontend"] / duration * 100
+            out["server_cpu_us"] = (used["frontend"] + used["controller"]) / n * 1e6
+        if path == "mixed":                  # CPU per request of both paths together
+            total = sum(len(r) for r, _ in results) or 1
+            out["ctl_cpu_us"] = used["controller"] / total * 1e6
+            out.pop("fe_cpu_us", None)
+            out.pop("server_cpu_us", None)
+        rows.append(out)
+    return rows
 
 
 def summary(runs: list[dict], key: str) -> str:
@@ -261,62 +301,91 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1, help="inputs per request")
     p.add_argument("--json", default=None, help="also write every run's figures to this file")
     p.add_argument("--frontend-arg", action="append", default=[], help="extra `cw frontend` argument")
+    p.add_argument("--modes", default="process",
+                   help="where the front end runs: process (`cw frontend`), in-process (a thread of the "
+                        "controller: --frontend-in-process), or both, comma-separated: one cluster each, "
+                        "running side by side, their points interleaved")
     a = p.parse_args()
     paths = a.paths.split(",")
+    modes = a.modes.split(",")
+    if not set(modes) <= {"process", "in-process"}:
+        raise SystemExit("--modes: process, in-process")
     shape = load_profile("h200")["models"][a.model]["input"]["shape"]
     x = np.random.default_rng(0).random((a.batch, *shape), dtype=np.float32)
     ctx = multiprocessing.get_context("spawn")
     pool = ctx.Pool(a.clients)
     try:
-        with LocalCluster(gpus=a.gpus) as c:
-            measure(a, c, pool, paths, x)
+        with contextlib.ExitStack() as stack:
+            clusters = {}
+            for mode in modes:
+                args = (LocalCluster.in_process_frontend_args(0, 0, ("--model", a.model, *a.frontend_arg))
+                        if mode == "in-process" else ())
+                clusters[mode] = stack.enter_context(LocalCluster(gpus=a.gpus, controller_args=args))
+            measure(a, clusters, pool, paths, x)
     finally:
         pool.close()
         pool.join()
 
 
-def measure(a, c, pool, paths: list[str], x: np.ndarray) -> None:
-    """Start the front end beside the cluster, then every point; prints a table as it goes."""
+def start(a, c, mode: str) -> tuple[dict, dict, int]:
+    """The front end of cluster c (its own process, or the controller's thread): (targets, pids
+    for CPU accounting, the model's id)."""
     from clockwork.client.api import Client
-    pool.map(_warm_imports, range(a.clients))
-    fe = c.start_frontend(0, 0, ("--model", a.model, *a.frontend_arg))
+    if mode == "in-process":
+        fe, name = c.controller, "controller"
+    else:
+        fe, name = c.start_frontend(0, 0, ("--model", a.model, *a.frontend_arg)), "frontend"
     ports = {}
     deadline = time.monotonic() + 120
     while len(ports) < 2 or not _ready(ports.get("HTTP")):
-        for line in c.output.get("frontend", []):
+        for line in c.output.get(name, []):
             m = PORTS.search(line)
             if m:
                 ports[m.group(1)] = int(m.group(2))
         if fe.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("frontend did not start: " + "".join(c.output.get("frontend", [])))
+            raise SystemExit("frontend did not start: " + "".join(c.output.get(name, [])))
         time.sleep(0.1)
     loader = Client(c.address, log=lambda *_: None)
     model_id = min(m.model_id for m in loader.ls() if m.source.rstrip("/").endswith("/" + a.model))
     loader.close()
     targets = {"native": c.address, "http": f"127.0.0.1:{ports['HTTP']}", "raw": f"127.0.0.1:{ports['HTTP']}",
-               "grpc": f"127.0.0.1:{ports['gRPC']}", "grpc-stream": f"127.0.0.1:{ports['gRPC']}"}
-    pids = {"frontend": fe.pid, "controller": c.controller.pid}
+               "grpc": f"127.0.0.1:{ports['gRPC']}", "grpc-stream": f"127.0.0.1:{ports['gRPC']}",
+               "mixed": (c.address, f"127.0.0.1:{ports['HTTP']}")}
+    if mode == "in-process":
+        pids = {"frontend": named_thread(c.controller.pid, "cw-frontend"), "controller": c.controller.pid,
+                "in_process": 0}
+    else:
+        pids = {"frontend": fe.pid, "controller": c.controller.pid}
+    return targets, pids, model_id
+
+
+def measure(a, clusters: dict, pool, paths: list[str], x: np.ndarray) -> None:
+    """Start the front ends beside the clusters, then every point; prints a table as it goes."""
+    pool.map(_warm_imports, range(a.clients))
+    setups = {mode: start(a, c, mode) for mode, c in clusters.items()}
     print(f"# {a.model}, batch {a.batch} per request, closed loop {a.duration:g} s per point x {a.repeat}, "
-          f"{a.clients} load-generator processes, one front-end process, emulated worker "
+          f"{a.clients} load-generator processes, front end: {', '.join(clusters)}, emulated worker "
           f"({a.gpus} GPUs), {os.cpu_count()} CPUs; median [min-max] of the runs")
-    cols = ("path", "conc", "req/s", "p50 ms", "p99 ms", "fe CPU us/req", "fe CPU %", "ctl CPU us/req")
+    cols = ("mode", "path", "conc", "req/s", "p50 ms", "p99 ms", "fe CPU us/req", "fe CPU %", "ctl CPU us/req",
+            "fe+ctl CPU us/req")
     print(" | ".join(cols))
     rows = []
     for conc in [int(v) for v in a.concurrency.split(",")]:
-        runs = {path: [] for path in paths}
+        runs = {}
         for _ in range(a.repeat):
-            for path in paths:
-                r = point(pool, path, targets[path], a.model, model_id, x, conc, a.clients,
-                          a.duration, a.setup, pids)
-                runs[path].append(r)
-                rows.append(r)
-        for path in paths:
-            rs = runs[path]
+            for mode, (targets, pids, model_id) in setups.items():
+                for path in paths:
+                    for r in point(pool, path, targets[path], a.model, model_id, x, conc, a.clients,
+                                   a.duration, a.setup, pids):
+                        r["mode"] = mode
+                        runs.setdefault((mode, r["path"]), []).append(r)
+                        rows.append(r)
+        for (mode, path), rs in runs.items():
             errs = sum(r["errors"] for r in rs)
-            print(" | ".join([path, str(conc), summary(rs, "rps"), summary(rs, "p50_ms"),
+            print(" | ".join([mode, path, str(conc), summary(rs, "rps"), summary(rs, "p50_ms"),
                               summary(rs, "p99_ms"), summary(rs, "fe_cpu_us"), summary(rs, "fe_cpu_pct"),
-                              summary(rs, "ctl_cpu_us")]) + (f" | {errs} errors" if errs else ""),
-                  flush=True)
+                              summary(rs, "ctl_cpu_us"), summary(rs, "server_cpu_us")])
+                  + (f" | {errs} errors" if errs else ""), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "cpus": os.cpu_count(), "runs": rows}, indent=1))
 

@@ -3,7 +3,10 @@
 # call: the server-library comparison, then tools/bench/frontend.py (one front-end process,
 # load generators in 8 processes, concurrency 1..256, 3 short runs per point). Needs pyzmq and
 # msgspec wheels in WHL1 and tritonclient + its missing dependencies (and httptools) in WHL2.
-# Usage (device, from the repo root): bash tools/bench/frontend_h200.sh WHL1 WHL2
+# Usage (device, from the repo root): bash tools/bench/frontend_h200.sh WHL1 WHL2 [in-process]
+# With `in-process`: instead, the front end in its own process against the one on a thread of
+# the controller (--modes process,in-process), paths native, raw and mixed, concurrency 1, 16
+# and 256, 3 short runs per point (about 70 s, for a device call of at most 2.5 minutes).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -13,6 +16,13 @@ export PYTHONPATH=/tmp/site:$PWD
 { date; nproc; python3 --version; grep -m1 "model name" /proc/cpuinfo; cat /proc/loadavg
   python3 -c "import grpc, httptools, uvloop, aiohttp, zmq, msgspec, tritonclient.http.aio, tritonclient.grpc.aio; print('grpc', grpc.__version__, 'httptools', httptools.__version__, 'uvloop', uvloop.__version__, 'aiohttp', aiohttp.__version__, 'pyzmq', zmq.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
+if [ "${3:-}" = "in-process" ]; then
+    python3 tools/bench/frontend.py --modes process,in-process --paths native,raw,mixed \
+        --concurrency 1,16,256 --duration 0.5 --setup 0.5 --repeat 3 --clients 8 \
+        --json "$OUT/in_process.json" 2>&1 | tee "$OUT/in_process.txt"
+    cat /proc/loadavg >> "$OUT/env.txt"
+    exit 0
+fi
 python3 tools/bench/frontend.py --concurrency 1,4,16,64,256 --duration 0.8 --setup 0.7 --repeat 3 \
     --clients 8 --json "$OUT/frontend.json" 2>&1 | tee "$OUT/frontend.txt"
 cat /proc/loadavg >> "$OUT/env.txt"
