@@ -629,7 +629,9 @@ def test_curve_to_the_controller_and_tls_to_clients(tmp_path):
     keys = tmp_path / "keys"
     assert CliRunner().invoke(keys_command, ["--dir", str(keys)]).exit_code == 0
     conf = tmp_path / "secure.toml"
-    conf.write_text(f'[security]\nenabled = true\nkey_dir = "{keys}"\n')
+    # the long default SLO: a cold first infer on a loaded machine must not be refused (504)
+    conf.write_text(f'[security]\nenabled = true\nkey_dir = "{keys}"\n'
+                    '[controller]\ndefault_slo_ms = 10000.0\n')
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
