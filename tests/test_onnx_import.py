@@ -25,7 +25,7 @@ from clockwork.transport import schema as s  # noqa: E402
 from test_tvm_cpu import PAGE, Driver  # noqa: E402
 
 LIGHT = ("squeezenet", "shufflenet")
-BATCHES = (1, 4)
+BATCHES = (1, 2, 4)          # 2 and 4 share kernels (oi.SHARED)
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -78,6 +78,25 @@ def test_light_models_match_onnxruntime(zoo, name):
         assert err < 1e-4, f"{name} b{len(x)}: relative error {err}"
         if len(x) > 1:          # the check can see items swapped or padding leaking in
             assert np.abs(ref[0] - ref[1]).max() > 100 * 1e-4 * np.abs(ref).max()
+
+
+def test_larger_batch_sizes_share_one_set_of_kernels():
+    """Compile time grows with the kernels' CUDA source: b2..b16 call one function imported
+    with a symbolic batch, so five batch sizes cost two sets of kernels (b1 has its own)."""
+    from tvm import relax, tirx
+    job = {"light": "squeezenet", "seed": 0, "page_size": PAGE}
+
+    def kernels(batch_sizes):
+        mod, _ = oi.relax_module(job, batch_sizes)
+        mod = relax.transform.LegalizeOps()(mod)
+        return mod, sum(isinstance(f, tirx.PrimFunc) for f in mod.functions.values())
+
+    one_mod, one = kernels([1])
+    mod, five = kernels([1, 2, 4, 8, 16])
+    assert one > 10 and five <= 2 * one, (one, five)
+    assert {f"b{b}" for b in (1, 2, 4, 8, 16)} <= {gv.name_hint for gv in mod.get_global_vars()}
+    item = [int(d) for d in one_mod["b1"].ret_ty.shape.values[1:]]
+    assert [int(d) for d in mod["b8"].ret_ty.shape.values] == [8, *item]     # static for the worker
 
 
 def test_graph_onnx_fed_from_weights_bin_matches(zoo):
@@ -157,8 +176,8 @@ def test_symbolic_or_fixed_batch_imports_and_matches(tmp_path, batch):
 
 def test_float16_stores_half_precision_weights_and_stays_close(tmp_path):
     model = _dense_model(tmp_path / "dense.onnx", k=64, n=16)
-    d = oi.import_model(tmp_path / "dense.onnx", tmp_path / "zoo", target="llvm", batch_sizes=[2],
-                        page_size=PAGE, dtype="float16", log=_quiet)
+    d = oi.import_model(tmp_path / "dense.onnx", tmp_path / "zoo", target="llvm",
+                        batch_sizes=[2, 4], page_size=PAGE, dtype="float16", log=_quiet)
     spec = load_spec(d)
     assert spec.input_dtype == "float32" and {t.dtype for t in spec.tensors} == {"float16"}
     assert spec.weights_size == sum(t.nbytes for t in spec.tensors) == (64 * 16 + 16) * 2
@@ -249,7 +268,7 @@ def test_weights_larger_than_the_cache_are_refused(tmp_path):
 
 def test_batch_dimension_that_cannot_be_set_is_refused(tmp_path):
     _dense_model(tmp_path / "m.onnx", batch=1, reshape_to=[1, 4])    # batch baked into a Reshape
-    msg = _refused(tmp_path, "batch dimension of input 'x' cannot be set to 2")
+    msg = _refused(tmp_path, "batch dimension of input 'x' cannot be set to 2", batch_sizes=[1, 2, 4])
     assert "first dimension" in msg or "TVM could not" in msg
 
 

@@ -716,15 +716,25 @@ def c_identifiers(model):
     return out, mapping
 
 
+SHARED = "batch_any"     # the function every batch size > 1 calls (kernels for a symbolic batch)
+
+
 def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     """Runs in a child: an IRModule with one function per batch size (b1, b2, ...), each taking
     the input then every weight, and what the import found ({"output": ..., "weights": ...}).
-    Raises ImportFailed with a one-line reason."""
+    Raises ImportFailed with a one-line reason.
+
+    Compiling is dominated by the CUDA source of the conv kernels (dlight unrolls each into
+    ~100 KB; DenseNet-121 has 120 convs of ~70 distinct shapes), and a kernel per batch size
+    multiplied it by the number of batch sizes. So b1 keeps kernels compiled for batch 1 (its
+    dense layers are GEMVs there) and every larger batch size calls one function, SHARED,
+    imported once with a symbolic batch bounded by the largest size: one set of kernels for
+    all of them. A graph that cannot be imported with a symbolic batch (a Reshape that fixes
+    it, ...) falls back to one import per batch size."""
     import warnings
     warnings.simplefilter("ignore")            # from_onnx warns about every renamed tensor
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     graph = load_graph(job, values=False)
@@ -735,41 +745,35 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
                                f"supported by TVM {tvm.__version__}'s ONNX importer")
     model, names = c_identifiers(graph.model)
     input_name = names.get(graph.input_name, graph.input_name)
+    larger = [b for b in batch_sizes if b > 1]
+    shared = _import_symbolic(model, input_name, graph, max(larger)) if len(larger) > 1 else None
     mod, out = tvm.IRModule(), None
     for b in batch_sizes:
-        where = f"the batch dimension of input {graph.input_name!r} cannot be set to {b}"
-        try:
-            m = from_onnx(model, shape_dict={input_name: [b, *graph.input_shape]},
-                          dtype_dict={input_name: graph.input_dtype}, keep_params_in_input=True)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
-            raise ImportFailed(f"{where}: TVM could not import the graph ({first})" if b != 1 else
-                               f"TVM could not import the graph: {type(e).__name__}: {first}") from None
-        m, _ = relax.frontend.detach_params(m)
-        f = m["main"]
-        ret = f.ret_ty
-        shape = [_static(d) for d in getattr(getattr(ret, "shape", None), "values", None) or []] \
-            if isinstance(ret, relax.TensorType) else []
-        if not shape or None in shape:
-            raise ImportFailed(f"the output is {ret} for batch {b}; the model format needs one "
-                               "tensor of a fixed shape")
-        if shape[0] != b:
-            raise ImportFailed(f"{where}: the output's first dimension is {shape[0]} "
-                               f"(output shape {shape}), not the batch")
+        if b > 1 and shared is not None:
+            continue
+        f, shape = _import_at(model, input_name, graph, b)
         if out is None:
-            out = {"name": graph.output_name, "shape": shape[1:], "dtype": str(ret.dtype)}
+            out = {"name": graph.output_name, "shape": shape[1:], "dtype": str(f.ret_ty.dtype)}
         elif shape[1:] != out["shape"]:
-            raise ImportFailed(f"{where}: the output item shape changes with the batch "
+            raise ImportFailed(f"the batch dimension of input {graph.input_name!r} cannot be set "
+                               f"to {b}: the output item shape changes with the batch "
                                f"({out['shape']} at batch {batch_sizes[0]}, {shape[1:]} at {b})")
-        params = list(f.params)[1:]
-        if [tuple(int(d) for d in p.ty.shape) for p in params] != \
-                [tuple(a.shape) for _, a in graph.weights]:
-            raise ImportFailed("TVM's parameters do not match the graph's weights (internal error)")
         mod[f"b{b}"] = f.with_attr("global_symbol", f"b{b}")
+    if shared is not None:
+        f, item = shared
+        if out is None:
+            out = {"name": graph.output_name, "shape": item, "dtype": str(f.ret_ty.dtype)}
+        elif item != out["shape"]:
+            raise ImportFailed(f"the output item shape changes with the batch ({out['shape']} "
+                               f"at batch 1, {item} at a symbolic batch)")
+        mod[SHARED] = f.with_attr("global_symbol", SHARED)
     dtype = job.get("dtype", "float32")
     if dtype == "float16":
-        names = [p.name for p in list(mod[f"b{batch_sizes[0]}"].params)[1:]]
+        first = next(iter(mod.functions.values()))
+        names = [p.name for p in list(first.params)[1:]]
         mod = relax.transform.ToMixedPrecision("float32", fp16_input_names=names)(mod)
+    if shared is not None:
+        mod = _call_shared(mod, larger, graph.input_shape, graph.input_dtype, out["shape"])
     bb = relax.BlockBuilder()                  # the dtype marker every zoo module carries
     marker = relax.Var("x", relax.TensorType((1,), "float32"))
     with bb.function(nets.dtype_marker(dtype), [marker]):
@@ -777,6 +781,81 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     mod[nets.dtype_marker(dtype)] = bb.get()[nets.dtype_marker(dtype)]
     weights = [str(p.ty.dtype) for p in list(mod[f"b{batch_sizes[0]}"].params)[1:]]
     return mod, {"output": out, "weight_dtypes": weights}
+
+
+def _import_at(model, input_name: str, graph: Graph, b: int):
+    """from_onnx with the batch dimension set to b: (function, output shape), or ImportFailed."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+    where = f"the batch dimension of input {graph.input_name!r} cannot be set to {b}"
+    try:
+        m = from_onnx(model, shape_dict={input_name: [b, *graph.input_shape]},
+                      dtype_dict={input_name: graph.input_dtype}, keep_params_in_input=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise ImportFailed(f"{where}: TVM could not import the graph ({first})" if b != 1 else
+                           f"TVM could not import the graph: {type(e).__name__}: {first}") from None
+    f = relax.frontend.detach_params(m)[0]["main"]
+    ret = f.ret_ty
+    shape = [_static(d) for d in getattr(getattr(ret, "shape", None), "values", None) or []] \
+        if isinstance(ret, relax.TensorType) else []
+    if not shape or None in shape:
+        raise ImportFailed(f"the output is {ret} for batch {b}; the model format needs one "
+                           "tensor of a fixed shape")
+    if shape[0] != b:
+        raise ImportFailed(f"{where}: the output's first dimension is {shape[0]} "
+                           f"(output shape {shape}), not the batch")
+    _check_params(f, graph)
+    return f, shape
+
+
+def _import_symbolic(model, input_name: str, graph: Graph, most: int):
+    """from_onnx with a symbolic batch (at most `most`, for memory planning): (function, output
+    item shape), or None where the graph does not keep the batch symbolic through to its output."""
+    from tvm import relax, tirx
+    from tvm.relax.frontend.onnx import from_onnx
+    batch = tirx.Var("batch", "int64")
+    try:
+        m = from_onnx(model, shape_dict={input_name: [batch, *graph.input_shape]},
+                      dtype_dict={input_name: graph.input_dtype}, keep_params_in_input=True)
+        f = relax.frontend.detach_params(m)[0]["main"]
+    except Exception:
+        return None
+    ret = f.ret_ty
+    dims = list(getattr(getattr(ret, "shape", None), "values", None) or []) \
+        if isinstance(ret, relax.TensorType) else []
+    item = [_static(d) for d in dims[1:]]
+    if not dims or not dims[0].same_as(batch) or None in item:
+        return None
+    _check_params(f, graph)
+    return f.with_attr("tir_var_upper_bound", {"batch": most}), item
+
+
+def _check_params(f, graph: Graph) -> None:
+    if [tuple(int(d) for d in p.ty.shape) for p in list(f.params)[1:]] != \
+            [tuple(a.shape) for _, a in graph.weights]:
+        raise ImportFailed("TVM's parameters do not match the graph's weights (internal error)")
+
+
+def _call_shared(mod, batch_sizes, item_shape, input_dtype: str, out_item):
+    """Add b{b} for each batch size: the input at that batch and the weights, passed to SHARED,
+    whose output is cast to the static shape the worker expects."""
+    from tvm import relax
+    bb = relax.BlockBuilder()
+    for gv, f in mod.functions.items():
+        bb.add_func(f, gv.name_hint)
+    shared = bb.get().get_global_var(SHARED)
+    params = list(mod[SHARED].params)[1:]
+    out_dtype = mod[SHARED].ret_ty.dtype
+    for b in batch_sizes:
+        x = relax.Var("x", relax.TensorType([b, *item_shape], input_dtype))
+        ws = [relax.Var(p.name, p.ty) for p in params]
+        with bb.function(f"b{b}", [x, *ws], attrs={"num_input": 1}):
+            with bb.dataflow():
+                y = bb.emit(relax.Call(shared, [x, *ws]))
+                y = bb.emit_output(bb.match_cast(y, relax.TensorType([b, *out_item], out_dtype)))
+            bb.emit_func_output(y)
+    return bb.get()
 
 
 def _static(dim) -> int | None:
