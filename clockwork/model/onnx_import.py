@@ -730,7 +730,8 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     dense layers are GEMVs there) and every larger batch size calls one function, SHARED,
     imported once with a symbolic batch bounded by the largest size: one set of kernels for
     all of them. A graph that cannot be imported with a symbolic batch (a Reshape that fixes
-    it, ...) falls back to one import per batch size."""
+    it, ...) falls back to one import per batch size, and so does float16 (TVM 0.27's
+    ToMixedPrecision fails on symbolic shapes)."""
     import warnings
     warnings.simplefilter("ignore")            # from_onnx warns about every renamed tensor
     import tvm
@@ -745,8 +746,11 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
                                f"supported by TVM {tvm.__version__}'s ONNX importer")
     model, names = c_identifiers(graph.model)
     input_name = names.get(graph.input_name, graph.input_name)
+    dtype = job.get("dtype", "float32")
     larger = [b for b in batch_sizes if b > 1]
-    shared = _import_symbolic(model, input_name, graph, max(larger)) if len(larger) > 1 else None
+    shared = None                # TVM 0.27's ToMixedPrecision fails on symbolic shapes
+    if len(larger) > 1 and dtype != "float16":
+        shared = _import_symbolic(model, input_name, graph, max(larger))
     mod, out = tvm.IRModule(), None
     for b in batch_sizes:
         if b > 1 and shared is not None:
@@ -767,7 +771,6 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
             raise ImportFailed(f"the output item shape changes with the batch ({out['shape']} "
                                f"at batch 1, {item} at a symbolic batch)")
         mod[SHARED] = f.with_attr("global_symbol", SHARED)
-    dtype = job.get("dtype", "float32")
     if dtype == "float16":
         first = next(iter(mod.functions.values()))
         names = [p.name for p in list(first.params)[1:]]
