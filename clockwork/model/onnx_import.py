@@ -726,12 +726,12 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
 
     Compiling is dominated by the CUDA source of the conv kernels (dlight unrolls each into
     ~100 KB; DenseNet-121 has 120 convs of ~70 distinct shapes), and a kernel per batch size
-    multiplied it by the number of batch sizes. So b1 keeps kernels compiled for batch 1 (its
-    dense layers are GEMVs there) and every larger batch size calls one function, SHARED,
+    multiplied it by the number of batch sizes. So the batch sizes call one function, SHARED,
     imported once with a symbolic batch bounded by the largest size: one set of kernels for
-    all of them. A graph that cannot be imported with a symbolic batch (a Reshape that fixes
-    it, ...) falls back to one import per batch size, and so does float16 (TVM 0.27's
-    ToMixedPrecision fails on symbolic shapes)."""
+    all of them. Batch 1 keeps kernels of its own where the graph has dense layers (at batch 1
+    dlight schedules them as GEMVs, much faster than its generic matmul). A graph that cannot
+    be imported with a symbolic batch (a Reshape that fixes it, ...) falls back to one import
+    per batch size, and so does float16 (TVM 0.27's ToMixedPrecision fails on symbolic shapes)."""
     import warnings
     warnings.simplefilter("ignore")            # from_onnx warns about every renamed tensor
     import tvm
@@ -747,13 +747,14 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     model, names = c_identifiers(graph.model)
     input_name = names.get(graph.input_name, graph.input_name)
     dtype = job.get("dtype", "float32")
-    larger = [b for b in batch_sizes if b > 1]
+    own_b1 = has_dense_layers(graph.model)
+    shared_sizes = [b for b in batch_sizes if b > 1 or not own_b1]
     shared = None                # TVM 0.27's ToMixedPrecision fails on symbolic shapes
-    if len(larger) > 1 and dtype != "float16":
-        shared = _import_symbolic(model, input_name, graph, max(larger))
+    if len(shared_sizes) > 1 and dtype != "float16":
+        shared = _import_symbolic(model, input_name, graph, max(shared_sizes))
     mod, out = tvm.IRModule(), None
     for b in batch_sizes:
-        if b > 1 and shared is not None:
+        if b in shared_sizes and shared is not None:
             continue
         f, shape = _import_at(model, input_name, graph, b)
         if out is None:
@@ -769,14 +770,14 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
             out = {"name": graph.output_name, "shape": item, "dtype": str(f.ret_ty.dtype)}
         elif item != out["shape"]:
             raise ImportFailed(f"the output item shape changes with the batch ({out['shape']} "
-                               f"at batch 1, {item} at a symbolic batch)")
+                               f"at batch {batch_sizes[0]}, {item} at a symbolic batch)")
         mod[SHARED] = f.with_attr("global_symbol", SHARED)
     if dtype == "float16":
         first = next(iter(mod.functions.values()))
         names = [p.name for p in list(first.params)[1:]]
         mod = relax.transform.ToMixedPrecision("float32", fp16_input_names=names)(mod)
     if shared is not None:
-        mod = _call_shared(mod, larger, graph.input_shape, graph.input_dtype, out["shape"])
+        mod = _call_shared(mod, shared_sizes, graph.input_shape, graph.input_dtype, out["shape"])
     bb = relax.BlockBuilder()                  # the dtype marker every zoo module carries
     marker = relax.Var("x", relax.TensorType((1,), "float32"))
     with bb.function(nets.dtype_marker(dtype), [marker]):
@@ -784,6 +785,13 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     mod[nets.dtype_marker(dtype)] = bb.get()[nets.dtype_marker(dtype)]
     weights = [str(p.ty.dtype) for p in list(mod[f"b{batch_sizes[0]}"].params)[1:]]
     return mod, {"output": out, "weight_dtypes": weights}
+
+
+def has_dense_layers(model) -> bool:
+    """A Gemm or MatMul over a 2-D weight initializer (a GEMV at batch 1)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return any(n.op_type in ("Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
+               and len(inits[n.input[1]].dims) == 2 for n in model.graph.node)
 
 
 def _import_at(model, input_name: str, graph: Graph, b: int):
