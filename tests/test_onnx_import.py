@@ -25,7 +25,8 @@ from clockwork.transport import schema as s  # noqa: E402
 from test_tvm_cpu import PAGE, Driver  # noqa: E402
 
 LIGHT = ("squeezenet", "shufflenet")
-BATCHES = (1, 2, 4)          # 2 and 4 share kernels (oi.SHARED)
+SHARE = {"squeezenet": True, "shufflenet": False}     # kernels shared by the batch sizes or not
+BATCHES = (1, 2, 4)
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -36,7 +37,9 @@ def _quiet(*_):
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnxzoo")
-    oi.import_onnx_zoo(root, LIGHT, target="llvm", batch_sizes=BATCHES, page_size=PAGE, log=_quiet)
+    for name in LIGHT:
+        oi.import_onnx_zoo(root, [name], target="llvm", batch_sizes=BATCHES, page_size=PAGE,
+                           share_kernels=SHARE[name], log=_quiet)
     return root
 
 
@@ -91,10 +94,10 @@ def _calls_shared(func) -> bool:
     return oi.SHARED in func.script()
 
 
-def test_batch_sizes_share_one_set_of_kernels():
-    """Compile time grows with the kernels' CUDA source: the batch sizes of a conv net call one
-    function imported with a symbolic batch, so five batch sizes cost one set of kernels."""
-    job = {"light": "squeezenet", "seed": 0, "page_size": PAGE}
+def test_shared_kernels_make_one_set_for_all_batch_sizes():
+    """Compile time grows with the kernels' CUDA source: with share_kernels the batch sizes of
+    a conv net call one function imported with a symbolic batch: one set of kernels, not five."""
+    job = {"light": "squeezenet", "seed": 0, "page_size": PAGE, "share_kernels": True}
     one_mod, one = _kernels(job, [1])
     mod, five = _kernels(job, [1, 2, 4, 8, 16])
     assert one > 10 and five <= one + 2, (one, five)
@@ -104,10 +107,20 @@ def test_batch_sizes_share_one_set_of_kernels():
 
 
 def test_batch_one_of_a_net_with_dense_layers_has_its_own_kernels(tmp_path):
-    """At batch 1 a dense layer is a GEMV (dlight's fast rule): b1 is imported for batch 1."""
+    """At batch 1 a dense layer is a GEMV (dlight's fast rule): b1 is imported for batch 1
+    even with share_kernels."""
     _dense_model(tmp_path / "dense.onnx")
-    mod, _ = _kernels({"source": str(tmp_path / "dense.onnx"), "page_size": PAGE}, [1, 2, 4])
+    job = {"source": str(tmp_path / "dense.onnx"), "page_size": PAGE, "share_kernels": True}
+    mod, _ = _kernels(job, [1, 2, 4])
     assert not _calls_shared(mod["b1"]) and _calls_shared(mod["b2"]) and _calls_shared(mod["b4"])
+
+
+def test_kernels_are_per_batch_size_by_default():
+    """Shared kernels are slower at run time (BENCHMARKS.md): only on request."""
+    job = {"light": "squeezenet", "seed": 0, "page_size": PAGE}
+    mod, _ = _kernels(job, [1, 2, 4])
+    assert oi.SHARED not in {gv.name_hint for gv in mod.get_global_vars()}
+    assert not any(_calls_shared(mod[f"b{b}"]) for b in (1, 2, 4))
 
 
 def test_graph_onnx_fed_from_weights_bin_matches(zoo):
@@ -130,7 +143,7 @@ def test_graph_onnx_fed_from_weights_bin_matches(zoo):
 def test_import_is_cached(zoo):
     logs = []
     oi.import_onnx_zoo(zoo, ["squeezenet"], target="llvm", batch_sizes=BATCHES, page_size=PAGE,
-                       log=logs.append)
+                       share_kernels=SHARE["squeezenet"], log=logs.append)
     assert any("up to date" in line for line in logs) and not any("compiling" in line for line in logs)
 
 

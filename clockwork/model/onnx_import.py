@@ -489,9 +489,10 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
                  target: str = "llvm", arch: str | None = None, batch_sizes=(1, 2, 4, 8, 16),
                  page_size: int = DEFAULT_PAGE_SIZE, dtype: str = "float32",
                  cache_size: int | None = None, force: bool = False, light: str | None = None,
-                 seed: int = 0, log=print) -> Path:
+                 seed: int = 0, share_kernels: bool = False, log=print) -> Path:
     """Import one ONNX file (or, with `light`, one of the onnx wheel's light models with seeded
-    weights) into out_root/NAME. Skips what is unchanged; writes nothing on failure."""
+    weights) into out_root/NAME. Skips what is unchanged; writes nothing on failure.
+    share_kernels: batch sizes share kernels compiled for a symbolic batch (relax_module)."""
     if dtype not in ("float32", "float16"):
         raise ImportFailed(f"--dtype {dtype!r}: float32 or float16")
     key = build.target_key(target, arch)
@@ -500,12 +501,12 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
     if not name or "/" in name or name.startswith("."):
         raise ImportFailed(f"{name!r} is not a model name (use --name)")
     job_spec = {"source": str(light_path(light) if light else source), "light": light,
-                "seed": seed, "dtype": dtype, "page_size": page_size}
+                "seed": seed, "dtype": dtype, "page_size": page_size, "share_kernels": share_kernels}
     graph = load_graph(job_spec)
     source = job_spec["source"]
     check_weights_fit(graph, page_size, cache_size,
                       ["float16" if dtype == "float16" else None] * len(graph.weights))
-    g_hash = graph_hash(graph, (dtype,))
+    g_hash = graph_hash(graph, (dtype, share_kernels))
     w_hash = build._hash(g_hash, page_size)
     c_hash = build._hash(g_hash, key, batch_sizes, build._tvm_version())
     out_root = Path(out_root)
@@ -645,9 +646,13 @@ from ..worker.command import _Bytes  # noqa: E402
 @click.option("--weights-cache", type=_Bytes(), default=None,
               help="Weights cache the model must fit [default: worker.weights_cache_size].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --onnx-zoo weights.")
+@click.option("--share-kernels", is_flag=True,
+              help="Batch sizes share one set of kernels compiled for a symbolic batch (batch 1 "
+                   "keeps its own if the graph has dense layers): 2-5x less compile time, "
+                   "exec 4-8% slower for conv nets, up to ~40% for dense-heavy ones at b2-b16.")
 @click.option("--force", is_flag=True, help="Rebuild even what is up to date.")
 def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dtype, page_size,
-                       weights_cache, seed, force):
+                       weights_cache, seed, share_kernels, force):
     """Import an ONNX model (weights from its initializers) into a model directory, compiled
     for every batch size: weights.bin, <target>.so, model.json, graph.onnx.
 
@@ -671,7 +676,7 @@ def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dt
     target_dir = model_dir(out)
     where = "llvm (CPU)" if target == "llvm" else f"CUDA {arch}"
     kw = dict(target=target, arch=arch, batch_sizes=bs, page_size=page_size, dtype=dtype,
-              cache_size=cache, force=force, seed=seed, log=click.echo)
+              cache_size=cache, force=force, seed=seed, share_kernels=share_kernels, log=click.echo)
     try:
         if onnx_zoo:
             click.echo(f"Importing {len(ONNX_ZOO)} onnx light model(s) for {where} into {target_dir}")
@@ -716,7 +721,7 @@ def c_identifiers(model):
     return out, mapping
 
 
-SHARED = "batch_any"     # the function every batch size > 1 calls (kernels for a symbolic batch)
+SHARED = "batch_any"     # with share_kernels: the function the batch sizes call (symbolic batch)
 
 
 def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
@@ -724,14 +729,16 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     the input then every weight, and what the import found ({"output": ..., "weights": ...}).
     Raises ImportFailed with a one-line reason.
 
-    Compiling is dominated by the CUDA source of the conv kernels (dlight unrolls each into
-    ~100 KB; DenseNet-121 has 120 convs of ~70 distinct shapes), and a kernel per batch size
-    multiplied it by the number of batch sizes. So the batch sizes call one function, SHARED,
+    By default every batch size is imported with the batch set to it: kernels compiled for
+    each exact shape. With job["share_kernels"] the batch sizes call one function, SHARED,
     imported once with a symbolic batch bounded by the largest size: one set of kernels for
-    all of them. Batch 1 keeps kernels of its own where the graph has dense layers (at batch 1
-    dlight schedules them as GEMVs, much faster than its generic matmul). A graph that cannot
-    be imported with a symbolic batch (a Reshape that fixes it, ...) falls back to one import
-    per batch size, and so does float16 (TVM 0.27's ToMixedPrecision fails on symbolic shapes)."""
+    all of them. Compiling is almost all CUDA source (dlight unrolls a conv kernel into ~100
+    KB) and was multiplied by the number of batch sizes; the shared kernels are somewhat
+    slower (BENCHMARKS.md, "Compiling the imported zoo"). Batch 1 keeps kernels of its own
+    where the graph has dense layers (at batch 1 dlight schedules them as GEMVs, much faster
+    than its generic matmul). A graph that cannot be imported with a symbolic batch (a Reshape
+    that fixes it, ...) falls back to one import per batch size, and so does float16 (TVM
+    0.27's ToMixedPrecision fails on symbolic shapes)."""
     import warnings
     warnings.simplefilter("ignore")            # from_onnx warns about every renamed tensor
     import tvm
@@ -750,7 +757,7 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     own_b1 = has_dense_layers(graph.model)
     shared_sizes = [b for b in batch_sizes if b > 1 or not own_b1]
     shared = None                # TVM 0.27's ToMixedPrecision fails on symbolic shapes
-    if len(shared_sizes) > 1 and dtype != "float16":
+    if job.get("share_kernels") and len(shared_sizes) > 1 and dtype != "float16":
         shared = _import_symbolic(model, input_name, graph, max(shared_sizes))
     mod, out = tvm.IRModule(), None
     for b in batch_sizes:
