@@ -24,10 +24,10 @@ setup(
         "tvm": ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0"],
         "plot": ["matplotlib>=3.6"],   # `cw plot` only; imported lazily
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],   # `cw zoo import`; ORT scales the light zoo's seeded weights
-        # `cw frontend` (KServe v2 HTTP + gRPC): aiohttp and grpc.aio on uvloop, chosen by
+        # `cw frontend` (KServe v2 HTTP + gRPC): an httptools Protocol and grpc.aio on uvloop, chosen by
         # measurement (BENCHMARKS.md); tritonclient ships the gRPC service's generated code
         # (and is the real client the front end's tests use: tools/test.sh installs this extra)
-        "frontend": ["aiohttp>=3.9", "uvloop>=0.17", "grpcio>=1.60", "tritonclient[http,grpc]>=2.40"],
+        "frontend": ["httptools>=0.6", "uvloop>=0.17", "grpcio>=1.60", "tritonclient[http,grpc]>=2.40"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6",
                  "onnx>=1.16", "onnxruntime>=1.17"],   # onnxruntime: numerical oracle for imported models
         "bench": ["py-spy>=0.3"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)

@@ -11,6 +11,8 @@ SUBCOMMANDS = {
     "run": ("clockwork.local", "run_command", "Run worker + controller + client locally (emulated GPUs)."),
     "worker": ("clockwork.worker.command", "worker_command", "Serve GPUs (or emulated GPUs) to a controller."),
     "controller": ("clockwork.controller.command", "controller_command", "Schedule requests onto workers."),
+    "edge": ("clockwork.controller.edge", "edge_command",
+             "Serve clients in front of a controller, forwarding their requests batched."),
     "client": ("clockwork.client.command", "client_command", "Run a workload against a controller."),
     "simulate": ("clockwork.sim.command", "simulate_command",
                  "Run a workload on the real scheduler and worker runtime in simulated time."),

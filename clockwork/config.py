@@ -42,6 +42,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "heartbeat_interval_ms": POSITIVE,
         "print_interval_s": POSITIVE,
         "emulated_clock_offset_ns": Spec(int, -(1 << 60), 1 << 60),
+        "batch_results": Spec(bool),
     },
     "controller": {
         "client_port": PORT,
@@ -68,6 +69,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "print_interval_s": POSITIVE,
         "generate_inputs": Spec(bool),
         "batch_replies": Spec(bool),
+        "batch_actions": Spec(bool),
         "spin_us": Spec(float, lo=0, hi=1_000_000),
     },
     "security": {
@@ -84,6 +86,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "logging": {
         "request_log": Spec(str),
         "action_log": Spec(str),
+        "writer_process": Spec(bool),
     },
 }
 

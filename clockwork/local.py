@@ -204,6 +204,9 @@ def quick_config(print_interval: float, extra: dict | None = None) -> Path:
             f.write(f"[{section}]\nprint_interval_s = {print_interval}\n")
             for key, value in (extra or {}).get(section, {}).items():
                 f.write(f"{key} = {value}\n")
+        for section, table in (extra or {}).items():      # other sections (e.g. [logging])
+            if section not in ("worker", "controller", "client"):
+                f.write(f"[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in table.items()))
     return Path(path)
 
 

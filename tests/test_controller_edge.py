@@ -5,6 +5,7 @@ the edge as its socket reader would. A stand-in worker whose clock is 7 s ahead 
 - every window goes out in the worker's clock and every result time comes back in the
   controller's, while the scheduler's own copy of an action is left in controller time;
 - a send that fails reaches the scheduler after the tick, never from inside its own send."""
+import msgspec
 import pytest
 import zmq
 
@@ -51,7 +52,10 @@ def _edge(monkeypatch, log_dir):
     real_send = worker_links.send
 
     def capture(sock, msg, data=(), ident=None, flags=0):
-        wire.append((msg, list(data)))
+        if type(msg) is s.ActionBatch:      # the actions one by one
+            wire.extend((m, list(d)) for m, d in s.unbatch(msg, list(data)))
+        else:
+            wire.append((msg, list(data)))
         if ident is not None:
             real_send(sock, msg, data, ident=ident, flags=flags)
     monkeypatch.setattr(worker_links, "send", capture)       # actions to workers
@@ -63,6 +67,7 @@ def _edge(monkeypatch, log_dir):
     try:
         w = c.workers[0]
         c._probe(w, clock.now)                      # Reset, GetWorkerState
+        c.send_actions()                            # (as the loop does at the end of its pass)
         models = {0: model_info(0, {1: 2 * MS, 2: 3 * MS}, output_size=8)}
         state = s.WorkerState(page_size=16 << 20, models=list(models.values()),
                               gpus=[s.GpuState(0, 100, 99, 1 << 29, 1 << 29, [0])])
@@ -183,8 +188,8 @@ def test_logs_have_the_originals_meaning(logged_edge, tmp_path):
     (sent, _), = [x for x in wire if type(x[0]) is s.Infer]
     assert sent.batch_size == 2
     ran = _answer(c, clock, sent)
-    c.request_log.flush()
-    c.action_log.flush()
+    c.request_log.close()                              # every row written (by the writer child)
+    c.action_log.close()
     rows = {int(r["request_id"]): r for r in _rows(c.request_log.path)}
     slo = str(100 * MS)
     assert {k: (r["result"], r["deadline"], r["deadline_met"]) for k, r in rows.items()} == {
@@ -211,3 +216,53 @@ def test_evictions_have_a_row():
     assert (row["worker_action_received"], row["worker_result_sent"], row["controller_action_duration"]) == (
         100, 400, 500)
     assert (row["requests_queued"], row["copies_loaded"]) == (7, 2)
+
+
+def test_an_unreadable_result_in_a_batch_fails_its_action_and_the_rest_are_read(edge):
+    c, clock, wire = edge
+    results = []
+    on_result = c.scheduler.on_result
+    c.scheduler.on_result = lambda wid, a, r, d: (results.append(r), on_result(wid, a, r, d))
+    c.respond = lambda req, status, *a, **k: None
+    c.scheduler.on_request(_request(c, clock, 1))
+    c._tick()
+    ((sent, _),) = wire
+    bad = msgspec.Raw(msgspec.msgpack.encode([44, sent.action_id, "not a time"]))
+    beat = msgspec.Raw(msgspec.msgpack.encode(s.Heartbeat(clock.now, 3, [s.GpuReading(0, 1, 2, 3, 4, 5, 0.5)])))
+    w = c.workers[0]
+    c._on_result_batch(w, s.ResultBatch([bad, beat]), [], clock.now)
+    assert [(type(r), r.status, r.action_id) for r in results] == [(s.ErrorResult, Status.BAD_MESSAGE, sent.action_id)]
+    assert sent.action_id not in c.pending and sent.action_id not in w.pending
+    assert [g.gpu_id for g in w.readings] == [0]          # the heartbeat after it was read
+
+
+def test_a_failed_batch_send_fails_each_of_its_actions_after_the_pass(edge, monkeypatch):
+    c, clock, wire = edge
+
+    def send(sock, msg, data=(), ident=None, flags=0):
+        if type(msg) is s.ActionBatch:
+            raise zmq.Again()
+    monkeypatch.setattr(worker_links, "send", send)
+    w = c.workers[0]
+    got = []
+    ids = [next(c.action_ids) for _ in range(3)]
+    for aid in ids:
+        c.send_action(w.id, s.ClearCache(aid), on_done=lambda w, r: got.append((r.action_id, r.status)))
+    assert not got and len(w.outbox) == 3             # held, nothing reported from inside a send
+    assert c._send_outgoing() is True                 # the loop ticks again at once
+    assert got == [(aid, Status.WORKER_LOST) for aid in ids]
+    assert not w.outbox and not set(ids) & set(c.pending)
+
+
+def test_with_batch_actions_off_an_action_leaves_at_once(monkeypatch):
+    wire = []
+    monkeypatch.setattr(worker_links, "send", lambda sock, msg, data=(), ident=None, flags=0: wire.append(msg))
+    config = load_config()
+    config["controller"].update(telemetry_port=0, metrics_port=0, batch_actions=False)
+    c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
+                              client_port=free_port(), out=lambda *a: None)
+    try:
+        c._probe(c.workers[0], 0)
+        assert [type(m) for m in wire] == [s.Reset, s.GetWorkerState] and not c._outgoing
+    finally:
+        c.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,8 +42,12 @@ MAX_BODY_MB = 1
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(gpus=1) as c:
+def cluster(tmp_path_factory):
+    """A generous default SLO: these tests assert answers, not the scheduler's judgement, and
+    on a loaded machine 100 ms can pass before a cold model runs (the SLO tests set theirs)."""
+    config = tmp_path_factory.mktemp("frontend") / "clockwork.toml"
+    config.write_text("[controller]\ndefault_slo_ms = 10000.0\n")
+    with LocalCluster(gpus=1, config_file=config) as c:
         yield c
 
 
@@ -406,6 +411,93 @@ def test_controller_rejection_is_503_with_clockwork_status():
                 g.close()
     finally:
         os.unlink(f.name)
+
+
+# ---------------------------------------------------------------- HTTP/1.1 as clients speak it
+
+MLP_HEADER = json.dumps({"inputs": [{"name": "input", "shape": [1, *MLP_IN], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 4 * int(np.prod(MLP_IN))}}]}).encode()
+
+
+def infer_request(extra: str = "", body: bytes | None = None) -> bytes:
+    body = MLP_HEADER + mlp_input(1).tobytes() if body is None else body
+    return (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Inference-Header-Content-Length: {len(MLP_HEADER)}\r\n{extra}\r\n").encode() + body
+
+
+def read_response(s: socket.socket, buf: bytearray) -> tuple[int, bytes]:
+    """One response from a keep-alive connection (bytes after it stay in buf)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed before a response"
+        buf += chunk
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    n = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1)) if b"ength" in head else 0
+    while len(rest) < n:
+        chunk = s.recv(65536)
+        assert chunk, "connection closed mid-response"
+        rest += chunk
+    buf[:] = rest[n:]
+    return int(head.split()[1]), head + b"\r\n\r\n" + rest[:n]
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(fe):
+    """Several requests on one connection, the second and third sent before the first is
+    answered: the slow one (through the controller) is still answered first."""
+    host, port = fe.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        buf = bytearray()
+        for _ in range(3):                                 # plain keep-alive
+            s.sendall(infer_request())
+            assert read_response(s, buf)[0] == 200
+        s.sendall(infer_request() + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" +
+                  b"GET /v2/models/nosuchmodel HTTP/1.1\r\nHost: x\r\n\r\n")
+        statuses = [read_response(s, buf) for _ in range(3)]
+        assert [st for st, _ in statuses] == [200, 200, 404]
+        assert b'"model_name":"mlp"' in statuses[0][1]            # the infer's answer came first
+
+
+def test_expect_100_continue_chunked_bodies_and_bad_routes(fe):
+    host, port = fe.http.split(":")
+    body = MLP_HEADER + mlp_input(1).tobytes()
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        buf = bytearray()
+        request = infer_request("Expect: 100-continue\r\n")
+        s.sendall(request[:-len(body)])                    # headers only, as curl does
+        assert read_response(s, buf)[1].startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        assert read_response(s, buf)[0] == 200
+        chunked = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                   f"Inference-Header-Content-Length: {len(MLP_HEADER)}\r\n\r\n").encode()
+        for part in (body[:1000], body[1000:]):
+            chunked += b"%x\r\n%s\r\n" % (len(part), part)
+        s.sendall(chunked + b"0\r\n\r\n")
+        assert read_response(s, buf)[0] == 200
+        for request, status in ((b"GET /v2/models/mlp/infer", 405), (b"POST /v2/health/live", 405),
+                                (b"GET /v2/nothing", 404), (b"GET /v2/models/mlp/versions//ready", 404)):
+            s.sendall(request + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert read_response(s, buf)[0] == status, request
+    status, headers, reply = raw_http(fe.http, b"NOT HTTP AT ALL\r\n\r\n")
+    assert status == 400 and "malformed HTTP" in json.loads(reply)["error"]
+
+
+def test_endless_request_head_is_refused_not_buffered(fe, http):
+    """A header that never ends (httptools has no limit of its own) is answered 431 and the
+    connection closed once the head passes MAX_HEAD, instead of growing without bound."""
+    from clockwork.frontend.http_server import MAX_HEAD
+    host, port = fe.http.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        sent, piece = 0, b"a" * 65536
+        try:
+            while sent <= MAX_HEAD + len(piece):
+                s.sendall(piece)
+                sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass                                   # closed on us while sending: also fine
+        buf = bytearray()
+        assert read_response(s, buf)[0] == 431
+    assert http.is_server_live()
 
 
 # ---------------------------------------------------------------- misbehaving clients, limits

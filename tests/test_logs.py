@@ -62,3 +62,45 @@ def test_rows_are_on_disk_after_each_flush_while_open(tmp_path):
     assert (tmp_path / NAMES[0]).read_text().splitlines()[1] == "5\t1\t0"   # tail -f sees it
     req.close()
     act.close()
+
+
+def _wait_for_lines(path, n, timeout_s=30.0):
+    """The file's lines once it has at least n (the writer child appends asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = path.read_text().splitlines()
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
+def test_a_writer_process_writes_the_same_text(tmp_path):
+    rows = [(1, 2, "Infer", 0.5, -3, 10 ** 15), (4, 5, "LoadWeights", 0.0, 0, 7)]
+    for name, writer in (("in.tsv", False), ("child.tsv", True)):
+        from clockwork.controller.logs import TsvLog
+        log = TsvLog(tmp_path / name, ("a", "b", "c", "d", "e", "f"), writer_process=writer)
+        assert (log._writer is not None) == writer
+        for r in rows:
+            log.add(r)
+        log.flush()
+        if writer:          # on disk while open, once the child got to it
+            assert _wait_for_lines(tmp_path / name, 3)[1:] == ["1\t2\tInfer\t0.5\t-3\t1000000000000000",
+                                                              "4\t5\tLoadWeights\t0.0\t0\t7"]
+        log.add((9, 9, "x", 1.25, 0, 0))
+        log.close()
+    assert (tmp_path / "in.tsv").read_text() == (tmp_path / "child.tsv").read_text()
+
+
+def test_rows_survive_the_writer_process_dying(tmp_path):
+    from clockwork.controller.logs import TsvLog
+    log = TsvLog(tmp_path / "r.tsv", ("a", "b"), writer_process=True)
+    log.add((1, 1))
+    log.flush()
+    assert len(_wait_for_lines(tmp_path / "r.tsv", 2)) == 2
+    log._writer.kill()
+    log._writer.wait()
+    for i in range(2, 5):
+        log.add((i, i))
+        log.flush()                         # the first of these finds the child gone
+    log.close()
+    assert (tmp_path / "r.tsv").read_text().splitlines() == ["a\tb", "1\t1", "2\t2", "3\t3", "4\t4"]

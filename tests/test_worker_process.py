@@ -1,4 +1,5 @@
 """A real emulated worker process on a free 127.0.0.1 port, talked to through a DEALER."""
+import collections
 import os
 import signal
 import subprocess
@@ -67,10 +68,17 @@ def dealer(worker):
         ctx.term()
 
 
+_batched: dict = {}     # socket -> results of a ResultBatch not yet returned, in order
+
+
 def recv_result(sock, want=None, timeout_s=WAIT_S):
-    """The next message that is not a Heartbeat (or, with want=Heartbeat, the next heartbeat)."""
+    """The next message that is not a Heartbeat (or, with want=Heartbeat, the next heartbeat);
+    the results of a ResultBatch one by one, in order."""
+    held = _batched.setdefault(sock, collections.deque())
     deadline = time.monotonic() + timeout_s
     while True:
+        if held and want is not s.Heartbeat:
+            return held.popleft()
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"no {want.__name__ if want else 'result'} within {timeout_s}s")
@@ -80,7 +88,9 @@ def recv_result(sock, want=None, timeout_s=WAIT_S):
         if frames[0][:1] == s.FATAL_PREFIX:
             return frames[0], frames[1:]
         msg = s.decode(frames[0], s.RESULT_DECODER)
-        if (want is s.Heartbeat) == isinstance(msg, s.Heartbeat):
+        if type(msg) is s.ResultBatch:
+            held.extend(s.unbatch(msg, frames[1:]))
+        elif (want is s.Heartbeat) == isinstance(msg, s.Heartbeat):
             return msg, frames[1:]
 
 
@@ -349,10 +359,11 @@ def test_a_controller_resets_a_worker_that_refuses_it():
                 continue
             ident, header = fake.recv_multipart()[:2]
             msg = s.decode(header, s.ACTION_DECODER)
-            seen.append(type(msg))
-            if type(msg) is s.GetWorkerState:
-                fake.send_multipart([ident, s.encode(s.ErrorResult(
-                    msg.action_id, 25, Status.NOT_CONTROLLER, "send Reset first", 1, 2))])
+            for msg, _ in s.unbatch(msg, []) if type(msg) is s.ActionBatch else [(msg, [])]:
+                seen.append(type(msg))
+                if type(msg) is s.GetWorkerState:
+                    fake.send_multipart([ident, s.encode(s.ErrorResult(
+                        msg.action_id, 25, Status.NOT_CONTROLLER, "send Reset first", 1, 2))])
         assert seen.count(s.GetWorkerState) >= 2, seen      # probed again after the refusal
         assert seen[:2] == [s.Reset, s.GetWorkerState] and s.Reset in seen[2:], seen
     finally:

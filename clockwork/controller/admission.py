@@ -79,6 +79,27 @@ class Replies:
         self.waiting.clear()
 
 
+def split_infer_batch(batch: s.InferRequestBatch, data) -> tuple[list, str | None]:
+    """([(request, its input frames)], None), or (requests, why) when the frame counts do not
+    fit the frames carried (then no request can be given its inputs). Admission and the edge
+    process (controller/edge.py) read batches through this."""
+    counts = batch.frames
+    requests = batch.requests
+    if counts and (len(counts) != len(requests) or sum(counts) != len(data) or min(counts) < 0):
+        return requests, (f"batch of {len(requests)} requests names {sum(counts)} input frames in "
+                          f"{len(counts)} counts but carries {len(data)}")
+    if not counts and data:
+        return requests, "batch carries input frames but no per-request frame counts"
+    if not counts:
+        return [(msg, ()) for msg in requests], None
+    out = []
+    at = 0
+    for msg, n in zip(requests, counts):
+        out.append((msg, data[at:at + n]))
+        at += n
+    return out, None
+
+
 class Admission:
     def _reply(self, msg, data=(), *, ident: bytes) -> None:
         """Answer a client (stamped with this controller's epoch), at the end of this loop pass."""
@@ -139,26 +160,13 @@ class Admission:
     def _on_infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data) -> None:
         """Each request of the batch as if it had come alone, with its own input frames."""
         self.replies.client_batches(ident)
-        counts = batch.frames
-        if counts and (len(counts) != len(batch.requests) or sum(counts) != len(data) or min(counts) < 0):
-            for msg in batch.requests:
-                self._reply(s.InferResponse(msg.request_id, Status.INVALID_REQUEST,
-                                            f"batch of {len(batch.requests)} requests names {sum(counts)} input "
-                                            f"frames in {len(counts)} counts but carries {len(data)}",
+        requests, error = split_infer_batch(batch, data)
+        if error is not None:
+            for msg in requests:
+                self._reply(s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
                                             msg.model_id, msg.batch_size), ident=ident)
             return
-        if not counts and data:
-            for msg in batch.requests:
-                self._reply(s.InferResponse(msg.request_id, Status.INVALID_REQUEST,
-                                            "batch carries input frames but no per-request frame counts",
-                                            msg.model_id, msg.batch_size), ident=ident)
-            return
-        at = 0
-        for i, msg in enumerate(batch.requests):
-            frames = ()
-            if counts:
-                frames = data[at:at + counts[i]]
-                at += counts[i]
+        for msg, frames in requests:
             try:
                 self._on_infer(ident, msg, frames)
             except Exception as e:   # a bug must cost one request, not the controller

@@ -87,7 +87,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             links.append(WorkerLink(i, addr, dealer(
                 self.ctx, whost, wport, secure=sec and (lambda sk: sec.client(sk, "controller", "worker")))))
         # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
-        self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out)
+        self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out,
+                         log_writer=bool(config["logging"].get("writer_process", False)))
         if telemetry_port is None:
             telemetry_port = cc.get("telemetry_port", 0)
         if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
@@ -99,10 +100,10 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                 self.telemetry = None
 
     def _init_state(self, config: dict, client_sock, workers: list[WorkerLink], scheduler: str | None,
-                    clock, epoch: int, log_dir, out) -> None:
+                    clock, epoch: int, log_dir, out, log_writer: bool = False) -> None:
         """Everything but opening sockets and telemetry. The simulator's controller
         (clockwork.sim.controller) calls this with its own sockets and clock, so both run on
-        the same state."""
+        the same state. `log_writer`: the logs are written by child processes (logs.py)."""
         from .schedulers import make_scheduler   # registry lives with the policies
 
         cc = config["controller"]
@@ -144,9 +145,11 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self._held: dict[int, int] = {}     # request id -> its input bytes, until answered
         self.print_interval = float(cc["print_interval_s"])
         self.request_log, self.action_log = logs_mod.open_logs(
-            log_dir, config["logging"]["request_log"], config["logging"]["action_log"])
+            log_dir, config["logging"]["request_log"], config["logging"]["action_log"], log_writer)
         self.telemetry = None
         self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
+        self.batch_actions = bool(cc.get("batch_actions", True))
+        self._outgoing: list[WorkerLink] = []      # links with actions held (worker_links.send_actions)
         self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
         self._running = False
         self._failed_sends: list[tuple[int, str]] = []     # (action id, why), delivered after the tick
@@ -159,13 +162,30 @@ class Controller(WorkerLinks, ModelLoading, Admission):
     # ------------------------------------------------------------------ Outbox for the scheduler
 
     def _tick(self) -> int:
-        """Run the scheduler's tick, then deliver the sends that failed during it; returns when
-        to tick next (at once if failures were delivered: the scheduler must see them)."""
+        """Run the scheduler's tick, send the actions it made, then deliver the sends that
+        failed; returns when to tick next (at once if failures were delivered: the scheduler
+        must see them)."""
         nt = self.scheduler.tick()
+        if self._outgoing:
+            self.send_actions()
         if self._failed_sends:
             self._deliver_failed_sends()
             return self.clock()
         return nt if nt is not None else self.clock() + HOUSEKEEPING_NS
+
+    def _send_outgoing(self) -> bool:
+        """The end of every loop pass, before it waits: the actions made outside a tick (probes,
+        model loads, handlers) go out, then the answers. Returns whether sends failed: their
+        WORKER_LOST results were delivered, and a running scheduler must tick again at once."""
+        failed = False
+        while self._outgoing:
+            self.send_actions()
+            if self._failed_sends:
+                failed = True
+                self._deliver_failed_sends()     # (edge callbacks may send again)
+        if self.replies.waiting:
+            self.replies.flush()
+        return failed
 
     # ------------------------------------------------------------------ main loop
 
@@ -209,13 +229,14 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     next_print = now + int(self.print_interval * 1e9)
                 if self.phase == "running" and now >= next_tick:
                     next_tick = self._tick()
+                # every action and answer this pass made goes out before we sleep
+                if self._send_outgoing() and self.phase == "running":
+                    next_tick = now
                 wake = min(next_housekeeping, next_print)
                 if self.phase == "running":
                     wake = min(wake, next_tick)
                 if end is not None:
                     wake = min(wake, end)
-                if self.replies.waiting:      # every answer this pass made goes out before we sleep
-                    self.replies.flush()
                 ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s)
                 for sock in ready:
                     self._handle_ready(sock)

@@ -2,6 +2,10 @@
 send queued until after the tick), reading results and heartbeats, probing, loss and rejoin
 (docs/reliability.md says what is promised while workers fail).
 
+Actions to one worker are held on its link until the loop pass that made them sends them
+(`send_actions`, after every tick and before the loop waits), as one ActionBatch when there are
+several; workers answer likewise with a ResultBatch, read entry by entry here.
+
 WorkerLinks is one part of Controller (controller/server.py), a mixin: it works on the
 controller's workers, pending actions, scheduler, logs, stats and telemetry.
 """
@@ -22,7 +26,7 @@ DRAIN_BATCH = 256           # messages read from one socket before the loop look
 
 class WorkerLink:
     __slots__ = ("id", "address", "sock", "sync", "state", "alive", "joined", "last_heard",
-                 "last_probe", "pending", "readings", "late", "monitor", "taken")
+                 "last_probe", "pending", "readings", "late", "monitor", "taken", "outbox")
 
     def __init__(self, worker_id: int, address: str, sock: zmq.Socket):
         self.id = worker_id
@@ -39,6 +43,7 @@ class WorkerLink:
         self.late = 0               # results of actions already failed (worker was lost): discarded
         self.taken = False          # another controller's Reset took it over: no probes until reconnected
         self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.outbox: list = []      # [(action id, wire action, data frames)] not yet sent
 
 
 class Pending:
@@ -68,10 +73,35 @@ class WorkerLinks:
             context = self.scheduler.log_context(worker_id, action.gpu_id, action.model_id)
         self.pending[aid] = Pending(w, action, now, expected_end, on_done, context)
         w.pending.add(aid)
+        wire = w.sync.action_to_worker(action)
+        if self.batch_actions:
+            if not w.outbox:
+                self._outgoing.append(w)
+            w.outbox.append((aid, wire, data))
+            return
         try:
-            send(w.sock, w.sync.action_to_worker(action), data, flags=NOBLOCK)
+            send(w.sock, wire, data, flags=NOBLOCK)
         except zmq.Again:
             self._failed_sends.append((aid, f"worker {w.address} send queue full"))
+
+    def send_actions(self) -> None:
+        """Send the actions held: one message per worker, an ActionBatch when there are
+        several. A send that fails fails each of its actions, delivered as for a single send."""
+        for w in self._outgoing:
+            held = w.outbox
+            if not held:        # dropped when the worker was lost
+                continue
+            w.outbox = []
+            try:
+                if len(held) == 1:
+                    _, wire, data = held[0]
+                    send(w.sock, wire, data, flags=NOBLOCK)
+                else:
+                    batch, frames = s.batch(s.ActionBatch, [a for _, a, _ in held], [d for _, _, d in held])
+                    send(w.sock, batch, frames, flags=NOBLOCK)
+            except zmq.Again:
+                self._failed_sends.extend((aid, f"worker {w.address} send queue full") for aid, _, _ in held)
+        self._outgoing.clear()
 
     def _deliver_failed_sends(self) -> None:
         failed, self._failed_sends = self._failed_sends, []
@@ -88,7 +118,26 @@ class WorkerLinks:
             except ProtocolError as e:
                 self.out(f"Worker {w.address}: {e}")
                 continue
-            self._on_worker_message(w, msg, data, self.clock())
+            if type(msg) is s.ResultBatch:
+                self._on_result_batch(w, msg, data, self.clock())
+            else:
+                self._on_worker_message(w, msg, data, self.clock())
+
+    def _on_result_batch(self, w: WorkerLink, batch: s.ResultBatch, data, now: int) -> None:
+        for result, frames in s.unbatch(batch, data):
+            if type(result) is s.BadEntry:
+                self._bad_result(w, result, now)
+            else:
+                self._on_worker_message(w, result, frames, now)
+
+    def _bad_result(self, w: WorkerLink, entry: s.BadEntry, now: int) -> None:
+        """A result in a batch that could not be read: its action (if it names one of ours on
+        this link) fails with BAD_MESSAGE now instead of waiting for the worker to be lost."""
+        w.last_heard = now
+        self.out(f"Worker {w.address}: {entry.error}")
+        p = self.pending.get(entry.action_id)
+        if p is not None and p.worker is w:
+            self._fail_action(entry.action_id, Status.BAD_MESSAGE, f"worker {w.address}: {entry.error}")
 
     def _on_worker_message(self, w: WorkerLink, msg, data, now: int) -> None:
         w.last_heard = now
@@ -211,6 +260,7 @@ class WorkerLinks:
                 else:
                     for aid in sorted(w.pending):
                         self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} disconnected")
+                    w.outbox.clear()        # failed above: not sent
                     w.last_probe = 0
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not w.alive and self._running:
                 w.taken = False     # a new connection (e.g. the worker restarted): ours again
@@ -234,6 +284,7 @@ class WorkerLinks:
                 self.out(f"Worker {w.id} ({w.address}): {why}")
                 for aid in sorted(w.pending):
                     self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} serves another controller")
+                w.outbox.clear()
             return
         p = self.pending.get(msg.action_id)
         if p is not None and p.worker is w:
@@ -250,6 +301,7 @@ class WorkerLinks:
         for aid in sorted(w.pending):
             self._fail_action(aid, Status.WORKER_LOST, f"worker {w.address} lost")
         w.pending.clear()
+        w.outbox.clear()        # failed above: not sent
         self.rejoin_waiting.pop(w.id, None)
         for job in list(self.load_jobs.values()):
             if w.id in job.waiting:

@@ -6,7 +6,7 @@ clockwork. See docs/frontend.md.
     link.py         the controller connection (clockwork's client library) on the asyncio loop
     inference.py    one request through the controller: checks, limits, outcome
     errors.py       status mapping (clockwork status -> HTTP status / gRPC code)
-    http_server.py  the REST API (aiohttp)
+    http_server.py  the REST API (an asyncio Protocol with httptools)
     grpc_server.py  inference.GRPCInferenceService (grpc.aio, tritonclient's generated code)
     metrics.py      Prometheus metrics of the front end
     command.py      `cw frontend`

@@ -165,7 +165,7 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
     controller follows [security] in the config, as for `cw client`.
     """
     try:
-        import aiohttp  # noqa: F401
+        import httptools  # noqa: F401
         import grpc  # noqa: F401
         import tritonclient.grpc.service_pb2  # noqa: F401
     except ImportError as e:

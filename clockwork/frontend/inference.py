@@ -76,8 +76,11 @@ class Inference:
             raise bad_request(f"batch size {batch} not supported by model {m.name!r} (1..{limit})")
         return batch
 
-    async def run(self, m: ModelVersion, batch: int, data, slo_ms=None, timeout_s=None):
-        """Send the request; returns (InferResponse, output buffer of batch x output bytes)."""
+    def submit(self, m: ModelVersion, batch: int, data, slo_ms, timeout_s, done) -> None:
+        """Send the request; `done(error, response, output)` runs once on the loop's thread with
+        either a FrontendError or (InferResponse, output buffer of batch x output bytes). A
+        request refused before it is sent raises FrontendError here instead. timeout_s: answer
+        504 if the controller has not answered by then (None: the link's timeout)."""
         nbytes = len(data) if not isinstance(data, memoryview) else data.nbytes
         if nbytes != batch * m.input_size:
             raise bad_request(f"input of model {m.name!r} is {nbytes} bytes; "
@@ -86,23 +89,49 @@ class Inference:
             raise unavailable(f"front end at its limit of {self.limits.max_inflight} requests in flight")
         slo_ns = int(slo_ms * 1e6) if slo_ms else 0
         self.inflight += 1
-        try:
-            fut = self.link.infer(m.model_id, data, batch, slo_ns)
-            if timeout_s is not None and timeout_s < self.link.timeout_s:
-                try:
-                    response, frames = await asyncio.wait_for(fut, timeout_s)
-                except asyncio.TimeoutError:
-                    raise FrontendError(504, f"no answer within {timeout_s:g} s", NO_ANSWER) from None
-            else:
-                response, frames = await fut
-        finally:
+        timer = None
+        finished = False
+
+        def answered(response, frames, latency_s):
+            nonlocal finished
+            if finished:                      # our own timeout answered first
+                return
+            finished = True
             self.inflight -= 1
-        if response.status != Status.SUCCESS:
-            if response.status == Status.STALE_EPOCH:
-                self.link.stale()
-            raise FrontendError.from_status(response.status, response.message)
-        out = frames[0].buffer if frames else b""
-        if len(out) != batch * m.output_size:
-            raise FrontendError(500, f"controller answered {len(out)} output bytes, "
-                                     f"expected {batch * m.output_size}", Status.ERROR)
-        return response, out
+            if timer is not None:
+                timer.cancel()
+            if response.status != Status.SUCCESS:
+                if response.status == Status.STALE_EPOCH:
+                    self.link.stale()
+                done(FrontendError.from_status(response.status, response.message), None, None)
+                return
+            out = frames[0].buffer if frames else b""
+            if len(out) != batch * m.output_size:
+                done(FrontendError(500, f"controller answered {len(out)} output bytes, "
+                                        f"expected {batch * m.output_size}", Status.ERROR), None, None)
+                return
+            done(None, response, out)
+
+        def expired():
+            nonlocal finished
+            if not finished:
+                finished = True
+                self.inflight -= 1
+                done(FrontendError(504, f"no answer within {timeout_s:g} s", NO_ANSWER), None, None)
+
+        if timeout_s is not None and timeout_s < self.link.timeout_s:
+            timer = asyncio.get_running_loop().call_later(timeout_s, expired)
+        self.link.infer(m.model_id, data, batch, slo_ns, answered)
+
+    async def run(self, m: ModelVersion, batch: int, data, slo_ms=None, timeout_s=None):
+        """submit() for a coroutine: returns (InferResponse, output buffer); raises FrontendError."""
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(error, response, out):
+            if not fut.done():
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result((response, out))
+        self.submit(m, batch, data, slo_ms, timeout_s, done)
+        return await fut

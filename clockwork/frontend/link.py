@@ -66,14 +66,15 @@ class ControllerLink:
         self._tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self._refresher())]
 
     def _watch(self) -> None:
-        """Watch the client's sockets (again if they changed, e.g. after a reconnect)."""
+        """Watch the client's sockets (again if they changed, e.g. after a reconnect): the
+        request socket wakes the lean pump, the connection monitor the full one."""
         fds = [s.getsockopt(zmq.FD) for s in self.client.sockets]
         if fds == self._fds:
             return
         for fd in self._fds:
             self._loop.remove_reader(fd)
-        for fd in fds:
-            self._loop.add_reader(fd, self._pump)
+        for i, fd in enumerate(fds):
+            self._loop.add_reader(fd, self._pump if i == 0 else self._pump_all)
         self._fds = fds
 
     async def close(self) -> None:
@@ -91,16 +92,21 @@ class ControllerLink:
 
     # ------------------------------------------------------------------ driving the client
 
-    def _pump(self) -> None:
+    def _pump(self, monitor: bool = False) -> None:
+        """Send what is queued, handle what arrived. The monitor (connects, disconnects) is
+        read only when its own descriptor wakes us, or on the tick: it costs system calls."""
         self._pump_scheduled = False
         client = self.client
-        while client.poll(0) >= 10_000:      # poll handles at most 10,000 answers per call
+        while client.poll(0, monitor=monitor) >= 10_000:   # at most 10,000 answers per call
             pass
         if client.disconnects != self._disconnects:
             self._disconnects = client.disconnects
             self._set_ready(False, f"connection to the controller at {self.address} lost")
             self.registry = Registry()           # whoever answers next lists from scratch
             self._wake.set()
+
+    def _pump_all(self) -> None:
+        self._pump(monitor=True)
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled:
@@ -111,7 +117,7 @@ class ControllerLink:
         while True:
             await asyncio.sleep(TICK_S)
             self._watch()
-            self._pump()
+            self._pump_all()
 
     def _set_ready(self, ready: bool, why: str = "") -> None:
         if ready != self.ready:
@@ -124,16 +130,13 @@ class ControllerLink:
 
     # ------------------------------------------------------------------ requests
 
-    def infer(self, model_id: int, inputs, batch_size: int, slo_ns: int) -> asyncio.Future:
-        """Send one Infer; the future gets (response, data frames). Never raises."""
-        fut = self._loop.create_future()
-
-        def answered(response, data, latency_s):
-            if not fut.done():
-                fut.set_result((response, data))
+    def infer(self, model_id: int, inputs, batch_size: int, slo_ns: int, answered) -> None:
+        """Send one Infer; `answered(response, data_frames, latency_s)` runs on the loop's
+        thread when the controller answers (or the client library gives up: NO_ANSWER,
+        CONNECTION_LOST, SEND_FAILED), possibly before this returns. No future, no task: the
+        caller's callback is the whole per-request state."""
         self.client.infer_async(model_id, answered, inputs, batch_size, slo_ns=slo_ns)
         self._schedule_pump()
-        return fut
 
     def _call(self, send, timeout_s: float) -> asyncio.Future:
         fut = self._loop.create_future()

@@ -72,7 +72,7 @@ class SimController(Controller):
         self.started = self.clock()
         self._plan_startup_report(self.started)
         self._next_print = self.clock() + int(self.print_interval * 1e9)
-        self._arm()
+        self._end_pass()
 
     def _turn(self, t) -> None:
         """One pass of run()'s loop at a due time: housekeeping, stats lines, scheduler tick."""
@@ -130,9 +130,10 @@ class SimController(Controller):
         self.cpu_ns += process_time_ns() - cpu0
 
     def _end_pass(self) -> None:
-        """What run() does before it waits: answers made in this pass go out, timers re-armed."""
-        if self.replies.waiting:
-            self.replies.flush()
+        """What run() does before it waits: actions and answers made in this pass go out (a
+        failed send makes the scheduler tick again at once), timers re-armed."""
+        if self._send_outgoing() and self.phase == "running":
+            self._next_tick = self.clock()
         self._arm()
 
     def _arm(self) -> None:

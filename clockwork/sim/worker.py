@@ -173,26 +173,37 @@ class SimWorker:
             except s.ProtocolError as e:
                 self._send(ident, s.ErrorResult(-1, 0, Status.BAD_MESSAGE, str(e), received), ())
                 continue
-            cls = msg.__class__
-            if ident != self.controller:          # worker/server.py: Reset makes a peer the controller
-                if cls is s.Reset:
-                    if self.controller is not None:
-                        self._send(self.controller, s.ErrorResult(
-                            -1, TAGS[s.Reset], Status.NOT_CONTROLLER,
-                            "another controller took this worker over (Reset)", received), ())
-                    self.controller = ident
-                elif cls is not s.GetWorkerState:
-                    self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.NOT_CONTROLLER,
-                                                    "this worker serves another controller link: a controller "
-                                                    "must send Reset first", received), ())
-                    continue
-            try:
-                rt.handle(msg, frames[2:], ident, received)
-            except Exception as e:    # as worker/server.py: a bug costs one action
-                self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(msg.__class__, 0), Status.RUNTIME_ERROR,
-                                                f"internal error: {e!r}", received), ())
+            if msg.__class__ is s.ActionBatch:      # as worker/server.py: each entry on its own
+                for action, data in s.unbatch(msg, frames[2:]):
+                    if action.__class__ is s.BadEntry:
+                        self._send(ident, s.ErrorResult(action.action_id, action.tag, Status.BAD_MESSAGE,
+                                                        action.error, received), ())
+                    else:
+                        self._on_action(ident, action, data, received)
+            else:
+                self._on_action(ident, msg, frames[2:], received)
             rt.advance(self.clock())
         self._arm()
+
+    def _on_action(self, ident: bytes, msg, data, received: int) -> None:
+        cls = msg.__class__
+        if ident != self.controller:          # worker/server.py: Reset makes a peer the controller
+            if cls is s.Reset:
+                if self.controller is not None:
+                    self._send(self.controller, s.ErrorResult(
+                        -1, TAGS[s.Reset], Status.NOT_CONTROLLER,
+                        "another controller took this worker over (Reset)", received), ())
+                self.controller = ident
+            elif cls is not s.GetWorkerState:
+                self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.NOT_CONTROLLER,
+                                                "this worker serves another controller link: a controller "
+                                                "must send Reset first", received), ())
+                return
+        try:
+            self.rt.handle(msg, data, ident, received)
+        except Exception as e:    # as worker/server.py: a bug costs one action
+            self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.RUNTIME_ERROR,
+                                            f"internal error: {e!r}", received), ())
 
     def _send(self, ident, msg, data) -> None:
         msg.sent = self.clock()

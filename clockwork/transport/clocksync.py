@@ -28,20 +28,30 @@ _RECEIVED_SENT = (ClearCacheResult, WorkerStateResult, ErrorResult)
 
 
 class ClockSync:
-    __slots__ = ("offset", "rtt", "_samples")
+    __slots__ = ("offset", "rtt", "_samples", "_best")
 
     def __init__(self, window: int = 64):
         self.offset = 0
         self.rtt = 0
         self._samples: deque[tuple[int, int]] = deque(maxlen=window)
+        self._best: tuple[int, int] | None = None     # min(self._samples)
 
     def add(self, t0: int, t1: int, t2: int, t3: int) -> None:
-        """One round trip: t0, t3 in controller time, t1, t2 in the worker's."""
+        """One round trip: t0, t3 in controller time, t1, t2 in the worker's. Runs per result:
+        the window's minimum is searched again only when the sample leaving it was the best."""
         rtt = (t3 - t0) - (t2 - t1)
         if rtt < 0:  # worker clock stepped or bogus timestamps: ignore the sample
             return
-        self._samples.append((rtt, ((t1 - t0) + (t2 - t3)) // 2))
-        best = min(self._samples)
+        sample = (rtt, ((t1 - t0) + (t2 - t3)) // 2)
+        samples = self._samples
+        best = self._best
+        leaving = samples[0] if len(samples) == samples.maxlen else None
+        samples.append(sample)
+        if best is None or (leaving is not None and leaving <= best):
+            best = min(samples)
+        elif sample < best:
+            best = sample
+        self._best = best
         self.rtt, self.offset = best
 
     def to_worker(self, t: int) -> int:

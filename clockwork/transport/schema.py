@@ -230,6 +230,16 @@ class Reset(Message, tag=26):
     action_id: int
 
 
+class ActionBatch(Message, tag=27):
+    """Several actions to one worker in one message: what one pass of the controller's loop
+    sent to that worker, in send order. Each entry is one encoded action, decoded on its own
+    (`unbatch`), so an entry the worker cannot read is answered BAD_MESSAGE and the others still
+    run. Data frames: action i's frames, in order; `frames[i]` says how many (empty list: no
+    action carries data). Never nested."""
+    actions: list[msgspec.Raw]
+    frames: list[int] = []
+
+
 # ---------------------------------------------------------------- worker -> controller results
 
 class ErrorResult(Message, tag=40):
@@ -296,6 +306,13 @@ class WorkerStateResult(Message, tag=46):
     state: WorkerState
 
 
+class ResultBatch(Message, tag=48):
+    """Several results to the controller in one message: those a worker's loop made ready in
+    one turn, in the order they were made. Entries and frames as in ActionBatch."""
+    results: list[msgspec.Raw]
+    frames: list[int] = []
+
+
 class Heartbeat(Message, tag=47):
     """Worker -> controller every heartbeat interval, also when idle."""
     sent: int
@@ -306,6 +323,7 @@ class Heartbeat(Message, tag=47):
 ACTIONS = (LoadModelFromDisk, LoadWeights, EvictWeights, Infer, ClearCache, GetWorkerState, Reset)
 RESULTS = (ErrorResult, LoadModelFromDiskResult, LoadWeightsResult, EvictWeightsResult,
            InferResult, ClearCacheResult, WorkerStateResult, Heartbeat)
+BATCHES = (ActionBatch, ResultBatch)
 CLIENT_REQUESTS = (InferRequest, LoadModelRequest, LsRequest, InferRequestBatch)
 CLIENT_RESPONSES = (InferResponse, LoadModelResponse, LsResponse, ErrorResponse, InferResponseBatch)
 
@@ -317,8 +335,11 @@ def _union(types):
 
 
 # One decoder per direction: a peer can only send what its role may send.
-ACTION_DECODER = msgspec.msgpack.Decoder(_union(ACTIONS))
-RESULT_DECODER = msgspec.msgpack.Decoder(_union(RESULTS))
+ACTION_DECODER = msgspec.msgpack.Decoder(_union(ACTIONS + (ActionBatch,)))
+RESULT_DECODER = msgspec.msgpack.Decoder(_union(RESULTS + (ResultBatch,)))
+# an entry of an ActionBatch / ResultBatch: one action / result, never another batch
+_ENTRY_DECODERS = {ActionBatch: msgspec.msgpack.Decoder(_union(ACTIONS)),
+                   ResultBatch: msgspec.msgpack.Decoder(_union(RESULTS))}
 REQUEST_DECODER = msgspec.msgpack.Decoder(_union(CLIENT_REQUESTS))
 RESPONSE_DECODER = msgspec.msgpack.Decoder(_union(CLIENT_RESPONSES))
 
@@ -346,6 +367,66 @@ def decode(frame, decoder: msgspec.msgpack.Decoder) -> Message:
         return decoder.decode(buf[1:])
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ProtocolError(f"malformed message: {e}") from None
+
+
+def batch(cls, messages: list, data: list):
+    """(`cls` ActionBatch or ResultBatch of `messages`, its data frames): data[i] is the list of
+    messages[i]'s frames."""
+    encode_one = _encoder.encode
+    frames = [f for d in data for f in d]
+    return cls([msgspec.Raw(encode_one(m)) for m in messages],
+               [len(d) for d in data] if frames else []), frames
+
+
+class BadEntry(typing.NamedTuple):
+    """An entry of a batch that could not be read: the action id and type tag it seems to
+    carry (-1 / 0 when not even those), and why. Its peer answers it like any bad message."""
+    action_id: int
+    tag: int
+    error: str
+
+
+def unbatch(msg, data: list) -> list:
+    """[(entry, its data frames)] of an ActionBatch or ResultBatch, in order: each entry decoded
+    on its own, so one that does not decode (a BadEntry) costs only itself. Frame counts that
+    do not add up make every entry a BadEntry (no entry can be given the right frames).
+    The worker, the simulated worker and the controller all read batches through this."""
+    entries = msg.actions if type(msg) is ActionBatch else msg.results
+    decode_one = _ENTRY_DECODERS[type(msg)].decode
+    counts = msg.frames
+    frames_bad = None
+    if counts and (len(counts) != len(entries) or sum(counts) != len(data) or min(counts) < 0):
+        frames_bad = (f"batch of {len(entries)} entries names {sum(counts)} data frames in "
+                      f"{len(counts)} counts but carries {len(data)}")
+    elif not counts and data:
+        frames_bad = "batch carries data frames but no per-entry frame counts"
+    out = []
+    at = 0
+    for i, raw in enumerate(entries):
+        frames = ()
+        if counts and frames_bad is None:
+            frames = data[at:at + counts[i]]
+            at += counts[i]
+        try:
+            entry = decode_one(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            entry = BadEntry(*_id_and_tag(raw), f"malformed batch entry {i}: {e}")
+        if frames_bad is not None and type(entry) is not BadEntry:
+            entry = BadEntry(getattr(entry, "action_id", -1), entry.__struct_config__.tag, frames_bad)
+        out.append((entry, frames))
+    return out
+
+
+def _id_and_tag(raw) -> tuple[int, int]:
+    """(action id, tag) of an entry that did not decode, if it is an array starting with two
+    integers (every action and result but Heartbeat is); else (-1, 0)."""
+    try:
+        items = msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError:
+        return -1, 0
+    if isinstance(items, list) and len(items) >= 2 and type(items[0]) is int and type(items[1]) is int:
+        return items[1], items[0]
+    return -1, 0
 
 
 def fatal(text: str) -> bytes:

@@ -63,9 +63,10 @@ def describe_state(state: s.WorkerState, max_models: int = 10) -> str:
 class WorkerServer:
     def __init__(self, runtime: WorkerRuntime, host: str, port: int, heartbeat_interval_ms: int = 200,
                  print_interval_s: float = 10, log=print, ctx: zmq.Context | None = None, security=None,
-                 clock=time.monotonic_ns):
+                 clock=time.monotonic_ns, batch_results: bool = True):
         """`clock`: the worker's clock (ns); every timestamp it sends and every window it checks
-        is in it, whatever the controller's reads (docs/design.md, "Clocks")."""
+        is in it, whatever the controller's reads (docs/design.md, "Clocks"). `batch_results`:
+        results made in one loop turn go to the controller as one message (False: one each)."""
         self.rt = runtime
         self.clock = clock
         runtime.send = self._send
@@ -83,12 +84,15 @@ class WorkerServer:
         self._next_print = 1 << 62
         self._stopped = False
         self._copy_outputs = not runtime.backend.stable_outputs
+        self.batch_results = batch_results
+        self._results: dict[bytes, list] = {}     # peer -> [(result, data frames)] of this turn
         self._fd = runtime.backend.wait_fd()
         self._select_fds = [self.router.getsockopt(zmq.FD)] + ([self._fd] if self._fd is not None else [])
 
     # ------------------------------------------------------------------ sending
     def _send(self, ident, msg, data) -> None:
-        msg.sent = self.clock()
+        """A result: held until this loop turn ends (flush_results), or sent at once with
+        batch_results off."""
         cls = msg.__class__
         if cls is s.WorkerStateResult:
             self.log(f"Sending R{msg.action_id}:GetWorkerState:\n{describe_state(msg.state)}")
@@ -99,11 +103,35 @@ class WorkerServer:
             gc.freeze()      # thousands of long-lived model objects: keep them out of GC passes
         elif cls is s.ErrorResult and msg.action_tag in _LOGGED_TAGS:
             self.log(f"Sending R{msg.action_id}:error {msg.status} ({Status(msg.status).name}): {msg.message}")
-        elif cls is s.InferResult and self._copy_outputs:
+        elif cls is s.InferResult and self._copy_outputs and data:
             # the output lives in an io region the next Infer may overwrite: copy it now
-            self.router.send_multipart([ident, s.encode(msg), *data], copy=True)
+            data = [bytes(memoryview(d)) for d in data]
+        if not self.batch_results:
+            msg.sent = self.clock()
+            sockets.send(self.router, msg, data, ident)
             return
-        sockets.send(self.router, msg, data, ident)
+        held = self._results.get(ident)
+        if held is None:
+            self._results[ident] = [(msg, data)]
+        else:
+            held.append((msg, data))
+
+    def flush_results(self) -> None:
+        """Send the results held: one message per peer (a ResultBatch when there are several),
+        each stamped `sent` now. Called before every wait, so a result never waits longer than
+        the loop turn that made it."""
+        now = self.clock()
+        for ident, held in self._results.items():
+            if len(held) == 1:
+                msg, data = held[0]
+                msg.sent = now
+                sockets.send(self.router, msg, data, ident)
+                continue
+            for msg, _ in held:
+                msg.sent = now
+            batch, frames = s.batch(s.ResultBatch, [m for m, _ in held], [d for _, d in held])
+            sockets.send(self.router, batch, frames, ident)
+        self._results.clear()
 
     def _heartbeat(self, now: int) -> None:
         self.router.send_multipart([self.controller, s.encode(
@@ -131,23 +159,41 @@ class WorkerServer:
             except s.ProtocolError as e:
                 self._bad_message(e, received)
                 continue
-            cls = msg.__class__
-            if ident != self.controller:
-                if cls is s.Reset:
-                    self._handshake(ident, received)
-                elif cls is not s.GetWorkerState:   # a tool asking for state is answered
-                    self._refuse(ident, msg, received)
-                    continue
-            if cls is s.GetWorkerState or cls is s.LoadModelFromDisk or cls is s.Reset \
-                    or cls is s.ClearCache:
-                self.log(_describe_action(msg))
-            try:
-                rt.handle(msg, data, ident, received)
-            except Exception as e:   # a bug must cost one action, not the worker
-                self.log(f"internal error handling A{msg.action_id}: {e!r}")
-                self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.RUNTIME_ERROR,
-                                                f"internal error: {e!r}", received), ())
+            if msg.__class__ is s.ActionBatch:
+                for action, frames in s.unbatch(msg, data):
+                    if action.__class__ is s.BadEntry:
+                        self._bad_entry(ident, action, received)
+                    else:
+                        self._on_action(ident, action, frames, received)
+            else:
+                self._on_action(ident, msg, data, received)
             rt.advance(self.clock())
+
+    def _on_action(self, ident: bytes, msg, data, received: int) -> None:
+        """One action, alone or from a batch: the controller check, then the runtime."""
+        cls = msg.__class__
+        if ident != self.controller:
+            if cls is s.Reset:
+                self._handshake(ident, received)
+            elif cls is not s.GetWorkerState:   # a tool asking for state is answered
+                self._refuse(ident, msg, received)
+                return
+        if cls is s.GetWorkerState or cls is s.LoadModelFromDisk or cls is s.Reset \
+                or cls is s.ClearCache:
+            self.log(_describe_action(msg))
+        try:
+            self.rt.handle(msg, data, ident, received)
+        except Exception as e:   # a bug must cost one action, not the worker
+            self.log(f"internal error handling A{msg.action_id}: {e!r}")
+            self._send(ident, s.ErrorResult(msg.action_id, TAGS.get(cls, 0), Status.RUNTIME_ERROR,
+                                            f"internal error: {e!r}", received), ())
+
+    def _bad_entry(self, ident: bytes, entry: s.BadEntry, received: int) -> None:
+        """An action of a batch that could not be read: answered alone, the rest still run."""
+        st = self.rt.stats
+        st.errors += 1
+        st.by_status[Status.BAD_MESSAGE] = st.by_status.get(Status.BAD_MESSAGE, 0) + 1
+        self._send(ident, s.ErrorResult(entry.action_id, entry.tag, Status.BAD_MESSAGE, entry.error, received), ())
 
     def _handshake(self, ident: bytes, received: int) -> None:
         """A Reset from a new peer: it is the controller from now on; the previous one is told."""
@@ -220,6 +266,8 @@ class WorkerServer:
             wake = self._next_heartbeat
         if polling and now + rt.backend.poll_interval_ns < wake:
             wake = now + rt.backend.poll_interval_ns
+        if self._results:
+            self.flush_results()
         ready, fd_ready = self._wait(min(1.0, (wake - self.clock()) / 1e9))
         if fd_ready:
             rt.poll_backend(self.clock())

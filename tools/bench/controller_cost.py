@@ -11,7 +11,8 @@ client processes sharing the rate; worker, controller and clients share the mach
 which the figures printed say.
 
 --wire single sends one ZeroMQ message per request and per answer (the format before request
-and reply batching), for the ratio; --py-spy FILE records the controller with py-spy (on PATH)
+and reply batching), for the ratio; --worker-wire single likewise one message per action and
+per result between controller and worker (before action and result batching); --py-spy FILE records the controller with py-spy (on PATH)
 during the last step, writes its collapsed stacks to FILE and prints where the time went.
 
     python tools/bench/controller_cost.py --gpus 8 --rates 500,1000,2000,4000
@@ -104,20 +105,26 @@ def send_load(client: Client, model_ids: list[int], rate: float, seconds: float,
 
 
 def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
-             slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1) -> dict:
+             slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1,
+             edges: list | None = None, worker_pids: tuple = ()) -> dict:
+    """One load step; `edges` [(pid, address)]: the clients connect to these edge processes
+    (round robin) instead of to the controller, and their CPU is counted too."""
     import multiprocessing as mp
     procs = []
-    if clients > 1:         # separate sender processes, each started and connected beforehand
+    edges = edges or []
+    if clients > 1 or edges:    # separate sender processes, each started and connected beforehand
         ctx = mp.get_context("spawn")
         ready, go, results = ctx.Queue(), ctx.Event(), ctx.Queue()
         procs = [ctx.Process(target=_client_process, args=(
-            client.address, model_ids, rate / clients, seconds, slo_ns, rng.random(), coalesce,
-            burst, ready, go, results)) for _ in range(clients)]
+            edges[i % len(edges)][1] if edges else client.address, model_ids, rate / clients, seconds,
+            slo_ns, rng.random(), coalesce, burst, ready, go, results)) for i in range(clients)]
         for p in procs:
             p.start()
         for _ in procs:
             ready.get(timeout=60)
     threads0 = thread_cpu_seconds(pid)
+    edges0 = sum(cpu_seconds(e) for e, _ in edges)
+    worker0 = sum(cpu_seconds(w) for w in worker_pids)
     cpu0 = cpu_seconds(pid)
     py0 = main_thread_cpu_seconds(pid)
     t0 = time.perf_counter()
@@ -131,6 +138,8 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pid) - cpu0
     py = main_thread_cpu_seconds(pid) - py0
+    edge_cpu = sum(cpu_seconds(e) for e, _ in edges) - edges0
+    worker_cpu = sum(cpu_seconds(w) for w in worker_pids) - worker0
     threads1 = thread_cpu_seconds(pid)
     sent = sum(p["sent"] for p in parts)
     statuses: dict = {}
@@ -145,6 +154,8 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         "within_slo": ok / sent if sent else 0.0,
         "cpu_us_per_req": cpu / max(1, answered) * 1e6,
         "py_us_per_req": py / max(1, answered) * 1e6,
+        "edges_us_per_req": edge_cpu / max(1, answered) * 1e6,
+        "worker_us_per_req": worker_cpu / max(1, answered) * 1e6,
         "threads_us_per_req": {k: (v - threads0.get(k, 0.0)) / max(1, answered) * 1e6
                                for k, v in threads1.items()},
         "controller_cpu_util": cpu / elapsed,
@@ -152,6 +163,24 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         "p99_ms": lat[int(len(lat) * 0.99)] * 1e3 if lat else float("nan"),
         "statuses": statuses,
     }
+
+
+def start_edges(n: int, controller: str, config) -> list:
+    """[(process, address)] of n `cw edge` processes in front of `controller`, listening."""
+    import subprocess
+    from clockwork.transport.sockets import free_port
+    edges = []
+    for _ in range(n):
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "clockwork.cli", "edge", controller, "--port", str(port),
+                              "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in p.stdout:
+            if "listening" in line:
+                break
+        else:
+            raise SystemExit("an edge process did not start")
+        edges.append((p, f"127.0.0.1:{port}"))
+    return edges
 
 
 def print_profile(path: str, top: int = 25) -> None:
@@ -180,7 +209,9 @@ def print_profile(path: str, top: int = 25) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--gpus", type=int, default=8, help="emulated GPUs in all")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="worker processes sharing the GPUs (--gpus must divide evenly)")
     ap.add_argument("--copies", type=int, default=0, help="resnet50 copies (default 4 per GPU)")
     ap.add_argument("--rates", default="500,1000,2000,3000,4000")
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -189,25 +220,43 @@ def main():
     ap.add_argument("--clients", type=int, default=1, help="client processes sharing the rate")
     ap.add_argument("--wire", choices=["batched", "single"], default="batched",
                     help="batched: requests and answers coalesced per message; single: one message each")
+    ap.add_argument("--worker-wire", choices=["batched", "single"], default="batched",
+                    help="batched: actions and results coalesced per worker per loop pass; single: one message each")
     ap.add_argument("--burst", type=int, default=1, help="requests sent at once per arrival (same total rate)")
+    ap.add_argument("--edges", type=int, default=0,
+                    help="put this many `cw edge` processes between the clients and the controller")
+    ap.add_argument("--logs", choices=["off", "inline", "child"], default="off",
+                    help="request and action logs: none (default), formatted on the controller's loop "
+                         "thread, or by writer child processes ([logging] writer_process)")
     ap.add_argument("--threads", action="store_true", help="print the controller's CPU per thread")
     ap.add_argument("--py-spy", dest="py_spy", default=None, metavar="FILE.svg",
                     help="record the controller with py-spy during the last step")
     args = ap.parse_args()
     copies = args.copies or 4 * args.gpus
     coalesce = args.wire == "batched"
-    cfg = quick_config(3600, {"controller": {"batch_replies": str(coalesce).lower()}})
-    print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs, {copies} resnet50 copies, "
+    worker_batching = str(args.worker_wire == "batched").lower()
+    cfg = quick_config(3600, {"controller": {"batch_replies": str(coalesce).lower(), "batch_actions": worker_batching},
+                              "worker": {"batch_results": worker_batching},
+                              "logging": {"writer_process": str(args.logs == "child").lower()}})
+    print(f"# controller_cost: {args.scheduler}, {args.gpus} emulated H200 GPUs in {args.workers} worker "
+          f"process(es), {copies} resnet50 copies, "
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
           f"{os.cpu_count()} cores shared by client, controller and worker; wire {args.wire}, "
+          f"worker wire {args.worker_wire}, "
           f"{args.clients} client process(es), bursts of {args.burst}; load average {os.getloadavg()[0]:.1f}")
-    with LocalCluster(gpus=args.gpus, scheduler=args.scheduler, config_file=cfg) as cluster:
+    import tempfile
+    log_dir = None if args.logs == "off" else tempfile.mkdtemp(prefix="controller-cost-logs-")
+    if args.workers < 1 or args.gpus % args.workers:
+        raise SystemExit("--gpus must be a multiple of --workers")
+    with LocalCluster(gpus=args.gpus // args.workers, workers=args.workers, scheduler=args.scheduler,
+                      config_file=cfg, log_dir=log_dir) as cluster:
         client = Client(cluster.address, log=lambda *_: None, coalesce=coalesce)
         first, n, _ = client.load_model("resnet50", copies=copies)
         client.ls()
         ids = list(range(first, first + n))
         # warm-up: load weights everywhere they will be needed
         run_step(client, cluster.controller.pid, ids, 200, 3.0, int(args.slo_ms * 1e6), random.Random(0))
+        edges = start_edges(args.edges, cluster.address, cfg)
         best = None
         print(f"{'rate/s':>8} {'sent':>7} {'in SLO':>8} {'ctl us/req':>10} {'py us/req':>9} {'ctl CPU':>8} "
               f"{'p50 ms':>7} {'p99 ms':>7}  statuses")
@@ -221,22 +270,32 @@ def main():
                                         "--nonblocking", "--format", "raw", "-o", args.py_spy],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
             r = run_step(client, cluster.controller.pid, ids, rate, args.seconds,
-                         int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst)
+                         int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst,
+                         [(e.pid, a) for e, a in edges], [w.pid for w in cluster.worker_procs])
             if spy is not None:
                 spy.wait()
             print(f"{r['rate']:8.0f} {r['sent']:7d} {100 * r['within_slo']:7.3f}% "
                   f"{r['cpu_us_per_req']:10.1f} {r['py_us_per_req']:9.1f} {100 * r['controller_cpu_util']:7.1f}% "
                   f"{r['p50_ms']:7.2f} {r['p99_ms']:7.2f}  {r['statuses']}", flush=True)
+            if edges:
+                print(f"         edges: {r['edges_us_per_req']:.1f} us/req in {len(edges)} processes; controller "
+                      f"+ edges {r['cpu_us_per_req'] + r['edges_us_per_req']:.1f} us/req", flush=True)
             if args.threads:
                 print("         controller us/req by thread: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in sorted(r["threads_us_per_req"].items(), key=lambda kv: -kv[1])
-                    if v >= 0.05), flush=True)
+                    if v >= 0.05) + f"; worker processes {r['worker_us_per_req']:.1f}", flush=True)
             if spy is not None:
                 print_profile(args.py_spy)
             if r["within_slo"] >= 0.999:
                 best = r
         client.close()
+        for e, _ in edges:
+            e.terminate()
+            e.wait(10)
     cfg.unlink()
+    if log_dir is not None:
+        import shutil
+        shutil.rmtree(log_dir, ignore_errors=True)
     if best:
         print(f"highest rate with >= 99.9% within SLO: {best['rate']:.0f} r/s "
               f"(controller {best['cpu_us_per_req']:.1f} us CPU per request)")

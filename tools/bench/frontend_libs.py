@@ -7,10 +7,10 @@ uvloop, each in its own process; a keep-alive raw-socket load generator (asyncio
 connection, not by request) drives it at a fixed concurrency. What matters on a loaded machine
 is the server's CPU time per request (from /proc/PID/stat), printed beside the throughput.
 gRPC: grpc.aio serving ModelInfer (tritonclient's generated code) on the default asyncio loop
-and on uvloop, driven by a grpc.aio client. JSON: decoding a 784-float v2 request body with
+and on uvloop, and grpcio's synchronous server (a thread pool), driven by a grpc.aio client. JSON: decoding a 784-float v2 request body with
 json, orjson and msgspec.
 
-    python tools/bench/frontend_libs.py [--requests 20000] [--concurrency 16]
+    python tools/bench/frontend_libs.py [--requests 20000] [--concurrency 16] [--only httptools,grpc-sync]
 """
 from __future__ import annotations
 
@@ -58,6 +58,63 @@ def serve_starlette(port: int) -> None:
     app = Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
                 access_log=False, log_level="warning")
+
+
+def serve_httptools(port: int) -> None:
+    """An asyncio Protocol with httptools on uvloop: what clockwork/frontend/http_server.py is."""
+    import httptools
+    import uvloop
+
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Inference-Header-Content-Length: %d\r\n\r\n" % (len(ANSWER), len(ANSWER)))
+
+    class Conn(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.body = []
+
+        def data_received(self, data):
+            self.parser.feed_data(data)
+
+        def on_body(self, body):
+            self.body.append(body)
+
+        def on_message_complete(self):
+            self.body = []
+            self.transport.write(head + ANSWER)
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Conn, "127.0.0.1", port)
+        await server.serve_forever()
+    uvloop.install()
+    asyncio.run(main())
+
+
+def serve_grpc_sync(port: int) -> None:
+    """grpcio's synchronous server: handlers on a thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pbg
+
+    out = b"\0" * 40
+
+    class Servicer(pbg.GRPCInferenceServiceServicer):
+        def ModelInfer(self, request, context):
+            r = pb.ModelInferResponse(model_name=request.model_name)
+            o = r.outputs.add()
+            o.name, o.datatype = "output", "FP32"
+            o.shape.extend([1, 10])
+            r.raw_output_contents.append(out)
+            return r
+
+    server = grpc.server(ThreadPoolExecutor(8))
+    pbg.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
 
 
 def serve_grpc(port: int, loop: str) -> None:
@@ -180,10 +237,14 @@ def json_decoders(n: int = 2000) -> None:
         print(f"JSON decode+np.asarray {name:8s} {(time.perf_counter() - t) / n * 1e6:6.1f} us per 784-float request")
 
 
+KINDS = ("aiohttp", "starlette", "httptools", "grpc-asyncio", "grpc-uvloop", "grpc-sync")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(KINDS)}")
     p.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -191,10 +252,16 @@ def main() -> None:
         return serve_aiohttp(a.port)
     if a.serve == "starlette":
         return serve_starlette(a.port)
+    if a.serve == "httptools":
+        return serve_httptools(a.port)
+    if a.serve == "grpc-sync":
+        return serve_grpc_sync(a.port)
     if a.serve in ("grpc-asyncio", "grpc-uvloop"):
         return serve_grpc(a.port, a.serve.split("-")[1])
-    json_decoders()
-    for kind in ("aiohttp", "starlette", "grpc-asyncio", "grpc-uvloop"):
+    kinds = a.only.split(",") if a.only else KINDS
+    if not a.only:
+        json_decoders()
+    for kind in kinds:
         measure(kind, a.requests, a.concurrency)
 
 

@@ -73,13 +73,19 @@ def bench_process(zoo: Path, gpus: int, actions: int, copies: int, window: int) 
     ctx = zmq.Context()
     sock = sockets.dealer(ctx, "127.0.0.1", port)
 
+    held = []       # results of a ResultBatch not yet returned
+
     def recv():
         while True:
+            if held:
+                return held.pop(0)
             if not sockets.wait([sock], 30):
                 raise SystemExit("worker did not answer within 30 s")
             frames = sock.recv_multipart(copy=False)
             msg = s.decode(frames[0], s.RESULT_DECODER)
-            if not isinstance(msg, s.Heartbeat):
+            if type(msg) is s.ResultBatch:
+                held.extend(m for m, _ in s.unbatch(msg, frames[1:]))
+            elif not isinstance(msg, s.Heartbeat):
                 return msg
 
     try:
