@@ -648,8 +648,8 @@ from ..worker.command import _Bytes  # noqa: E402
 @click.option("--seed", default=0, show_default=True, help="Seed of the --onnx-zoo weights.")
 @click.option("--share-kernels", is_flag=True,
               help="Batch sizes share one set of kernels compiled for a symbolic batch (batch 1 "
-                   "keeps its own if the graph has dense layers): 2-5x less compile time, "
-                   "exec 4-8% slower for conv nets, up to ~40% for dense-heavy ones at b2-b16.")
+                   "keeps its own if the graph has dense layers): several times less compile "
+                   "time, exec 4-50% slower at b2-b16 (BENCHMARKS.md).")
 @click.option("--force", is_flag=True, help="Rebuild even what is up to date.")
 def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dtype, page_size,
                        weights_cache, seed, share_kernels, force):
@@ -733,7 +733,7 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     each exact shape. With job["share_kernels"] the batch sizes call one function, SHARED,
     imported once with a symbolic batch bounded by the largest size: one set of kernels for
     all of them. Compiling is almost all CUDA source (dlight unrolls a conv kernel into ~100
-    KB) and was multiplied by the number of batch sizes; the shared kernels are somewhat
+    KB), once per batch size; the shared kernels compile several times faster and run 4-50%
     slower (BENCHMARKS.md, "Compiling the imported zoo"). Batch 1 keeps kernels of its own
     where the graph has dense layers (at batch 1 dlight schedules them as GEMVs, much faster
     than its generic matmul). A graph that cannot be imported with a symbolic batch (a Reshape
