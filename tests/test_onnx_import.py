@@ -25,7 +25,8 @@ from clockwork.transport import schema as s  # noqa: E402
 from test_tvm_cpu import PAGE, Driver  # noqa: E402
 
 LIGHT = ("squeezenet", "shufflenet")
-BATCHES = (1, 4)
+SHARE = {"squeezenet": True, "shufflenet": False}     # kernels shared by the batch sizes or not
+BATCHES = (1, 2, 4)
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -36,7 +37,9 @@ def _quiet(*_):
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("onnxzoo")
-    oi.import_onnx_zoo(root, LIGHT, target="llvm", batch_sizes=BATCHES, page_size=PAGE, log=_quiet)
+    for name in LIGHT:
+        oi.import_onnx_zoo(root, [name], target="llvm", batch_sizes=BATCHES, page_size=PAGE,
+                           share_kernels=SHARE[name], log=_quiet)
     return root
 
 
@@ -80,6 +83,46 @@ def test_light_models_match_onnxruntime(zoo, name):
             assert np.abs(ref[0] - ref[1]).max() > 100 * 1e-4 * np.abs(ref).max()
 
 
+def _kernels(job, batch_sizes):
+    """The module relax_module makes, legalized, and how many PrimFuncs (kernels) it has."""
+    from tvm import relax, tirx
+    mod = relax.transform.LegalizeOps()(oi.relax_module(job, batch_sizes)[0])
+    return mod, sum(isinstance(f, tirx.PrimFunc) for f in mod.functions.values())
+
+
+def _calls_shared(func) -> bool:
+    return oi.SHARED in func.script()
+
+
+def test_shared_kernels_make_one_set_for_all_batch_sizes():
+    """Compile time grows with the kernels' CUDA source: with share_kernels the batch sizes of
+    a conv net call one function imported with a symbolic batch: one set of kernels, not five."""
+    job = {"light": "squeezenet", "seed": 0, "page_size": PAGE, "share_kernels": True}
+    one_mod, one = _kernels(job, [1])
+    mod, five = _kernels(job, [1, 2, 4, 8, 16])
+    assert one > 10 and five <= one + 2, (one, five)
+    assert all(_calls_shared(mod[f"b{b}"]) for b in (1, 2, 4, 8, 16))
+    item = [int(d) for d in one_mod["b1"].ret_ty.shape.values[1:]]
+    assert [int(d) for d in mod["b8"].ret_ty.shape.values] == [8, *item]     # static for the worker
+
+
+def test_batch_one_of_a_net_with_dense_layers_has_its_own_kernels(tmp_path):
+    """At batch 1 a dense layer is a GEMV (dlight's fast rule): b1 is imported for batch 1
+    even with share_kernels."""
+    _dense_model(tmp_path / "dense.onnx")
+    job = {"source": str(tmp_path / "dense.onnx"), "page_size": PAGE, "share_kernels": True}
+    mod, _ = _kernels(job, [1, 2, 4])
+    assert not _calls_shared(mod["b1"]) and _calls_shared(mod["b2"]) and _calls_shared(mod["b4"])
+
+
+def test_kernels_are_per_batch_size_by_default():
+    """Shared kernels are slower at run time (BENCHMARKS.md): only on request."""
+    job = {"light": "squeezenet", "seed": 0, "page_size": PAGE}
+    mod, _ = _kernels(job, [1, 2, 4])
+    assert oi.SHARED not in {gv.name_hint for gv in mod.get_global_vars()}
+    assert not any(_calls_shared(mod[f"b{b}"]) for b in (1, 2, 4))
+
+
 def test_graph_onnx_fed_from_weights_bin_matches(zoo):
     """graph.onnx + weights.bin (read through the pages table) is the model that was imported:
     what a GPU host without the onnx source uses to check outputs."""
@@ -100,7 +143,7 @@ def test_graph_onnx_fed_from_weights_bin_matches(zoo):
 def test_import_is_cached(zoo):
     logs = []
     oi.import_onnx_zoo(zoo, ["squeezenet"], target="llvm", batch_sizes=BATCHES, page_size=PAGE,
-                       log=logs.append)
+                       share_kernels=SHARE["squeezenet"], log=logs.append)
     assert any("up to date" in line for line in logs) and not any("compiling" in line for line in logs)
 
 
@@ -157,8 +200,8 @@ def test_symbolic_or_fixed_batch_imports_and_matches(tmp_path, batch):
 
 def test_float16_stores_half_precision_weights_and_stays_close(tmp_path):
     model = _dense_model(tmp_path / "dense.onnx", k=64, n=16)
-    d = oi.import_model(tmp_path / "dense.onnx", tmp_path / "zoo", target="llvm", batch_sizes=[2],
-                        page_size=PAGE, dtype="float16", log=_quiet)
+    d = oi.import_model(tmp_path / "dense.onnx", tmp_path / "zoo", target="llvm",
+                        batch_sizes=[2, 4], page_size=PAGE, dtype="float16", log=_quiet)
     spec = load_spec(d)
     assert spec.input_dtype == "float32" and {t.dtype for t in spec.tensors} == {"float16"}
     assert spec.weights_size == sum(t.nbytes for t in spec.tensors) == (64 * 16 + 16) * 2
@@ -249,7 +292,7 @@ def test_weights_larger_than_the_cache_are_refused(tmp_path):
 
 def test_batch_dimension_that_cannot_be_set_is_refused(tmp_path):
     _dense_model(tmp_path / "m.onnx", batch=1, reshape_to=[1, 4])    # batch baked into a Reshape
-    msg = _refused(tmp_path, "batch dimension of input 'x' cannot be set to 2")
+    msg = _refused(tmp_path, "batch dimension of input 'x' cannot be set to 2", batch_sizes=[1, 2, 4])
     assert "first dimension" in msg or "TVM could not" in msg
 
 

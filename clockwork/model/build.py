@@ -265,7 +265,8 @@ def compile_relax(mod, target: str, arch: str | None, out: str) -> None:
     if target == "llvm":
         ex = tvm.compile(mod, target="llvm")
     else:
-        from . import schedules
+        from . import cuda_pieces, schedules
+        cuda_pieces.install()             # nvcc in pieces: its front end is superlinear
         tgt = Target({"kind": "cuda", "arch": arch}, host={"kind": "llvm"})
         with tgt:
             ex = tvm.compile(mod, target=tgt, relax_pipeline=schedules.cuda_pipeline(tgt))

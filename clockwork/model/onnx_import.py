@@ -489,9 +489,10 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
                  target: str = "llvm", arch: str | None = None, batch_sizes=(1, 2, 4, 8, 16),
                  page_size: int = DEFAULT_PAGE_SIZE, dtype: str = "float32",
                  cache_size: int | None = None, force: bool = False, light: str | None = None,
-                 seed: int = 0, log=print) -> Path:
+                 seed: int = 0, share_kernels: bool = False, log=print) -> Path:
     """Import one ONNX file (or, with `light`, one of the onnx wheel's light models with seeded
-    weights) into out_root/NAME. Skips what is unchanged; writes nothing on failure."""
+    weights) into out_root/NAME. Skips what is unchanged; writes nothing on failure.
+    share_kernels: batch sizes share kernels compiled for a symbolic batch (relax_module)."""
     if dtype not in ("float32", "float16"):
         raise ImportFailed(f"--dtype {dtype!r}: float32 or float16")
     key = build.target_key(target, arch)
@@ -500,12 +501,12 @@ def import_model(source: str | Path | None, out_root: str | Path, name: str | No
     if not name or "/" in name or name.startswith("."):
         raise ImportFailed(f"{name!r} is not a model name (use --name)")
     job_spec = {"source": str(light_path(light) if light else source), "light": light,
-                "seed": seed, "dtype": dtype, "page_size": page_size}
+                "seed": seed, "dtype": dtype, "page_size": page_size, "share_kernels": share_kernels}
     graph = load_graph(job_spec)
     source = job_spec["source"]
     check_weights_fit(graph, page_size, cache_size,
                       ["float16" if dtype == "float16" else None] * len(graph.weights))
-    g_hash = graph_hash(graph, (dtype,))
+    g_hash = graph_hash(graph, (dtype, share_kernels))
     w_hash = build._hash(g_hash, page_size)
     c_hash = build._hash(g_hash, key, batch_sizes, build._tvm_version())
     out_root = Path(out_root)
@@ -645,9 +646,13 @@ from ..worker.command import _Bytes  # noqa: E402
 @click.option("--weights-cache", type=_Bytes(), default=None,
               help="Weights cache the model must fit [default: worker.weights_cache_size].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --onnx-zoo weights.")
+@click.option("--share-kernels", is_flag=True,
+              help="Batch sizes share one set of kernels compiled for a symbolic batch (batch 1 "
+                   "keeps its own if the graph has dense layers): several times less compile "
+                   "time, exec 4-50% slower at b2-b16 (BENCHMARKS.md).")
 @click.option("--force", is_flag=True, help="Rebuild even what is up to date.")
 def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dtype, page_size,
-                       weights_cache, seed, force):
+                       weights_cache, seed, share_kernels, force):
     """Import an ONNX model (weights from its initializers) into a model directory, compiled
     for every batch size: weights.bin, <target>.so, model.json, graph.onnx.
 
@@ -671,7 +676,7 @@ def zoo_import_command(model, name, onnx_zoo, out, target, arch, batch_sizes, dt
     target_dir = model_dir(out)
     where = "llvm (CPU)" if target == "llvm" else f"CUDA {arch}"
     kw = dict(target=target, arch=arch, batch_sizes=bs, page_size=page_size, dtype=dtype,
-              cache_size=cache, force=force, seed=seed, log=click.echo)
+              cache_size=cache, force=force, seed=seed, share_kernels=share_kernels, log=click.echo)
     try:
         if onnx_zoo:
             click.echo(f"Importing {len(ONNX_ZOO)} onnx light model(s) for {where} into {target_dir}")
@@ -716,15 +721,28 @@ def c_identifiers(model):
     return out, mapping
 
 
+SHARED = "batch_any"     # with share_kernels: the function the batch sizes call (symbolic batch)
+
+
 def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     """Runs in a child: an IRModule with one function per batch size (b1, b2, ...), each taking
     the input then every weight, and what the import found ({"output": ..., "weights": ...}).
-    Raises ImportFailed with a one-line reason."""
+    Raises ImportFailed with a one-line reason.
+
+    By default every batch size is imported with the batch set to it: kernels compiled for
+    each exact shape. With job["share_kernels"] the batch sizes call one function, SHARED,
+    imported once with a symbolic batch bounded by the largest size: one set of kernels for
+    all of them. Compiling is almost all CUDA source (dlight unrolls a conv kernel into ~100
+    KB), once per batch size; the shared kernels compile several times faster and run 4-50%
+    slower (BENCHMARKS.md, "Compiling the imported zoo"). Batch 1 keeps kernels of its own
+    where the graph has dense layers (at batch 1 dlight schedules them as GEMVs, much faster
+    than its generic matmul). A graph that cannot be imported with a symbolic batch (a Reshape
+    that fixes it, ...) falls back to one import per batch size, and so does float16 (TVM
+    0.27's ToMixedPrecision fails on symbolic shapes)."""
     import warnings
     warnings.simplefilter("ignore")            # from_onnx warns about every renamed tensor
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
     graph = load_graph(job, values=False)
@@ -735,41 +753,38 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
                                f"supported by TVM {tvm.__version__}'s ONNX importer")
     model, names = c_identifiers(graph.model)
     input_name = names.get(graph.input_name, graph.input_name)
+    dtype = job.get("dtype", "float32")
+    own_b1 = has_dense_layers(graph.model)
+    shared_sizes = [b for b in batch_sizes if b > 1 or not own_b1]
+    shared = None                # TVM 0.27's ToMixedPrecision fails on symbolic shapes
+    if job.get("share_kernels") and len(shared_sizes) > 1 and dtype != "float16":
+        shared = _import_symbolic(model, input_name, graph, max(shared_sizes))
     mod, out = tvm.IRModule(), None
     for b in batch_sizes:
-        where = f"the batch dimension of input {graph.input_name!r} cannot be set to {b}"
-        try:
-            m = from_onnx(model, shape_dict={input_name: [b, *graph.input_shape]},
-                          dtype_dict={input_name: graph.input_dtype}, keep_params_in_input=True)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
-            raise ImportFailed(f"{where}: TVM could not import the graph ({first})" if b != 1 else
-                               f"TVM could not import the graph: {type(e).__name__}: {first}") from None
-        m, _ = relax.frontend.detach_params(m)
-        f = m["main"]
-        ret = f.ret_ty
-        shape = [_static(d) for d in getattr(getattr(ret, "shape", None), "values", None) or []] \
-            if isinstance(ret, relax.TensorType) else []
-        if not shape or None in shape:
-            raise ImportFailed(f"the output is {ret} for batch {b}; the model format needs one "
-                               "tensor of a fixed shape")
-        if shape[0] != b:
-            raise ImportFailed(f"{where}: the output's first dimension is {shape[0]} "
-                               f"(output shape {shape}), not the batch")
+        if b in shared_sizes and shared is not None:
+            continue
+        f, shape = _import_at(model, input_name, graph, b)
         if out is None:
-            out = {"name": graph.output_name, "shape": shape[1:], "dtype": str(ret.dtype)}
+            out = {"name": graph.output_name, "shape": shape[1:], "dtype": str(f.ret_ty.dtype)}
         elif shape[1:] != out["shape"]:
-            raise ImportFailed(f"{where}: the output item shape changes with the batch "
+            raise ImportFailed(f"the batch dimension of input {graph.input_name!r} cannot be set "
+                               f"to {b}: the output item shape changes with the batch "
                                f"({out['shape']} at batch {batch_sizes[0]}, {shape[1:]} at {b})")
-        params = list(f.params)[1:]
-        if [tuple(int(d) for d in p.ty.shape) for p in params] != \
-                [tuple(a.shape) for _, a in graph.weights]:
-            raise ImportFailed("TVM's parameters do not match the graph's weights (internal error)")
         mod[f"b{b}"] = f.with_attr("global_symbol", f"b{b}")
-    dtype = job.get("dtype", "float32")
+    if shared is not None:
+        f, item = shared
+        if out is None:
+            out = {"name": graph.output_name, "shape": item, "dtype": str(f.ret_ty.dtype)}
+        elif item != out["shape"]:
+            raise ImportFailed(f"the output item shape changes with the batch ({out['shape']} "
+                               f"at batch {batch_sizes[0]}, {item} at a symbolic batch)")
+        mod[SHARED] = f.with_attr("global_symbol", SHARED)
     if dtype == "float16":
-        names = [p.name for p in list(mod[f"b{batch_sizes[0]}"].params)[1:]]
+        first = next(iter(mod.functions.values()))
+        names = [p.name for p in list(first.params)[1:]]
         mod = relax.transform.ToMixedPrecision("float32", fp16_input_names=names)(mod)
+    if shared is not None:
+        mod = _call_shared(mod, shared_sizes, graph.input_shape, graph.input_dtype, out["shape"])
     bb = relax.BlockBuilder()                  # the dtype marker every zoo module carries
     marker = relax.Var("x", relax.TensorType((1,), "float32"))
     with bb.function(nets.dtype_marker(dtype), [marker]):
@@ -777,6 +792,88 @@ def relax_module(job: dict, batch_sizes) -> tuple[object, dict]:
     mod[nets.dtype_marker(dtype)] = bb.get()[nets.dtype_marker(dtype)]
     weights = [str(p.ty.dtype) for p in list(mod[f"b{batch_sizes[0]}"].params)[1:]]
     return mod, {"output": out, "weight_dtypes": weights}
+
+
+def has_dense_layers(model) -> bool:
+    """A Gemm or MatMul over a 2-D weight initializer (a GEMV at batch 1)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return any(n.op_type in ("Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
+               and len(inits[n.input[1]].dims) == 2 for n in model.graph.node)
+
+
+def _import_at(model, input_name: str, graph: Graph, b: int):
+    """from_onnx with the batch dimension set to b: (function, output shape), or ImportFailed."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+    where = f"the batch dimension of input {graph.input_name!r} cannot be set to {b}"
+    try:
+        m = from_onnx(model, shape_dict={input_name: [b, *graph.input_shape]},
+                      dtype_dict={input_name: graph.input_dtype}, keep_params_in_input=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip()
+        raise ImportFailed(f"{where}: TVM could not import the graph ({first})" if b != 1 else
+                           f"TVM could not import the graph: {type(e).__name__}: {first}") from None
+    f = relax.frontend.detach_params(m)[0]["main"]
+    ret = f.ret_ty
+    shape = [_static(d) for d in getattr(getattr(ret, "shape", None), "values", None) or []] \
+        if isinstance(ret, relax.TensorType) else []
+    if not shape or None in shape:
+        raise ImportFailed(f"the output is {ret} for batch {b}; the model format needs one "
+                           "tensor of a fixed shape")
+    if shape[0] != b:
+        raise ImportFailed(f"{where}: the output's first dimension is {shape[0]} "
+                           f"(output shape {shape}), not the batch")
+    _check_params(f, graph)
+    return f, shape
+
+
+def _import_symbolic(model, input_name: str, graph: Graph, most: int):
+    """from_onnx with a symbolic batch (at most `most`, for memory planning): (function, output
+    item shape), or None where the graph does not keep the batch symbolic through to its output."""
+    from tvm import relax, tirx
+    from tvm.relax.frontend.onnx import from_onnx
+    batch = tirx.Var("batch", "int64")
+    try:
+        m = from_onnx(model, shape_dict={input_name: [batch, *graph.input_shape]},
+                      dtype_dict={input_name: graph.input_dtype}, keep_params_in_input=True)
+        f = relax.frontend.detach_params(m)[0]["main"]
+    except Exception:
+        return None
+    ret = f.ret_ty
+    dims = list(getattr(getattr(ret, "shape", None), "values", None) or []) \
+        if isinstance(ret, relax.TensorType) else []
+    item = [_static(d) for d in dims[1:]]
+    if not dims or not dims[0].same_as(batch) or None in item:
+        return None
+    _check_params(f, graph)
+    return f.with_attr("tir_var_upper_bound", {"batch": most}), item
+
+
+def _check_params(f, graph: Graph) -> None:
+    if [tuple(int(d) for d in p.ty.shape) for p in list(f.params)[1:]] != \
+            [tuple(a.shape) for _, a in graph.weights]:
+        raise ImportFailed("TVM's parameters do not match the graph's weights (internal error)")
+
+
+def _call_shared(mod, batch_sizes, item_shape, input_dtype: str, out_item):
+    """Add b{b} for each batch size: the input at that batch and the weights, passed to SHARED,
+    whose output is cast to the static shape the worker expects."""
+    from tvm import relax
+    bb = relax.BlockBuilder()
+    for gv, f in mod.functions.items():
+        bb.add_func(f, gv.name_hint)
+    shared = bb.get().get_global_var(SHARED)
+    params = list(mod[SHARED].params)[1:]
+    out_dtype = mod[SHARED].ret_ty.dtype
+    for b in batch_sizes:
+        x = relax.Var("x", relax.TensorType([b, *item_shape], input_dtype))
+        ws = [relax.Var(p.name, p.ty) for p in params]
+        with bb.function(f"b{b}", [x, *ws], attrs={"num_input": 1}):
+            with bb.dataflow():
+                y = bb.emit(relax.Call(shared, [x, *ws]))
+                y = bb.emit_output(bb.match_cast(y, relax.TensorType([b, *out_item], out_dtype)))
+            bb.emit_func_output(y)
+    return bb.get()
 
 
 def _static(dim) -> int | None:

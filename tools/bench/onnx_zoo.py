@@ -95,8 +95,8 @@ def main():
         from clockwork.model.cpu import CpuBackend as Backend
     else:
         from clockwork.model.cuda import CudaBackend as Backend
-    backend = Backend(page, pages, 256 << 20, 256 << 20, 256 << 20)
-    d = Driver(backend, zoo, page, pages, 256 << 20, 256 << 20, 256 << 20)
+    backend = Backend(page, pages, 256 << 20, 256 << 20)
+    d = Driver(backend, zoo, page, pages, 256 << 20, 256 << 20)
     dev = backend.gpu_names()[0]
     report = {"device": dev, "runs": a.runs, "models": {}}
     toml = []
