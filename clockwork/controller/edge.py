@@ -23,7 +23,6 @@ its own port; the controller needs no option for it (an edge is one batching cli
 from __future__ import annotations
 
 import itertools
-import signal
 import sys
 import time
 
@@ -35,7 +34,7 @@ from ..status import Status
 from ..transport import schema as s
 from ..transport.schema import ProtocolError
 from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send,
-                                 set_timer_slack, wait)
+                                 set_timer_slack, stop_on_signals, wait)
 from .admission import Replies, split_infer_batch
 from .queuewait import QueueWait
 from .worker_links import DRAIN_BATCH
@@ -77,11 +76,7 @@ class Edge:
     def run(self, duration_s: float | None = None) -> None:
         set_timer_slack(1)
         self._running = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                signal.signal(sig, lambda *_: self.stop())
-            except ValueError:      # not the main thread (tests): stop() still works
-                pass
+        stop_on_signals(self.stop)
         self.out(f"Edge listening for clients on {self.address}, forwarding to the controller at {self.controller}")
         socks = [self.upstream, self.clients, self.monitor]     # answers first: they free clients
         end = None if duration_s is None else self.clock() + int(duration_s * 1e9)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import gc
 import itertools
 import secrets
-import signal
 import sys
 import time
 
@@ -38,7 +37,7 @@ import zmq
 from ..limits import MAX_COPIES
 from ..transport import schema as s
 from ..transport import security as security_mod
-from ..transport.sockets import dealer, parse_address, router, set_timer_slack, wait
+from ..transport.sockets import dealer, parse_address, router, set_timer_slack, stop_on_signals, wait
 from . import logs as logs_mod
 from .admission import Admission, Replies
 from .model_loading import LoadJob, ModelLoading
@@ -195,11 +194,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         """Serve until SIGINT/SIGTERM, stop(), or duration_s elapses."""
         set_timer_slack(1)
         self._running = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                signal.signal(sig, lambda *_: self.stop())
-            except ValueError:   # not the main thread (tests): stop() still works
-                pass
+        stop_on_signals(self.stop)
         self.out(f"Starting Clockwork Controller ({self.scheduler_name}), epoch {self.epoch:x}")
         self.out(self.listening())
         for log, what in ((self.request_log, "requests"), (self.action_log, "actions")):

@@ -156,6 +156,17 @@ def set_timer_slack(ns: int = 1) -> bool:
         return False
 
 
+def stop_on_signals(stop) -> None:
+    """SIGINT and SIGTERM call `stop()`, so a loop ends its pass and cleans up. Off the main
+    thread (tests run loops on threads) signals cannot be set: stop() still works there."""
+    import signal
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, lambda *_: stop())
+        except ValueError:
+            pass
+
+
 def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0) -> list[zmq.Socket]:
     """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
 
