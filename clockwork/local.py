@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from .orphans import child_env
 from .transport.sockets import free_port
 from .values import POSITIVE
 
@@ -76,7 +77,7 @@ class LocalCluster:
         return f"127.0.0.1:{self.client_port}"
 
     def env(self) -> dict:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", CLOCKWORK_MODEL_DIR=str(self.model_dir))
+        env = child_env(dict(os.environ, PYTHONUNBUFFERED="1", CLOCKWORK_MODEL_DIR=str(self.model_dir)))
         if self.config_file:
             env["CLOCKWORK_CONFIG_FILE"] = str(self.config_file)
         return env

@@ -7,6 +7,7 @@ import click
 
 from ..config import ConfigError, flag_type, load_config, log_dir
 from ..console import timestamped
+from ..orphans import exit_with_parent
 
 
 @click.command("controller")
@@ -41,6 +42,7 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
                        config_file, slo_ms, max_batch, generate_inputs, http_port, grpc_port, in_process,
                        frontend_args):
     """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
+    exit_with_parent()
     from .server import WorkersUnreachable, serve
     try:
         config = load_config(config_file)

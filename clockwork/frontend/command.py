@@ -13,6 +13,7 @@ import sys
 import click
 
 from ..config import ConfigError, load_config
+from ..orphans import child_env, exit_with_parent
 
 INSTALL_HINT = "the front end needs its extra: pip install 'clockwork[frontend]'"
 
@@ -92,7 +93,7 @@ def spawn(controller: str, host: str, http_port: int | None, grpc_port: int | No
     where ours goes. Returns the Popen; the caller stops it."""
     import os
     import subprocess
-    env = dict(os.environ)
+    env = child_env(dict(os.environ))
     if config_file:                     # the same config: [security] keys for CURVE among others
         env["CLOCKWORK_CONFIG_FILE"] = config_file
     return subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", controller, "--host", host,
@@ -220,6 +221,7 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
     ADDRESS is the controller's HOST[:PORT] (port: [controller] client_port). CURVE to the
     controller follows [security] in the config, as for `cw client`.
     """
+    exit_with_parent()
     kw = serve_settings(http_port, grpc_port, host, models, timeout_s, refresh_s, max_body_mb, max_batch,
                         max_inflight, max_connections, tls_cert, tls_key, processes, reuse_port)
     if processes > 1:

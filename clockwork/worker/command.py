@@ -10,6 +10,7 @@ import click
 
 from .. import config
 from ..console import timestamped
+from ..orphans import exit_with_parent
 from ..model.backend import BackendUnavailable, backend_class
 
 
@@ -62,6 +63,7 @@ def _stop(signum, frame):
               help="Weights cache bytes per GPU, e.g. 21.5GiB [default: worker.weights_cache_size].")
 def worker_command(emulate, backend, host, port, model_dir, config_file, weights_cache):
     """Run a Clockwork worker: it starts empty and executes the actions a controller sends."""
+    exit_with_parent()
     log = timestamped()
     from ..transport import security as security_mod
     try:
