@@ -30,6 +30,7 @@ from .registry import Registry, model_name
 TICK_S = 0.05
 RETRY_S = 0.5             # LS again this soon while not ready
 MISS_REFRESH_S = 0.2      # a lookup miss refreshes the registry at most this often
+CLOSE_S = 2.0             # close() waits at most this long for the link's own tasks to end
 
 
 class ControllerLink:
@@ -62,6 +63,7 @@ class ControllerLink:
         self._refresh: asyncio.Future | None = None
         self._last_refresh = 0.0
         self._tasks: list[asyncio.Task] = []
+        self._closed = False
         self._logged: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -84,13 +86,15 @@ class ControllerLink:
         self._fds = fds
 
     async def close(self) -> None:
+        """Stop the link's tasks and close the client. Bounded: a task may miss its cancel
+        (asyncio.wait_for can return a result it got at the same moment instead of raising
+        CancelledError), so the loops also end on _closed, and close() does not wait on them
+        past CLOSE_S: a front end told to stop must stop (one was seen hanging on SIGTERM)."""
+        self._closed = True
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=CLOSE_S)
         for fd in self._fds:
             self._loop.remove_reader(fd)
         self._fds = []
@@ -120,7 +124,7 @@ class ControllerLink:
             self._loop.call_soon(self._pump)
 
     async def _ticker(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(TICK_S)
             self._watch()
             self._pump_all()
@@ -247,7 +251,7 @@ class ControllerLink:
         return True
 
     async def _refresher(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self.refresh()
             except Exception as e:   # a bug must not end the refresher (the front end stays up)
