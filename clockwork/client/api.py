@@ -49,7 +49,7 @@ from ..transport import schema
 from ..transport import security as security_mod
 from ..transport.schema import (ErrorResponse, InferRequest, InferRequestBatch, InferResponse,
                                 InferResponseBatch, LoadModelRequest, LoadModelResponse, LsRequest,
-                                ModelInfo, ProtocolError)
+                                ModelInfo, ProtocolError, split_frames)
 from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
 from ..transport.sockets import wait as wait_ready
 from .lifetimes import ModelIds, Registration
@@ -490,23 +490,17 @@ class Client:
 
     def _answer_batch(self, batch: InferResponseBatch, frames) -> int:
         """Each answer of an InferResponseBatch with its own output frames."""
-        counts = batch.frames
-        if counts and (len(counts) != len(batch.responses) or sum(counts) != len(frames) - 1):
+        responses = batch.responses
+        per_answer, why = split_frames(batch.frames, len(responses), frames[1:], "answers")
+        if why is not None:
             self.bad_messages += 1
             if self.bad_messages <= 5:
-                self.log(f"bad message from controller {self.address}: answer batch frame counts "
-                         f"{counts} do not match its {len(frames) - 1} frames")
-            counts = []          # answer every request, without outputs
+                self.log(f"bad message from controller {self.address}: {why}")
+            per_answer = [()] * len(responses)       # answer every request, without outputs
         now = self._now()
         n = 0
-        at = 1
-        for i, msg in enumerate(batch.responses):
-            if counts:
-                k = counts[i]
-                n += self._answer(msg, frames[at:at + k], now)
-                at += k
-            else:
-                n += self._answer(msg, [], now)
+        for msg, outputs in zip(responses, per_answer):
+            n += self._answer(msg, outputs or [], now)   # callbacks get a list, as for a single answer
         return n
 
     # ------------------------------------------------------------------ controller restarts

@@ -93,21 +93,11 @@ def split_infer_batch(batch: s.InferRequestBatch, data) -> tuple[list, str | Non
     """([(request, its input frames)], None), or (requests, why) when the frame counts do not
     fit the frames carried (then no request can be given its inputs). Admission and the edge
     process (controller/edge.py) read batches through this."""
-    counts = batch.frames
     requests = batch.requests
-    if counts and (len(counts) != len(requests) or sum(counts) != len(data) or min(counts) < 0):
-        return requests, (f"batch of {len(requests)} requests names {sum(counts)} input frames in "
-                          f"{len(counts)} counts but carries {len(data)}")
-    if not counts and data:
-        return requests, "batch carries input frames but no per-request frame counts"
-    if not counts:
-        return [(msg, ()) for msg in requests], None
-    out = []
-    at = 0
-    for msg, n in zip(requests, counts):
-        out.append((msg, data[at:at + n]))
-        at += n
-    return out, None
+    per_request, why = s.split_frames(batch.frames, len(requests), data, "requests")
+    if why is not None:
+        return requests, why
+    return list(zip(requests, per_request)), None
 
 
 class Admission:

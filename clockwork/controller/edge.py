@@ -191,12 +191,12 @@ class Edge:
             if type(msg) is not s.InferResponseBatch:
                 self._route(msg, data)
                 continue
-            counts = msg.frames
-            at = 0
-            for i, resp in enumerate(msg.responses):
-                n = counts[i] if counts else 0
-                self._route(resp, data[at:at + n])
-                at += n
+            per_answer, why = s.split_frames(msg.frames, len(msg.responses), data, "answers")
+            if why is not None:
+                self.out(f"Edge: unreadable answer batch from the controller: {why}")
+                per_answer = [()] * len(msg.responses)   # its requests answered, without outputs
+            for resp, outputs in zip(msg.responses, per_answer):
+                self._route(resp, outputs)
 
     def _route(self, msg, data) -> None:
         route = self.routes.pop(msg.request_id, None)

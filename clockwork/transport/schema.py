@@ -378,6 +378,26 @@ def batch(cls, messages: list, data: list):
                [len(d) for d in data] if frames else []), frames
 
 
+def split_frames(counts: list, n: int, data, what: str = "entries") -> tuple[list | None, str | None]:
+    """The data frames of each of a batch's `n` entries, from its per-entry frame `counts`:
+    ([frames of entry 0, ...], None), or (None, why) when the counts do not fit the frames
+    carried (then no entry can be given its own). Every batch message (requests, answers,
+    actions, results) is read through this, by each process that reads it."""
+    if counts:
+        if len(counts) != n or sum(counts) != len(data) or min(counts) < 0:
+            return None, (f"batch of {n} {what} names {sum(counts)} data frames in {len(counts)} "
+                          f"counts but carries {len(data)}")
+        out = []
+        at = 0
+        for k in counts:
+            out.append(data[at:at + k])
+            at += k
+        return out, None
+    if data:
+        return None, f"batch of {n} {what} carries data frames but no per-entry frame counts"
+    return [()] * n, None
+
+
 class BadEntry(typing.NamedTuple):
     """An entry of a batch that could not be read: the action id and type tag it seems to
     carry (-1 / 0 when not even those), and why. Its peer answers it like any bad message."""
@@ -393,20 +413,10 @@ def unbatch(msg, data: list) -> list:
     The worker, the simulated worker and the controller all read batches through this."""
     entries = msg.actions if type(msg) is ActionBatch else msg.results
     decode_one = _ENTRY_DECODERS[type(msg)].decode
-    counts = msg.frames
-    frames_bad = None
-    if counts and (len(counts) != len(entries) or sum(counts) != len(data) or min(counts) < 0):
-        frames_bad = (f"batch of {len(entries)} entries names {sum(counts)} data frames in "
-                      f"{len(counts)} counts but carries {len(data)}")
-    elif not counts and data:
-        frames_bad = "batch carries data frames but no per-entry frame counts"
+    per_entry, frames_bad = split_frames(msg.frames, len(entries), data)
     out = []
-    at = 0
     for i, raw in enumerate(entries):
-        frames = ()
-        if counts and frames_bad is None:
-            frames = data[at:at + counts[i]]
-            at += counts[i]
+        frames = per_entry[i] if per_entry is not None else ()
         try:
             entry = decode_one(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
