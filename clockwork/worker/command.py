@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import signal
 import sys
 import time
 
@@ -37,10 +36,6 @@ class _Bytes(click.ParamType):
         if n <= 0:
             self.fail("must be positive", param, ctx)
         return n
-
-
-def _stop(signum, frame):
-    raise KeyboardInterrupt
 
 
 @click.command("worker", context_settings={"help_option_names": ["-h", "--help"]})
@@ -101,7 +96,7 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     import zmq
 
     from .runtime import WorkerRuntime
-    from ..transport.sockets import set_timer_slack
+    from ..transport.sockets import set_timer_slack, stop_on_signals
     from .server import WorkerServer, describe_state
 
     if not mdir.is_dir():
@@ -123,14 +118,16 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
         f"model dir {mdir}")
     log(describe_state(runtime.state()).split("\nmodels=")[0])
     set_timer_slack(1)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)     # also when started in the background (SIGINT ignored)
+    # a flag the loop checks (it wakes at least every second), not a KeyboardInterrupt raised
+    # wherever the main thread happens to be: one raised inside a __del__ or a library's
+    # catch-all is swallowed, and the worker lived on (seen: an orphaned worker that got its
+    # SIGTERM and kept serving). Also when started in the background, where SIGINT is ignored.
+    stop_on_signals(server.stop)
     gc.collect()
     gc.freeze()
     log(f"IO service listening on {host}:{port}" + (" (CURVE: controllers' keys only)" if security else ""))
     try:
         server.serve()
-    except KeyboardInterrupt:
         log("Worker stopped")
     finally:
         server.close()
