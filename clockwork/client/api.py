@@ -50,7 +50,7 @@ from ..transport import security as security_mod
 from ..transport.schema import (ErrorResponse, InferRequest, InferRequestBatch, InferResponse,
                                 InferResponseBatch, LoadModelRequest, LoadModelResponse, LsRequest,
                                 ModelInfo, ProtocolError, split_frames)
-from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
+from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, NOBLOCK, POLLIN, parse_address, recv_frames, tcp
 from ..transport.sockets import wait as wait_ready
 from .lifetimes import ModelIds, Registration
 
@@ -436,13 +436,12 @@ class Client:
             wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait, self.spin_s)
         if monitor:
             self._read_monitor()
-        recv = sock.recv_multipart
         decode = schema.decode
         dec = schema.RESPONSE_DECODER
         now = self._now
         events = sock.get
         while n < max_messages and events(EVENTS) & POLLIN:    # cheaper than catching Again
-            frames = recv(zmq.NOBLOCK, copy=False)
+            frames = recv_frames(sock, NOBLOCK)
             self.heard_from_controller = True
             try:
                 msg = decode(frames[0], dec)
