@@ -4,6 +4,9 @@ that ask the socket whether more is waiting after each message instead of before
 - every recv returns exactly one message, its frames in order, whatever their number; a bad
   header is reported after its whole message was read, so the next message reads right;
 - NOBLOCK with nothing waiting raises zmq.Again instead of blocking;
+- wait() asking only the sockets touched since they were last found empty (the others when
+  they signal) still returns every socket with a message waiting: one that arrived before the
+  call, one that arrives during it, one waiting behind a send on its socket;
 - the controller's drains (client requests, worker results) read everything waiting, answer
   every request once, and return when nothing is waiting: they never make a blocking recv on
   an empty socket (which would stop the loop until a message came).
@@ -16,7 +19,7 @@ from clockwork.controller import server as server_mod
 from clockwork.controller.simulator import MS, model_info
 from clockwork.status import Status
 from clockwork.transport import schema as s
-from clockwork.transport.sockets import EVENTS, NOBLOCK, POLLIN, free_port, recv, recv_frames
+from clockwork.transport.sockets import EVENTS, NOBLOCK, POLLIN, free_port, recv, recv_frames, wait
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,6 +72,77 @@ def test_a_bad_header_costs_its_message_only(pair):
         recv(router, s.REQUEST_DECODER, routed=True, flags=NOBLOCK)
 
 
+@pytest.fixture
+def links():
+    """Three ROUTER <- DEALER links over TCP, as the controller's: [(router, dealer)]."""
+    ctx = zmq.Context()
+    out = []
+    for _ in range(3):
+        r = ctx.socket(zmq.ROUTER)
+        port = r.bind_to_random_port("tcp://127.0.0.1")
+        d = ctx.socket(zmq.DEALER)
+        d.connect(f"tcp://127.0.0.1:{port}")
+        out.append((r, d))
+    for r, d in out:            # connected, and both ends found empty since
+        d.send(b"hello")
+        assert r.poll(10_000)
+        r.recv_multipart()
+        assert not r.get(EVENTS) & POLLIN and not d.get(EVENTS) & POLLIN
+    yield out
+    for r, d in out:
+        r.close(0)
+        d.close(0)
+    ctx.term()
+
+
+def test_wait_finds_what_arrived_before_and_during_it_asking_only_the_touched(links):
+    dealers = [d for _, d in links]
+    (r0, d0), (r1, d1), (r2, d2) = links
+    ident1, ident2 = _ident(r1, d1), _ident(r2, d2)
+    assert wait(dealers, 0.0, touched=set()) == []
+    # a message arrives before the call: its socket signals, and is asked
+    r1.send_multipart([ident1, b"before"])
+    assert wait(dealers, 30.0, touched=set()) == [d1]
+    assert d1.recv() == b"before" and not d1.get(EVENTS) & POLLIN
+    # one arrives while wait() sleeps (sent from another thread, on a socket only it uses)
+    import threading
+    later = threading.Timer(0.05, lambda: r2.send_multipart([ident2, b"during"]))
+    later.start()
+    assert wait(dealers, 30.0, touched=set()) == [d2]
+    later.join()
+    assert d2.recv() == b"during" and not d2.get(EVENTS) & POLLIN
+
+
+def test_wait_asks_a_socket_sent_on_since_it_was_found_empty(links):
+    (r0, d0), _, _ = links
+    r0.send_multipart([_ident(r0, d0), b"answer"])
+    assert _eventually(lambda: [d0] if d0.poll(0) else [])
+    d0.send(b"request")         # a send may take the arrival's signal: only asking finds it
+    assert wait([d for _, d in links], 10.0, touched={d0}) == [d0]
+    assert d0.recv() == b"answer"
+
+
+def _ident(router, dealer) -> bytes:
+    """The ROUTER's name for `dealer`; leaves both ends found empty."""
+    dealer.send(b"who")
+    assert router.poll(10_000)
+    ident, _ = router.recv_multipart()
+    assert not router.get(EVENTS) & POLLIN and not dealer.get(EVENTS) & POLLIN
+    return ident
+
+
+def _eventually(f):
+    """f() once it returns something (a message on its way over TCP), within 10 s."""
+    import time
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        got = f()
+        if got:
+            return got
+        time.sleep(0.001)
+    return f()
+
+
 class NeverBlock:
     """A socket that fails the test instead of making a blocking recv with nothing waiting."""
 
@@ -119,17 +193,16 @@ def test_client_drain_reads_all_waiting_and_returns_when_empty(controller):
         for rid in sent[:10]:
             client.send(s.encode(s.InferRequest(rid, 0)))
         client.send(s.encode(s.InferRequestBatch([s.InferRequest(rid, 0) for rid in sent[10:]], [])))
-        assert c.client_sock.poll(10_000)
-        answered = {}
-        while len(answered) < len(sent):
+        while c.arrivals < len(sent):           # (over TCP the messages may come in pieces)
+            assert c.client_sock.poll(10_000), f"{c.arrivals} of {len(sent)} requests came"
             c._drain_clients()
-            c.replies.flush()
-            while client.poll(0 if len(answered) < len(sent) - 1 else 2000):
-                msg = s.decode(client.recv_multipart()[0], s.RESPONSE_DECODER)
-                for r in (msg.responses if type(msg) is s.InferResponseBatch else [msg]):
-                    answered.setdefault(r.request_id, []).append(r.status)
-            if len(answered) < len(sent):
-                assert c.client_sock.poll(10_000), f"{len(answered)} of {len(sent)} answered"
+        c.replies.flush()
+        answered = {}
+        while sum(map(len, answered.values())) < len(sent):
+            assert client.poll(10_000), f"{len(answered)} of {len(sent)} answered"
+            msg = s.decode(client.recv_multipart()[0], s.RESPONSE_DECODER)
+            for r in (msg.responses if type(msg) is s.InferResponseBatch else [msg]):
+                answered.setdefault(r.request_id, []).append(r.status)
         assert answered == {rid: [Status.SUCCESS] for rid in sent}
         c._drain_clients()                      # empty again: returns
     finally:

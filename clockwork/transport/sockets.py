@@ -180,12 +180,21 @@ def stop_on_signals(stop) -> None:
             pass
 
 
-def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0) -> list[zmq.Socket]:
+def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0,
+         touched: set | None = None, fds: list[int] | None = None) -> list[zmq.Socket]:
     """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
 
     Uses each socket's ZMQ_FD with select(), which has microsecond resolution. ZMQ_FD is
     edge-triggered and may wake us spuriously, so readiness is always checked through
     ZMQ_EVENTS and the wait resumes until the deadline.
+
+    touched: the sockets sent on or read from since ZMQ_EVENTS last found them empty, or never
+    asked yet (after a send or a recv, a message may be waiting without its descriptor
+    signalling; a socket never asked does not signal its first message): only those are asked
+    before waiting; the others only once their descriptor signals, as does any socket after
+    the sleep. Each ask is two system calls (poll, getpid), so a loop with many links
+    asks where something may have changed, not everywhere. None: every socket is asked.
+    fds: the sockets' ZMQ_FDs, if the caller keeps them.
 
     spin_s > 0: first check readiness in a busy loop for up to spin_s (never past the deadline),
     so a message arriving soon is read without a sleep and a wake-up, at the cost of a core
@@ -200,9 +209,14 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0
             if ready:
                 return ready
             now = time.monotonic()
-    fds = None
+    ask = sockets
+    if touched is not None and len(touched) < len(sockets):
+        if fds is None:
+            fds = [s.getsockopt(zmq.FD) for s in sockets]
+        signalled = select.select(fds, [], [], 0)[0]       # one system call for the others
+        ask = [s for s, fd in zip(sockets, fds) if s in touched or fd in signalled]
     while True:
-        ready = [s for s in sockets if s.get(EVENTS) & POLLIN]
+        ready = [s for s in ask if s.get(EVENTS) & POLLIN]
         if ready:
             return ready
         remaining = None if deadline is None else deadline - time.monotonic()
@@ -210,4 +224,8 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0
             return ready
         if fds is None:
             fds = [s.getsockopt(zmq.FD) for s in sockets]
-        select.select(fds, [], [], remaining)
+        signalled = select.select(fds, [], [], remaining)[0]
+        if touched is None:
+            continue            # ask every socket again
+        # every socket asked above was found empty: only a signal can mean something new
+        ask = [s for s, fd in zip(sockets, fds) if fd in signalled]
