@@ -73,21 +73,30 @@ def parse_set(items):
 class TracedCluster(LocalCluster):
     """The controller runs under hop_trace.py; the worker as usual."""
 
-    def __init__(self, trace_out: Path, **kw):
+    def __init__(self, trace_out: Path, pin: list[int] | None = None, **kw):
         super().__init__(**kw)
         self.trace_out = trace_out
+        self.pin = pin
+        self.cpu = None
 
     def env(self) -> dict:
         env = super().env()
         env["HOP_TRACE_OUT"] = str(self.trace_out)
+        if self.cpu is not None:
+            env["HOP_TRACE_CPU"] = str(self.cpu)
         return env
 
     def start_worker(self, index=0):
         self.trace_out, keep = self.trace_out.with_suffix(".worker"), self.trace_out
+        self.cpu = self.pin[1] if self.pin else None
         try:
             return super().start_worker(index)
         finally:
             self.trace_out = keep
+
+    def start_controller(self):
+        self.cpu = self.pin[0] if self.pin else None
+        return super().start_controller()
 
     def _spawn(self, name, args):
         if args[:2] == [PY, "-m"]:
@@ -101,14 +110,20 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config values for the controller, worker and client")
+    ap.add_argument("--pin", default="", metavar="CTL,WORKER,CLIENT",
+                    help="pin the controller, the worker and this client each to one core (with their "
+                         "ZeroMQ I/O threads)")
     args = ap.parse_args()
+    pin = [int(c) for c in args.pin.split(",")] if args.pin else None
+    if pin:
+        os.sched_setaffinity(0, {pin[2]})
     extra = parse_set(args.set)
     cfg = quick_config(3600, extra)
     client_spin = extra.get("client", {}).get("spin_us")
     rows = []
     with tempfile.TemporaryDirectory(prefix="hops-") as tmp:
         trace = Path(tmp) / "controller.msgpack"
-        with TracedCluster(trace, gpus=1, config_file=cfg) as cluster:
+        with TracedCluster(trace, pin=pin, gpus=1, config_file=cfg) as cluster:
             client = Client(cluster.address, log=lambda *_: None, spin_us=client_spin)
             mid, _, _ = client.load_model(args.model, copies=1)
             client.ls()
@@ -189,7 +204,7 @@ def join(rows, events, worker_events):
 def report(args, rows, n):
     print(f"# overhead hop by hop: {args.model}, {n} closed-loop requests ({len(rows)} traced), "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
-          + (f", set {' '.join(args.set)}" if args.set else ""))
+          + (f", set {' '.join(args.set)}" if args.set else "") + (f", pinned {args.pin}" if args.pin else ""))
     print(f"{'hop':<55} {'p50':>8} {'p90':>8} {'p99':>8}   (us)")
     total = 0.0
     for name, a, b in HOPS:
