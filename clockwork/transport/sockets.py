@@ -14,6 +14,7 @@ from __future__ import annotations
 import select
 import time
 import socket as _socket
+import weakref
 
 import zmq
 
@@ -167,12 +168,27 @@ def stop_on_signals(stop) -> None:
             pass
 
 
+# socket -> its ZMQ_FD, which never changes: reading it is a getsockopt (and a pyzmq enum) per call
+_FDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fd(sock: zmq.Socket) -> int:
+    fd = _FDS.get(sock)
+    if fd is None:
+        fd = _FDS[sock] = sock.getsockopt(zmq.FD)
+    return fd
+
+
 def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0) -> list[zmq.Socket]:
     """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
 
     Uses each socket's ZMQ_FD with select(), which has microsecond resolution. ZMQ_FD is
     edge-triggered and may wake us spuriously, so readiness is always checked through
-    ZMQ_EVENTS and the wait resumes until the deadline.
+    ZMQ_EVENTS and the wait resumes until the deadline. Every socket is checked before the
+    first sleep; after one, only the sockets whose ZMQ_FD woke it: a socket found without a
+    message has its descriptor signalled when one comes (each check costs a system call and
+    a pyzmq enum, several us on a loaded machine; tools/bench/overhead_hops.py). A wait that
+    times out looks at every socket once more.
 
     spin_s > 0: first check readiness in a busy loop for up to spin_s (never past the deadline),
     so a message arriving soon is read without a sleep and a wake-up, at the cost of a core
@@ -187,14 +203,16 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0
             if ready:
                 return ready
             now = time.monotonic()
-    fds = None
+    ready = [s for s in sockets if s.get(EVENTS) & POLLIN]
+    if ready:
+        return ready
+    fds = [_fd(s) for s in sockets]
     while True:
-        ready = [s for s in sockets if s.get(EVENTS) & POLLIN]
-        if ready:
-            return ready
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            return ready
-        if fds is None:
-            fds = [s.getsockopt(zmq.FD) for s in sockets]
-        select.select(fds, [], [], remaining)
+            return [s for s in sockets if s.get(EVENTS) & POLLIN]
+        woke = select.select(fds, [], [], remaining)[0]
+        if woke:
+            ready = [s for s, fd in zip(sockets, fds) if fd in woke and s.get(EVENTS) & POLLIN]
+            if ready:
+                return ready

@@ -3,7 +3,7 @@
 Infer, for tools/bench/overhead_hops.py. Nothing in clockwork changes: this wraps a few of the
 controller's methods from outside before the module runs, and writes what it recorded, as
 msgpack, to $HOP_TRACE_OUT when the process exits. $HOP_TRACE_CPU, if set, pins the process
-(its threads, ZeroMQ's I/O thread included) to that core.
+(its threads, ZeroMQ's I/O thread included) to those cores ("2" or "2+3").
 
 Recorded (time.monotonic_ns, the clock every process on one host shares; workers' timestamps
 are taken raw from their results, before the controller's clock conversion):
@@ -132,7 +132,7 @@ if __name__ == "__main__":
     sys.argv = [module] + sys.argv[2:]
     cpu = os.environ.get("HOP_TRACE_CPU")
     if cpu:     # pinned before ZeroMQ starts its I/O thread, which inherits it
-        os.sched_setaffinity(0, {int(cpu)})
+        os.sched_setaffinity(0, {int(c) for c in cpu.split("+")})
     install_worker() if "worker" in module else install()
     atexit.register(dump)
     runpy.run_module(module, run_name="__main__", alter_sys=True)

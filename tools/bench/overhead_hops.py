@@ -111,12 +111,12 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config values for the controller, worker and client")
     ap.add_argument("--pin", default="", metavar="CTL,WORKER,CLIENT",
-                    help="pin the controller, the worker and this client each to one core (with their "
-                         "ZeroMQ I/O threads)")
+                    help="pin the controller, the worker and this client each to a core, or cores (2+3), "
+                         "with their ZeroMQ I/O threads")
     args = ap.parse_args()
-    pin = [int(c) for c in args.pin.split(",")] if args.pin else None
+    pin = args.pin.split(",") if args.pin else None
     if pin:
-        os.sched_setaffinity(0, {pin[2]})
+        os.sched_setaffinity(0, {int(c) for c in pin[2].split("+")})
     extra = parse_set(args.set)
     cfg = quick_config(3600, extra)
     client_spin = extra.get("client", {}).get("spin_us")
