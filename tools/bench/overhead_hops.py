@@ -53,6 +53,15 @@ HOPS = [   # (name, from, to): columns of one request's row
 ]
 
 
+SEGMENTS = [   # the same, in legs whose ends do not depend on which thread a send preempted
+    ("client call -> controller admitted it", "call", "req"),
+    ("admitted -> worker received the Infer", "req", "w_received"),
+    ("worker: received -> exec, exec -> result sent", None, None),
+    ("result sent -> controller read it", "w_sent", "res"),
+    ("result read -> client call returns", "res", "done"),
+]
+
+
 def parse_set(items):
     """--set section.key=value (several) -> {section: {key: value}} for quick_config."""
     out: dict = {}
@@ -211,6 +220,13 @@ def report(args, rows, n):
         d = [(r[b] - r[a]) / 1e3 for r in rows]
         if not name.startswith("("):
             total += pct(d, 50)
+        print(f"{name:<55} {pct(d, 50):8.1f} {pct(d, 90):8.1f} {pct(d, 99):8.1f}")
+    print("legs (a send can preempt its sender on a busy machine: these legs do not depend on it)")
+    for name, a, b in SEGMENTS:
+        if a is None:
+            d = [(r["w_exec_begin"] - r["w_received"] + r["w_sent"] - r["w_exec_end"]) / 1e3 for r in rows]
+        else:
+            d = [(r[b] - r[a]) / 1e3 for r in rows]
         print(f"{name:<55} {pct(d, 50):8.1f} {pct(d, 90):8.1f} {pct(d, 99):8.1f}")
     ahead = [(r["earliest"] - r["act"]) / 1e3 for r in rows]
     print(f"{'(Infer earliest - when made: planned wait)':<55} {pct(ahead, 50):8.1f} {pct(ahead, 90):8.1f} "
