@@ -10,6 +10,7 @@ per hop, the median, p90 and p99 in us, and the medians' sum beside the measured
 
     python tools/bench/overhead_hops.py --requests 2000
     python tools/bench/overhead_hops.py --requests 2000 --set controller.spin_us=50
+    python tools/bench/overhead_hops.py --requests 2000 --tree ../main      # another checkout
 """
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ from pathlib import Path
 
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# --tree: measure another checkout's clockwork (e.g. main's, for a before/after) with this tool
+TREE = Path(sys.argv[sys.argv.index("--tree") + 1] if "--tree" in sys.argv[:-1] else
+            Path(__file__).resolve().parents[2]).resolve()
+sys.path.insert(0, str(TREE))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(TREE)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 from clockwork.client import api  # noqa: E402
 from clockwork.client.api import Client, Future  # noqa: E402
@@ -119,6 +124,7 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config values for the controller, worker and client")
+    ap.add_argument("--tree", default=str(TREE), help="the checkout whose clockwork runs (default: this one)")
     ap.add_argument("--pin", default="", metavar="CTL,WORKER,CLIENT",
                     help="pin the controller, the worker and this client each to a core, or cores (2+3), "
                          "with their ZeroMQ I/O threads")
@@ -211,7 +217,7 @@ def join(rows, events, worker_events):
 
 
 def report(args, rows, n):
-    print(f"# overhead hop by hop: {args.model}, {n} closed-loop requests ({len(rows)} traced), "
+    print(f"# overhead hop by hop: {args.model}, {n} closed-loop requests ({len(rows)} traced), tree {TREE}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
           + (f", set {' '.join(args.set)}" if args.set else "") + (f", pinned {args.pin}" if args.pin else ""))
     print(f"{'hop':<55} {'p50':>8} {'p90':>8} {'p99':>8}   (us)")
