@@ -157,15 +157,20 @@ class WorkerServer:
 
     # ------------------------------------------------------------------ receiving
     def _receive(self) -> None:
+        """Read up to MAX_BATCH_RECV messages; called when _wait() saw one waiting, so the socket
+        is asked (ZMQ_EVENTS, two system calls) after each message, not before the first."""
         rt = self.rt
+        router = self.router
         for _ in range(MAX_BATCH_RECV):
-            if not self.router.get(sockets.EVENTS) & sockets.POLLIN:
-                return
             received = self.clock()
             try:
-                ident, msg, data = sockets.recv(self.router, s.ACTION_DECODER, routed=True)
+                ident, msg, data = sockets.recv(router, s.ACTION_DECODER, routed=True, flags=sockets.NOBLOCK)
+            except zmq.Again:
+                return
             except s.ProtocolError as e:
                 self._bad_message(e, received)
+                if not router.get(sockets.EVENTS) & sockets.POLLIN:
+                    return
                 continue
             if msg.__class__ is s.ActionBatch:
                 for action, frames in s.unbatch(msg, data):
@@ -176,6 +181,8 @@ class WorkerServer:
             else:
                 self._on_action(ident, msg, data, received)
             rt.advance(self.clock())
+            if not router.get(sockets.EVENTS) & sockets.POLLIN:
+                return
 
     def _on_action(self, ident: bytes, msg, data, received: int) -> None:
         """One action, alone or from a batch: the controller check, then the runtime."""
