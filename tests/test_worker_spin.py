@@ -113,3 +113,45 @@ def test_a_spinning_worker_serves_infers_as_a_sleeping_one(make_server, spin):
         assert r.received <= r.copy_input_begin <= r.copy_input_end <= r.exec_begin < r.exec_end
         assert r.exec_end <= r.copy_output_begin < r.copy_output_end <= r.sent
     assert [r.exec_begin for r in infers] == sorted(r.exec_begin for r in infers)
+
+
+def test_the_timer_spin_is_only_for_a_lone_action(make_server, monkeypatch):
+    """With several actions in flight (load) the worker sleeps to its timers: spinning before
+    each of many dense timers would keep a core busy."""
+    server, dealer = make_server(timer_spin_us=100)
+    spins = []       # (actions in flight, spin asked for) at each wait
+    real_wait = WorkerServer._wait
+
+    def recording_wait(self, timeout_s, timer_spin_ns=0):
+        spins.append((self.rt.stats.pending, timer_spin_ns))
+        return real_wait(self, timeout_s, timer_spin_ns)
+    monkeypatch.setattr(WorkerServer, "_wait", recording_wait)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    for action in (s.Reset(1), s.LoadModelFromDisk(2, 0, 0, model_id=0, path="resnet50", copies=1),
+                   s.LoadWeights(3, 0, 0, model_id=0, gpu_id=0)):
+        sockets.send(dealer, action)
+    want = {1, 2, 3}
+    sent = False
+    got = set()
+    while not want <= got:
+        assert sockets.wait([dealer], 20.0), f"results so far: {sorted(got)}"
+        frames = dealer.recv_multipart()
+        msg = s.decode(frames[0], s.RESULT_DECODER)
+        for r in ([r for r, _ in s.unbatch(msg, frames[1:])] if type(msg) is s.ResultBatch else [msg]):
+            if type(r) is not s.Heartbeat:
+                got.add(r.action_id)
+        if 3 in got and not sent:     # one Infer alone, then four at once
+            sent = True
+            sockets.send(dealer, s.Infer(10, 0, 0, 0, 0, 1))
+            want.add(10)
+        if 10 in got and 20 not in want:
+            batch, frames = s.batch(s.ActionBatch, [s.Infer(20 + i, 0, 0, 0, 0, 1) for i in range(4)],
+                                    [[] for _ in range(4)])
+            sockets.send(dealer, batch, frames)
+            want |= {20, 21, 22, 23}
+    server.stop()
+    thread.join(10)
+    assert any(n == 1 and spin == 100_000 for n, spin in spins)       # the lone Infer's timers
+    assert any(n > 1 for n, _ in spins)
+    assert all(spin == 0 for n, spin in spins if n > 1)

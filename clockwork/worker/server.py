@@ -68,9 +68,10 @@ class WorkerServer:
         """`clock`: the worker's clock (ns); every timestamp it sends and every window it checks
         is in it, whatever the controller's reads (docs/design.md, "Clocks"). `batch_results`:
         results made in one loop turn go to the controller as one message (False: one each).
-        `timer_spin_us`: sleep only until this long before the runtime's next timer (an op's
-        end, an action's earliest), then busy-wait for it: a timed sleep wakes tens of us
-        late, and that lateness is added to every result ([worker] timer_spin_us). `spin_us`:
+        `timer_spin_us`: with one action in flight, sleep only until this long before the
+        runtime's next timer (an op's end, an action's earliest), then busy-wait for it: a
+        timed sleep wakes tens of us late, and that lateness is added to the result
+        ([worker] timer_spin_us). `spin_us`:
         busy-wait this long for a message before sleeping ([worker] spin_us, as the
         controller's and the client's)."""
         self.rt = runtime
@@ -283,7 +284,9 @@ class WorkerServer:
             wake = now + rt.backend.poll_interval_ns
         if self._results:
             self.flush_results()
-        spin = self.timer_spin_ns if t is not None and t <= wake else 0
+        # spin for a timer only with one action in flight: under load timers are dense, a spin
+        # before each would keep a core busy, and one wake-up's lateness matters less
+        spin = self.timer_spin_ns if t is not None and t <= wake and rt.stats.pending <= 1 else 0
         ready, fd_ready = self._wait(min(1.0, (wake - self.clock()) / 1e9), spin)
         if fd_ready:
             rt.poll_backend(self.clock())
