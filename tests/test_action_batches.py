@@ -49,9 +49,9 @@ class WorkerThread:
         self.held_at_wait = []
         real_wait = worker_server.WorkerServer._wait
 
-        def checked_wait(server, timeout_s):
+        def checked_wait(server, timeout_s, *spin):
             self.held_at_wait.append(sum(len(h) for h in server._results.values()))
-            return real_wait(server, min(timeout_s, 0.05))
+            return real_wait(server, min(timeout_s, 0.05), *spin)
         monkeypatch.setattr(worker_server.WorkerServer, "_wait", checked_wait)
         backend = EmulatedBackend(1, PAGE, CACHE_PAGES, 1 << 24, 1 << 24)
         rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 24, 1 << 24)

@@ -427,14 +427,17 @@ class Client:
             self._flush()
         sock = self._sock
         n = 0
-        if timeout_s != 0 and not (sock.get(EVENTS) & POLLIN):
+        look_at_monitor = monitor
+        if timeout_s != 0:
             wait = timeout_s
             nxt = self._next_expiry()
             if nxt is not None:
                 left = max(0.0, nxt - self._now())
                 wait = left if wait is None else min(wait, left)
-            wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait, self.spin_s)
-        if monitor:
+            ready = wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait, self.spin_s)
+            # the wait checked the monitor too (each check is a system call): read it if it had events
+            look_at_monitor = monitor and self._monitor is not None and self._monitor in ready
+        if look_at_monitor:
             self._read_monitor()
         decode = schema.decode
         dec = schema.RESPONSE_DECODER

@@ -14,6 +14,7 @@ from __future__ import annotations
 import select
 import time
 import socket as _socket
+import weakref
 
 import zmq
 
@@ -180,13 +181,28 @@ def stop_on_signals(stop) -> None:
             pass
 
 
+# socket -> its ZMQ_FD, which never changes: reading it is a getsockopt (and a pyzmq enum) per call
+_FDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fd(sock: zmq.Socket) -> int:
+    fd = _FDS.get(sock)
+    if fd is None:
+        fd = _FDS[sock] = sock.getsockopt(zmq.FD)
+    return fd
+
+
 def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0,
          touched: set | None = None, fds: list[int] | None = None) -> list[zmq.Socket]:
     """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
 
     Uses each socket's ZMQ_FD with select(), which has microsecond resolution. ZMQ_FD is
     edge-triggered and may wake us spuriously, so readiness is always checked through
-    ZMQ_EVENTS and the wait resumes until the deadline.
+    ZMQ_EVENTS and the wait resumes until the deadline. Every socket is checked before the
+    first sleep (with `touched`, only those that may have changed); after one, only the sockets whose ZMQ_FD woke it: a socket found without a
+    message has its descriptor signalled when one comes (each check costs a system call and
+    a pyzmq enum, several us on a loaded machine; tools/bench/overhead_hops.py). A wait that
+    times out looks at every socket once more.
 
     touched: the sockets sent on or read from since ZMQ_EVENTS last found them empty, or never
     asked yet (after a send or a recv, a message may be waiting without its descriptor
@@ -209,10 +225,10 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0
             if ready:
                 return ready
             now = time.monotonic()
+    if fds is None:
+        fds = [_fd(s) for s in sockets]
     ask = sockets
     if touched is not None and len(touched) < len(sockets):
-        if fds is None:
-            fds = [s.getsockopt(zmq.FD) for s in sockets]
         signalled = select.select(fds, [], [], 0)[0]       # one system call for the others
         ask = [s for s, fd in zip(sockets, fds) if s in touched or fd in signalled]
     while True:
@@ -221,11 +237,8 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0
             return ready
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            return ready
-        if fds is None:
-            fds = [s.getsockopt(zmq.FD) for s in sockets]
+            # a wait that times out looks at every socket it has not just asked, once
+            return ready if ask is sockets else [s for s in sockets if s.get(EVENTS) & POLLIN]
         signalled = select.select(fds, [], [], remaining)[0]
-        if touched is None:
-            continue            # ask every socket again
         # every socket asked above was found empty: only a signal can mean something new
         ask = [s for s, fd in zip(sockets, fds) if fd in signalled]
