@@ -313,12 +313,16 @@ class WorkerServer:
             ready = self._spin(min(due, now + self.spin_ns))
             if ready is not None:
                 return ready
-        sleep_s = (due - timer_spin_ns - time.monotonic_ns()) / 1e9
-        if sleep_s > 0:
+        while True:     # ZMQ_FD also wakes us for no message (a peer connecting): sleep on then
+            sleep_s = (due - timer_spin_ns - time.monotonic_ns()) / 1e9
+            if sleep_s <= 0:
+                break
             r, _, _ = select.select(self._select_fds, [], [], sleep_s)
             if r:
                 fd_ready = self._fd is not None and self._fd in r
-                return bool(router.get(sockets.EVENTS) & sockets.POLLIN), fd_ready
+                readable = bool(router.get(sockets.EVENTS) & sockets.POLLIN)
+                if readable or fd_ready:
+                    return readable, fd_ready
         return self._spin(due) or (False, False)
 
     def _spin(self, until: int) -> tuple[bool, bool] | None:
