@@ -173,6 +173,12 @@ def row_to_model(n_rows: int, n_models: int) -> np.ndarray:
     return (np.arange(n_rows, dtype=np.int64) * n_models) // n_rows
 
 
+def row_blocks(n_rows: int, n_models: int) -> np.ndarray:
+    """For more models than rows: row r's models are bounds[r] .. bounds[r + 1] - 1, consecutive
+    blocks of n_models / n_rows (rounded), busiest rows first, as row_to_model the other way."""
+    return -(-np.arange(n_rows + 1, dtype=np.int64) * n_models // n_rows)
+
+
 def per_model_counts(trace: Trace, n_models: int) -> np.ndarray:
     """Counts of all rows mapped to each model, summed (n_models x minutes).
 

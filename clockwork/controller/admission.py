@@ -12,7 +12,7 @@ Admission is one part of Controller (controller/server.py), a mixin.
 """
 from __future__ import annotations
 
-import bisect
+import itertools
 
 from ..limits import MAX_SLO_NS
 from ..status import Status
@@ -243,8 +243,7 @@ class Admission:
             self._reply(s.LsResponse(msg.request_id, Status.INITIALIZING,
                                                 "Controller initializing"), ident=ident)
             return
-        order = self.model_order
-        start = bisect.bisect_left(order, msg.first)
-        end = start + self.ls_page_size
-        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", [self.models[k] for k in order[start:end]],
-                                 next=order[end] if end < len(order) else -1), ident=ident)
+        ids = list(itertools.islice(self.models.ids(msg.first), self.ls_page_size + 1))
+        page = [self.models[k] for k in ids[:self.ls_page_size]]
+        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", page,
+                                 next=ids[-1] if len(ids) > self.ls_page_size else -1), ident=ident)

@@ -139,7 +139,6 @@ class Infer4Scheduler(Scheduler):
     def __init__(self, config: dict, clock, out):
         super().__init__(config, clock, out)
         self.s = Settings(config)
-        self._infos: dict[int, ModelInfo] = {}         # every model known
         self._models: dict[int, _Model] = {}           # those requested or loaded so far (_model)
         self._gpus: dict[int, _Gpu] = {}
         self._by_ref: dict[tuple[int, int], _Gpu] = {}   # (worker id, gpu id) -> GPU
@@ -159,14 +158,8 @@ class Infer4Scheduler(Scheduler):
 
     # ------------------------------------------------------------------ setup
 
-    def add_models(self, models: dict[int, ModelInfo]) -> None:
-        """Models loaded while running (a LoadModel after startup)."""
-        super().add_models(models)
-        self._infos.update(models)
-
     def start(self, models: dict[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
         super().start(models, workers)
-        self._infos.update(models)
         for worker_id in sorted(workers):
             self._add_worker(worker_id, workers[worker_id])
 
@@ -175,7 +168,7 @@ class Infer4Scheduler(Scheduler):
         requested, and their state (queue, estimates) would cost memory and startup time."""
         m = self._models.get(model_id)
         if m is None:
-            info = self._infos.get(model_id)
+            info = self.models.get(model_id)
             if info is None:
                 return None
             m = self._models[model_id] = _Model(info, self.s)
@@ -183,7 +176,7 @@ class Infer4Scheduler(Scheduler):
 
     def _add_worker(self, worker_id: int, state: WorkerState) -> None:
         for info in state.models:
-            self._infos.setdefault(info.model_id, info)
+            self.models.setdefault(info.model_id, info)
         now = self.clock()
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
             for mid in gs.loaded_models:
