@@ -1,6 +1,8 @@
 """Copies of one model as one range of ids (issue 14, a million instances): clockwork.id_ranges,
 the worker runtime's instances, the compact LoadModelFromDiskResult and the controller's
 ModelRegistry, with the older one-ModelInfo-per-copy answer still understood both ways."""
+from pathlib import Path
+
 import pytest
 
 from clockwork.controller.model_loading import answered_models
@@ -146,3 +148,38 @@ def test_answered_models_checks_the_ids():
     for bad in (res([info(5)], 3), res([info(6)], 4), res([info(5), info(6)], 4), res([], 4),
                 res([info(5), info(7), info(8), info(9)]), res([info(5)] * 4), res([info(5)])):
         assert answered_models(bad, 5, 4) is None, bad
+
+
+# ---------------------------------------------------------------- a trace over more instances than rows
+
+def test_azure_spreads_each_trace_row_over_a_block_of_instances(tmp_path):
+    """`azure --instances N` with N above the trace's rows: every row's requests go to its own
+    block of instances at random, so all N are registered (as ranges) and many more than the
+    rows are asked for; each request is answered once."""
+    from collections import defaultdict
+
+    from clockwork.client.azure import row_blocks, write_synthetic_trace
+    from clockwork.sim import config as sim_config
+    from clockwork.sim.run import Simulation
+
+    assert list(row_blocks(3, 10)) == [0, 4, 7, 10] and list(row_blocks(4, 4)) == [0, 1, 2, 3, 4]
+    write_synthetic_trace(tmp_path / "trace", functions=20, mean_rate_per_min=12_000)
+    cfg = sim_config.load(None)
+    cfg.profile, cfg.workers, cfg.gpus, cfg.duration_s, cfg.log_dir = "h200-fp32", 2, 2, 2.0, str(tmp_path / "logs")
+    cfg.base["controller"]["max_models"] = cfg.base["controller"]["max_models_per_client"] = 20_000
+    cfg.workload = "azure"
+    cfg.workload_args = ["--instances=20000", "--load_factor=0.5", f"--trace_dir={tmp_path / 'trace'}"]
+    sim = Simulation(cfg, out=lambda *_: None)
+    oc = sim.run()
+    assert len(sim.engine.models) == 20_000 == len(sim.controller.models)
+    assert oc.sent > 200 and oc.answered == oc.sent and oc.duplicates == 0
+    rows = Path(tmp_path / "logs", "clockwork_request_log.tsv").read_text().splitlines()
+    head = rows[0].split("\t")
+    by_row = defaultdict(set)
+    for r in rows[1:]:
+        f = dict(zip(head, r.split("\t")))
+        by_row[f["user_id"]].add(f["model_id"])
+    assert len(by_row) <= 20 < sum(len(ids) for ids in by_row.values())
+    assert max(len(ids) for ids in by_row.values()) > 50          # a busy row's block: 1,000 instances
+    blocks = [ids for ids in by_row.values()]
+    assert all(not a & b for i, a in enumerate(blocks) for b in blocks[i + 1:])   # rows do not share
