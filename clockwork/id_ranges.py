@@ -56,16 +56,16 @@ class IdRanges(Generic[V]):
     def __len__(self) -> int:
         return self.size
 
-    def ranges(self) -> Iterator[tuple[int, int, V]]:
-        """(first, count, value) per range, ascending."""
-        for f, e, v in zip(self._firsts, self._ends, self._values):
-            yield f, e - f, v
+    def ranges(self, start: int = 0) -> Iterator[tuple[int, int, V]]:
+        """(first, count, value) per range holding ids >= start, ascending."""
+        i = max(0, bisect.bisect_right(self._firsts, start) - 1) if start else 0
+        for j in range(i, len(self._firsts)):
+            yield self._firsts[j], self._ends[j] - self._firsts[j], self._values[j]
 
     def ids(self, start: int = 0) -> Iterator[int]:
         """Every id >= start, ascending."""
-        i = max(0, bisect.bisect_right(self._firsts, start) - 1)
-        for f, e in zip(self._firsts[i:], self._ends[i:]):
-            yield from range(max(f, start), e)
+        for f, n, _ in self.ranges(start):
+            yield from range(max(f, start), f + n)
 
     def values(self) -> list[V]:
         return list(self._values)

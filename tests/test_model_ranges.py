@@ -109,6 +109,7 @@ def test_registry_reads_like_a_dict_of_one_info_per_id():
     assert [k for k, _ in items] == list(reg) and all(k == v.model_id for k, v in items)
     assert items[1][1].source == "zoo/mlp" and items[2][1].source == "zoo/resnet50"
     assert reg.total_pages() == 1000 * 3 + 2 * 5 == sum(v.num_pages for v in reg.values())
+    assert [k for k, _ in reg.items(1008)] == [1008, 1009] and [k for k, _ in reg.items(2)] == list(range(10, 1010))
     assert len(reg._made) == 1                  # iterating made nothing to keep
     assert dict(reg) == {k: v for k, v in items}
 

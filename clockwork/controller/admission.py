@@ -243,7 +243,7 @@ class Admission:
             self._reply(s.LsResponse(msg.request_id, Status.INITIALIZING,
                                                 "Controller initializing"), ident=ident)
             return
-        ids = list(itertools.islice(self.models.ids(msg.first), self.ls_page_size + 1))
-        page = [self.models[k] for k in ids[:self.ls_page_size]]
-        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", page,
-                                 next=ids[-1] if len(ids) > self.ls_page_size else -1), ident=ident)
+        n = self.ls_page_size
+        page = [m for _, m in itertools.islice(self.models.items(msg.first), n + 1)]
+        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", page[:n],
+                                 next=page[n].model_id if len(page) > n else -1), ident=ident)

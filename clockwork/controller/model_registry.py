@@ -113,12 +113,13 @@ class ModelRegistry(Mapping):
         """Registered ids >= start, ascending (LS pages)."""
         return self._ranges.ids(start)
 
-    def items(self) -> Iterator[tuple[int, ModelInfo]]:
-        """(id, ModelInfo) of every instance in id order, made on the fly (not kept) for the
-        ids not looked up yet."""
+    def items(self, start: int = 0) -> Iterator[tuple[int, ModelInfo]]:
+        """(id, ModelInfo) of every instance with id >= start in id order, made on the fly (not
+        kept) for the ids not looked up yet: a client paging through a million (LS) leaves
+        nothing behind."""
         made = self._made
-        for first, count, info in self._ranges.ranges():
-            for mid in range(first, first + count):
+        for first, count, info in self._ranges.ranges(start):
+            for mid in range(max(first, start), first + count):
                 m = made.get(mid)
                 yield mid, m if m is not None else info if mid == first else _replace(info, model_id=mid)
 
