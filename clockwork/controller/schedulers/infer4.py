@@ -455,13 +455,25 @@ class Infer4Scheduler(Scheduler):
             return
         # least busy GPUs choose first (expected exec backlog plus queued demand on them), so
         # new copies spread out; ties go to the GPU with the most free pages
-        cands.sort(key=lambda g: (max(0, g.exec_free - now) + share_of.get(g.index, 0.0), -g.free_pages))
+        # (a heap in that order, stable: the GPUs are taken one at a time, and once every ranked
+        # model is chosen the rest need not be ordered at all)
+        share = share_of.get
+        order = [(max(0, g.exec_free - now) + share(g.index, 0.0), -g.free_pages, i, g)
+                 for i, g in enumerate(cands)]
+        heapq.heapify(order)
         chosen: set[int] = set()
         models = self._models
-        for g in cands:
-            for _, mid in ranked:
+        first = 0                   # ranked[:first] are all chosen: no GPU need look at them again
+        while order:
+            g = heapq.heappop(order)[3]
+            while first < len(ranked) and ranked[first][1] in chosen:
+                first += 1
+            if first == len(ranked):
+                break
+            for i in range(first, len(ranked)):
                 if g.loads >= s.max_loads_per_gpu or g.load_free >= horizon:
                     break
+                mid = ranked[i][1]
                 if mid in chosen or mid in g.loaded or mid in g.loading:
                     continue
                 m = models[mid]
