@@ -87,6 +87,25 @@ def test_runtime_copies_limit(zoo):  # noqa: F811
     assert str(MAX_COPIES) in msg.message and len(h.rt.models) == 0
 
 
+def test_backends_that_prepare_instances_still_see_every_copy(zoo):  # noqa: F811
+    """The CUDA backend captures each copy's graphs at LoadModelFromDisk (prepare_instance):
+    copies kept as a range must still be prepared one by one where a backend does that."""
+    from clockwork.model.emulated import EmulatedBackend
+
+    class Preparing(EmulatedBackend):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.prepared = []
+
+        def prepare_instance(self, hm, instance):
+            self.prepared.append(instance)
+
+    h = Harness(zoo)
+    h.rt.backend = h.backend = Preparing(2, h.rt.page_size, 64, 512 << 20, 512 << 20)
+    h.load_model(path="mlp", model_id=3, copies=5, compact=True)
+    assert h.backend.prepared == [3, 4, 5, 6, 7]
+
+
 def _fields(m):
     return {f: getattr(m, f) for f in m.__struct_fields__}
 
