@@ -64,7 +64,7 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
                 sim=oc.run_sim_s, events=oc.events, speed=oc.run_sim_s / oc.run_wall_s,
                 us_per_request=1e6 * oc.run_wall_s / max(oc.sent, 1), cpu=cpu,
                 cpu_speed=oc.run_sim_s / max(oc.run_cpu_s, 1e-9),
-                cpu_us_per_request=1e6 * oc.run_cpu_s / max(oc.sent, 1),
+                cpu_us_per_request=1e6 * oc.run_cpu_s / max(oc.sent, 1), run_cpu=oc.run_cpu_s,
                 attainment=oc.slo_attainment, goodput=oc.goodput)
 
 
@@ -141,7 +141,8 @@ def million(a) -> None:
         show(f"million {a.million_gpus} gpus x {n} inst ({a.rate:.0f} r/s)", p)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"  wall {wall:.1f} s = setup {wall - p['wall'] + p['setup']:.1f} s + run {p['wall'] - p['setup']:.1f} s "
-              f"(trace read for the rate, before: {read_s:.1f} s); goodput {p['goodput']:.0f} r/s; "
+              f"(trace read for the rate, before: {read_s:.1f} s); CPU {p['cpu']:.1f} s = setup "
+              f"{p['cpu'] - p['run_cpu']:.1f} s + run {p['run_cpu']:.1f} s; goodput {p['goodput']:.0f} r/s; "
               f"peak RSS so far {rss:.2f} GiB", flush=True)
 
 
