@@ -22,7 +22,6 @@ FAR_FUTURE = 1 << 62        # LoadModelFromDisk windows: [0, never]
 class LoadJob:
     """A client's LoadModel, broadcast to every live worker."""
     __slots__ = ("client", "request_id", "path", "model_id", "copies", "waiting", "models", "error")
-    # models: what the first worker to answer said, as a registry of the job's ids
 
     def __init__(self, client, request_id, path, model_id, copies):
         self.client = client
@@ -31,7 +30,7 @@ class LoadJob:
         self.model_id = model_id
         self.copies = copies
         self.waiting: set[int] = set()
-        self.models: ModelRegistry | None = None
+        self.models: ModelRegistry | None = None     # what the first worker to answer said
         self.error: tuple[int, str] | None = None
 
 
