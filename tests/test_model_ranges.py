@@ -203,3 +203,29 @@ def test_azure_spreads_each_trace_row_over_a_block_of_instances(tmp_path):
     assert max(len(ids) for ids in by_row.values()) > 50          # a busy row's block: 1,000 instances
     blocks = [ids for ids in by_row.values()]
     assert all(not a & b for i, a in enumerate(blocks) for b in blocks[i + 1:])   # rows do not share
+
+
+def test_infer4_on_a_registry_keeps_only_what_it_serves():
+    """INFER4 given the controller's registry (as Controller._start_scheduling does) makes state
+    only for the models asked for, also when a worker rejoins listing every instance."""
+    import itertools
+
+    from clockwork.controller.scheduler import Request
+    from clockwork.controller.schedulers import make_scheduler
+
+    from test_sched_infer4 import Clock, Recorder, worker
+
+    reg = ModelRegistry()
+    reg.add_copies(info(0, pages=1), 100_000)
+    clock, out = Clock(), Recorder()
+    sched = make_scheduler("infer4", {}, clock, out)
+    sched.start(reg.copy(), {0: worker(pages=100)})
+    sched.on_worker_joined(1, worker(pages=100, models=list(reg.values())))      # a rejoin lists all
+    ids = itertools.count(1)
+    for mid in (7, 99_999):
+        rid = next(ids)
+        sched.on_request(Request(rid, None, rid, mid, 1, clock.now, 10 ** 9, []))
+    clock.now += 1
+    sched.tick()
+    assert len(sched._models) == 2 and len(sched.models._made) <= 2
+    assert {a.model_id for _, a, _ in out.actions} == {7, 99_999}              # loads for both

@@ -175,8 +175,10 @@ class Infer4Scheduler(Scheduler):
         return m
 
     def _add_worker(self, worker_id: int, state: WorkerState) -> None:
+        models = self.models
         for info in state.models:
-            self.models.setdefault(info.model_id, info)
+            if info.model_id not in models:     # (not setdefault: a registry would keep every one)
+                models[info.model_id] = info
         now = self.clock()
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
             for mid in gs.loaded_models:
