@@ -47,7 +47,8 @@ def test_windows_line_endings_are_fine(tmp_path):
     (row("x", [1] * 10 + [-3] + [1] * 1429), "minute 11: negative count -3"),
     (row("x", [1.5] * 1440), "minute 1: '1.5' is not a whole number"),
     ("justone", "got 1"),
-], ids=["short", "long", "text", "negative", "float", "one-field"])
+    (row("x", [1] * 5 + [2 ** 32] + [1] * 1434), "a count exceeds 4294967295"),
+], ids=["short", "long", "text", "negative", "float", "one-field", "too-big"])
 def test_malformed_line_names_file_and_line(tmp_path, bad, needle):
     p = write(tmp_path, [HEADER, row("1", [0] * 1440), bad, row("3", [0] * 1440)])
     with pytest.raises(az.TraceError) as e:

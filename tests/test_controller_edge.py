@@ -80,7 +80,7 @@ def _edge(monkeypatch, log_dir):
             c._on_worker_message(w, res, [], clock.now + 2 * LATENCY)
         assert w.alive and w.sync.offset == OFFSET
         c.models.update(models)
-        c._pad[0] = [0, 1, 2]
+        c._pad.add(0, 1, [0, 1, 2])
         c._start_scheduling()
         wire.clear()
         yield c, clock, wire

@@ -44,7 +44,6 @@ def served():
     c = server_mod.Controller(_config(), [f"127.0.0.1:{free_port()}"], scheduler="echo", client_port=port,
                               out=lambda *a: None)
     c.models[0] = model_info(0, {1: 2 * MS, 2: 3 * MS}, input_size=INPUT, output_size=OUTPUT)
-    c.model_order = [0]
     c.phase = "running"
     c.scheduler.start(dict(c.models), {})
     edges = [Edge(_config(), f"127.0.0.1:{port}", "127.0.0.1", free_port(), out=lambda *a: None) for _ in range(2)]

@@ -116,6 +116,9 @@ def read_trace(path: str | os.PathLike) -> Trace:
                              "not an Azure Functions trace") from None
 
 
+U32_MAX = int(np.iinfo(np.uint32).max)
+
+
 def _read_lines(f, path: Path) -> Trace:
     """The lines of an open trace file (read_trace's body)."""
     keys: list[tuple[str, str, str, str]] = []
@@ -135,14 +138,14 @@ def _read_lines(f, path: Path) -> Trace:
         if len(parts) < 5:
             raise TraceError(f"{path}:{lineno}: expected {len(KEY_COLUMNS) + MINUTES} comma-separated "
                              f"fields (4 keys + {MINUTES} minutes), got {len(parts)}")
-        rows.append(_parse_counts(line, parts[4], path, lineno))
+        row = _parse_counts(line, parts[4], path, lineno)
+        if row.max() > U32_MAX:
+            raise TraceError(f"{path}:{lineno}: a count exceeds {U32_MAX}")
+        rows.append(row.astype(np.uint32))      # (a day of 46,000 rows: 265 MB, not 530 twice)
         keys.append((parts[0], parts[1], parts[2], parts[3]))
     if not rows:
         raise TraceError(f"{path}: no functions in trace (only a header)")
-    counts = np.vstack(rows)
-    if counts.max() > np.iinfo(np.uint32).max:
-        raise TraceError(f"{path}: a count exceeds {np.iinfo(np.uint32).max}")
-    return Trace(path, keys, counts.astype(np.uint32))
+    return Trace(path, keys, np.vstack(rows))
 
 
 # ---------------------------------------------------------------- mapping onto models
@@ -171,6 +174,12 @@ def scale_factor(load_factor: float, num_workers: int) -> float:
 def row_to_model(n_rows: int, n_models: int) -> np.ndarray:
     """Model index for each (sorted) row: consecutive blocks, busiest rows first."""
     return (np.arange(n_rows, dtype=np.int64) * n_models) // n_rows
+
+
+def row_blocks(n_rows: int, n_models: int) -> np.ndarray:
+    """For more models than rows: row r's models are bounds[r] .. bounds[r + 1] - 1, consecutive
+    blocks of n_models / n_rows (rounded), busiest rows first, as row_to_model the other way."""
+    return -(-np.arange(n_rows + 1, dtype=np.int64) * n_models // n_rows)
 
 
 def per_model_counts(trace: Trace, n_models: int) -> np.ndarray:

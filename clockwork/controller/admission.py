@@ -12,7 +12,7 @@ Admission is one part of Controller (controller/server.py), a mixin.
 """
 from __future__ import annotations
 
-import bisect
+import itertools
 
 import zmq
 
@@ -257,8 +257,7 @@ class Admission:
             self._reply(s.LsResponse(msg.request_id, Status.INITIALIZING,
                                                 "Controller initializing"), ident=ident)
             return
-        order = self.model_order
-        start = bisect.bisect_left(order, msg.first)
-        end = start + self.ls_page_size
-        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", [self.models[k] for k in order[start:end]],
-                                 next=order[end] if end < len(order) else -1), ident=ident)
+        n = self.ls_page_size
+        page = [m for _, m in itertools.islice(self.models.items(msg.first), n + 1)]
+        self._reply(s.LsResponse(msg.request_id, Status.SUCCESS, "", page[:n],
+                                 next=page[n].model_id if len(page) > n else -1), ident=ident)

@@ -7,13 +7,13 @@ ModelLoading is one part of Controller (controller/server.py), a mixin.
 """
 from __future__ import annotations
 
-import bisect
 import gc
 
 from ..limits import MAX_COPIES
 from ..model.format import pad_table
 from ..status import Status
 from ..transport import schema as s
+from .model_registry import ModelRegistry
 from .worker_links import WorkerLink
 
 FAR_FUTURE = 1 << 62        # LoadModelFromDisk windows: [0, never]
@@ -30,7 +30,7 @@ class LoadJob:
         self.model_id = model_id
         self.copies = copies
         self.waiting: set[int] = set()
-        self.models: list[s.ModelInfo] | None = None
+        self.models: ModelRegistry | None = None     # what the first worker to answer said
         self.error: tuple[int, str] | None = None
 
 
@@ -69,7 +69,7 @@ class ModelLoading:
 
     def _send_load(self, w: WorkerLink, path: str, model_id: int, copies: int, on_done) -> None:
         action = s.LoadModelFromDisk(next(self.action_ids), 0, FAR_FUTURE, model_id, path, copies,
-                                     self.settings.max_batch_size, self.settings.max_exec)
+                                     self.settings.max_batch_size, self.settings.max_exec, compact=True)
         self.out(f"Worker <-- A{action.action_id}:LoadModelFromDisk model={model_id} copies={copies} {path}")
         self.send_action(w.id, action, on_done=on_done)
 
@@ -80,12 +80,20 @@ class ModelLoading:
         elif type(res) is s.ErrorResult:
             job.error = (res.status, f"worker {w.address}: {res.message}")
         elif job.models is None:
-            job.models = res.models
+            job.models = answered_models(res, job.model_id, job.copies)
+            if job.models is None:
+                job.error = (Status.ERROR, f"worker {w.address}: answered LoadModelFromDisk of "
+                             f"models {job.model_id} x{job.copies} with {res.copies or len(res.models)} "
+                             f"models from {res.models[0].model_id if res.models else '-'}")
+                return self._load_done_check(job)
             m = res.models[0]
             self.out(f"Worker --> R{res.action_id}:LoadModelFromDisk input={m.input_size} "
                      f"output={m.output_size} weights={m.weights_size / 2**20:.1f} MB ({m.num_pages} pages) "
                      f"xfer={m.weights_load_ns / 1e6:.1f} " +
                      " ".join(f"b{b}={t / 1e6:.1f}" for b, t in zip(m.batch_sizes, m.exec_ns)))
+        self._load_done_check(job)
+
+    def _load_done_check(self, job: LoadJob) -> None:
         if not job.waiting:
             self._finish_load(job)
 
@@ -102,12 +110,10 @@ class ModelLoading:
             self._reply(s.LoadModelResponse(job.request_id, job.error[0], job.error[1]),
                  ident=job.client)
             return
-        new = {m.model_id: m for m in job.models}
+        new = job.models
         self.models.update(new)
-        pad = pad_table(job.models[0].batch_sizes)
-        for mid in new:
-            self._pad[mid] = pad
-            bisect.insort(self.model_order, mid)
+        for first, copies, info in new.ranges():
+            self._pad.add(first, copies, pad_table(info.batch_sizes))
         gc.freeze()     # long-lived model state: keep it out of gen-2 passes (~0.3 us/object each)
         if self.telemetry is not None:   # telemetry: event
             self.telemetry.event("model_registered", f"models {job.model_id}..{job.model_id + job.copies - 1} "
@@ -115,9 +121,28 @@ class ModelLoading:
         self.loaded_paths.append((job.path, job.model_id, job.copies))
         if self.phase == "running":
             self.scheduler.add_models(new)
-        m = job.models[0]
+        m = new[job.model_id]
         self.out(f"Client <-- Rsp{job.request_id}:LoadModel model_id=[{job.model_id}->"
                  f"{job.model_id + job.copies - 1}] input={m.input_size} output={m.output_size}")
         self._reply(s.LoadModelResponse(job.request_id, Status.SUCCESS, "", job.model_id,
                                                    job.copies, m.input_size, m.output_size),
              ident=job.client)
+
+
+def answered_models(res: s.LoadModelFromDiskResult, first: int, copies: int) -> ModelRegistry | None:
+    """The models a worker's LoadModelFromDiskResult describes, if they are exactly ids
+    first .. first + copies - 1: one ModelInfo for all (res.copies, compact) or one per copy
+    (a worker older than the compact answer); None if not."""
+    models = res.models
+    if not models or models[0].model_id != first:
+        return None
+    reg = ModelRegistry()
+    if res.copies:
+        if res.copies != copies or len(models) != 1:
+            return None
+        reg.add_copies(models[0], copies)
+        return reg
+    if len(models) != copies or any(m.model_id != first + i for i, m in enumerate(models)):
+        return None
+    reg.add_list(models)
+    return reg

@@ -34,6 +34,7 @@ import time
 
 import zmq
 
+from ..id_ranges import IdRanges
 from ..limits import MAX_COPIES
 from ..transport import schema as s
 from ..transport import security as security_mod
@@ -41,6 +42,7 @@ from ..transport.sockets import dealer, parse_address, router, set_timer_slack, 
 from . import logs as logs_mod
 from .admission import Admission, Replies
 from .model_loading import LoadJob, ModelLoading
+from .model_registry import ModelRegistry
 from .queuewait import QueueWait
 from .schedulers.common import Settings
 from .stats import ControllerStats
@@ -116,7 +118,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.scheduler_name = scheduler or cc["scheduler"]
         self.scheduler = make_scheduler(self.scheduler_name, config, self.clock, self)
         self.pending: dict[int, Pending] = {}
-        self.models: dict[int, s.ModelInfo] = {}
+        self.models = ModelRegistry()           # model id -> ModelInfo, one entry per LoadModel
         self.next_model_id = 0
         self.load_jobs: dict[int, LoadJob] = {}      # first model id -> job in flight
         self.loaded_paths: list[tuple[str, int, int]] = []   # (path, first id, copies) for rejoin
@@ -127,7 +129,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.queue_wait = QueueWait()
         self.arrivals = 0
         self.departures = 0
-        self._pad: dict[int, list[int]] = {}     # model id -> model.format.pad_table, for goodput
+        self._pad: IdRanges[list[int]] = IdRanges()   # model ids -> model.format.pad_table, for goodput
         self._model_counts: dict[int, list[int]] = {}   # model id -> [arrivals, answers], for the request log
         self.settings = Settings(config)      # the [controller] times, parsed once for all
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
@@ -137,7 +139,6 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
         self.client_copies: dict[bytes, int] = {}    # client connection -> copies registered or loading
         self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
-        self.model_order: list[int] = []             # model ids, ascending (LS pages)
         # memory bound on inputs: bytes held by requests not yet answered, beyond which OVERLOADED
         self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
         self.input_bytes = 0
@@ -366,7 +367,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         for w in self.workers:
             w.joined = w.alive
         total_pages = sum(g.total_pages for st in live.values() for g in st.gpus)
-        model_pages = sum(m.num_pages for m in self.models.values())
+        model_pages = self.models.total_pages()
         self.out("(Startup-end) Transitioning to scheduler")
         self.out(f"Created {len(self.models)} models")
         self.out(f"Created {sum(len(st.gpus) for st in live.values())} GPUs on {len(live)} Workers")
@@ -375,7 +376,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                  f"({100 * max(0, model_pages - total_pages) // max(1, total_pages)}% oversubscription).")
         self.out("* Admitting inference requests")
         self.phase = "running"
-        self.scheduler.start(dict(self.models), live)
+        self.scheduler.start(self.models.copy(), live)
         gc.freeze()     # the scheduler's per-model and per-GPU state, likewise
 
     # ------------------------------------------------------------------ workers

@@ -175,8 +175,8 @@ class WorkerLinks:
         elif t is s.LoadWeightsResult:
             self.stats.action_done(w.id, action.gpu_id, False, msg.duration, now - p.sent)
         if self.action_log.on and (p.context is not None or t is s.ErrorResult):
-            pad = self._pad.get(getattr(action, "model_id", -1)) if t is s.InferResult else None
-            self.action_log.add(action_row(p, msg, now, pad[action.batch_size] if pad else 0))
+            pad = self._pad.find(action.model_id) if t is s.InferResult else None
+            self.action_log.add(action_row(p, msg, now, pad[1][action.batch_size] if pad else 0))
         if self.telemetry is not None:   # telemetry: per action counters
             self.telemetry.action_done(w, action, msg, now)
         if p.on_done is not None:
@@ -244,7 +244,7 @@ class WorkerLinks:
         if self.phase == "running" and not w.joined:
             # the worker was reset: its state now has the models but nothing in GPU caches
             st = w.state
-            st.models = [self.models[k] for k in sorted(self.models)]
+            st.models = list(self.models.values())
             for g in st.gpus:
                 g.loaded_models = []
             w.joined = True

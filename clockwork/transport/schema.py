@@ -184,6 +184,9 @@ class LoadModelFromDisk(Message, tag=20):
     copies: int = 1
     max_batch_size: int = 16
     max_exec_ns: int = 250_000_000
+    # True: answer with one ModelInfo for all copies (LoadModelFromDiskResult.copies), so a
+    # million copies cost one entry on the wire; older workers ignore it and list every copy
+    compact: bool = False
 
 
 class LoadWeights(Message, tag=21):
@@ -257,7 +260,8 @@ class LoadModelFromDiskResult(Message, tag=41):
     sent: int
     begin: int
     end: int
-    models: list[ModelInfo]       # one per copy
+    models: list[ModelInfo]       # one per copy; or, with copies > 0, models[0] for all of them
+    copies: int = 0               # > 0: models[0] describes copies model_id .. model_id + copies - 1
 
 
 class LoadWeightsResult(Message, tag=42):

@@ -23,6 +23,9 @@ import heapq
 import time
 from pathlib import Path
 
+import msgspec
+
+from ..id_ranges import IdRanges
 from ..limits import MAX_COPIES
 from ..model.backend import PENDING, Backend, HostModel, LoadError, Op
 from ..model.format import ModelFormatError, load_spec, pad_table, resolve_model_path
@@ -38,25 +41,72 @@ TAGS = {cls: cls.__struct_config__.tag for cls in s.ACTIONS}
 
 
 class ModelKind:
-    """What all copies of one LoadModelFromDisk share: the host model and the batch table."""
-    __slots__ = ("host", "batch_sizes", "padded", "max_batch", "input_size", "output_size")
+    """What all copies of one LoadModelFromDisk share: the host model, the batch table and the
+    ModelInfo (that of the first copy; the others differ only in model_id)."""
+    __slots__ = ("host", "batch_sizes", "padded", "max_batch", "input_size", "output_size", "num_pages",
+                 "info")
 
-    def __init__(self, host: HostModel, batch_sizes: list[int]):
+    def __init__(self, host: HostModel, batch_sizes: list[int], info: s.ModelInfo):
         self.host = host
         self.batch_sizes = batch_sizes
         self.max_batch = batch_sizes[-1]
         self.padded = pad_table(batch_sizes)          # padded[b]: smallest compiled batch >= b
         self.input_size = host.input_size
         self.output_size = host.output_size
+        self.num_pages = host.num_pages
+        self.info = info
 
 
 class ModelInstance:
-    __slots__ = ("id", "kind", "info")
+    __slots__ = ("id", "kind")
 
-    def __init__(self, id: int, kind: ModelKind, info: s.ModelInfo):
+    def __init__(self, id: int, kind: ModelKind):
         self.id = id
         self.kind = kind
-        self.info = info
+
+
+class Instances:
+    """Model id -> ModelInstance. The copies of one LoadModelFromDisk are one range of ids
+    sharing a ModelKind; an instance's object is made on its first action, so loading a
+    million copies costs what loading one does and memory grows with the copies used."""
+    __slots__ = ("ranges", "_made")
+
+    def __init__(self):
+        self.ranges: IdRanges[ModelKind] = IdRanges()
+        self._made: dict[int, ModelInstance] = {}
+
+    def get(self, model_id: int) -> ModelInstance | None:
+        m = self._made.get(model_id)
+        if m is None:
+            found = self.ranges.find(model_id)
+            if found is None:
+                return None
+            m = self._made[model_id] = ModelInstance(model_id, found[1])
+        return m
+
+    def __getitem__(self, model_id: int) -> ModelInstance:
+        m = self.get(model_id)
+        if m is None:
+            raise KeyError(model_id)
+        return m
+
+    def __contains__(self, model_id: int) -> bool:
+        return model_id in self.ranges
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def kinds(self) -> list[ModelKind]:
+        return self.ranges.values()
+
+    def infos(self) -> list[s.ModelInfo]:
+        """One ModelInfo per instance, ascending ids (GetWorkerState)."""
+        return [kind.info if mid == first else msgspec.structs.replace(kind.info, model_id=mid)
+                for first, count, kind in self.ranges.ranges() for mid in range(first, first + count)]
+
+    def clear(self) -> None:
+        self.ranges.clear()
+        self._made.clear()
 
 
 class Resident:
@@ -105,7 +155,7 @@ class WorkerRuntime:
         self.gpus = [Gpu(i, GpuMemory(total_pages, io_pool_size, workspace_pool_size))
                      for i in range(len(backend.gpu_names()))]
         self.worker_ex = Executor("worker")
-        self.models: dict[int, ModelInstance] = {}
+        self.models = Instances()
         self.stats = Stats()
         self._timers: list = []          # (time, seq, Executor | Op)
         self._seq = 0
@@ -255,7 +305,7 @@ class WorkerRuntime:
         if first < 0 or not 1 <= copies <= MAX_COPIES:
             return self._error(reply_to, a, Status.LOAD_FAILED,
                                f"bad model_id {first} / copies {copies} (1..{MAX_COPIES})", received)
-        clash = next((i for i in range(first, first + copies) if i in self.models), None)
+        clash = self.models.ranges.overlap(first, copies)
         if clash is not None:
             return self._error(reply_to, a, Status.MODEL_EXISTS, f"model {clash} already exists", received)
         try:
@@ -282,18 +332,23 @@ class WorkerRuntime:
                                f"{a.path}: no batch size <= {a.max_batch_size} runs within "
                                f"{a.max_exec_ns} ns with its inputs and outputs ({per_item} bytes per item) "
                                f"in the {io_room}-byte io pool (compiled: {sorted(host.exec_ns)})", received)
-        kind = ModelKind(host, batch_sizes)
         exec_ns = [host.exec_ns[b] for b in batch_sizes]
-        infos = []
-        for mid in range(first, first + copies):
-            info = s.ModelInfo(mid, host.source, host.input_size, host.output_size, host.weights_size,
-                               host.num_pages, batch_sizes, exec_ns, host.weights_load_ns,
-                               list(host.spec.input_shape), host.spec.input_dtype,
-                               list(host.spec.output_shape), host.spec.output_dtype)
-            self.models[mid] = ModelInstance(mid, kind, info)
-            self.backend.prepare_instance(host, mid)      # (CUDA graphs: captured now)
-            infos.append(info)
-        self.send(reply_to, s.LoadModelFromDiskResult(a.action_id, received, 0, begin, self.clock(), infos), ())
+        info = s.ModelInfo(first, host.source, host.input_size, host.output_size, host.weights_size,
+                           host.num_pages, batch_sizes, exec_ns, host.weights_load_ns,
+                           list(host.spec.input_shape), host.spec.input_dtype,
+                           list(host.spec.output_shape), host.spec.output_dtype)
+        kind = ModelKind(host, batch_sizes, info)
+        self.models.ranges.add(first, copies, kind)
+        if type(self.backend).prepare_instance is not Backend.prepare_instance:
+            for mid in range(first, first + copies):
+                self.backend.prepare_instance(host, mid)      # (CUDA graphs: captured now)
+        if a.compact:
+            infos, n = [info], copies
+        else:       # an older controller: one ModelInfo per copy
+            infos, n = [info] + [msgspec.structs.replace(info, model_id=mid)
+                                 for mid in range(first + 1, first + copies)], 0
+        self.send(reply_to, s.LoadModelFromDiskResult(a.action_id, received, 0, begin, self.clock(), infos, n),
+                  ())
 
     # ------------------------------------------------------------------ ClearCache / Reset / state
     def _clear_cache(self, a, reply_to, received: int, now: int) -> None:
@@ -313,7 +368,7 @@ class WorkerRuntime:
         self._timers.clear()
         self._inflight.clear()
         self.backend.reset()
-        for kind in {m.kind for m in self.models.values()}:
+        for kind in self.models.kinds():
             kind.host.close()
         self.models.clear()
         self.stats.pending = 0
@@ -322,7 +377,7 @@ class WorkerRuntime:
         names = self.backend.gpu_names()
         gpus = [s.GpuState(g.id, g.mem.pages.total, g.mem.pages.free, g.mem.io.size,
                            g.mem.workspace.size, sorted(g.resident), names[g.id]) for g in self.gpus]
-        return s.WorkerState(self.page_size, gpus, [m.info for m in self.models.values()])
+        return s.WorkerState(self.page_size, gpus, self.models.infos())
 
     def readings(self, now: int) -> list[s.GpuReading]:
         out = self.backend.readings(now)
@@ -427,7 +482,7 @@ class _LoadWeightsJob:
             self.fail(Status.WEIGHTS_ALREADY_PRESENT,
                       f"load_weights: model {m.id} already on gpu {gpu.id}", now)
             return None
-        n = m.info.num_pages
+        n = m.kind.num_pages
         pages = gpu.mem.pages.alloc(n)
         if pages is None:
             self.fail(Status.NOT_ENOUGH_PAGES, f"load_weights: model {m.id} needs {n} pages, gpu "

@@ -106,7 +106,8 @@ class WorkerServer:
         if cls is s.WorkerStateResult:
             self.log(f"Sending R{msg.action_id}:GetWorkerState:\n{describe_state(msg.state)}")
         elif cls is s.LoadModelFromDiskResult:
-            copies = f" copies={len(msg.models)}" if len(msg.models) > 1 else ""
+            n = msg.copies or len(msg.models)
+            copies = f" copies={n}" if n > 1 else ""
             self.log(f"Sending R{msg.action_id}:LoadModelFromDisk {describe_model(msg.models[0])}"
                      f"{copies} duration={_ms(msg.end - msg.begin)}")
             gc.freeze()      # thousands of long-lived model objects: keep them out of GC passes

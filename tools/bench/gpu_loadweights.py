@@ -88,7 +88,7 @@ def main():
 
 
 def msg_pages(d):
-    return d.rt.models[0].info.num_pages
+    return d.rt.models[0].kind.info.num_pages
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def main():
         total.append(G * size / (max(t for _, _, t in res) - t0))
         run.all([(s.EvictWeights, (), dict(model_id=0, gpu_id=g)) for g in range(G)])
     run.all([(s.LoadWeights, (), dict(model_id=0, gpu_id=g)) for g in range(G)])
-    info = run.rt.models[0].info
+    info = run.rt.models[0].kind.info
     x = np.random.default_rng(0).standard_normal(info.input_size // 4, np.float32).tobytes()
     outs = run.all([(s.Infer, [x], dict(model_id=0, gpu_id=g, batch_size=1)) for g in range(G)])
     digests = [hashlib.sha256(b"".join(f)).hexdigest()[:16] if isinstance(m, s.InferResult)

@@ -5,6 +5,7 @@ processes at heavier loads than the CI test.
     python tools/bench/simulate.py sweep                  # GPUs, instances, rate
     python tools/bench/simulate.py azure --trace-dir DIR  # 6 GPUs, 4026 instances, 0.5x/1x/2x
     python tools/bench/simulate.py fidelity --loads 0.5,1,2 --schedulers infer4,fifo
+    python tools/bench/simulate.py million --trace-dir DIR --instances 1000000 --rate 10000
 
 Every point is one fresh simulation in this process (one core). `speed` is simulated seconds
 (from the workload's start to the last answer) per wall second over the same span, model loading
@@ -63,7 +64,7 @@ def point(scheduler: str, gpus: int, workload: list[str], duration: float, seed:
                 sim=oc.run_sim_s, events=oc.events, speed=oc.run_sim_s / oc.run_wall_s,
                 us_per_request=1e6 * oc.run_wall_s / max(oc.sent, 1), cpu=cpu,
                 cpu_speed=oc.run_sim_s / max(oc.run_cpu_s, 1e-9),
-                cpu_us_per_request=1e6 * oc.run_cpu_s / max(oc.sent, 1),
+                cpu_us_per_request=1e6 * oc.run_cpu_s / max(oc.sent, 1), run_cpu=oc.run_cpu_s,
                 attainment=oc.slo_attainment, goodput=oc.goodput)
 
 
@@ -118,6 +119,33 @@ def azure(a) -> None:
                      point(sched, a.azure_gpus, wl, a.duration, controller_us=us))
 
 
+def million(a) -> None:
+    """Issue 14's scale goal: the azure workload spread over --instances instances (a trace of
+    fewer functions: each row's requests go to a block of instances) on --million-gpus GPUs at
+    --rate r/s in all, for --duration simulated s. One point per run, so that the process's peak
+    memory (/usr/bin/time -v, or maxrss below) is that point's."""
+    import resource
+    from clockwork.client import azure as az
+    t0 = time.perf_counter()
+    trace = az.read_trace(az.trace_path(1, a.trace_dir))
+    count0 = float(trace.counts[:, 0].sum())           # minute 0: what a replay of < 60 s plays
+    del trace
+    read_s = time.perf_counter() - t0
+    base = count0 / 60.0 * az.LOAD_PER_WORKER            # r/s at load_factor 1, num_workers 1
+    for n in [int(x) for x in a.instances.split(",")]:
+        wl = ["azure", "--num_workers=1", f"--load_factor={a.rate / base}", f"--instances={n}",
+              f"--trace_dir={a.trace_dir}"]
+        w0 = time.perf_counter()
+        p = point(a.scheduler, a.million_gpus, wl, a.duration)
+        wall = time.perf_counter() - w0
+        show(f"million {a.million_gpus} gpus x {n} inst ({a.rate:.0f} r/s)", p)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"  wall {wall:.1f} s = setup {wall - p['wall'] + p['setup']:.1f} s + run {p['wall'] - p['setup']:.1f} s "
+              f"(trace read for the rate, before: {read_s:.1f} s); CPU {p['cpu']:.1f} s = setup "
+              f"{p['cpu'] - p['run_cpu']:.1f} s + run {p['run_cpu']:.1f} s; goodput {p['goodput']:.0f} r/s; "
+              f"peak RSS so far {rss:.2f} GiB", flush=True)
+
+
 def fidelity(a) -> None:
     """The CI fidelity case at more loads: real processes (LocalCluster) vs the simulation."""
     from clockwork.local import LocalCluster
@@ -150,7 +178,7 @@ def fidelity(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["sweep", "azure", "fidelity", "scale"])
+    ap.add_argument("what", choices=["sweep", "azure", "fidelity", "scale", "million"])
     ap.add_argument("--scheduler", default="infer4")
     ap.add_argument("--schedulers", default="infer4")
     ap.add_argument("--duration", type=float, default=5.0, help="simulated seconds of sending per point")
@@ -159,13 +187,15 @@ def main() -> None:
     ap.add_argument("--rates", default="100,200,400,800,1600")
     ap.add_argument("--scale", default="100x1000,300x3000,1000x10000", help="GPUSxINSTANCES,...")
     ap.add_argument("--trace-dir", default=None)
+    ap.add_argument("--million-gpus", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=10_000.0, help="million: requests/s in all")
     ap.add_argument("--azure-gpus", type=int, default=6)
     ap.add_argument("--loads", default="0.5,1,2")
     ap.add_argument("--slo-ms", type=float, default=100.0, help="fidelity: every request's SLO")
     ap.add_argument("--controller-us", default="0", help="controller CPU per message (us), a list")
     a = ap.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
-    {"sweep": sweep, "azure": azure, "fidelity": fidelity, "scale": scale}[a.what](a)
+    {"sweep": sweep, "azure": azure, "fidelity": fidelity, "scale": scale, "million": million}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def _read(engine: Engine, day: int, trace_dir: str) -> az.Trace:
         raise WorkloadError(str(e)) from None
 
 
-def _load_instances(engine: Engine, memory_level: int, use_all_models: bool, model: str) -> list[Model]:
-    total = az.total_instances(memory_level, use_all_models)
+def _load_instances(engine: Engine, memory_level: int, use_all_models: bool, model: str,
+                    instances: int = 0) -> list[Model]:
+    total = instances or az.total_instances(memory_level, use_all_models)
     if not use_all_models:
         return engine.load(model, total)
     models: list[Model] = []
@@ -39,8 +40,22 @@ def _load_instances(engine: Engine, memory_level: int, use_all_models: bool, mod
 
 
 def _replay(engine: Engine, trace: az.Trace, models: list[Model], scale_segments, interval: float,
-            randomise: bool) -> None:
-    """One stream per model (rows summed, exact) or, with randomised starts, one per row."""
+            randomise: bool, spread: bool = False) -> None:
+    """One stream per model (rows summed, exact) or, with randomised starts, one per row; with
+    `spread` and more instances than rows, one per row whose requests go to a block of
+    instances (so a trace of ~46,000 functions can drive a million instances)."""
+    if spread and len(trace) < len(models):
+        t = trace.sorted_by_total()
+        bounds = az.row_blocks(len(t), len(models))
+        rng = random.Random(seed_of(engine, "mapping"))
+        for r in np.flatnonzero(t.counts.any(axis=1)):
+            segs = (arrivals.random_start_segments(t.counts[r], 1.0, interval, rng) if randomise
+                    else arrivals.trace_segments(t.counts[r], 1.0, interval))
+            engine.open_loop_spread(models[bounds[r]:bounds[r + 1]],
+                                    arrivals.piecewise_poisson(arrivals.multiply(segs, scale_segments()),
+                                                               seed_of(engine, int(r))),
+                                    seed_of(engine, "spread", int(r)), int(r))
+        return
     if len(trace) < len(models):
         engine.log(f"note: {len(trace)} trace rows for {len(models)} instances: "
                    f"{len(models) - len(trace)} instances get no requests")
@@ -75,17 +90,19 @@ def _constant(scale: float):
           Param("interval", float, 60.0, "seconds per trace minute (smaller replays faster)", positive=True),
           Param("trace", int, 1, "trace day to replay (1..14)", positive=True),
           Param("randomise", bool, False, "start every function at a random point of the day"),
-          TRACE_DIR, Param("model", str, "resnet50", "the model when use_all_models is 0"))
+          TRACE_DIR, Param("model", str, "resnet50", "the model when use_all_models is 0"),
+          Param("instances", int, 0, "instances instead of memory_load_factor's (0: that); with more "
+                "instances than trace rows each row's requests go to a block of instances, at random"))
 def azure(engine: Engine, num_workers, use_all_models, load_factor, memory_load_factor, interval, trace,
-          randomise, trace_dir, model):
+          randomise, trace_dir, model, instances):
     if interval <= 0 or num_workers < 1 or load_factor < 0:
         raise WorkloadError("interval must be > 0, num_workers >= 1, load_factor >= 0")
     tr = _read(engine, trace, trace_dir)
     scale = az.scale_factor(load_factor, num_workers)
     engine.log(f"Replaying {tr.path.name} ({len(tr)} functions) at scale_factor={scale:g} for load_factor "
                f"{load_factor:g} on {num_workers} workers, {interval:g} s intervals")
-    models = _load_instances(engine, memory_load_factor, use_all_models, model)
-    _replay(engine, tr, models, _constant(scale), interval, randomise)
+    models = _load_instances(engine, memory_load_factor, use_all_models, model, instances)
+    _replay(engine, tr, models, _constant(scale), interval, randomise, spread=instances > 0)
 
 
 @workload("azure_scalability_exp", "the azure workload (day 1, 60 s intervals) with the load factor "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 import time
 from typing import Callable, Iterator
 
@@ -111,6 +112,14 @@ class Engine:
         s = _OpenStream(self, model, iter(times), user_id)
         s.schedule()
 
+    def open_loop_spread(self, models: list[Model], times: Iterator[float], seed: int | str,
+                         user_id: int = 0) -> None:
+        """Send one request at each time the arrival generator yields, each to one of `models`
+        drawn at random: for Poisson arrivals the same as one stream per model at an equal
+        share of the rate (a thinned Poisson process), with one generator for all of them."""
+        s = _SpreadStream(self, list(models), iter(times), user_id, random.Random(seed))
+        s.schedule()
+
     def closed_loop(self, models: list[Model], spec: ClosedLoop, user_id: int = 0, seed: int = 0) -> None:
         """Keep spec.concurrency requests in flight, round-robin over `models`."""
         s = _ClosedStream(self, list(models), spec, user_id)
@@ -168,7 +177,7 @@ class Engine:
             fired = 0
             while heap and heap[0][0] <= now and fired < 2000:
                 t, _, handler = pop(heap)
-                if type(handler) is _OpenStream:     # only arrivals have a time to be late for
+                if type(handler) in _TIMED:     # only arrivals have a time to be late for
                     lag = now - t
                     self.timed_sends += 1
                     if lag > 0.001:
@@ -238,6 +247,25 @@ class _OpenStream:
 
     def on_reply(self, resp, data, latency_s):
         self.engine.account(self.model, self.user_id, resp, latency_s)
+
+
+class _SpreadStream(_OpenStream):
+    """An open loop whose requests go to one of several models, drawn at random."""
+    __slots__ = ("models", "pick")
+
+    def __init__(self, engine, models, times, user_id, rng):
+        super().__init__(engine, None, times, user_id)
+        self.models = models
+        self.pick = rng.randrange
+
+    def fire(self, t):
+        if self.engine.running:
+            m = self.models[self.pick(len(self.models))]
+            self.engine.send(m, lambda r, d, l, m=m: self.engine.account(m, self.user_id, r, l), self.user_id)
+            self.schedule()
+
+
+_TIMED = (_OpenStream, _SpreadStream)
 
 
 class _ClosedStream:

@@ -139,7 +139,6 @@ class Infer4Scheduler(Scheduler):
     def __init__(self, config: dict, clock, out):
         super().__init__(config, clock, out)
         self.s = Settings(config)
-        self._infos: dict[int, ModelInfo] = {}         # every model known
         self._models: dict[int, _Model] = {}           # those requested or loaded so far (_model)
         self._gpus: dict[int, _Gpu] = {}
         self._by_ref: dict[tuple[int, int], _Gpu] = {}   # (worker id, gpu id) -> GPU
@@ -159,14 +158,8 @@ class Infer4Scheduler(Scheduler):
 
     # ------------------------------------------------------------------ setup
 
-    def add_models(self, models: dict[int, ModelInfo]) -> None:
-        """Models loaded while running (a LoadModel after startup)."""
-        super().add_models(models)
-        self._infos.update(models)
-
     def start(self, models: dict[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
         super().start(models, workers)
-        self._infos.update(models)
         for worker_id in sorted(workers):
             self._add_worker(worker_id, workers[worker_id])
 
@@ -175,15 +168,17 @@ class Infer4Scheduler(Scheduler):
         requested, and their state (queue, estimates) would cost memory and startup time."""
         m = self._models.get(model_id)
         if m is None:
-            info = self._infos.get(model_id)
+            info = self.models.get(model_id)
             if info is None:
                 return None
             m = self._models[model_id] = _Model(info, self.s)
         return m
 
     def _add_worker(self, worker_id: int, state: WorkerState) -> None:
+        models = self.models
         for info in state.models:
-            self._infos.setdefault(info.model_id, info)
+            if info.model_id not in models:     # (not setdefault: a registry would keep every one)
+                models[info.model_id] = info
         now = self.clock()
         for ref, gs in build_gpus({worker_id: state}, self._next_index):
             for mid in gs.loaded_models:
@@ -465,13 +460,25 @@ class Infer4Scheduler(Scheduler):
         cands = [g for g in gpus if g.loads < s.max_loads_per_gpu and g.load_free < horizon]
         # least busy GPUs choose first (expected exec backlog plus queued demand on them), so
         # new copies spread out; ties go to the GPU with the most free pages
-        cands.sort(key=lambda g: (max(0, g.exec_free - now) + share_of.get(g.index, 0.0), -g.free_pages))
+        # (a heap in that order, stable: the GPUs are taken one at a time, and once every ranked
+        # model is chosen the rest need not be ordered at all)
+        share = share_of.get
+        order = [(max(0, g.exec_free - now) + share(g.index, 0.0), -g.free_pages, i, g)
+                 for i, g in enumerate(cands)]
+        heapq.heapify(order)
         chosen: set[int] = set()
         models = self._models
-        for g in cands:
-            for _, mid in ranked:
+        first = 0                   # ranked[:first] are all chosen: no GPU need look at them again
+        while order:
+            g = heapq.heappop(order)[3]
+            while first < len(ranked) and ranked[first][1] in chosen:
+                first += 1
+            if first == len(ranked):
+                break
+            for i in range(first, len(ranked)):
                 if g.loads >= s.max_loads_per_gpu or g.load_free >= horizon:
                     break
+                mid = ranked[i][1]
                 if mid in chosen or mid in g.loaded or mid in g.loading:
                     continue
                 m = models[mid]
