@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import struct
+from math import log as _log
 from collections import deque
 
 import zmq
@@ -30,22 +31,19 @@ DISCONNECT_NOTICE_NS = 50_000      # a closed connection is seen at once (the FI
 
 
 class Frame:
-    """What zmq.Frame offers that the edges use: .bytes, .buffer and len()."""
+    """What zmq.Frame offers that the edges use: .bytes, .buffer and len(). `buffer` is the
+    bytes themselves (a buffer every reader here accepts): no memoryview made per frame."""
     __slots__ = ("bytes", "buffer")
 
     def __init__(self, data):
-        if data.__class__ is bytes:          # the common case: a header just encoded
-            self.bytes = data
-            self.buffer = memoryview(data)
-            return
-        if isinstance(data, Frame):
-            self.bytes, self.buffer = data.bytes, data.buffer
-            return
-        if hasattr(data, "buffer"):          # a zmq.Frame
-            data = data.buffer
-        b = data if isinstance(data, bytes) else bytes(data)
-        self.bytes = b
-        self.buffer = memoryview(b)
+        if data.__class__ is not bytes:
+            if isinstance(data, Frame):
+                data = data.bytes
+            else:
+                if hasattr(data, "buffer"):          # a zmq.Frame
+                    data = data.buffer
+                data = data if isinstance(data, bytes) else bytes(data)
+        self.bytes = self.buffer = data
 
     def __len__(self):
         return len(self.bytes)
@@ -68,7 +66,7 @@ class SimSocket:
 
     def send(self, data, flags=0, copy=True, track=False) -> None:
         self._parts.append(data)
-        if not int(flags) & SNDMORE:
+        if not flags & SNDMORE:
             frames, self._parts = self._parts, []
             self._on_send(frames)
 
@@ -116,25 +114,36 @@ class Delay:
         self.jitter_ns = int(jitter_ns)
         self.kind = kind
         self.rng = rng
+        # one draw per message: the sampler is picked once, and the exponential one computes
+        # exactly what rng.expovariate(1 / jitter) does, without its call
+        if self.jitter_ns <= 0 or kind == "const":
+            self.sample = self._const
+        elif kind == "exp":
+            self._lambd = 1.0 / self.jitter_ns
+            self.sample = self._exp
+        else:
+            self.sample = self._uniform
 
-    def sample(self) -> int:
-        j = self.jitter_ns
-        if j <= 0 or self.kind == "const":
-            return self.min_ns
-        if self.kind == "exp":
-            return self.min_ns + int(self.rng.expovariate(1.0 / j))
-        return self.min_ns + int(self.rng.random() * 2 * j)
+    def _const(self) -> int:
+        return self.min_ns
+
+    def _exp(self) -> int:
+        return self.min_ns + int(-_log(1.0 - self.rng.random()) / self._lambd)
+
+    def _uniform(self) -> int:
+        return self.min_ns + int(self.rng.random() * 2 * self.jitter_ns)
 
 
 class Link:
     """A DEALER (`dealer`) connected to a ROUTER (`router`, reached under `ident`)."""
-    __slots__ = ("net", "name", "ident", "dealer", "router", "up", "listening", "epoch", "last",
-                 "queued", "droppable", "reconnecting")
+    __slots__ = ("net", "name", "ident", "ident_frame", "dealer", "router", "up", "listening", "epoch",
+                 "last", "queued", "droppable", "reconnecting")
 
     def __init__(self, net: "Network", name: str, ident: bytes, router: SimSocket, droppable: bool):
         self.net = net
         self.name = name
         self.ident = ident
+        self.ident_frame = Frame(ident)     # what the ROUTER reads first off each message
         self.router = router
         self.dealer = SimSocket(name, self._from_dealer)
         self.up = True
@@ -188,11 +197,13 @@ class Network:
         if lk.droppable and self.drop_rate and self.rng.random() < self.drop_rate:
             self.reset(lk)
             return
-        t = self.loop.now + self.delay.sample()
-        if t < lk.last[direction]:
-            t = lk.last[direction]
-        lk.last[direction] = t
-        self.loop.at(t, self._arrive, (lk, lk.epoch, direction, [Frame(f) for f in frames]))
+        loop = self.loop
+        t = loop.now + self.delay.sample()
+        last = lk.last
+        if t < last[direction]:
+            t = last[direction]
+        last[direction] = t
+        loop.at(t, self._arrive, (lk, lk.epoch, direction, [Frame(f) for f in frames]))
 
     def _arrive(self, args) -> None:
         lk, epoch, direction, frames = args
@@ -200,7 +211,8 @@ class Network:
             return                          # lost with its connection
         self.delivered += 1
         if direction == 0:
-            lk.router.deliver([Frame(lk.ident)] + frames)
+            frames.insert(0, lk.ident_frame)
+            lk.router.deliver(frames)
         else:
             lk.dealer.deliver(frames)
 
@@ -236,6 +248,7 @@ class Network:
         # a new connection: the ROUTER sees a new identity (a DEALER without a fixed one)
         del self.routes[lk.ident]
         lk.ident = f"{lk.name}.{lk.epoch}".encode()
+        lk.ident_frame = Frame(lk.ident)
         self.routes[lk.ident] = lk
         lk.dealer.link_event(HANDSHAKE)
         queued, lk.queued = lk.queued, []
