@@ -50,10 +50,13 @@ class Frame:
 
 
 class SimSocket:
-    """One end of one or more links. `on_message()` is called after a message is queued."""
+    """One end of one or more links. `on_message()` is called after a message is queued.
+    `frames`: whether its messages arrive as Frames (what recv_multipart(copy=False) gives
+    the real edges); the simulated worker and client read plain bytes and clear it."""
 
     def __init__(self, name: str, on_send, on_message=None):
         self.name = name
+        self.frames = True
         self.inbox: deque = deque()
         self._parts: list = []
         self._on_send = on_send          # fn(frames): the network takes a complete message
@@ -207,7 +210,11 @@ class Network:
         if t < last[direction]:
             t = last[direction]
         last[direction] = t
-        loop.at(t, self._arrive, (lk, lk.epoch, direction, [Frame(f) for f in frames]))
+        if (lk.router if direction == 0 else lk.dealer).frames:
+            frames = [Frame(f) for f in frames]
+        else:                               # a copy, as the network makes (sends may be zero-copy)
+            frames = [f if f.__class__ is bytes else Frame(f).bytes for f in frames]
+        loop.at(t, self._arrive, (lk, lk.epoch, direction, frames))
 
     def _arrive(self, args) -> None:
         lk, epoch, direction, frames = args
@@ -215,8 +222,9 @@ class Network:
             return                          # lost with its connection
         self.delivered += 1
         if direction == 0:
-            frames.insert(0, lk.ident_frame)
-            lk.router.deliver(frames)
+            router = lk.router
+            frames.insert(0, lk.ident_frame if router.frames else lk.ident)
+            router.deliver(frames)
         else:
             lk.dealer.deliver(frames)
 
