@@ -102,6 +102,8 @@ def main() -> int:
     if not (trace_dir / "invocations_per_function_md.anon.d01.csv").exists():
         from clockwork.client import azure as az
         az.write_synthetic_trace(trace_dir / az.FILE_PATTERNS[0].format(1), 8000, 1, 60.0, diurnal_amplitude=0.5)
+    if a.what == "check" and not Path(a.file).is_file():
+        ap.error(f"{a.file}: no such file (make it with `record` on the code before the change)")
     want = json.loads(Path(a.file).read_text()) if a.what == "check" else {}
     only = set(a.only.split(",")) - {""}
     got, bad = {}, []
