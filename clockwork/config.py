@@ -43,6 +43,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "print_interval_s": POSITIVE,
         "emulated_clock_offset_ns": Spec(int, -(1 << 60), 1 << 60),
         "batch_results": Spec(bool),
+        "timer_spin_us": Spec(float, lo=0, hi=1_000_000),
+        "spin_us": Spec(float, lo=0, hi=1_000_000),
         "cuda_graphs": Spec(bool),
         "cuda_gate": Spec(bool),
     },

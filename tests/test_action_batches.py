@@ -49,9 +49,9 @@ class WorkerThread:
         self.held_at_wait = []
         real_wait = worker_server.WorkerServer._wait
 
-        def checked_wait(server, timeout_s):
+        def checked_wait(server, timeout_s, *spin):
             self.held_at_wait.append(sum(len(h) for h in server._results.values()))
-            return real_wait(server, min(timeout_s, 0.05))
+            return real_wait(server, min(timeout_s, 0.05), *spin)
         monkeypatch.setattr(worker_server.WorkerServer, "_wait", checked_wait)
         backend = EmulatedBackend(1, PAGE, CACHE_PAGES, 1 << 24, 1 << 24)
         rt = WorkerRuntime(backend, zoo, None, PAGE, CACHE_PAGES, 1 << 24, 1 << 24)
@@ -204,18 +204,34 @@ def test_an_unreadable_entry_costs_only_itself(worker, link):
 def test_controller_and_worker_hold_nothing_when_they_wait(worker, monkeypatch):
     """A real Controller (INFER4) and the worker thread; clients with and without request
     batching. Every request is answered; actions went batched (the handshake's Reset and
-    GetWorkerState at least) and results too; at every wait of either loop nothing was held."""
+    GetWorkerState at least) and results too; at every wait of either loop nothing was held;
+    every worker socket the controller sent on since its last wait is among those its wait asks
+    before sleeping (after a send, a result may be waiting without the socket signalling), and
+    the first wait asks every socket."""
     from clockwork.client.api import Client
     from clockwork.config import load_config
     from clockwork.controller import server as server_mod
+    from clockwork.controller import worker_links
 
     held = []
+    unasked = []                # per wait: sockets sent on since the last one, not asked
+    sent = set()
     real_wait = server_mod.wait
+    real_send = worker_links.send
 
-    def checked_wait(socks, timeout_s, spin_s=0.0):
+    def recorded_send(sock, *args, **kw):
+        sent.add(sock)
+        return real_send(sock, *args, **kw)
+    monkeypatch.setattr(worker_links, "send", recorded_send)
+
+    def checked_wait(socks, timeout_s, spin_s=0.0, touched=None, *args):
         held.append(len(ctl._outgoing) + sum(len(w.outbox) for w in ctl.workers)
                     + sum(len(q) for q in ctl.replies.waiting.values()))
-        return real_wait(socks, min(timeout_s, 0.05), spin_s)
+        if not unasked:         # the first wait asks every socket (one never asked does not signal)
+            sent.update(socks)
+        unasked.append(len(sent - (set(socks) if touched is None else touched)))
+        sent.clear()
+        return real_wait(socks, min(timeout_s, 0.05), spin_s, touched, *args)
     monkeypatch.setattr(server_mod, "wait", checked_wait)
     batches = collections.Counter()
     real_batch = s.batch
@@ -255,4 +271,5 @@ def test_controller_and_worker_hold_nothing_when_they_wait(worker, monkeypatch):
         loop.join(WAIT_S)
     assert batches["ActionBatch"] >= 1 and batches["ResultBatch"] >= 1, batches
     assert held and max(held) == 0
+    assert unasked and max(unasked) == 0
     assert worker.held_at_wait and max(worker.held_at_wait) == 0

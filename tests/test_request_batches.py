@@ -39,9 +39,9 @@ def controller(monkeypatch):
     waits = []
     real_wait = server_mod.wait
 
-    def checked_wait(sockets, timeout_s, spin_s=0.0):
+    def checked_wait(sockets, timeout_s, spin_s=0.0, *args):
         waits.append(sum(len(q) for q in c.replies.waiting.values()))
-        return real_wait(sockets, min(timeout_s, 0.05), spin_s)
+        return real_wait(sockets, min(timeout_s, 0.05), spin_s, *args)
     monkeypatch.setattr(server_mod, "wait", checked_wait)
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0)

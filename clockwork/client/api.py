@@ -50,7 +50,7 @@ from ..transport import security as security_mod
 from ..transport.schema import (ErrorResponse, InferRequest, InferRequestBatch, InferResponse,
                                 InferResponseBatch, LoadModelRequest, LoadModelResponse, LsRequest,
                                 ModelInfo, ProtocolError, split_frames)
-from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, POLLIN, parse_address, tcp
+from ..transport.sockets import EVENTS, MAX_MESSAGE_SIZE, NOBLOCK, POLLIN, parse_address, recv_frames, tcp
 from ..transport.sockets import wait as wait_ready
 from .lifetimes import ModelIds, Registration
 
@@ -427,22 +427,24 @@ class Client:
             self._flush()
         sock = self._sock
         n = 0
-        if timeout_s != 0 and not (sock.get(EVENTS) & POLLIN):
+        look_at_monitor = monitor
+        if timeout_s != 0:
             wait = timeout_s
             nxt = self._next_expiry()
             if nxt is not None:
                 left = max(0.0, nxt - self._now())
                 wait = left if wait is None else min(wait, left)
-            wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait, self.spin_s)
-        if monitor:
+            ready = wait_ready([sock] if self._monitor is None else [sock, self._monitor], wait, self.spin_s)
+            # the wait checked the monitor too (each check is a system call): read it if it had events
+            look_at_monitor = monitor and self._monitor is not None and self._monitor in ready
+        if look_at_monitor:
             self._read_monitor()
-        recv = sock.recv_multipart
         decode = schema.decode
         dec = schema.RESPONSE_DECODER
         now = self._now
         events = sock.get
         while n < max_messages and events(EVENTS) & POLLIN:    # cheaper than catching Again
-            frames = recv(zmq.NOBLOCK, copy=False)
+            frames = recv_frames(sock, NOBLOCK)
             self.heard_from_controller = True
             try:
                 msg = decode(frames[0], dec)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import bisect
 
+import zmq
+
 from ..limits import MAX_SLO_NS
 from ..status import Status
 from ..transport import schema as s
 from ..transport.schema import ProtocolError
-from ..transport.sockets import EVENTS, POLLIN, recv, send
+from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, recv, send
 from .scheduler import Request
 from .worker_links import DRAIN_BATCH
 
@@ -129,18 +131,22 @@ class Admission:
 
     def _drain_clients(self) -> None:
         """Read up to DRAIN_BATCH requests (a batch counts as its requests: the scheduler must
-        tick between bursts, or a burst's first requests would wait behind its last)."""
+        tick between bursts, or a burst's first requests would wait behind its last). Called
+        when wait() saw a message waiting, so the socket is asked (ZMQ_EVENTS, two system
+        calls) only after each message, not before the first."""
         sock = self.client_sock
         budget = DRAIN_BATCH
         while budget > 0:
-            if not sock.get(EVENTS) & POLLIN:
-                return
             budget -= 1
             try:
-                ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True)
+                ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True, flags=NOBLOCK)
+            except zmq.Again:
+                return
             except ProtocolError as e:
                 if e.ident is not None:
                     self._reply(s.ErrorResponse(-1, Status.INVALID_REQUEST, str(e)), ident=e.ident)
+                if not sock.get(EVENTS) & POLLIN:
+                    return
                 continue
             try:
                 if type(msg) is s.InferRequest:
@@ -156,6 +162,8 @@ class Admission:
                 rid = getattr(msg, "request_id", -1)      # -1: a batch (its requests answer on their own)
                 self.out(f"internal error handling request {rid}: {e!r}")
                 self._reply(s.ErrorResponse(rid, Status.ERROR, f"internal error: {e!r}"), ident=ident)
+            if not sock.get(EVENTS) & POLLIN:
+                return
 
     def _on_infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data) -> None:
         """Each request of the batch as if it had come alone, with its own input frames."""

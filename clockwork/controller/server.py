@@ -158,6 +158,11 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         # frees a GPU and answers requests, which must not queue behind a burst of new ones.
         self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
         self._sock_worker = {w.sock: w for w in self.workers}
+        # sockets wait() must ask before sleeping (sockets.wait): sent on, or left with messages
+        # by a drain, since it last found them empty; the others only when they signal. At
+        # first every one: a socket never asked does not signal its first message.
+        self._touched: set = set(self._sockets)
+        self._fds: list[int] | None = None       # the ZMQ_FDs of _sockets, for wait()
         self._monitor_worker = {w.monitor: w for w in self.workers}
 
     # ------------------------------------------------------------------ Outbox for the scheduler
@@ -234,7 +239,12 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     wake = min(wake, next_tick)
                 if end is not None:
                     wake = min(wake, end)
-                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s)
+                touched = self._touched
+                touched.add(self.client_sock)        # (answers go out on it nearly every pass)
+                if self._fds is None:
+                    self._fds = [sock.getsockopt(zmq.FD) for sock in self._sockets]
+                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s, touched, self._fds)
+                touched.clear()     # every socket wait() asked is ready (drained next) or empty
                 for sock in ready:
                     self._handle_ready(sock)
                 if ready and self.phase == "running":
@@ -291,6 +301,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
 
     def _housekeeping(self, now: int) -> None:
         self.queue_wait.sweep(now)
+        self._touched.update(self._sockets)     # every socket asked now and then, come what may
         if self.phase == "connecting" and now >= self.next_startup_report:
             self._startup_report(now)
         self.request_log.flush()

@@ -79,6 +79,7 @@ class WorkerLinks:
                 self._outgoing.append(w)
             w.outbox.append((aid, wire, data))
             return
+        self._touched.add(w.sock)
         try:
             send(w.sock, wire, data, flags=NOBLOCK)
         except zmq.Again:
@@ -92,6 +93,7 @@ class WorkerLinks:
             if not held:        # dropped when the worker was lost
                 continue
             w.outbox = []
+            self._touched.add(w.sock)
             try:
                 if len(held) == 1:
                     _, wire, data = held[0]
@@ -109,19 +111,25 @@ class WorkerLinks:
             self._fail_action(aid, Status.WORKER_LOST, why)
 
     def _drain_worker(self, w: WorkerLink) -> None:
+        """Read up to DRAIN_BATCH messages. Mostly called when wait() saw one waiting, so the
+        socket is asked (ZMQ_EVENTS, two system calls) after each message, not before."""
         sock = w.sock
         for _ in range(DRAIN_BATCH):
-            if not sock.get(EVENTS) & POLLIN:
-                return
             try:
-                _, msg, data = recv(sock, s.RESULT_DECODER, routed=False)
+                _, msg, data = recv(sock, s.RESULT_DECODER, routed=False, flags=NOBLOCK)
+            except zmq.Again:
+                self._touched.add(sock)
+                return
             except ProtocolError as e:
                 self.out(f"Worker {w.address}: {e}")
-                continue
-            if type(msg) is s.ResultBatch:
-                self._on_result_batch(w, msg, data, self.clock())
             else:
-                self._on_worker_message(w, msg, data, self.clock())
+                if type(msg) is s.ResultBatch:
+                    self._on_result_batch(w, msg, data, self.clock())
+                else:
+                    self._on_worker_message(w, msg, data, self.clock())
+            if not sock.get(EVENTS) & POLLIN:
+                return
+        self._touched.add(sock)     # messages left for the next pass
 
     def _on_result_batch(self, w: WorkerLink, batch: s.ResultBatch, data, now: int) -> None:
         for result, frames in s.unbatch(batch, data):

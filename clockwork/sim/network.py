@@ -1,7 +1,8 @@
 """In-memory stand-ins for ZeroMQ sockets, joined by links with simulated delays.
 
 `SimSocket` implements exactly the calls clockwork's edges make on a zmq.Socket (send with
-SNDMORE parts, send_multipart, recv_multipart, get(EVENTS), get_monitor_socket), so the real
+SNDMORE parts, send_multipart, recv_multipart, recv frame by frame, get(EVENTS),
+get_monitor_socket), so the real
 controller edge and the real encode/decode run unchanged: every message crosses the wire as
 bytes, as in production.
 
@@ -31,9 +32,9 @@ DISCONNECT_NOTICE_NS = 50_000      # a closed connection is seen at once (the FI
 
 
 class Frame:
-    """What zmq.Frame offers that the edges use: .bytes, .buffer and len(). `buffer` is the
-    bytes themselves (a buffer every reader here accepts): no memoryview made per frame."""
-    __slots__ = ("bytes", "buffer")
+    """What zmq.Frame offers that the edges use: .bytes, .buffer, .more and len(). `buffer` is
+    the bytes themselves (a buffer every reader here accepts): no memoryview made per frame."""
+    __slots__ = ("bytes", "buffer", "more")
 
     def __init__(self, data):
         if data.__class__ is not bytes:
@@ -59,6 +60,8 @@ class SimSocket:
         self.frames = True
         self.inbox: deque = deque()
         self._parts: list = []
+        self._reading: list | None = None     # the message recv() is reading, from frame _next
+        self._next = 0
         self._on_send = on_send          # fn(frames): the network takes a complete message
         self.on_message = on_message
         self.monitor: SimSocket | None = None
@@ -81,6 +84,21 @@ class SimSocket:
             raise zmq.Again()
         frames = self.inbox.popleft()
         return [f.bytes for f in frames] if copy else frames
+
+    def recv(self, flags=0, copy=True):
+        """The next frame of the message being read (the next message's first when none is)."""
+        if self._reading is None:
+            if not self.inbox:
+                raise zmq.Again()
+            self._reading, self._next = self.inbox.popleft(), 0
+        frames, i = self._reading, self._next
+        frame = frames[i]
+        frame.more = i + 1 < len(frames)
+        if frame.more:
+            self._next = i + 1
+        else:
+            self._reading = None
+        return frame.bytes if copy else frame
 
     def get_monitor_socket(self, events=None) -> "SimSocket":
         if self.monitor is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import select
 import time
 import socket as _socket
+import weakref
 
 import zmq
 
@@ -118,14 +119,27 @@ def send_raw(sock: zmq.Socket, header: bytes, ident: bytes | None = None) -> Non
         sock.send_multipart([ident, header])
 
 
-def recv(sock: zmq.Socket, decoder, routed: bool):
-    """Receive one message without blocking the caller more than zmq does.
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list:
+    """The frames (zmq.Frame, zero-copy) of one message. recv_multipart does the same but asks
+    the socket for ZMQ_RCVMORE after every frame, a getsockopt that costs more than the frame's
+    own recv; a frame's `more` says it without asking."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(0, copy=False)
+        frames.append(frame)
+    return frames
+
+
+def recv(sock: zmq.Socket, decoder, routed: bool, flags: int = 0):
+    """Receive one message without blocking the caller more than zmq does (flags=NOBLOCK:
+    zmq.Again when none is waiting).
 
     Returns (ident, msg, data_frames). `routed` says whether the first frame is a ROUTER
     identity. Raises ProtocolError (with the ident available as .ident) on a bad header, after
     the whole multipart message has been consumed, so the stream stays in step.
     """
-    frames = sock.recv_multipart(copy=False)
+    frames = recv_frames(sock, flags)
     ident = None
     if routed:
         ident = frames[0].bytes
@@ -167,12 +181,36 @@ def stop_on_signals(stop) -> None:
             pass
 
 
-def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0) -> list[zmq.Socket]:
+# socket -> its ZMQ_FD, which never changes: reading it is a getsockopt (and a pyzmq enum) per call
+_FDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fd(sock: zmq.Socket) -> int:
+    fd = _FDS.get(sock)
+    if fd is None:
+        fd = _FDS[sock] = sock.getsockopt(zmq.FD)
+    return fd
+
+
+def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0,
+         touched: set | None = None, fds: list[int] | None = None) -> list[zmq.Socket]:
     """Sockets among `sockets` with a message ready, waiting at most timeout_s (None: forever).
 
     Uses each socket's ZMQ_FD with select(), which has microsecond resolution. ZMQ_FD is
     edge-triggered and may wake us spuriously, so readiness is always checked through
-    ZMQ_EVENTS and the wait resumes until the deadline.
+    ZMQ_EVENTS and the wait resumes until the deadline. Every socket is checked before the
+    first sleep (with `touched`, only those that may have changed); after one, only the sockets whose ZMQ_FD woke it: a socket found without a
+    message has its descriptor signalled when one comes (each check costs a system call and
+    a pyzmq enum, several us on a loaded machine; tools/bench/overhead_hops.py). A wait that
+    times out looks at every socket once more.
+
+    touched: the sockets sent on or read from since ZMQ_EVENTS last found them empty, or never
+    asked yet (after a send or a recv, a message may be waiting without its descriptor
+    signalling; a socket never asked does not signal its first message): only those are asked
+    before waiting; the others only once their descriptor signals, as does any socket after
+    the sleep. Each ask is two system calls (poll, getpid), so a loop with many links
+    asks where something may have changed, not everywhere. None: every socket is asked.
+    fds: the sockets' ZMQ_FDs, if the caller keeps them.
 
     spin_s > 0: first check readiness in a busy loop for up to spin_s (never past the deadline),
     so a message arriving soon is read without a sleep and a wake-up, at the cost of a core
@@ -187,14 +225,20 @@ def wait(sockets: list[zmq.Socket], timeout_s: float | None, spin_s: float = 0.0
             if ready:
                 return ready
             now = time.monotonic()
-    fds = None
+    if fds is None:
+        fds = [_fd(s) for s in sockets]
+    ask = sockets
+    if touched is not None and len(touched) < len(sockets):
+        signalled = select.select(fds, [], [], 0)[0]       # one system call for the others
+        ask = [s for s, fd in zip(sockets, fds) if s in touched or fd in signalled]
     while True:
-        ready = [s for s in sockets if s.get(EVENTS) & POLLIN]
+        ready = [s for s in ask if s.get(EVENTS) & POLLIN]
         if ready:
             return ready
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            return ready
-        if fds is None:
-            fds = [s.getsockopt(zmq.FD) for s in sockets]
-        select.select(fds, [], [], remaining)
+            # a wait that times out looks at every socket it has not just asked, once
+            return ready if ask is sockets else [s for s in sockets if s.get(EVENTS) & POLLIN]
+        signalled = select.select(fds, [], [], remaining)[0]
+        # every socket asked above was found empty: only a signal can mean something new
+        ask = [s for s, fd in zip(sockets, fds) if fd in signalled]

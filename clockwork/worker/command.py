@@ -108,7 +108,9 @@ def worker_command(emulate, backend, host, port, model_dir, config_file, weights
     runtime = WorkerRuntime(dev, mdir, None, clock=clock, **pools)
     try:
         server = WorkerServer(runtime, host, port, cfg["heartbeat_interval_ms"], cfg["print_interval_s"], log,
-                              security=security, clock=clock, batch_results=cfg.get("batch_results", True))
+                              security=security, clock=clock, batch_results=cfg.get("batch_results", True),
+                              timer_spin_us=cfg.get("timer_spin_us", 0),
+                              spin_us=cfg.get("spin_us", 0))
     except security_mod.SecurityError as e:
         raise click.ClickException(str(e)) from None
     except zmq.ZMQError as e:

@@ -63,10 +63,17 @@ def describe_state(state: s.WorkerState, max_models: int = 10) -> str:
 class WorkerServer:
     def __init__(self, runtime: WorkerRuntime, host: str, port: int, heartbeat_interval_ms: int = 200,
                  print_interval_s: float = 10, log=print, ctx: zmq.Context | None = None, security=None,
-                 clock=time.monotonic_ns, batch_results: bool = True):
+                 clock=time.monotonic_ns, batch_results: bool = True, timer_spin_us: float = 0,
+                 spin_us: float = 0):
         """`clock`: the worker's clock (ns); every timestamp it sends and every window it checks
         is in it, whatever the controller's reads (docs/design.md, "Clocks"). `batch_results`:
-        results made in one loop turn go to the controller as one message (False: one each)."""
+        results made in one loop turn go to the controller as one message (False: one each).
+        `timer_spin_us`: with one action in flight, sleep only until this long before the
+        runtime's next timer (an op's end, an action's earliest), then busy-wait for it: a
+        timed sleep wakes tens of us late, and that lateness is added to the result
+        ([worker] timer_spin_us). `spin_us`:
+        busy-wait this long for a message before sleeping ([worker] spin_us, as the
+        controller's and the client's)."""
         self.rt = runtime
         self.clock = clock
         runtime.send = self._send
@@ -85,6 +92,8 @@ class WorkerServer:
         self._stopped = False
         self._copy_outputs = not runtime.backend.stable_outputs
         self.batch_results = batch_results
+        self.timer_spin_ns = int(timer_spin_us * 1000)
+        self.spin_ns = int(spin_us * 1000)
         self._results: dict[bytes, list] = {}     # peer -> [(result, data frames)] of this turn
         self._fd = runtime.backend.wait_fd()
         self._select_fds = [self.router.getsockopt(zmq.FD)] + ([self._fd] if self._fd is not None else [])
@@ -149,15 +158,20 @@ class WorkerServer:
 
     # ------------------------------------------------------------------ receiving
     def _receive(self) -> None:
+        """Read up to MAX_BATCH_RECV messages; called when _wait() saw one waiting, so the socket
+        is asked (ZMQ_EVENTS, two system calls) after each message, not before the first."""
         rt = self.rt
+        router = self.router
         for _ in range(MAX_BATCH_RECV):
-            if not self.router.get(sockets.EVENTS) & sockets.POLLIN:
-                return
             received = self.clock()
             try:
-                ident, msg, data = sockets.recv(self.router, s.ACTION_DECODER, routed=True)
+                ident, msg, data = sockets.recv(router, s.ACTION_DECODER, routed=True, flags=sockets.NOBLOCK)
+            except zmq.Again:
+                return
             except s.ProtocolError as e:
                 self._bad_message(e, received)
+                if not router.get(sockets.EVENTS) & sockets.POLLIN:
+                    return
                 continue
             if msg.__class__ is s.ActionBatch:
                 for action, frames in s.unbatch(msg, data):
@@ -168,6 +182,8 @@ class WorkerServer:
             else:
                 self._on_action(ident, msg, data, received)
             rt.advance(self.clock())
+            if not router.get(sockets.EVENTS) & sockets.POLLIN:
+                return
 
     def _on_action(self, ident: bytes, msg, data, received: int) -> None:
         """One action, alone or from a batch: the controller check, then the runtime."""
@@ -268,22 +284,53 @@ class WorkerServer:
             wake = now + rt.backend.poll_interval_ns
         if self._results:
             self.flush_results()
-        ready, fd_ready = self._wait(min(1.0, (wake - self.clock()) / 1e9))
+        # spin for a timer only with one action in flight: under load timers are dense, a spin
+        # before each would keep a core busy, and one wake-up's lateness matters less
+        spin = self.timer_spin_ns if t is not None and t <= wake and rt.stats.pending <= 1 else 0
+        ready, fd_ready = self._wait(min(1.0, (wake - self.clock()) / 1e9), spin)
         if fd_ready:
             rt.poll_backend(self.clock())
         if ready:
             self._receive()
 
-    def _wait(self, timeout_s: float) -> tuple[bool, bool]:
-        """(socket readable, backend fd readable), waiting at most timeout_s (sub-ms exact)."""
+    def _wait(self, timeout_s: float, timer_spin_ns: int = 0) -> tuple[bool, bool]:
+        """(socket readable, backend fd readable), waiting at most timeout_s (sub-ms exact).
+        Busy-waits instead of sleeping for the first spin_us ([worker] spin_us: a message
+        soon after is read without a wake-up) and for the last timer_spin_ns (the timeout is
+        a planned event: a timed sleep would wake tens of us after it)."""
         router = self.router
         if router.get(sockets.EVENTS) & sockets.POLLIN:
             return True, False
         if timeout_s < 0:
             timeout_s = 0
-        r, _, _ = select.select(self._select_fds, [], [], timeout_s)
-        fd_ready = self._fd is not None and self._fd in r
-        return bool(router.get(sockets.EVENTS) & sockets.POLLIN), fd_ready
+        if not (timer_spin_ns or self.spin_ns):
+            r, _, _ = select.select(self._select_fds, [], [], timeout_s)
+            fd_ready = self._fd is not None and self._fd in r
+            return bool(router.get(sockets.EVENTS) & sockets.POLLIN), fd_ready
+        now = time.monotonic_ns()
+        due = now + int(timeout_s * 1e9)
+        if self.spin_ns:
+            ready = self._spin(min(due, now + self.spin_ns))
+            if ready is not None:
+                return ready
+        sleep_s = (due - timer_spin_ns - time.monotonic_ns()) / 1e9
+        if sleep_s > 0:
+            r, _, _ = select.select(self._select_fds, [], [], sleep_s)
+            if r:
+                fd_ready = self._fd is not None and self._fd in r
+                return bool(router.get(sockets.EVENTS) & sockets.POLLIN), fd_ready
+        return self._spin(due) or (False, False)
+
+    def _spin(self, until: int) -> tuple[bool, bool] | None:
+        """Check the socket (and the backend's fd) in a busy loop until `until` (monotonic
+        ns): what became ready, or None."""
+        router, fd = self.router, self._fd
+        while time.monotonic_ns() < until:
+            if router.get(sockets.EVENTS) & sockets.POLLIN:
+                return True, False
+            if fd is not None and select.select([fd], [], [], 0)[0]:
+                return False, True
+        return None
 
     def close(self) -> None:
         self.router.close(0)

@@ -450,16 +450,19 @@ class Infer4Scheduler(Scheduler):
     def _schedule_loads(self, now: int) -> None:
         s = self.s
         horizon = now + s.schedule_ahead
-        cands = [g for g in self._gpus.values()
-                 if g.loads < s.max_loads_per_gpu and g.load_free < horizon]
+        gpus = self._gpus.values()
         self._load_dirty = False
-        if not cands:
-            return      # a load result will set _load_dirty again
+        for g in gpus:
+            if g.loads < s.max_loads_per_gpu and g.load_free < horizon:
+                break
+        else:
+            return      # no GPU can take a load: a load result will set _load_dirty again
         wanting = self._wanting
         self._next_load = next_load_pass(now, len(wanting))
         ranked, share_of = rank_demand(wanting, len(self._gpus), now, s.max_load_slo, s.default_slo)
         if not ranked:
-            return
+            return      # (most passes under load: every model's demand is met; no GPU list then)
+        cands = [g for g in gpus if g.loads < s.max_loads_per_gpu and g.load_free < horizon]
         # least busy GPUs choose first (expected exec backlog plus queued demand on them), so
         # new copies spread out; ties go to the GPU with the most free pages
         cands.sort(key=lambda g: (max(0, g.exec_free - now) + share_of.get(g.index, 0.0), -g.free_pages))
