@@ -205,24 +205,25 @@ def test_controller_and_worker_hold_nothing_when_they_wait(worker, monkeypatch):
     """A real Controller (INFER4) and the worker thread; clients with and without request
     batching. Every request is answered; actions went batched (the handshake's Reset and
     GetWorkerState at least) and results too; at every wait of either loop nothing was held;
-    every worker socket the controller sent on since its last wait is among those its wait asks
-    before sleeping (after a send, a result may be waiting without the socket signalling), and
-    the first wait asks every socket."""
+    every socket the controller sent on (actions, answers) since its last wait is among those
+    its wait asks before sleeping (after a send, a message may be waiting without the socket
+    signalling), and the first wait asks every socket."""
     from clockwork.client.api import Client
     from clockwork.config import load_config
     from clockwork.controller import server as server_mod
-    from clockwork.controller import worker_links
+    from clockwork.controller import admission, worker_links
 
     held = []
     unasked = []                # per wait: sockets sent on since the last one, not asked
     sent = set()
     real_wait = server_mod.wait
-    real_send = worker_links.send
+    real_send = worker_links.send       # (the same function admission uses)
 
     def recorded_send(sock, *args, **kw):
         sent.add(sock)
         return real_send(sock, *args, **kw)
-    monkeypatch.setattr(worker_links, "send", recorded_send)
+    monkeypatch.setattr(worker_links, "send", recorded_send)    # actions
+    monkeypatch.setattr(admission, "send", recorded_send)       # answers
 
     def checked_wait(socks, timeout_s, spin_s=0.0, touched=None, *args):
         held.append(len(ctl._outgoing) + sum(len(w.outbox) for w in ctl.workers)

@@ -39,6 +39,7 @@ class Replies:
         self.batching = batching
         self.waiting: dict[bytes, list] = {}     # client -> [(message, data frames), ...]
         self.batch_clients: set[bytes] = set()
+        self.sent = False       # since the loop last waited: then its wait must ask the socket
 
     def client_batches(self, ident: bytes) -> None:
         """`ident` sent an InferRequestBatch, so it reads InferResponseBatch."""
@@ -49,6 +50,7 @@ class Replies:
 
     def add(self, ident: bytes, msg, data=()) -> None:
         if not self.batching:
+            self.sent = True
             send(self.sock, msg, data, ident=ident)
             return
         queue = self.waiting.get(ident)
@@ -62,6 +64,8 @@ class Replies:
         InferResponses as one InferResponseBatch, everything else as it is (so an Ls answered
         after some Infers still reaches the client after their answers)."""
         sock = self.sock
+        if self.waiting:
+            self.sent = True
         for ident, queue in self.waiting.items():
             if len(queue) == 1 or ident not in self.batch_clients:
                 for msg, data in queue:
@@ -141,6 +145,7 @@ class Admission:
             try:
                 ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True, flags=NOBLOCK)
             except zmq.Again:
+                self._touched.add(sock)
                 return
             except ProtocolError as e:
                 if e.ident is not None:
@@ -164,6 +169,7 @@ class Admission:
                 self._reply(s.ErrorResponse(rid, Status.ERROR, f"internal error: {e!r}"), ident=ident)
             if not sock.get(EVENTS) & POLLIN:
                 return
+        self._touched.add(sock)     # requests left for the next pass
 
     def _on_infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data) -> None:
         """Each request of the batch as if it had come alone, with its own input frames."""

@@ -240,7 +240,9 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                 if end is not None:
                     wake = min(wake, end)
                 touched = self._touched
-                touched.add(self.client_sock)        # (answers go out on it nearly every pass)
+                if self.replies.sent:               # answers went out on the client socket
+                    touched.add(self.client_sock)
+                    self.replies.sent = False
                 if self._fds is None:
                     self._fds = [sock.getsockopt(zmq.FD) for sock in self._sockets]
                 ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s, touched, self._fds)

@@ -2,9 +2,8 @@
 
 `SimSocket` implements exactly the calls clockwork's edges make on a zmq.Socket (send with
 SNDMORE parts, send_multipart, recv_multipart, recv frame by frame, get(EVENTS),
-get_monitor_socket), so the real
-controller edge and the real encode/decode run unchanged: every message crosses the wire as
-bytes, as in production.
+get_monitor_socket), so the real controller edge and the real encode/decode run unchanged:
+every message crosses the wire as bytes, as in production.
 
 A `Link` is one DEALER -> ROUTER connection (controller -> worker, client -> controller). Its
 messages take a sampled one-way delay and arrive in send order (TCP: a message never overtakes
