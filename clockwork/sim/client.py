@@ -32,6 +32,7 @@ class SimClient:
         self.loop = loop
         self.sock = link.dealer
         self.sock.on_message = self._on_message
+        self.sock.frames = False                  # _on_message reads bytes
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple] = {}      # request id -> (callback, sent ns)
         self.answered = 0

@@ -40,12 +40,14 @@ class SimController(Controller):
         self.message_cost = message_cost_ns
         self._backlog: deque = deque()      # (socket, frames) read but not yet handled (CPU busy)
         self._busy = False
-        client_sock = network.router_socket("controller", lambda: self._arrived(self.client_sock))
+        # a free controller handles a message as it arrives; a busy one queues it (_arrived)
+        arrived = self._arrived if message_cost_ns else (lambda sock: self._readable(sock))
+        client_sock = network.router_socket("controller", lambda: arrived(client_sock))
         workers: list[WorkerLink] = []
         for i, lk in enumerate(links):
             w = WorkerLink(i, f"sim-worker-{i}", lk.dealer)
-            lk.dealer.on_message = (lambda w=w: self._arrived(w.sock))
-            w.monitor.on_message = (lambda w=w: self._arrived(w.monitor))
+            lk.dealer.on_message = (lambda sock=lk.dealer: arrived(sock))
+            w.monitor.on_message = (lambda sock=w.monitor: arrived(sock))
             workers.append(w)
         if not workers:
             raise ValueError("at least one worker is needed")
@@ -108,11 +110,9 @@ class SimController(Controller):
 
     # ------------------------------------------------------------------ controller CPU time
     def _arrived(self, sock) -> None:
-        """A message reached a socket. With a message cost the controller is one CPU that
+        """A message reached a socket, with a message cost set: the controller is one CPU that
         handles one message per `message_cost` ns, in arrival order: the message waits, and its
         effects (answers, actions) happen when its handling ends, as in a busy real process."""
-        if not self.message_cost:
-            return self._readable(sock)
         self._backlog.append((sock, sock.inbox.pop()))
         if not self._busy:
             self._busy = True

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import heapq
 
+_heappush = heapq.heappush
+
 
 class EventLoop:
     """Callable as the injected clock: `loop()` is the current simulated time (ns)."""
@@ -26,8 +28,8 @@ class EventLoop:
         """Run fn(arg) at time t (never in the past: t < now runs at now)."""
         if t < self.now:
             t = self.now
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, fn, arg))
+        seq = self._seq = self._seq + 1
+        _heappush(self._heap, (t, seq, fn, arg))
 
     def after(self, delay: int, fn, arg=None) -> None:
         self.at(self.now + delay, fn, arg)
@@ -40,13 +42,24 @@ class EventLoop:
         each event) or stop() is called. The clock ends at `until` only if it got there."""
         heap, pop = self._heap, heapq.heappop
         self.stopped = False
-        while heap and heap[0][0] <= until and not self.stopped:
-            t, _, fn, arg = pop(heap)
-            self.now = t
-            self.events += 1
-            fn(arg)
-            if done is not None and done():
-                return
+        ran = 0
+        try:
+            if done is None:         # the main run: nothing to check between events but stop()
+                while heap and heap[0][0] <= until and not self.stopped:
+                    t, _, fn, arg = pop(heap)
+                    self.now = t
+                    ran += 1
+                    fn(arg)
+            else:
+                while heap and heap[0][0] <= until and not self.stopped:
+                    t, _, fn, arg = pop(heap)
+                    self.now = t
+                    ran += 1
+                    fn(arg)
+                    if done():
+                        return
+        finally:
+            self.events += ran
         if not self.stopped and self.now < until and (not heap or heap[0][0] > until):
             self.now = until
 

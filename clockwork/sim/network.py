@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import struct
+from math import log as _log
 from collections import deque
 
 import zmq
@@ -30,32 +31,32 @@ DISCONNECT_NOTICE_NS = 50_000      # a closed connection is seen at once (the FI
 
 
 class Frame:
-    """What zmq.Frame offers that the edges use: .bytes, .buffer, .more and len()."""
+    """What zmq.Frame offers that the edges use: .bytes, .buffer, .more and len(). `buffer` is
+    the bytes themselves (a buffer every reader here accepts): no memoryview made per frame."""
     __slots__ = ("bytes", "buffer", "more")
 
     def __init__(self, data):
-        if data.__class__ is bytes:          # the common case: a header just encoded
-            self.bytes = data
-            self.buffer = memoryview(data)
-            return
-        if isinstance(data, Frame):
-            self.bytes, self.buffer = data.bytes, data.buffer
-            return
-        if hasattr(data, "buffer"):          # a zmq.Frame
-            data = data.buffer
-        b = data if isinstance(data, bytes) else bytes(data)
-        self.bytes = b
-        self.buffer = memoryview(b)
+        if data.__class__ is not bytes:
+            if isinstance(data, Frame):
+                data = data.bytes
+            else:
+                if hasattr(data, "buffer"):          # a zmq.Frame
+                    data = data.buffer
+                data = data if isinstance(data, bytes) else bytes(data)
+        self.bytes = self.buffer = data
 
     def __len__(self):
         return len(self.bytes)
 
 
 class SimSocket:
-    """One end of one or more links. `on_message()` is called after a message is queued."""
+    """One end of one or more links. `on_message()` is called after a message is queued.
+    `frames`: whether its messages arrive as Frames (what recv_multipart(copy=False) gives
+    the real edges); the simulated worker and client read plain bytes and clear it."""
 
     def __init__(self, name: str, on_send, on_message=None):
         self.name = name
+        self.frames = True
         self.inbox: deque = deque()
         self._parts: list = []
         self._reading: list | None = None     # the message recv() is reading, from frame _next
@@ -70,7 +71,7 @@ class SimSocket:
 
     def send(self, data, flags=0, copy=True, track=False) -> None:
         self._parts.append(data)
-        if not int(flags) & SNDMORE:
+        if not flags & SNDMORE:
             frames, self._parts = self._parts, []
             self._on_send(frames)
 
@@ -133,25 +134,40 @@ class Delay:
         self.jitter_ns = int(jitter_ns)
         self.kind = kind
         self.rng = rng
+        # one draw per message, from the delay's own generator: drawn BLOCK at a time (the
+        # same values in the same order as one by one, for less per message); the exponential
+        # one computes exactly what rng.expovariate(1 / jitter) does
+        self._ready: list[int] = []
+        min_ns, jitter = self.min_ns, self.jitter_ns
+        if self.jitter_ns <= 0 or kind == "const":
+            self._draw = None
+        elif kind == "exp":
+            lambd = 1.0 / self.jitter_ns
+            self._draw = lambda rnd, n: [min_ns + int(-_log(1.0 - rnd()) / lambd) for _ in range(n)]
+        else:
+            self._draw = lambda rnd, n: [min_ns + int(rnd() * 2 * jitter) for _ in range(n)]
+
+    BLOCK = 1024
 
     def sample(self) -> int:
-        j = self.jitter_ns
-        if j <= 0 or self.kind == "const":
-            return self.min_ns
-        if self.kind == "exp":
-            return self.min_ns + int(self.rng.expovariate(1.0 / j))
-        return self.min_ns + int(self.rng.random() * 2 * j)
+        ready = self._ready
+        if not ready:
+            if self._draw is None:
+                return self.min_ns
+            ready.extend(reversed(self._draw(self.rng.random, self.BLOCK)))
+        return ready.pop()
 
 
 class Link:
     """A DEALER (`dealer`) connected to a ROUTER (`router`, reached under `ident`)."""
-    __slots__ = ("net", "name", "ident", "dealer", "router", "up", "listening", "epoch", "last",
-                 "queued", "droppable", "reconnecting")
+    __slots__ = ("net", "name", "ident", "ident_frame", "dealer", "router", "up", "listening", "epoch",
+                 "last", "queued", "droppable", "reconnecting")
 
     def __init__(self, net: "Network", name: str, ident: bytes, router: SimSocket, droppable: bool):
         self.net = net
         self.name = name
         self.ident = ident
+        self.ident_frame = Frame(ident)     # what the ROUTER reads first off each message
         self.router = router
         self.dealer = SimSocket(name, self._from_dealer)
         self.up = True
@@ -205,11 +221,17 @@ class Network:
         if lk.droppable and self.drop_rate and self.rng.random() < self.drop_rate:
             self.reset(lk)
             return
-        t = self.loop.now + self.delay.sample()
-        if t < lk.last[direction]:
-            t = lk.last[direction]
-        lk.last[direction] = t
-        self.loop.at(t, self._arrive, (lk, lk.epoch, direction, [Frame(f) for f in frames]))
+        loop = self.loop
+        t = loop.now + self.delay.sample()
+        last = lk.last
+        if t < last[direction]:
+            t = last[direction]
+        last[direction] = t
+        if (lk.router if direction == 0 else lk.dealer).frames:
+            frames = [Frame(f) for f in frames]
+        else:                               # a copy, as the network makes (sends may be zero-copy)
+            frames = [f if f.__class__ is bytes else Frame(f).bytes for f in frames]
+        loop.at(t, self._arrive, (lk, lk.epoch, direction, frames))
 
     def _arrive(self, args) -> None:
         lk, epoch, direction, frames = args
@@ -217,7 +239,9 @@ class Network:
             return                          # lost with its connection
         self.delivered += 1
         if direction == 0:
-            lk.router.deliver([Frame(lk.ident)] + frames)
+            router = lk.router
+            frames.insert(0, lk.ident_frame if router.frames else lk.ident)
+            router.deliver(frames)
         else:
             lk.dealer.deliver(frames)
 
@@ -253,6 +277,7 @@ class Network:
         # a new connection: the ROUTER sees a new identity (a DEALER without a fixed one)
         del self.routes[lk.ident]
         lk.ident = f"{lk.name}.{lk.epoch}".encode()
+        lk.ident_frame = Frame(lk.ident)
         self.routes[lk.ident] = lk
         lk.dealer.link_event(HANDSHAKE)
         queued, lk.queued = lk.queued, []

@@ -66,6 +66,7 @@ class SimWorker:
         self.cfg = worker_config
         self.link = link                 # network Link whose ROUTER end is this worker
         link.router.on_message = self._on_message
+        link.router.frames = False       # _handle reads bytes
         self.offset = int(offset_ns)
         self.drift = float(drift_ppm)
         self.rng = random.Random(seed)
@@ -167,7 +168,7 @@ class SimWorker:
             limit -= 1
             frames = inbox.popleft()
             received = self.clock()
-            ident = frames[0].bytes
+            ident = frames[0]
             try:
                 msg = s.decode(frames[1], s.ACTION_DECODER)
             except s.ProtocolError as e:

@@ -6,6 +6,12 @@ processes at heavier loads than the CI test.
     python tools/bench/simulate.py azure --trace-dir DIR  # 6 GPUs, 4026 instances, 0.5x/1x/2x
     python tools/bench/simulate.py fidelity --loads 0.5,1,2 --schedulers infer4,fifo
     python tools/bench/simulate.py million --trace-dir DIR --instances 1000000 --rate 10000
+    python tools/bench/simulate.py point --gpus 6 --duration 3 poisson-open-loop 2000 1356
+
+`point` runs one simulation (for callgrind: the instructions of a 3 s run minus a 1 s run,
+divided by the requests between, are a cost per request that the machine's load leaves alone):
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null python tools/bench/simulate.py point ...
 
 Every point is one fresh simulation in this process (one core). `speed` is simulated seconds
 (from the workload's start to the last answer) per wall second over the same span, model loading
@@ -146,6 +152,13 @@ def million(a) -> None:
               f"peak RSS so far {rss:.2f} GiB", flush=True)
 
 
+def one(a) -> None:
+    """One simulation of any workload on --gpus GPUs."""
+    if not a.workload:
+        sys.exit("point: name a workload and its arguments, e.g. poisson-open-loop 2000 1356")
+    show(f"point {' '.join(a.workload)}", point(a.scheduler, int(a.gpus), a.workload, a.duration))
+
+
 def fidelity(a) -> None:
     """The CI fidelity case at more loads: real processes (LocalCluster) vs the simulation."""
     from clockwork.local import LocalCluster
@@ -178,7 +191,7 @@ def fidelity(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["sweep", "azure", "fidelity", "scale", "million"])
+    ap.add_argument("what", choices=["sweep", "azure", "fidelity", "scale", "million", "point"])
     ap.add_argument("--scheduler", default="infer4")
     ap.add_argument("--schedulers", default="infer4")
     ap.add_argument("--duration", type=float, default=5.0, help="simulated seconds of sending per point")
@@ -193,9 +206,12 @@ def main() -> None:
     ap.add_argument("--loads", default="0.5,1,2")
     ap.add_argument("--slo-ms", type=float, default=100.0, help="fidelity: every request's SLO")
     ap.add_argument("--controller-us", default="0", help="controller CPU per message (us), a list")
-    a = ap.parse_args()
+    a, a.workload = ap.parse_known_args()       # point: the rest is a workload and its arguments
+    if a.workload and a.what != "point":
+        ap.error(f"unrecognized arguments: {' '.join(a.workload)}")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
-    {"sweep": sweep, "azure": azure, "fidelity": fidelity, "scale": scale, "million": million}[a.what](a)
+    {"sweep": sweep, "azure": azure, "fidelity": fidelity, "scale": scale, "million": million,
+     "point": one}[a.what](a)
 
 
 if __name__ == "__main__":
