@@ -163,7 +163,6 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         # by a drain, since it last found them empty; the others only when they signal. At
         # first every one: a socket never asked does not signal its first message.
         self._touched: set = set(self._sockets)
-        self._fds: list[int] | None = None       # the ZMQ_FDs of _sockets, for wait()
         self._monitor_worker = {w.monitor: w for w in self.workers}
 
     # ------------------------------------------------------------------ Outbox for the scheduler
@@ -218,6 +217,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         next_tick = 0
         next_housekeeping = 0
         next_print = self.clock() + int(self.print_interval * 1e9)
+        fds = [sock.getsockopt(zmq.FD) for sock in self._sockets]     # for wait(), which asks for them
         try:
             while self._running:
                 now = self.last_pass_ns = self.clock()
@@ -244,9 +244,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                 if self.replies.sent:               # answers went out on the client socket
                     touched.add(self.client_sock)
                     self.replies.sent = False
-                if self._fds is None:
-                    self._fds = [sock.getsockopt(zmq.FD) for sock in self._sockets]
-                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s, touched, self._fds)
+                ready = wait(self._sockets, max(0, wake - self.clock()) / 1e9, self.spin_s, touched, fds)
                 touched.clear()     # every socket wait() asked is ready (drained next) or empty
                 for sock in ready:
                     self._handle_ready(sock)

@@ -44,20 +44,13 @@ class EventLoop:
         self.stopped = False
         ran = 0
         try:
-            if done is None:         # the main run: nothing to check between events but stop()
-                while heap and heap[0][0] <= until and not self.stopped:
-                    t, _, fn, arg = pop(heap)
-                    self.now = t
-                    ran += 1
-                    fn(arg)
-            else:
-                while heap and heap[0][0] <= until and not self.stopped:
-                    t, _, fn, arg = pop(heap)
-                    self.now = t
-                    ran += 1
-                    fn(arg)
-                    if done():
-                        return
+            while heap and heap[0][0] <= until and not self.stopped:
+                t, _, fn, arg = pop(heap)
+                self.now = t
+                ran += 1
+                fn(arg)
+                if done is not None and done():
+                    return
         finally:
             self.events += ran
         if not self.stopped and self.now < until and (not heap or heap[0][0] > until):

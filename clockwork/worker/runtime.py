@@ -65,6 +65,11 @@ class ModelInstance:
         self.kind = kind
 
 
+def copy_infos(info: s.ModelInfo, first: int, count: int) -> list[s.ModelInfo]:
+    """The ModelInfos of ids first .. first + count - 1, copies described by `info` (first's)."""
+    return [info] + [msgspec.structs.replace(info, model_id=mid) for mid in range(first + 1, first + count)]
+
+
 class Instances:
     """Model id -> ModelInstance. The copies of one LoadModelFromDisk are one range of ids
     sharing a ModelKind; an instance's object is made on its first action, so loading a
@@ -101,8 +106,8 @@ class Instances:
 
     def infos(self) -> list[s.ModelInfo]:
         """One ModelInfo per instance, ascending ids (GetWorkerState)."""
-        return [kind.info if mid == first else msgspec.structs.replace(kind.info, model_id=mid)
-                for first, count, kind in self.ranges.ranges() for mid in range(first, first + count)]
+        return [info for first, count, kind in self.ranges.ranges()
+                for info in copy_infos(kind.info, first, count)]
 
     def clear(self) -> None:
         self.ranges.clear()
@@ -345,8 +350,7 @@ class WorkerRuntime:
         if a.compact:
             infos, n = [info], copies
         else:       # an older controller: one ModelInfo per copy
-            infos, n = [info] + [msgspec.structs.replace(info, model_id=mid)
-                                 for mid in range(first + 1, first + copies)], 0
+            infos, n = copy_infos(info, first, copies), 0
         self.send(reply_to, s.LoadModelFromDiskResult(a.action_id, received, 0, begin, self.clock(), infos, n),
                   ())
 
