@@ -1,5 +1,33 @@
-"""Installs the `clockwork` package and the `cw` command."""
+"""Installs the `clockwork` package and the `cw` command.
+
+CLOCKWORK_COMPILE=1 (with mypy installed: the `compiled` extra) also compiles the per-request
+modules in COMPILED with mypyc into C extensions that load in place of their .py files
+(docs/compiled.md; tools/build_compiled.sh builds them in place). Without it: pure Python.
+"""
+import os
+
 from setuptools import find_packages, setup
+
+# The per-request path: the scheduler, the edge and the worker runtime (docs/compiled.md says
+# what each gains and why the others are left out)
+COMPILED = [
+    "clockwork/controller/schedulers/infer4.py",
+    "clockwork/controller/schedulers/batching.py",
+    "clockwork/controller/schedulers/estimates.py",
+    "clockwork/controller/schedulers/load_planning.py",
+]
+
+
+def compiled_extensions() -> list:
+    if os.environ.get("CLOCKWORK_COMPILE", "0") in ("", "0"):
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        raise SystemExit("CLOCKWORK_COMPILE=1 needs mypy (pip install mypy, or the 'compiled' extra)")
+    # mypy checks only the listed modules (their imports are read, not checked)
+    return mypycify(["--follow-imports=silent", "--ignore-missing-imports"] + COMPILED, opt_level=os.environ.get("CLOCKWORK_COMPILE_OPT", "3"))
+
 
 setup(
     name="clockwork",
@@ -8,6 +36,7 @@ setup(
     packages=find_packages(include=["clockwork", "clockwork.*"]),
     package_data={"clockwork": ["conf/*.toml", "conf/profiles/*.toml"]},   # defaults and device profiles
     python_requires=">=3.10",
+    ext_modules=compiled_extensions(),
     install_requires=[
         "pyzmq>=25",
         "msgspec>=0.18",
@@ -33,7 +62,9 @@ setup(
         "frontend": ["httptools>=0.6", "uvloop>=0.17", "grpcio>=1.60", "tritonclient[http,grpc]>=2.40"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6",
                  "onnx>=1.16", "onnxruntime>=1.17"],   # onnxruntime: numerical oracle for imported models
-        "bench": ["py-spy>=0.3"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)
+        "bench": ["py-spy>=0.3"],
+        # CLOCKWORK_COMPILE=1: the per-request modules compiled with mypyc (docs/compiled.md)
+        "compiled": ["mypy>=1.10"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)
     },
     entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
 )

@@ -19,6 +19,7 @@ Event order the edge guarantees:
 from __future__ import annotations
 
 import itertools
+from collections.abc import MutableMapping
 from typing import Callable, Protocol
 
 from ..transport.schema import Message, ModelInfo, WorkerState
@@ -55,7 +56,7 @@ class Outbox(Protocol):
 
     action_ids: itertools.count   # shared source of action ids
 
-    def send_action(self, worker_id: int, action: Message, data: list = (), expected_end: int = 0) -> None:
+    def send_action(self, worker_id: int, action: Message, data: list | tuple = (), expected_end: int = 0) -> None:
         """Send `action` (windows in controller time) to a worker; `action` itself is not
         changed (the edge sends a copy in the worker's clock). Never calls the scheduler back:
         a send that fails arrives as an ErrorResult(WORKER_LOST) after the current tick.
@@ -86,14 +87,14 @@ class Scheduler:
         self.config = config
         self.clock = clock
         self.out = out
-        self.models: dict[int, ModelInfo] = {}
+        self.models: MutableMapping[int, ModelInfo] = {}   # a ModelRegistry in the controller
         self.workers: dict[int, WorkerState] = {}
 
-    def start(self, models: dict[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
+    def start(self, models: MutableMapping[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
         self.models = models
         self.workers = workers
 
-    def add_models(self, models: dict[int, ModelInfo]) -> None:
+    def add_models(self, models: MutableMapping[int, ModelInfo]) -> None:
         """Models loaded on every worker after start() (a LoadModel while running)."""
         self.models.update(models)
 

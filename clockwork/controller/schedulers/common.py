@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...config import defaults
 from ...model.format import pad_table
-from ...transport.schema import EvictWeights, LoadWeights, ModelInfo, WorkerState
+from ...transport.schema import EvictWeights, GpuState, LoadWeights, ModelInfo, WorkerState
 from ..scheduler import GpuRef, Scheduler
 
 OPEN = 3600 * 1_000_000_000       # open windows: [0, now + 1 hour]
@@ -61,7 +61,7 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def build_gpus(workers: dict[int, WorkerState], first_index: int = 0) -> list[tuple[GpuRef, object]]:
+def build_gpus(workers: dict[int, WorkerState], first_index: int = 0) -> list[tuple[GpuRef, GpuState]]:
     """(GpuRef, GpuState) for every GPU of `workers`, global indices from `first_index` on."""
     out = []
     index = first_index

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
+from collections.abc import MutableMapping
 
 from ...limits import MAX_SLO_NS
 from ...status import Status
@@ -158,7 +159,7 @@ class Infer4Scheduler(Scheduler):
 
     # ------------------------------------------------------------------ setup
 
-    def start(self, models: dict[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
+    def start(self, models: MutableMapping[int, ModelInfo], workers: dict[int, WorkerState]) -> None:
         super().start(models, workers)
         for worker_id in sorted(workers):
             self._add_worker(worker_id, workers[worker_id])
@@ -429,7 +430,7 @@ class Infer4Scheduler(Scheduler):
                 else:
                     complete = False
         if not complete:
-            data = ()          # some request came without inputs: the worker generates them all
+            data = []          # some request came without inputs: the worker generates them all
         self._inflight[aid] = _Pending(_INFER, g, m, reqs, t, e)
         g.exec_free = t + e
         g.infers += 1
@@ -731,7 +732,7 @@ class Infer4Scheduler(Scheduler):
         """Current exec estimate (ns) of `batch_size` items of a model, at a GPU's clock."""
         m = self._model(model_id)
         clock = self._gpus[gpu_index].clock if gpu_index is not None else DEFAULT_CLOCK_MHZ
-        return m.est[batch_size] // clock
+        return m.est[batch_size] // clock   # type: ignore[union-attr]
 
     def stats(self) -> dict:
         """A snapshot; changes nothing (any number of callers may ask). Counters are totals
