@@ -15,6 +15,7 @@ COMPILED = [
     "clockwork/controller/schedulers/batching.py",
     "clockwork/controller/schedulers/estimates.py",
     "clockwork/controller/schedulers/load_planning.py",
+    "clockwork/controller/scheduler.py",
 ]
 
 

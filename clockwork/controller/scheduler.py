@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import MutableMapping
-from typing import Callable, Protocol
+from typing import Callable, ClassVar, Protocol
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:     # pure Python without mypy installed: the decorator only speaks to mypyc
+    def mypyc_attr(*attrs: str, **kwattrs: object):  # type: ignore[misc]
+        return lambda cls: cls
 
 from ..transport.schema import Message, ModelInfo, WorkerState
 
@@ -78,10 +84,11 @@ class GpuRef:
         self.name = name
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)     # policies and tests subclass it (docs/compiled.md)
 class Scheduler:
     """Base class with the defaults every policy shares. Subclasses override the on_* hooks."""
 
-    name = "base"
+    name: ClassVar[str] = "base"
 
     def __init__(self, config: dict, clock: Callable[[], int], out: Outbox):
         self.config = config

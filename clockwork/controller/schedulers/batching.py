@@ -6,6 +6,12 @@ original only formed compiled sizes. Deadlines are checked with the padded size'
 """
 from __future__ import annotations
 
+from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..scheduler import Request
+
 EARLIEST_LEAD = 1_000_000       # an Infer may start this much before its expected start
 LATEST_MIN = 1_000_000          # kept for the answer after the estimated end; latest >= now + this
 
@@ -19,7 +25,7 @@ def batch_sizes(compiled: list[int], est_ns: list[int], max_batch_size: int, max
     return [b for b in compiled if b <= limit]
 
 
-def choose_batch(q, sizes: list[int], est: list[int], clk: int, t: int) -> tuple[int, int]:
+def choose_batch(q: deque[Request], sizes: list[int], est: list[int], clk: int, t: int) -> tuple[int, int]:
     """The batch serving the most requests in time if it starts at `t`, from the queue `q`
     (deadline order, its front can finish in time alone): (items, requests to skip first).
     For each allowed size c, the requests that can finish by t + est(c) are a suffix of the

@@ -38,12 +38,13 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import MutableMapping
+from typing import Callable
 
 from ...limits import MAX_SLO_NS
 from ...status import Status
 from ...transport.schema import (EvictWeights, Infer, InferResult, LoadWeights,
                                  LoadWeightsResult, ModelInfo, WorkerState)
-from ..scheduler import GpuRef, Request, Scheduler
+from ..scheduler import GpuRef, Outbox, Request, Scheduler
 from .batching import EARLIEST_LEAD, LATEST_MIN, batch_sizes, choose_batch, infer_window
 from .common import DEFAULT_CLOCK_MHZ, Settings, build_gpus, ceil_div, free_pages, output_view
 from .estimates import Estimates
@@ -125,7 +126,7 @@ class _Pending:
     """An action in flight."""
     __slots__ = ("kind", "gpu", "model", "reqs", "start", "est")
 
-    def __init__(self, kind, gpu, model, reqs, start, est):
+    def __init__(self, kind: int, gpu: _Gpu, model: _Model, reqs, start: int, est: int):
         self.kind = kind
         self.gpu = gpu
         self.model = model
@@ -137,7 +138,7 @@ class _Pending:
 class Infer4Scheduler(Scheduler):
     name = "infer4"
 
-    def __init__(self, config: dict, clock, out):
+    def __init__(self, config: dict, clock: Callable[[], int], out: Outbox):
         super().__init__(config, clock, out)
         self.s = Settings(config)
         self._models: dict[int, _Model] = {}           # those requested or loaded so far (_model)

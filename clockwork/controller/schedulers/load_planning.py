@@ -14,6 +14,11 @@ slots). Pure functions of the scheduler's state: the scheduler sends the actions
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # (types only: infer4 imports this module)
+    from .infer4 import _Gpu, _Model
+
 LOAD_INTERVAL = 100_000         # load decisions at most every 100 us (the original's)
 DIRECT_LOAD_AFTER = 1_000_000   # cold models are loaded at once when the next pass is further off
 
@@ -31,7 +36,7 @@ def load_latest(start: int, now: int, latest_delta: int, latest_min: int, last_u
     return latest if latest > last_useful else last_useful
 
 
-def helpable(m, now: int, max_load_slo: int) -> bool:
+def helpable(m: _Model, now: int, max_load_slo: int) -> bool:
     """Whether a load of model `m` could still help a request in its queue: the newest arrived
     within max_load_slo and has time left for a load and a batch-1 exec (as in rank_demand)."""
     q = m.queue
@@ -46,15 +51,15 @@ def next_load_pass(now: int, models_waiting: int) -> int:
     return now + LOAD_INTERVAL * max(1, models_waiting >> 3)
 
 
-def rank_demand(wanting: dict, n_gpus: int, now: int, max_load_slo: int,
+def rank_demand(wanting: dict[int, _Model], n_gpus: int, now: int, max_load_slo: int,
                 capacity: int) -> tuple[list[tuple[float, int]], dict[int, float]]:
     """Models whose demand is not met by the copies they have or are loading, neediest first:
     ([(-unmet work, model id)], {gpu index: queued work it holds}). Forgets models in `wanting`
     whose queues emptied. `capacity`: the work a GPU serves per SLO (default_slo)."""
-    demand = []                 # (model, queued work, copies)
+    demand: list[tuple[_Model, int, int]] = []     # (model, queued work, copies)
     share_of: dict[int, float] = {}
     loadable = False
-    emptied = None
+    emptied: list[_Model] | None = None
     for m in wanting.values():
         q = m.queue
         if not q:
@@ -118,11 +123,11 @@ def rank_demand(wanting: dict, n_gpus: int, now: int, max_load_slo: int,
     return ranked, share_of
 
 
-def eviction_victims(g, need: int, models: dict) -> list[int] | None:
+def eviction_victims(g: _Gpu, need: int, models: dict[int, _Model]) -> list[int] | None:
     """Models to evict from GPU `g` to free `need` pages: models without queued requests, least
     recently used first, then any, LRU. A model with an Infer in flight on `g` is never chosen
     (the original could, and the Infer then failed with WEIGHTS_CHANGED). None if not enough."""
-    victims = []
+    victims: list[int] = []
     freed = 0
     for idle_only in (True, False):
         for mid in g.loaded:
