@@ -77,6 +77,6 @@ class IdRanges(Generic[V]):
         self.size = 0
 
     def copy(self) -> "IdRanges[V]":
-        c = IdRanges()
+        c: IdRanges[V] = IdRanges()
         c._firsts, c._ends, c._values, c.size = list(self._firsts), list(self._ends), list(self._values), self.size
         return c

@@ -19,7 +19,7 @@ Event order the edge guarantees:
 from __future__ import annotations
 
 import itertools
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Callable, ClassVar, Protocol
 
 try:
@@ -38,7 +38,7 @@ class Request:
                  "is_coldstart", "gpu")
 
     def __init__(self, id: int, client: bytes | None, client_request_id: int, model_id: int,
-                 batch_size: int, arrival: int, slo: int, inputs: list, user_id: int = 0,
+                 batch_size: int, arrival: int, slo: int, inputs: Sequence, user_id: int = 0,
                  slo_factor: float = 0.0, buffer: int = 5_000_000, schedule_ahead: int = 10_000_000):
         self.id = id
         self.client = client
@@ -108,7 +108,7 @@ class Scheduler:
     def on_request(self, req: Request) -> None:
         raise NotImplementedError
 
-    def on_result(self, worker_id: int, action: Message, result: Message, data: list) -> None:
+    def on_result(self, worker_id: int, action: Message, result: Message, data: Sequence) -> None:
         pass
 
     def on_worker_lost(self, worker_id: int) -> None:

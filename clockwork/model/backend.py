@@ -50,7 +50,7 @@ instance across evict and reload (the CUDA backend's fixed weight addresses and 
 from __future__ import annotations
 
 import importlib
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..transport.schema import GpuReading
 from .format import ModelSpec
@@ -85,7 +85,7 @@ class Op:
         self.duration = duration
         self.error: str | None = None
         self.output = output
-        self.then = None
+        self.then: Callable[[Op, int], object] | None = None
 
 
 class Region:

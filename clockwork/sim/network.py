@@ -19,6 +19,7 @@ import random
 import struct
 from math import log as _log
 from collections import deque
+from collections.abc import Sequence
 
 import zmq
 
@@ -34,6 +35,7 @@ class Frame:
     """What zmq.Frame offers that the edges use: .bytes, .buffer, .more and len(). `buffer` is
     the bytes themselves (a buffer every reader here accepts): no memoryview made per frame."""
     __slots__ = ("bytes", "buffer", "more")
+    more: bool      # set by SimSocket.recv
 
     def __init__(self, data):
         if data.__class__ is not bytes:
@@ -111,7 +113,7 @@ class SimSocket:
         pass
 
     # ------------------------------------------------------------------ network side
-    def deliver(self, frames: list) -> None:
+    def deliver(self, frames: Sequence) -> None:
         self.inbox.append(frames)
         if self.on_message is not None:
             self.on_message()
@@ -217,7 +219,7 @@ class Network:
         if lk is not None:
             lk.from_router(frames[1:])
 
-    def transmit(self, lk: Link, direction: int, frames: list) -> None:
+    def transmit(self, lk: Link, direction: int, frames: Sequence) -> None:
         if lk.droppable and self.drop_rate and self.rng.random() < self.drop_rate:
             self.reset(lk)
             return

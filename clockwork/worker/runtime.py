@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
@@ -37,7 +38,7 @@ from .memory import GpuMemory
 # An action may wait at most this long for its earliest; beyond it the controller's clock
 # conversion is broken (or the action is bogus): ACTION_TOO_EARLY rather than queue forever.
 MAX_AHEAD_NS = 60_000_000_000
-TAGS = {cls: cls.__struct_config__.tag for cls in s.ACTIONS}
+TAGS: dict[type, int] = {cls: cls.__struct_config__.tag for cls in s.ACTIONS}   # type: ignore[misc]
 
 
 class ModelKind:
@@ -210,7 +211,7 @@ class WorkerRuntime:
             self._arm(ex)
             then, op.then = op.then, None
             try:
-                then(op, now)
+                then(op, now)     # type: ignore[misc]
             except Exception as e:
                 _failed_in(then, e, now)
         self.advance(now)
@@ -250,7 +251,7 @@ class WorkerRuntime:
         self.stats.pending -= 1
 
     # ------------------------------------------------------------------ entry point
-    def handle(self, action, data: list, reply_to, received: int) -> None:
+    def handle(self, action, data: Sequence, reply_to, received: int) -> None:
         """One decoded action from the controller, received at `received` (worker clock)."""
         cls = action.__class__
         if cls is not s.GetWorkerState and cls is not s.Reset and action.earliest - received > MAX_AHEAD_NS:
@@ -430,7 +431,7 @@ class WorkerRuntime:
         self._submit(gpu.weights, Task(a.earliest, a.latest or NO_LIMIT, "evict", run, fail), received)
 
     # ------------------------------------------------------------------ Infer
-    def _infer(self, a: s.Infer, data: list, reply_to, received: int) -> None:
+    def _infer(self, a: s.Infer, data: Sequence, reply_to, received: int) -> None:
         mg = self._check(a, reply_to, received)
         if mg is None:
             return

@@ -2,6 +2,8 @@
 references built from worker states, and per-request output slicing (zero-copy)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...config import defaults
 from ...model.format import pad_table
 from ...transport.schema import EvictWeights, GpuState, LoadWeights, ModelInfo, WorkerState
@@ -92,7 +94,7 @@ def batch_tables(info: ModelInfo) -> tuple[list[int], list[int]]:
     return pad, exec_ns
 
 
-def output_view(data: list) -> memoryview | None:
+def output_view(data: Sequence) -> memoryview | None:
     """The output frame of an InferResult as a memoryview (no copy), or None if absent."""
     if not data:
         return None

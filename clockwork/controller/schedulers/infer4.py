@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Callable
 
 from ...limits import MAX_SLO_NS
@@ -421,7 +421,7 @@ class Infer4Scheduler(Scheduler):
                 deadline = r.deadline
         earliest, latest = infer_window(t, now, deadline, e)
         aid = next(self.out.action_ids)
-        data = []
+        data: list = []
         complete = True
         for r in reqs:
             r.gpu = g.index
@@ -557,7 +557,7 @@ class Infer4Scheduler(Scheduler):
 
     # ------------------------------------------------------------------ results
 
-    def on_result(self, worker_id: int, action, result, data: list) -> None:
+    def on_result(self, worker_id: int, action, result, data: Sequence) -> None:
         p = self._inflight.pop(result.action_id, None)
         if p is None:
             return          # unknown or already handled (e.g. its worker was declared lost)
@@ -567,7 +567,7 @@ class Infer4Scheduler(Scheduler):
             self._load_result(p, result)
         # evictions: pages were freed when sent; an error (weights not present) changes nothing
 
-    def _infer_result(self, p: _Pending, result, data: list) -> None:
+    def _infer_result(self, p: _Pending, result, data: Sequence) -> None:
         g, m, reqs = p.gpu, p.model, p.reqs
         now = self.clock()
         g.infers -= 1
