@@ -17,6 +17,7 @@ from clockwork.controller.simulator import MS, model_info
 from clockwork.status import Status
 from clockwork.transport import schema as s
 from clockwork.transport.sockets import free_port
+from spy import Spy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,7 +111,7 @@ def test_windows_leave_and_results_come_back_through_the_clock_boundary(edge):
     c, clock, wire = edge
     seen = []
     on_result = c.scheduler.on_result
-    c.scheduler.on_result = lambda wid, a, r, d: (seen.append((a, r)), on_result(wid, a, r, d))
+    c.scheduler = Spy(c.scheduler, on_result=lambda wid, a, r, d: (seen.append((a, r)), on_result(wid, a, r, d)))
     answered = []
     c.respond = lambda req, status, *a, **k: answered.append((req.id, status))
     c.scheduler.on_request(_request(c, clock, 1))
@@ -152,7 +153,7 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
         assert not sending, "the scheduler was called back from inside its own send"
         results.append(result)
         on_result(wid, action, result, data)
-    c.scheduler.on_result = watch
+    c.scheduler = Spy(c.scheduler, on_result=watch)
     answered = []
     c.respond = lambda req, status, *a, **k: answered.append((req.id, status))
     for rid in (1, 2):
@@ -222,7 +223,7 @@ def test_an_unreadable_result_in_a_batch_fails_its_action_and_the_rest_are_read(
     c, clock, wire = edge
     results = []
     on_result = c.scheduler.on_result
-    c.scheduler.on_result = lambda wid, a, r, d: (results.append(r), on_result(wid, a, r, d))
+    c.scheduler = Spy(c.scheduler, on_result=lambda wid, a, r, d: (results.append(r), on_result(wid, a, r, d)))
     c.respond = lambda req, status, *a, **k: None
     c.scheduler.on_request(_request(c, clock, 1))
     c._tick()

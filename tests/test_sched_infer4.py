@@ -13,6 +13,7 @@ from clockwork.controller.simulator import MS, SECOND, Simulator, model_info
 from clockwork.status import Status
 from clockwork.transport.schema import (ErrorResult, EvictWeights, GpuState, Infer, InferResult,
                                         LoadWeights, WorkerState)
+from spy import Spy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -346,7 +347,7 @@ def test_at_most_max_loads_per_gpu_outstanding():
         if type(action) is LoadWeights:
             outstanding -= 1
         orig(wid, action, result, data)
-    sim.sched.on_result = watch
+    sim.sched = Spy(sim.sched, on_result=watch)
     orig_send = sim._send
 
     def send(wid, action, data):

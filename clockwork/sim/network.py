@@ -20,6 +20,7 @@ import struct
 from math import log as _log
 from collections import deque
 from collections.abc import Sequence
+from typing import ClassVar
 
 import zmq
 
@@ -127,7 +128,7 @@ class SimSocket:
 class Delay:
     """One-way message delay: `min_ns` plus a random part of mean `jitter_ns`, drawn from
     `kind`: "exp" (exponential tail), "uniform" (0..2 x jitter) or "const" (no jitter)."""
-    KINDS = ("exp", "uniform", "const")
+    KINDS: ClassVar[tuple[str, ...]] = ("exp", "uniform", "const")
 
     def __init__(self, min_ns: int, jitter_ns: int, kind: str, rng: random.Random):
         if kind not in self.KINDS:
@@ -149,7 +150,7 @@ class Delay:
         else:
             self._draw = lambda rnd, n: [min_ns + int(rnd() * 2 * jitter) for _ in range(n)]
 
-    BLOCK = 1024
+    BLOCK: ClassVar[int] = 1024
 
     def sample(self) -> int:
         ready = self._ready

@@ -38,7 +38,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, deque
 from collections.abc import MutableMapping, Sequence
-from typing import Callable
+from typing import Callable, ClassVar
 
 from ...limits import MAX_SLO_NS
 from ...status import Status
@@ -136,7 +136,7 @@ class _Pending:
 
 
 class Infer4Scheduler(Scheduler):
-    name = "infer4"
+    name: ClassVar[str] = "infer4"
 
     def __init__(self, config: dict, clock: Callable[[], int], out: Outbox):
         super().__init__(config, clock, out)
