@@ -24,6 +24,8 @@ from typing import ClassVar
 
 import zmq
 
+from .events import EventLoop
+
 POLLIN = int(zmq.POLLIN)
 SNDMORE = int(zmq.SNDMORE)
 DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
@@ -196,7 +198,7 @@ class Network:
     """All links of one simulation; `drop_rate` is the chance that a message on a droppable link
     (controller <-> worker) is lost together with its connection."""
 
-    def __init__(self, loop, delay: Delay, rng: random.Random, drop_rate: float = 0.0):
+    def __init__(self, loop: EventLoop, delay: Delay, rng: random.Random, drop_rate: float = 0.0):
         self.loop = loop
         self.delay = delay
         self.rng = rng

@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import msgspec
@@ -468,7 +469,7 @@ def _failed_in(then, e: Exception, now: int) -> None:
 class _LoadWeightsJob:
     __slots__ = ("rt", "a", "m", "gpu", "reply_to", "received", "version", "settled")
 
-    def __init__(self, rt, a, m, gpu, reply_to, received):
+    def __init__(self, rt: WorkerRuntime, a: s.LoadWeights, m: ModelInstance, gpu: Gpu, reply_to, received: int):
         self.rt, self.a, self.m, self.gpu = rt, a, m, gpu
         self.reply_to, self.received = reply_to, received
         self.version = 0
@@ -527,14 +528,15 @@ class _InferJob:
     __slots__ = ("rt", "a", "m", "gpu", "inputs", "reply_to", "received", "version", "io",
                  "ws", "padded", "t_in", "op_exec", "clock_before", "settled")
 
-    def __init__(self, rt, a, m, gpu, inputs, reply_to, received):
+    def __init__(self, rt: WorkerRuntime, a: s.Infer, m: ModelInstance, gpu: Gpu, inputs, reply_to, received: int):
         self.rt, self.a, self.m, self.gpu, self.inputs = rt, a, m, gpu, inputs
         self.reply_to, self.received = reply_to, received
         self.version = 0
-        self.io = self.ws = None
+        self.io: Any = None           # Regions, and Ops once the stages ran
+        self.ws: Any = None
         self.padded = m.kind.padded[a.batch_size]
-        self.t_in = None
-        self.op_exec = None
+        self.t_in: Any = None
+        self.op_exec: Any = None
         self.clock_before = 0
         self.settled = False          # answered and counted finished: never twice
 
