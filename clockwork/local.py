@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .orphans import child_env
-from .transport.sockets import free_port
+from .transport.sockets import free_port, free_ports
 from .values import POSITIVE
 
 PY = sys.executable
@@ -44,12 +44,15 @@ class LocalCluster:
 
     fail_fast: run_client() raises ProcessFailed as soon as a worker or the controller exits
     (what `cw run` wants: a server that could not start must not leave the client waiting).
-    Fault tests that kill servers on purpose leave it off."""
+    Fault tests that kill servers on purpose leave it off.
+
+    shards > 1: a sharded controller (`cw controller --shards`) over the workers, on
+    consecutive free client ports; `address` then lists them all (clockwork.client.shards)."""
 
     def __init__(self, gpus: int = 2, scheduler: str = "infer4", model_dir: Path | None = None,
                  log_dir: Path | None = None, config_file: Path | None = None, echo: bool = False,
                  controller_args: tuple = (), worker_args: tuple = (), workers: int = 1,
-                 fail_fast: bool = False):
+                 fail_fast: bool = False, shards: int = 1):
         self.gpus = gpus
         self.scheduler = scheduler
         self._tmp = tempfile.TemporaryDirectory(prefix="clockwork-")
@@ -62,8 +65,9 @@ class LocalCluster:
         self.n_workers = workers
         self.fail_fast = fail_fast
         self.worker_ports = [free_port() for _ in range(workers)]
-        self.client_port = free_port()
-        self.telemetry_port = free_port()
+        self.shards = shards
+        self.client_port = free_ports(shards)
+        self.telemetry_port = free_ports(shards)
         self.procs: list[subprocess.Popen] = []
         self.names: dict[subprocess.Popen, str] = {}
         self.worker_procs: list[subprocess.Popen] = []
@@ -74,7 +78,7 @@ class LocalCluster:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return ",".join(f"127.0.0.1:{self.client_port + k}" for k in range(self.shards))
 
     def env(self) -> dict:
         env = child_env(dict(os.environ, PYTHONUNBUFFERED="1", CLOCKWORK_MODEL_DIR=str(self.model_dir)))
@@ -128,6 +132,7 @@ class LocalCluster:
             PY, "-m", "clockwork.controller.command", "--host", "127.0.0.1",
             "--port", str(self.client_port), "--telemetry-port", str(self.telemetry_port),
             "--scheduler", self.scheduler, *logs, *self.controller_args,
+            *(["--shards", str(self.shards)] if self.shards > 1 else []),
             *[f"127.0.0.1:{p}" for p in self.worker_ports]])
         return self.controller
 
