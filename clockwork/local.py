@@ -229,6 +229,9 @@ def quick_config(print_interval: float, extra: dict | None = None) -> Path:
 @click.option("--workload", "-w", default="simple", show_default=True, help="Client workload (see `cw client -h`).")
 @click.option("--scheduler", "-s", default="infer4", show_default=True)
 @click.option("--log-dir", default=None, help="Write request/action TSV logs here.")
+@click.option("--shards", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="A sharded controller (`cw controller --shards`): K shards, each with an emulated "
+                   "worker of GPUS/K GPUs.")
 @click.option("--print-interval", type=POSITIVE.click("S"), default=None, help="Seconds between stats lines.")
 @click.option("--http", "http_port", type=click.IntRange(-1, 65535), default=-1, metavar="PORT",
               help="Also serve KServe v2 HTTP on PORT (`cw frontend`, docs/frontend.md).")
@@ -237,20 +240,27 @@ def quick_config(print_interval: float, extra: dict | None = None) -> Path:
 @click.option("--frontend-in-process", "in_process", is_flag=True,
               help="Serve --http/--grpc on a thread of the controller process (docs/frontend.md).")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
-def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, http_port, grpc_port,
+def run_command(duration, gpus, workload, scheduler, log_dir, shards, print_interval, http_port, grpc_port,
                 in_process, workload_args):
     """Run an emulated worker, a controller and a client on this machine and print their stats.
 
     Extra arguments after `--` go to the client workload.
     """
+    if gpus % shards:
+        raise click.BadParameter(f"--gpus {gpus} must be a multiple of --shards {shards} (one worker per shard)")
+    serving = http_port >= 0 or grpc_port >= 0
+    if shards > 1 and serving:
+        raise click.BadParameter("--http/--grpc serve one controller: not with --shards > 1")
     interval = print_interval or max(1.0, min(10.0, duration / 5))
     config = quick_config(interval)
     click.echo(f"clockwork: emulated worker ({gpus} GPUs) + {scheduler} controller + "
-               f"`{workload}` client for {duration:g} s")
-    serving = http_port >= 0 or grpc_port >= 0
+               f"`{workload}` client for {duration:g} s" if shards == 1 else
+               f"clockwork: {shards} emulated workers ({gpus // shards} GPUs each) + {scheduler} controller in "
+               f"{shards} shards + `{workload}` client for {duration:g} s")
     if in_process and not serving:
         raise click.BadParameter("--frontend-in-process needs --http or --grpc")
-    cluster = LocalCluster(gpus=gpus, scheduler=scheduler, config_file=config, echo=True,
+    cluster = LocalCluster(gpus=gpus // shards, workers=shards, shards=shards, scheduler=scheduler,
+                           config_file=config, echo=True,
                            log_dir=Path(log_dir).resolve() if log_dir else None, fail_fast=True,
                            controller_args=LocalCluster.in_process_frontend_args(http_port, grpc_port)
                            if in_process else ())
