@@ -8,6 +8,7 @@ Real processes on 127.0.0.1 free ports: two emulated workers, a `cw controller -
 - the shards' model ids never collide, each lies in its shard's block, and Ls shows them all;
 - a `cw client` workload runs through the shards unchanged;
 - one shard's death makes the command exit 1 and stop the other shard;
+- a restart of the command: each shard's connection loads its models again on its shard;
 - bad --shards values are one-line errors; the port and worker split.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from clockwork.client.shards import ShardedClient, make_client
 from clockwork.controller.command import controller_command
 from clockwork.controller.shards import port_blocks, split_workers
 from clockwork.limits import SHARD_ID_BITS
-from clockwork.local import LocalCluster
+from clockwork.local import LocalCluster, run_command
 from clockwork.status import Status
 from clockwork.transport.sockets import free_port
 
@@ -178,6 +179,11 @@ def test_bad_shards_values_are_one_line_errors(args, words):
     assert len(errors) == 1 and "Traceback" not in r.output
 
 
+def test_cw_run_shards_need_a_worker_each():
+    r = CliRunner().invoke(run_command, ["--shards", "2", "--gpus", "3"])
+    assert r.exit_code == 2 and "--gpus 3 must be a multiple of --shards 2" in r.output, r.output
+
+
 def test_ports_and_workers_split():
     # the default ports: telemetry 12347 would be shard 1's client port, so it moves past them
     assert port_blocks(3, 12346, 12347, 0) == [[12346, 12347, 12348], [12349, 12350, 12351], [0, 0, 0]]
@@ -186,3 +192,31 @@ def test_ports_and_workers_split():
         port_blocks(4, 65534, 0, 0)
     assert split_workers(list("abcde"), 2) == [["a", "b"], ["c", "d", "e"]]
     assert split_workers(list("abc"), 3) == [["a"], ["b"], ["c"]]
+
+
+def test_a_restarted_sharded_controller_gets_each_shards_models_again():
+    """A restart of the whole command (new epochs on every shard): each shard's connection
+    loads its own models again on its own shard, and the caller's ids keep working."""
+    with LocalCluster(gpus=1, workers=2, shards=2) as c:
+        client = make_client(c.address, log=lambda *_: None, timeout_s=30)
+        try:
+            a, _, _ = client.load_model("resnet50", 1)
+            b, _, _ = client.load_model("resnet18", 2)
+            assert client.infer(a).response.status == client.infer(b + 1).response.status == Status.SUCCESS
+            c.controller.terminate()
+            assert c.controller.wait(30) == 0          # stopped, not failed: status 0
+            c.start_controller()
+            for mid, source in ((a, "resnet50"), (b + 1, "resnet18")):
+                deadline = time.monotonic() + 60
+                while True:                            # CONNECTION_LOST / STALE_EPOCH until re-registered
+                    fut = client.infer_future(mid)
+                    while not fut.done():
+                        client.poll(0.05)
+                    if fut.status == Status.SUCCESS or time.monotonic() > deadline:
+                        break
+                    client.poll(0.2)
+                assert fut.status == Status.SUCCESS, fut.response
+            shards = {m.model_id >> SHARD_ID_BITS: m.source for m in client.ls()}
+            assert shards[0].endswith("resnet50") and shards[1].endswith("resnet18"), shards
+        finally:
+            client.close()
