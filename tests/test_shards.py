@@ -56,8 +56,10 @@ def _running(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(gpus=1, workers=2, shards=2) as c:
+def cluster(tmp_path_factory):
+    conf = tmp_path_factory.mktemp("shards") / "pages.toml"
+    conf.write_text("[controller]\nls_page_size = 2\n")        # Ls answers in pages on each shard
+    with LocalCluster(gpus=1, workers=2, shards=2, config_file=conf) as c:
         yield c
 
 

@@ -89,7 +89,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             whost, wport = parse_address(addr, config["worker"]["port"])
             links.append(WorkerLink(i, addr, dealer(
                 self.ctx, whost, wport, secure=sec and (lambda sk: sec.client(sk, "controller", "worker")))))
-        # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
+        # model ids restart from the block start (0 unsharded) in every controller lifetime: the
+        # epoch tells lifetimes apart
         self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out,
                          log_writer=bool(config["logging"].get("writer_process", False)), shard=shard)
         if telemetry_port is None:
