@@ -9,6 +9,7 @@ Real processes on 127.0.0.1 free ports: two emulated workers, a `cw controller -
 - a `cw client` workload runs through the shards unchanged;
 - one shard's death makes the command exit 1 and stop the other shard;
 - a restart of the command: each shard's connection loads its models again on its shard;
+- a shard refuses a LoadModel whose ids would leave its block;
 - bad --shards values are one-line errors; the port and worker split.
 """
 from __future__ import annotations
@@ -222,3 +223,24 @@ def test_a_restarted_sharded_controller_gets_each_shards_models_again():
             assert shards[0].endswith("resnet50") and shards[1].endswith("resnet18"), shards
         finally:
             client.close()
+
+
+def test_a_shard_never_issues_ids_past_its_block():
+    from clockwork.config import load_config
+    from clockwork.controller.server import Controller
+    from clockwork.transport import schema as s
+    config = load_config()
+    config["controller"].update(telemetry_port=0, metrics_port=0)
+    c = Controller(config, [f"127.0.0.1:{free_port()}"], client_port=free_port(), out=lambda *a: None, shard=3)
+    try:
+        assert c.next_model_id == 3 << SHARD_ID_BITS and c.model_id_end == 4 << SHARD_ID_BITS
+        answers = []
+        c._reply = lambda msg, data=(), *, ident: answers.append(msg)
+        c.phase = "running"
+        c.next_model_id = c.model_id_end - 1                # one id of the block left
+        c._on_load_model(b"client", s.LoadModelRequest(1, "resnet50", copies=2))
+        assert [(a.status, "every model id of its block" in a.message) for a in answers] == [
+            (Status.INVALID_REQUEST, True)]
+        assert c.next_model_id == c.model_id_end - 1 and not c.load_jobs
+    finally:
+        c.close()
