@@ -46,8 +46,8 @@ from ..scheduler import GpuRef, Request, Scheduler
 from .batching import EARLIEST_LEAD, LATEST_MIN, batch_sizes, choose_batch, infer_window
 from .common import DEFAULT_CLOCK_MHZ, Settings, build_gpus, ceil_div, free_pages, output_view
 from .estimates import Estimates
-from .load_planning import (DIRECT_LOAD_AFTER, eviction_victims, helpable, load_latest, next_load_pass,
-                            rank_demand)
+from .load_planning import (DIRECT_LOAD_AFTER, ShareBound, eviction_victims, forget_emptied, helpable,
+                            load_latest, next_load_pass, rank_demand)
 
 INF = 1 << 62
 
@@ -149,6 +149,7 @@ class Infer4Scheduler(Scheduler):
         self._wanting: dict[int, _Model] = {}          # models with queued requests
         self._load_dirty = False
         self._next_load = 0
+        self._bound = ShareBound(self.s.default_slo)   # whether a load pass could rank anything
         self._cold: deque[_Model] = deque()   # models asked for with no copy, for direct loads
         self._slots: deque[_Gpu] = deque()    # GPUs that may have a free load slot, in turn
         self._counts = [0] * 64                        # responses by status code
@@ -197,6 +198,7 @@ class Infer4Scheduler(Scheduler):
             g.in_slots = True
             self._slots.append(g)
         self._load_dirty = True
+        self._bound.stale()
 
     # ------------------------------------------------------------------ requests
 
@@ -262,6 +264,7 @@ class Infer4Scheduler(Scheduler):
             front = i == 0
         m.items += req.batch_size
         self._queued += 1
+        self._bound.add(m, req.batch_size)
         if len(m.gpus) + len(m.loading_gpus) < len(self._gpus):
             self._load_dirty = True         # a load could help (more) with this request
         if front:
@@ -454,7 +457,12 @@ class Infer4Scheduler(Scheduler):
             return      # no GPU can take a load: a load result will set _load_dirty again
         wanting = self._wanting
         self._next_load = next_load_pass(now, len(wanting))
+        bound = self._bound
+        if not bound.may_rank(now, s.max_load_slo):
+            forget_emptied(wanting)
+            return      # rank_demand would rank nothing (most passes at or below capacity)
         ranked, share_of = rank_demand(wanting, len(self._gpus), now, s.max_load_slo, s.default_slo)
+        bound.refill(wanting, share_of, now, s.max_load_slo)
         if not ranked:
             return      # (most passes under load: every model's demand is met; no GPU list then)
         cands = [g for g in gpus if g.loads < s.max_loads_per_gpu and g.load_free < horizon]
@@ -528,6 +536,8 @@ class Infer4Scheduler(Scheduler):
             del g.loaded[mid]
             g.live.pop(mid, None)
             other.gpus.remove(g)
+            if other.items:
+                self._bound.stale()         # its share on its other GPUs rose
             g.free_pages += other.pages
             g.evict_count += 1
             aid = next(self.out.action_ids)
@@ -546,6 +556,7 @@ class Infer4Scheduler(Scheduler):
         g.free_pages -= m.pages
         g.loading.add(m.id)
         m.loading_gpus.append(g)
+        self._bound.copy_added(m, g)
         g.loads += 1
         g.load_count += 1
         g.load_free = start + e
@@ -586,7 +597,10 @@ class Infer4Scheduler(Scheduler):
             items = 0
             for r in reqs:
                 items += r.batch_size
+            b1 = m.b1ns
             m.measure(items, result.exec_duration * clock, s.estimate_window, s.estimate_percentile)
+            if m.b1ns > b1 and m.items:
+                self._bound.stale()         # the model's queued share rose
             g.exec_ns += result.exec_duration
             # correct the expected free time by how late (or early) this one finished
             if g.infers == 0:
@@ -649,6 +663,7 @@ class Infer4Scheduler(Scheduler):
                 for g in m.gpus:
                     self._push(g, m)
         self._load_dirty = True
+        self._bound.stale()
 
     def _rearm(self, g: _Gpu) -> None:
         """The expected free time moved earlier: make sure the GPU's timer is not too late."""
@@ -686,6 +701,8 @@ class Infer4Scheduler(Scheduler):
             m.gpus.append(g)
             if m.queue:
                 self._push(g, m)
+        elif m.items:
+            self._bound.stale()             # one copy fewer: the share on its others rose
 
     # ------------------------------------------------------------------ workers
 
@@ -715,6 +732,7 @@ class Infer4Scheduler(Scheduler):
                 p.gpu.infers -= 1
                 self._requeue(p.reqs, self.clock(), "worker lost")
         self._load_dirty = True
+        self._bound.stale()
 
     def on_worker_joined(self, worker_id: int, state: WorkerState) -> None:
         super().on_worker_joined(worker_id, state)

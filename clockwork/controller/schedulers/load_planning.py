@@ -10,7 +10,9 @@ requests at most every LOAD_INTERVAL (longer when many models wait), and only wh
 changed. With thousands of models waiting passes are tens of ms apart, longer than a cold
 request stays helpable (max_load_slo): then a model with no copy at all is loaded at once on
 the next GPU with a free load slot, in turn (DIRECT_LOAD_AFTER; INFER4 keeps the queue and the
-slots). Pure functions of the scheduler's state: the scheduler sends the actions.
+slots). Between passes a ShareBound keeps an upper bound on each GPU's queued share, so that a
+pass sure to rank nothing (most passes at or below capacity) does not walk the waiting models.
+Pure functions of the scheduler's state: the scheduler sends the actions.
 """
 from __future__ import annotations
 
@@ -44,6 +46,108 @@ def helpable(m, now: int, max_load_slo: int) -> bool:
 def next_load_pass(now: int, models_waiting: int) -> int:
     """When the next pass may run: a pass costs O(models waiting), so passes space out as that grows."""
     return now + LOAD_INTERVAL * max(1, models_waiting >> 3)
+
+
+def forget_emptied(wanting: dict) -> None:
+    """Forget the models in `wanting` whose queues emptied (what rank_demand does on its way)."""
+    emptied = [m for m in wanting.values() if not m.queue]
+    for m in emptied:
+        m.wanting = False
+        del wanting[m.id]
+
+
+class ShareBound:
+    """Whether the next load pass could rank anything, known without ranking.
+
+    rank_demand ranks a model with copies only if one of its GPUs holds a queued share above
+    `capacity`, and a model without copies only while a load could help its newest request. So
+    this keeps, per GPU index, an integer `work` >= that GPU's share as rank_demand would sum
+    it (over every queued model, helpable or not: items x batch-1 estimate / copies, each
+    rounded up), set at a ranking pass (refill) and raised by what can raise a share: queued
+    items (add) and copies being loaded (copy_added). What lowers a share (batches sent,
+    timeouts, more copies) is left out: the bound only gets looser until the next ranking pass.
+    What the scheduler does not report item by item (a batch-1 estimate rising for a queued
+    model, a queued model losing a copy, workers joining or lost, requeued requests) makes it
+    stale: the next pass ranks. `cold`: models asked for without a copy since the last ranking.
+    Integers, so the float shares rank_demand sums never exceed them (rounding is monotone)."""
+    __slots__ = ("capacity", "valid", "work", "over", "cold")
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.valid = False                  # no ranking pass yet, or stale since
+        self.work: dict[int, int] = {}      # GPU index -> bound on its queued share
+        self.over = 0                       # GPUs whose bound exceeds capacity
+        self.cold: list = []                # models asked for with no copy (repeats allowed)
+
+    def stale(self) -> None:
+        self.valid = False
+
+    def may_rank(self, now: int, max_load_slo: int) -> bool:
+        """False only if rank_demand would rank nothing now: no GPU over capacity, and no model
+        without copies whose newest request arrived within max_load_slo."""
+        if not self.valid or self.over:
+            return True
+        cold = self.cold
+        while cold:
+            m = cold[-1]
+            q = m.queue
+            if q and not m.gpus and not m.loading_gpus and q[-1].arrival + max_load_slo > now:
+                return True
+            cold.pop()                      # (for good: only a new request brings it back)
+        return False
+
+    def refill(self, wanting: dict, share_of: dict, now: int, max_load_slo: int) -> None:
+        """After rank_demand: the bound from scratch. Not kept while a GPU's share is over
+        capacity already (every pass ranks then until one finds none)."""
+        capacity = self.capacity
+        for w in share_of.values():
+            if w > capacity:
+                self.valid = False
+                return
+        work: dict[int, int] = {}
+        cold = []
+        for m in wanting.values():
+            q = m.queue
+            if not q:
+                continue
+            gpus, loading = m.gpus, m.loading_gpus
+            k = len(gpus) + len(loading)
+            if k:
+                c = -(-m.items * m.b1ns // k)
+                for h in gpus:
+                    work[h.index] = work.get(h.index, 0) + c
+                for h in loading:
+                    work[h.index] = work.get(h.index, 0) + c
+            elif q[-1].arrival + max_load_slo > now:
+                cold.append(m)
+        self.work, self.cold, self.valid = work, cold, True
+        self.over = sum(1 for w in work.values() if w > capacity)
+
+    def add(self, m, items: int) -> None:
+        """Model `m`'s queue has `items` more items."""
+        if not self.valid:
+            return
+        gpus, loading = m.gpus, m.loading_gpus
+        k = len(gpus) + len(loading)
+        if not k:
+            self.cold.append(m)
+            return
+        c = -(-items * m.b1ns // k)
+        for h in gpus:
+            self._raise(h.index, c)
+        for h in loading:
+            self._raise(h.index, c)
+
+    def copy_added(self, m, g) -> None:
+        """Model `m` is now loading on GPU `g` too (in m.loading_gpus): its share lands there."""
+        if self.valid and m.items:
+            self._raise(g.index, -(-m.items * m.b1ns // (len(m.gpus) + len(m.loading_gpus))))
+
+    def _raise(self, i: int, c: int) -> None:
+        w = self.work.get(i, 0)
+        if w + c > self.capacity >= w:
+            self.over += 1
+        self.work[i] = w + c
 
 
 def rank_demand(wanting: dict, n_gpus: int, now: int, max_load_slo: int,
