@@ -1,6 +1,7 @@
 """INFER4's load passes skip ranking when load_planning.ShareBound says nothing would be ranked:
 the bound must never be below the shares rank_demand would sum, a skipped pass must be one that
-would have ranked nothing, and skipping must change no decision. Random sequences of requests,
+would have ranked nothing (and forget emptied queues as rank_demand does, from the scheduler's
+list of them), and skipping must change no decision. Random sequences of requests,
 Infer/load results (slower and faster than estimated, failures), evictions and a lost and
 rejoining worker, driven by a fake clock: deterministic."""
 import itertools
@@ -94,6 +95,8 @@ def shares_from_scratch(sched) -> dict[int, int]:
 
 
 def check_bound(sched, now) -> None:
+    for m in sched._wanting.values():       # what the next pass forgets without walking them
+        assert m.queue or sched._emptied.get(m.id) is m, f"model {m.id}: queue empty, not in _emptied"
     b = sched._bound
     if not b.valid:
         return

@@ -147,6 +147,7 @@ class Infer4Scheduler(Scheduler):
         self._gpu_timers: list[tuple[int, int]] = []   # (time, gpu index)
         self._inflight: dict[int, _Pending] = {}
         self._wanting: dict[int, _Model] = {}          # models with queued requests
+        self._emptied: dict[int, _Model] = {}          # queues emptied since the last load pass
         self._load_dirty = False
         self._next_load = 0
         self._bound = ShareBound(self.s.default_slo)   # whether a load pass could rank anything
@@ -320,6 +321,8 @@ class Infer4Scheduler(Scheduler):
             if q:
                 m.timeout_key = q[0].exec_deadline
                 _heappush(th, (m.timeout_key, mid))
+            else:
+                self._emptied[mid] = m
 
         gt = self._gpu_timers
         gpus = self._gpus
@@ -378,6 +381,8 @@ class Infer4Scheduler(Scheduler):
                 key = self._key(m, g)
                 live[mid] = key
                 _heappush(heap, (key, mid))
+            else:
+                self._emptied[mid] = m
         if heap and g.timer == INF:
             t = g.exec_free - self.s.dispatch_ahead
             g.timer = t
@@ -459,8 +464,9 @@ class Infer4Scheduler(Scheduler):
         self._next_load = next_load_pass(now, len(wanting))
         bound = self._bound
         if not bound.may_rank(now, s.max_load_slo):
-            forget_emptied(wanting)
+            forget_emptied(wanting, self._emptied)
             return      # rank_demand would rank nothing (most passes at or below capacity)
+        self._emptied.clear()               # (rank_demand forgets them)
         ranked, share_of = rank_demand(wanting, len(self._gpus), now, s.max_load_slo, s.default_slo)
         bound.refill(wanting, share_of, now, s.max_load_slo)
         if not ranked:

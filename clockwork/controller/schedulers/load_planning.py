@@ -48,12 +48,15 @@ def next_load_pass(now: int, models_waiting: int) -> int:
     return now + LOAD_INTERVAL * max(1, models_waiting >> 3)
 
 
-def forget_emptied(wanting: dict) -> None:
-    """Forget the models in `wanting` whose queues emptied (what rank_demand does on its way)."""
-    emptied = [m for m in wanting.values() if not m.queue]
-    for m in emptied:
-        m.wanting = False
-        del wanting[m.id]
+def forget_emptied(wanting: dict, emptied: dict) -> None:
+    """Forget the models in `wanting` whose queues are empty, as rank_demand does on its way,
+    without walking `wanting`: `emptied` (id -> model) holds every model whose queue emptied
+    since the last pass (the scheduler adds them). Empties `emptied`."""
+    for m in emptied.values():
+        if m.wanting and not m.queue:
+            m.wanting = False
+            del wanting[m.id]
+    emptied.clear()
 
 
 class ShareBound:
