@@ -265,7 +265,7 @@ class Infer4Scheduler(Scheduler):
             front = i == 0
         m.items += req.batch_size
         self._queued += 1
-        self._bound.add(m, req.batch_size)
+        self._bound.add(m)
         if len(m.gpus) + len(m.loading_gpus) < len(self._gpus):
             self._load_dirty = True         # a load could help (more) with this request
         if front:
@@ -323,6 +323,7 @@ class Infer4Scheduler(Scheduler):
                 _heappush(th, (m.timeout_key, mid))
             else:
                 self._emptied[mid] = m
+            self._bound.update(m)
 
         gt = self._gpu_timers
         gpus = self._gpus
@@ -377,6 +378,7 @@ class Infer4Scheduler(Scheduler):
             _heappop(heap)
             del live[mid]
             self._dispatch(m, g, t, now)
+            self._bound.update(m)
             if m.queue:
                 key = self._key(m, g)
                 live[mid] = key
@@ -463,12 +465,11 @@ class Infer4Scheduler(Scheduler):
         wanting = self._wanting
         self._next_load = next_load_pass(now, len(wanting))
         bound = self._bound
-        if not bound.may_rank(now, s.max_load_slo):
+        if not bound.may_rank(wanting, now, s.max_load_slo):
             forget_emptied(wanting, self._emptied)
             return      # rank_demand would rank nothing (most passes at or below capacity)
         self._emptied.clear()               # (rank_demand forgets them)
         ranked, share_of = rank_demand(wanting, len(self._gpus), now, s.max_load_slo, s.default_slo)
-        bound.refill(wanting, share_of, now, s.max_load_slo)
         if not ranked:
             return      # (most passes under load: every model's demand is met; no GPU list then)
         cands = [g for g in gpus if g.loads < s.max_loads_per_gpu and g.load_free < horizon]
@@ -605,8 +606,8 @@ class Infer4Scheduler(Scheduler):
                 items += r.batch_size
             b1 = m.b1ns
             m.measure(items, result.exec_duration * clock, s.estimate_window, s.estimate_percentile)
-            if m.b1ns > b1 and m.items:
-                self._bound.stale()         # the model's queued share rose
+            if m.b1ns != b1:
+                self._bound.update(m)
             g.exec_ns += result.exec_duration
             # correct the expected free time by how late (or early) this one finished
             if g.infers == 0:

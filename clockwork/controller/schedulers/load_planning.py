@@ -10,8 +10,8 @@ requests at most every LOAD_INTERVAL (longer when many models wait), and only wh
 changed. With thousands of models waiting passes are tens of ms apart, longer than a cold
 request stays helpable (max_load_slo): then a model with no copy at all is loaded at once on
 the next GPU with a free load slot, in turn (DIRECT_LOAD_AFTER; INFER4 keeps the queue and the
-slots). Between passes a ShareBound keeps an upper bound on each GPU's queued share, so that a
-pass sure to rank nothing (most passes at or below capacity) does not walk the waiting models.
+slots). A ShareBound keeps each GPU's queued share (rounded up) as it changes, so that a pass
+sure to rank nothing (most passes at or below capacity) does not walk the waiting models.
 Pure functions of the scheduler's state: the scheduler sends the actions.
 """
 from __future__ import annotations
@@ -64,31 +64,33 @@ class ShareBound:
 
     rank_demand ranks a model with copies only if one of its GPUs holds a queued share above
     `capacity`, and a model without copies only while a load could help its newest request. So
-    this keeps, per GPU index, an integer `work` >= that GPU's share as rank_demand would sum
-    it (over every queued model, helpable or not: items x batch-1 estimate / copies, each
-    rounded up), set at a ranking pass (refill) and raised by what can raise a share: queued
-    items (add) and copies being loaded (copy_added). What lowers a share (batches sent,
-    timeouts, more copies) is left out: the bound only gets looser until the next ranking pass.
-    What the scheduler does not report item by item (a batch-1 estimate rising for a queued
-    model, a queued model losing a copy, workers joining or lost, requeued requests) makes it
-    stale: the next pass ranks. `cold`: models asked for without a copy since the last ranking.
-    Integers, so the float shares rank_demand sums never exceed them (rounding is monotone)."""
-    __slots__ = ("capacity", "valid", "work", "over", "cold")
+    this keeps, per GPU index, `work`: the sum over the queued models it holds or is loading of
+    items x batch-1 estimate / copies, each rounded up to an integer (over every queued model,
+    helpable or not, so it is never below the float share rank_demand sums: rounding is
+    monotone). Kept exact as the scheduler reports each change of a model's queued items or
+    batch-1 estimate (update) and each copy being loaded (copy_added); a change it does not
+    report item by item (a queued model losing a copy, requeued requests, workers lost or
+    joined) makes it stale, and the next pass recomputes it (refill). `cold`: models asked for
+    without a copy (add), until they get one or can no longer be helped."""
+    __slots__ = ("capacity", "valid", "work", "contrib", "over", "cold")
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.valid = False                  # no ranking pass yet, or stale since
-        self.work: dict[int, int] = {}      # GPU index -> bound on its queued share
-        self.over = 0                       # GPUs whose bound exceeds capacity
+        self.valid = False                  # not computed yet, or stale since
+        self.work: dict[int, int] = {}      # GPU index -> queued share, rounded up per model
+        self.contrib: dict[int, int] = {}   # model id -> its share on each of its GPUs (if > 0)
+        self.over = 0                       # GPUs whose work exceeds capacity
         self.cold: list = []                # models asked for with no copy (repeats allowed)
 
     def stale(self) -> None:
         self.valid = False
 
-    def may_rank(self, now: int, max_load_slo: int) -> bool:
+    def may_rank(self, wanting: dict, now: int, max_load_slo: int) -> bool:
         """False only if rank_demand would rank nothing now: no GPU over capacity, and no model
         without copies whose newest request arrived within max_load_slo."""
-        if not self.valid or self.over:
+        if not self.valid:
+            self.refill(wanting, now, max_load_slo)
+        if self.over:
             return True
         cold = self.cold
         while cold:
@@ -99,15 +101,11 @@ class ShareBound:
             cold.pop()                      # (for good: only a new request brings it back)
         return False
 
-    def refill(self, wanting: dict, share_of: dict, now: int, max_load_slo: int) -> None:
-        """After rank_demand: the bound from scratch. Not kept while a GPU's share is over
-        capacity already (every pass ranks then until one finds none)."""
+    def refill(self, wanting: dict, now: int, max_load_slo: int) -> None:
+        """The shares from scratch, over the models in `wanting` (every model with queued work)."""
         capacity = self.capacity
-        for w in share_of.values():
-            if w > capacity:
-                self.valid = False
-                return
         work: dict[int, int] = {}
+        contrib: dict[int, int] = {}
         cold = []
         for m in wanting.values():
             q = m.queue
@@ -116,41 +114,70 @@ class ShareBound:
             gpus, loading = m.gpus, m.loading_gpus
             k = len(gpus) + len(loading)
             if k:
-                c = -(-m.items * m.b1ns // k)
+                c = contrib[m.id] = -(-m.items * m.b1ns // k)
                 for h in gpus:
                     work[h.index] = work.get(h.index, 0) + c
                 for h in loading:
                     work[h.index] = work.get(h.index, 0) + c
             elif q[-1].arrival + max_load_slo > now:
                 cold.append(m)
-        self.work, self.cold, self.valid = work, cold, True
+        self.work, self.contrib, self.cold, self.valid = work, contrib, cold, True
         self.over = sum(1 for w in work.values() if w > capacity)
 
-    def add(self, m, items: int) -> None:
-        """Model `m`'s queue has `items` more items."""
+    def add(self, m) -> None:
+        """A request joined model `m`'s queue."""
+        if not self.valid:
+            return
+        if m.gpus or m.loading_gpus:
+            self.update(m)
+        else:
+            self.cold.append(m)
+
+    def update(self, m) -> None:
+        """Model `m`'s queued items or batch-1 estimate changed (not its copies)."""
         if not self.valid:
             return
         gpus, loading = m.gpus, m.loading_gpus
         k = len(gpus) + len(loading)
         if not k:
-            self.cold.append(m)
             return
-        c = -(-items * m.b1ns // k)
+        c = -(-m.items * m.b1ns // k)
+        contrib = self.contrib
+        old = contrib.get(m.id, 0)
+        if c == old:
+            return
+        if c:
+            contrib[m.id] = c
+        else:
+            del contrib[m.id]
+        d = c - old
         for h in gpus:
-            self._raise(h.index, c)
+            self._move(h.index, d)
         for h in loading:
-            self._raise(h.index, c)
+            self._move(h.index, d)
 
     def copy_added(self, m, g) -> None:
-        """Model `m` is now loading on GPU `g` too (in m.loading_gpus): its share lands there."""
-        if self.valid and m.items:
-            self._raise(g.index, -(-m.items * m.b1ns // (len(m.gpus) + len(m.loading_gpus))))
+        """Model `m` is now loading on GPU `g` too (appended to m.loading_gpus)."""
+        if not self.valid:
+            return
+        contrib = self.contrib
+        old = contrib.get(m.id, 0)
+        c = -(-m.items * m.b1ns // (len(m.gpus) + len(m.loading_gpus)))
+        if c:
+            contrib[m.id] = c
+        elif old:
+            del contrib[m.id]
+        for h in m.gpus:
+            self._move(h.index, c - old)
+        for h in m.loading_gpus:
+            self._move(h.index, c if h is g else c - old)
 
-    def _raise(self, i: int, c: int) -> None:
-        w = self.work.get(i, 0)
-        if w + c > self.capacity >= w:
-            self.over += 1
-        self.work[i] = w + c
+    def _move(self, i: int, d: int) -> None:
+        work, capacity = self.work, self.capacity
+        w = work.get(i, 0)
+        work[i] = w + d
+        if (w + d > capacity) != (w > capacity):
+            self.over += 1 if d > 0 else -1
 
 
 def rank_demand(wanting: dict, n_gpus: int, now: int, max_load_slo: int,
