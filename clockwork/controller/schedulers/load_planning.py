@@ -150,11 +150,9 @@ class ShareBound:
             contrib[m.id] = c
         else:
             del contrib[m.id]
-        d = c - old
-        for h in gpus:
-            self._move(h.index, d)
-        for h in loading:
-            self._move(h.index, d)
+        self._shift(gpus, c - old)
+        if loading:
+            self._shift(loading, c - old)
 
     def copy_added(self, m, g) -> None:
         """Model `m` is now loading on GPU `g` too (appended to m.loading_gpus)."""
@@ -167,17 +165,19 @@ class ShareBound:
             contrib[m.id] = c
         elif old:
             del contrib[m.id]
-        for h in m.gpus:
-            self._move(h.index, c - old)
-        for h in m.loading_gpus:
-            self._move(h.index, c if h is g else c - old)
+        self._shift(m.gpus, c - old)
+        self._shift(m.loading_gpus, c - old)
+        self._shift((g,), old)              # (g had none of it)
 
-    def _move(self, i: int, d: int) -> None:
+    def _shift(self, hosts, d: int) -> None:
+        """Add `d` to the work of each GPU in `hosts`, counting those crossing capacity."""
         work, capacity = self.work, self.capacity
-        w = work.get(i, 0)
-        work[i] = w + d
-        if (w + d > capacity) != (w > capacity):
-            self.over += 1 if d > 0 else -1
+        for h in hosts:
+            i = h.index
+            w = work.get(i, 0)
+            work[i] = w + d
+            if (w + d > capacity) != (w > capacity):
+                self.over += 1 if d > 0 else -1
 
 
 def rank_demand(wanting: dict, n_gpus: int, now: int, max_load_slo: int,
