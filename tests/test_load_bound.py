@@ -101,9 +101,12 @@ def shares_from_scratch(sched) -> tuple[dict[int, int], dict[int, int]]:
 def check_bound(sched, now) -> None:
     for m in sched._wanting.values():       # what the next pass forgets without walking them
         assert m.queue or sched._emptied.get(m.id) is m, f"model {m.id}: queue empty, not in _emptied"
-    b = sched._bound
-    if not b.valid:
+    if not sched._bound.valid:
         return
+    b = ShareBound(sched._bound.capacity)   # a copy brought up to date as the next pass will
+    b.valid, b.over, b.cold = True, sched._bound.over, list(sched._bound.cold)
+    b.work, b.contrib, b.changed = dict(sched._bound.work), dict(sched._bound.contrib), dict(sched._bound.changed)
+    b.catch_up(sched._wanting, now, sched.s.max_load_slo)
     work, contrib = shares_from_scratch(sched)
     kept = {i: w for i, w in b.work.items() if w and i in sched._gpus}
     assert kept == work, f"shares kept {kept} != from scratch {work} at {now}"

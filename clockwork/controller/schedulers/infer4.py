@@ -323,7 +323,7 @@ class Infer4Scheduler(Scheduler):
                 _heappush(th, (m.timeout_key, mid))
             else:
                 self._emptied[mid] = m
-            self._bound.update(m)
+            self._bound.touch(m)
 
         gt = self._gpu_timers
         gpus = self._gpus
@@ -378,7 +378,7 @@ class Infer4Scheduler(Scheduler):
             _heappop(heap)
             del live[mid]
             self._dispatch(m, g, t, now)
-            self._bound.update(m)
+            self._bound.touch(m)
             if m.queue:
                 key = self._key(m, g)
                 live[mid] = key
@@ -543,8 +543,7 @@ class Infer4Scheduler(Scheduler):
             del g.loaded[mid]
             g.live.pop(mid, None)
             other.gpus.remove(g)
-            if other.items:
-                self._bound.stale()         # its share on its other GPUs rose
+            self._bound.copy_lost(other)
             g.free_pages += other.pages
             g.evict_count += 1
             aid = next(self.out.action_ids)
@@ -607,7 +606,7 @@ class Infer4Scheduler(Scheduler):
             b1 = m.b1ns
             m.measure(items, result.exec_duration * clock, s.estimate_window, s.estimate_percentile)
             if m.b1ns != b1:
-                self._bound.update(m)
+                self._bound.touch(m)
             g.exec_ns += result.exec_duration
             # correct the expected free time by how late (or early) this one finished
             if g.infers == 0:
@@ -708,8 +707,8 @@ class Infer4Scheduler(Scheduler):
             m.gpus.append(g)
             if m.queue:
                 self._push(g, m)
-        elif m.items:
-            self._bound.stale()             # one copy fewer: the share on its others rose
+        else:
+            self._bound.copy_lost(m)
 
     # ------------------------------------------------------------------ workers
 

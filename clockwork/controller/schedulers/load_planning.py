@@ -67,12 +67,14 @@ class ShareBound:
     this keeps, per GPU index, `work`: the sum over the queued models it holds or is loading of
     items x batch-1 estimate / copies, each rounded up to an integer (over every queued model,
     helpable or not, so it is never below the float share rank_demand sums: rounding is
-    monotone). Kept exact as the scheduler reports each change of a model's queued items or
-    batch-1 estimate (update) and each copy being loaded (copy_added); a change it does not
-    report item by item (a queued model losing a copy, requeued requests, workers lost or
-    joined) makes it stale, and the next pass recomputes it (refill). `cold`: models asked for
-    without a copy (add), until they get one or can no longer be helped."""
-    __slots__ = ("capacity", "valid", "work", "contrib", "over", "cold")
+    monotone). Brought up to date at each pass: the scheduler reports each model whose queued
+    items or batch-1 estimate changed (touch: noted, applied once per pass however many times
+    it changed, so an event costs O(1) and a pass O(copies of the models that changed), never
+    more than ranking would) and each copy being loaded (copy_added); a change it does not
+    report item by item (a model with queued work losing a copy, requeued requests, workers
+    lost or joined) makes it stale, and the next pass recomputes it (refill). `cold`: models
+    asked for without a copy (add), until they get one or can no longer be helped."""
+    __slots__ = ("capacity", "valid", "work", "contrib", "over", "cold", "changed")
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -81,15 +83,21 @@ class ShareBound:
         self.contrib: dict[int, int] = {}   # model id -> its share on each of its GPUs (if > 0)
         self.over = 0                       # GPUs whose work exceeds capacity
         self.cold: list = []                # models asked for with no copy (repeats allowed)
+        self.changed: dict = {}             # model id -> model, touched since the last pass
 
     def stale(self) -> None:
         self.valid = False
 
+    def copy_lost(self, m) -> None:
+        """Model `m` lost a copy (evicted, or a load failed): its share on its other copies rose,
+        if it had any."""
+        if m.items or m.id in self.contrib:
+            self.valid = False
+
     def may_rank(self, wanting: dict, now: int, max_load_slo: int) -> bool:
         """False only if rank_demand would rank nothing now: no GPU over capacity, and no model
         without copies whose newest request arrived within max_load_slo."""
-        if not self.valid:
-            self.refill(wanting, now, max_load_slo)
+        self.catch_up(wanting, now, max_load_slo)
         if self.over:
             return True
         cold = self.cold
@@ -100,6 +108,15 @@ class ShareBound:
                 return True
             cold.pop()                      # (for good: only a new request brings it back)
         return False
+
+    def catch_up(self, wanting: dict, now: int, max_load_slo: int) -> None:
+        """Bring the shares up to date: the changes noted since the last pass, or from scratch."""
+        if not self.valid:
+            self.refill(wanting, now, max_load_slo)
+        elif self.changed:
+            for m in self.changed.values():
+                self._apply(m)
+            self.changed.clear()
 
     def refill(self, wanting: dict, now: int, max_load_slo: int) -> None:
         """The shares from scratch, over the models in `wanting` (every model with queued work)."""
@@ -123,20 +140,24 @@ class ShareBound:
                 cold.append(m)
         self.work, self.contrib, self.cold, self.valid = work, contrib, cold, True
         self.over = sum(1 for w in work.values() if w > capacity)
+        self.changed.clear()
 
     def add(self, m) -> None:
         """A request joined model `m`'s queue."""
         if not self.valid:
             return
         if m.gpus or m.loading_gpus:
-            self.update(m)
+            self.changed[m.id] = m
         else:
             self.cold.append(m)
 
-    def update(self, m) -> None:
+    def touch(self, m) -> None:
         """Model `m`'s queued items or batch-1 estimate changed (not its copies)."""
-        if not self.valid:
-            return
+        if self.valid:
+            self.changed[m.id] = m
+
+    def _apply(self, m) -> None:
+        """Move model `m`'s share on its GPUs to what its items and estimate make it now."""
         gpus, loading = m.gpus, m.loading_gpus
         k = len(gpus) + len(loading)
         if not k:
