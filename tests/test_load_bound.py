@@ -104,7 +104,7 @@ def check_bound(sched, now) -> None:
     if not sched._bound.valid:
         return
     b = ShareBound(sched._bound.capacity)   # a copy brought up to date as the next pass will
-    b.valid, b.over, b.cold = True, sched._bound.over, list(sched._bound.cold)
+    b.valid, b.over, b.cold = True, sched._bound.over, dict(sched._bound.cold)
     b.work, b.contrib, b.changed = dict(sched._bound.work), dict(sched._bound.contrib), dict(sched._bound.changed)
     b.catch_up(sched._wanting, now, sched.s.max_load_slo)
     work, contrib = shares_from_scratch(sched)
@@ -115,7 +115,7 @@ def check_bound(sched, now) -> None:
     mls = sched.s.max_load_slo
     for m in sched._models.values():
         if m.queue and not m.gpus and not m.loading_gpus and m.queue[-1].arrival + mls > now:
-            assert m in b.cold, f"model {m.id} asked for without a copy, not in the bound's cold list"
+            assert b.cold.get(m.id) is m, f"model {m.id} asked for without a copy, not in the bound's cold list"
 
 
 def run(seed: int, bound=CheckedBound, steps: int = 2500, check=True, n_models: int = N_MODELS):
@@ -247,6 +247,10 @@ def test_a_request_for_a_model_without_a_copy_still_loads_it():
     sched.on_request(Request(2, None, 2, 1, 1, clock.now, 100 * MS, []))   # model 1: no copy
     sched.tick()
     assert loads(out) == [(1, 1)]
+    skipped = sched._bound.skipped
+    clock.now += 200_000
+    sched.tick()                                # being loaded: no longer a reason to rank
+    assert sched._bound.skipped == skipped + 1 and not sched._bound.cold
 
 
 def test_b1_estimate_changing_for_a_queued_model_moves_its_shares():

@@ -82,7 +82,7 @@ class ShareBound:
         self.work: dict[int, int] = {}      # GPU index -> queued share, rounded up per model
         self.contrib: dict[int, int] = {}   # model id -> its share on each of its GPUs (if > 0)
         self.over = 0                       # GPUs whose work exceeds capacity
-        self.cold: list = []                # models asked for with no copy (repeats allowed)
+        self.cold: dict = {}                # model id -> model asked for with no copy
         self.changed: dict = {}             # model id -> model, touched since the last pass
 
     def stale(self) -> None:
@@ -100,13 +100,10 @@ class ShareBound:
         self.catch_up(wanting, now, max_load_slo)
         if self.over:
             return True
-        cold = self.cold
-        while cold:
-            m = cold[-1]
-            q = m.queue
-            if q and not m.gpus and not m.loading_gpus and q[-1].arrival + max_load_slo > now:
-                return True
-            cold.pop()                      # (for good: only a new request brings it back)
+        if self.cold:                       # keep those still cold and helpable (a request brings one back)
+            self.cold = {i: m for i, m in self.cold.items() if m.queue and not m.gpus and not m.loading_gpus
+                         and m.queue[-1].arrival + max_load_slo > now}
+            return bool(self.cold)
         return False
 
     def catch_up(self, wanting: dict, now: int, max_load_slo: int) -> None:
@@ -123,7 +120,7 @@ class ShareBound:
         capacity = self.capacity
         work: dict[int, int] = {}
         contrib: dict[int, int] = {}
-        cold = []
+        cold = {}
         for m in wanting.values():
             q = m.queue
             if not q:
@@ -137,7 +134,7 @@ class ShareBound:
                 for h in loading:
                     work[h.index] = work.get(h.index, 0) + c
             elif q[-1].arrival + max_load_slo > now:
-                cold.append(m)
+                cold[m.id] = m
         self.work, self.contrib, self.cold, self.valid = work, contrib, cold, True
         self.over = sum(1 for w in work.values() if w > capacity)
         self.changed.clear()
@@ -149,7 +146,7 @@ class ShareBound:
         if m.gpus or m.loading_gpus:
             self.changed[m.id] = m
         else:
-            self.cold.append(m)
+            self.cold[m.id] = m
 
     def touch(self, m) -> None:
         """Model `m`'s queued items or batch-1 estimate changed (not its copies)."""
