@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .limits import MAX_SHARDS
 from .values import NON_NEGATIVE, NON_NEGATIVE_INT, PORT, PORT_OR_OFF, POSITIVE, POSITIVE_INT, Spec
 
 if sys.version_info >= (3, 11):
@@ -51,6 +52,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "controller": {
         "client_port": PORT,
         "bind": Spec(str),
+        "shards": Spec(int, 1, MAX_SHARDS),
         "telemetry_port": PORT_OR_OFF,
         "metrics_port": PORT_OR_OFF,
         "scheduler": Spec(str),

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .orphans import child_env
-from .transport.sockets import free_port
+from .transport.sockets import free_port, free_ports
 from .values import POSITIVE
 
 PY = sys.executable
@@ -44,12 +44,15 @@ class LocalCluster:
 
     fail_fast: run_client() raises ProcessFailed as soon as a worker or the controller exits
     (what `cw run` wants: a server that could not start must not leave the client waiting).
-    Fault tests that kill servers on purpose leave it off."""
+    Fault tests that kill servers on purpose leave it off.
+
+    shards > 1: a sharded controller (`cw controller --shards`) over the workers, on
+    consecutive free client ports; `address` then lists them all (clockwork.client.shards)."""
 
     def __init__(self, gpus: int = 2, scheduler: str = "infer4", model_dir: Path | None = None,
                  log_dir: Path | None = None, config_file: Path | None = None, echo: bool = False,
                  controller_args: tuple = (), worker_args: tuple = (), workers: int = 1,
-                 fail_fast: bool = False):
+                 fail_fast: bool = False, shards: int = 1):
         self.gpus = gpus
         self.scheduler = scheduler
         self._tmp = tempfile.TemporaryDirectory(prefix="clockwork-")
@@ -62,8 +65,9 @@ class LocalCluster:
         self.n_workers = workers
         self.fail_fast = fail_fast
         self.worker_ports = [free_port() for _ in range(workers)]
-        self.client_port = free_port()
-        self.telemetry_port = free_port()
+        self.shards = shards
+        self.client_port = free_ports(shards)
+        self.telemetry_port = free_ports(shards)
         self.procs: list[subprocess.Popen] = []
         self.names: dict[subprocess.Popen, str] = {}
         self.worker_procs: list[subprocess.Popen] = []
@@ -74,7 +78,7 @@ class LocalCluster:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return ",".join(f"127.0.0.1:{self.client_port + k}" for k in range(self.shards))
 
     def env(self) -> dict:
         env = child_env(dict(os.environ, PYTHONUNBUFFERED="1", CLOCKWORK_MODEL_DIR=str(self.model_dir)))
@@ -128,6 +132,7 @@ class LocalCluster:
             PY, "-m", "clockwork.controller.command", "--host", "127.0.0.1",
             "--port", str(self.client_port), "--telemetry-port", str(self.telemetry_port),
             "--scheduler", self.scheduler, *logs, *self.controller_args,
+            *(["--shards", str(self.shards)] if self.shards > 1 else []),
             *[f"127.0.0.1:{p}" for p in self.worker_ports]])
         return self.controller
 
@@ -224,6 +229,9 @@ def quick_config(print_interval: float, extra: dict | None = None) -> Path:
 @click.option("--workload", "-w", default="simple", show_default=True, help="Client workload (see `cw client -h`).")
 @click.option("--scheduler", "-s", default="infer4", show_default=True)
 @click.option("--log-dir", default=None, help="Write request/action TSV logs here.")
+@click.option("--shards", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="A sharded controller (`cw controller --shards`): K shards, each with an emulated "
+                   "worker of GPUS/K GPUs.")
 @click.option("--print-interval", type=POSITIVE.click("S"), default=None, help="Seconds between stats lines.")
 @click.option("--http", "http_port", type=click.IntRange(-1, 65535), default=-1, metavar="PORT",
               help="Also serve KServe v2 HTTP on PORT (`cw frontend`, docs/frontend.md).")
@@ -232,20 +240,27 @@ def quick_config(print_interval: float, extra: dict | None = None) -> Path:
 @click.option("--frontend-in-process", "in_process", is_flag=True,
               help="Serve --http/--grpc on a thread of the controller process (docs/frontend.md).")
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
-def run_command(duration, gpus, workload, scheduler, log_dir, print_interval, http_port, grpc_port,
+def run_command(duration, gpus, workload, scheduler, log_dir, shards, print_interval, http_port, grpc_port,
                 in_process, workload_args):
     """Run an emulated worker, a controller and a client on this machine and print their stats.
 
     Extra arguments after `--` go to the client workload.
     """
+    if gpus % shards:
+        raise click.BadParameter(f"--gpus {gpus} must be a multiple of --shards {shards} (one worker per shard)")
+    serving = http_port >= 0 or grpc_port >= 0
+    if shards > 1 and serving:
+        raise click.BadParameter("--http/--grpc serve one controller: not with --shards > 1")
     interval = print_interval or max(1.0, min(10.0, duration / 5))
     config = quick_config(interval)
     click.echo(f"clockwork: emulated worker ({gpus} GPUs) + {scheduler} controller + "
-               f"`{workload}` client for {duration:g} s")
-    serving = http_port >= 0 or grpc_port >= 0
+               f"`{workload}` client for {duration:g} s" if shards == 1 else
+               f"clockwork: {shards} emulated workers ({gpus // shards} GPUs each) + {scheduler} controller in "
+               f"{shards} shards + `{workload}` client for {duration:g} s")
     if in_process and not serving:
         raise click.BadParameter("--frontend-in-process needs --http or --grpc")
-    cluster = LocalCluster(gpus=gpus, scheduler=scheduler, config_file=config, echo=True,
+    cluster = LocalCluster(gpus=gpus // shards, workers=shards, shards=shards, scheduler=scheduler,
+                           config_file=config, echo=True,
                            log_dir=Path(log_dir).resolve() if log_dir else None, fail_fast=True,
                            controller_args=LocalCluster.in_process_frontend_args(http_port, grpc_port)
                            if in_process else ())

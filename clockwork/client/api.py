@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -207,13 +207,14 @@ class Client:
     def __init__(self, address: str, *, timeout_s: float = 30.0, connect_timeout_s: float | None = None,
                  retry_interval_s: float = 1.0, load_timeout_s: float = 600.0,
                  ctx: zmq.Context | None = None, log=print, coalesce: bool | None = None,
-                 spin_us: float | None = None):
+                 spin_us: float | None = None, request_ids: Iterator[int] | None = None):
         """timeout_s: default per-Infer timeout. connect_timeout_s: how long to wait for a
         first answer and to keep retrying while the controller initialises. load_timeout_s:
         how long one LoadModel may take once the controller is known to be there. coalesce:
         send the Infers made between two polls as one message (default [client] batch_requests).
         spin_us: busy-wait this long for an answer before sleeping in poll() (default [client]
-        spin_us)."""
+        spin_us). request_ids: the ids to number requests with (default 1, 2, ...; a
+        ShardedClient gives each shard's Client ids of its own, so they are unique across shards)."""
         cfg = load_config()
         if address.startswith(INPROC):
             # a controller in this process (the in-process front end, clockwork.frontend.in_process):
@@ -247,7 +248,10 @@ class Client:
         self._link_down = False                    # disconnected since the last handshake
         self._told_down = False                    # the user was told the controller is gone
         self.disconnects = 0
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1) if request_ids is None else request_ids
+        # the poll() blocking calls drive while they wait: ours, or a ShardedClient's, which
+        # serves every shard's answers meanwhile (clockwork.client.shards)
+        self.drive: Callable[[float], int] = self.poll
         self._pending: dict[int, tuple[Callback, float]] = {}
         self._expiry: dict[float, deque] = {}     # one FIFO per distinct timeout: already sorted
         self.answered_unknown = 0                  # answers for ids we no longer wait for
@@ -476,6 +480,16 @@ class Client:
             self._reload.resend_due(self._now())
         return n + self._expire()
 
+    def send_held(self) -> None:
+        """Send the requests held for the next poll() now (an outside loop about to sleep)."""
+        if self._batch:
+            self._flush()
+
+    def next_deadline(self) -> float | None:
+        """When poll() next has something to do without a message (perf_counter time): a
+        request's timeout or a re-registration's retry; None: nothing."""
+        return self._next_expiry()
+
     def _answer(self, msg, data, now: float) -> int:
         """Run the callback of the request `msg` answers; returns 1 if there was one."""
         if msg.epoch != self.model_ids.epoch and msg.epoch and self.model_ids.epoch:
@@ -540,7 +554,7 @@ class Client:
             return
         end = self._now() + timeout_s
         while self._reload is not None and self._now() < end:
-            self.poll(0.05)
+            self.drive(0.05)
         ids = self.model_ids
         if ids.epoch == epoch:
             return
@@ -615,7 +629,7 @@ class Client:
 
     def _wait(self, fut: Future, what: str):
         while not fut.done():
-            self.poll(0.05)
+            self.drive(0.05)
         r = fut.response
         if r.status == WRONG_PEER:
             raise WrongPeer(r.message)
@@ -706,7 +720,7 @@ class Client:
             end = self._now() + self.retry_interval_s
             reconnecting = r.status == CONNECTION_LOST
             while self._now() < end:          # keep serving other traffic while we wait
-                self.poll(max(0.0, end - self._now()))
+                self.drive(max(0.0, end - self._now()))
                 if reconnecting and not self._link_down:
                     break                     # a controller is back: ask it now
 

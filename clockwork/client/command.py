@@ -15,7 +15,8 @@ import click
 from ..config import ConfigError, flag_type, inputs_disabled, load_config
 from ..values import NON_NEGATIVE, POSITIVE, Spec
 from ..runfiles import open_new
-from .api import Client, ClientError
+from .api import ClientError
+from .shards import make_client
 from .stats import TSV_HEADER, Stats
 from .workloads.engine import Engine, WorkloadError, zoo_models
 from .workloads import all_workloads, get
@@ -72,7 +73,9 @@ def _sigterm_interrupts():
 @click.argument("workload_args", nargs=-1, type=click.UNPROCESSED)
 def client_command(address, workload_name, duration, no_inputs, seed, print_interval, timeout_s,
                    connect_timeout, load_timeout, slo_ms, zoo, request_log, drain, workload_args):
-    """Run a workload against the controller at ADDRESS (host:port, default port 12346)."""
+    """Run a workload against the controller at ADDRESS (host:port, default port 12346; for a
+    sharded controller, its shards' addresses comma-separated in shard order, as `cw controller
+    --shards K` prints them)."""
     args = list(workload_args)
     if workload_name is None:
         if not args or args[0].startswith("-"):
@@ -90,7 +93,7 @@ def client_command(address, workload_name, duration, no_inputs, seed, print_inte
     send_inputs = not (no_inputs or inputs_disabled())
     tsv = None
     try:
-        client = Client(address, timeout_s=timeout_s, connect_timeout_s=connect_timeout,
+        client = make_client(address, timeout_s=timeout_s, connect_timeout_s=connect_timeout,
                         load_timeout_s=load_timeout, log=lambda m: click.echo(m))
     except ValueError as e:
         raise click.UsageError(str(e)) from None

@@ -43,6 +43,7 @@ class EchoController:
     profile: str = "h200"
     record: bool = False                  # keep (model_id, slo_factor, slo_ns, input bytes) per Infer
     load_delay_s: float = 0.0             # answer LoadModel this much later (a slow load)
+    first_id: int = 0                     # model ids start here (shard k of a sharded controller: k << SHARD_ID_BITS)
 
     def __post_init__(self):
         self.sizes = zoo_sizes(self.profile)
@@ -92,7 +93,7 @@ class EchoController:
         if msg.copies < 1:
             return LoadModelResponse(msg.request_id, Status.INVALID_REQUEST, "copies must be >= 1")
         inp, outp, weights = self.sizes[name]
-        first = len(self.models)
+        first = self.first_id + len(self.models)
         for i in range(msg.copies):
             self.models.append(ModelInfo(first + i, name, inp, outp, weights, 1, [1, 2, 4, 8, 16],
                                          [1_000_000] * 5, 1_000_000))
@@ -100,11 +101,11 @@ class EchoController:
 
     def _infer(self, msg: InferRequest, data):
         rid = msg.request_id
-        if not 0 <= msg.model_id < len(self.models):
+        if not 0 <= msg.model_id - self.first_id < len(self.models):
             return InferResponse(rid, Status.INVALID_REQUEST, f"unknown model {msg.model_id}"), ()
         if msg.model_id in self.silent_models:
             return None, ()
-        m = self.models[msg.model_id]
+        m = self.models[msg.model_id - self.first_id]
         got = sum(len(f.buffer) for f in data)
         if self.record:
             self.infers.append((msg.model_id, msg.slo_factor, msg.slo_ns, got))
@@ -199,8 +200,9 @@ def main(argv=None) -> None:  # pragma: no cover - used by tools/bench/client_ra
     p = argparse.ArgumentParser(description="echo controller: answers every request at once")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--no-outputs", action="store_true")
+    p.add_argument("--first-id", type=int, default=0, help="model ids start here (a shard's block)")
     a = p.parse_args(argv)
-    EchoController(port=a.port, send_outputs=not a.no_outputs).serve()
+    EchoController(port=a.port, send_outputs=not a.no_outputs, first_id=a.first_id).serve()
 
 
 if __name__ == "__main__":  # pragma: no cover

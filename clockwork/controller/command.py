@@ -7,6 +7,7 @@ import click
 
 from ..config import ConfigError, flag_type, load_config, log_dir
 from ..console import timestamped
+from ..limits import MAX_SHARDS
 from ..orphans import exit_with_parent
 
 
@@ -17,7 +18,14 @@ from ..orphans import exit_with_parent
 @click.option("--bind", "--host", "host", default=None, metavar="ADDR",
               help="Interface for the client, telemetry and metrics ports [default: controller.bind in "
                    "the config, 127.0.0.1: this host only]. 0.0.0.0 for clients on other hosts.")
-@click.option("--port", type=flag_type("controller", "client_port", "PORT"), default=None, help="Client port (default from config: 12346).")
+@click.option("--port", type=flag_type("controller", "client_port", "PORT"), default=None,
+              help="Client port (default from config: 12346); with --shards K, the first of K.")
+@click.option("--shards", type=flag_type("controller", "shards", "K"), default=None,
+              help="Run K scheduler processes, each with its own share of the WORKERS and its own "
+                   "ports (client ports PORT..PORT+K-1); clients name all K addresses. Default from "
+                   "config: 1 (docs/design.md, \"Sharded controller\").")
+@click.option("--shard-index", type=click.IntRange(0, MAX_SHARDS - 1), default=None, hidden=True,
+              help="(set by --shards for each shard process) this shard's index: its model id block")
 @click.option("--telemetry-port", type=flag_type("controller", "telemetry_port", "PORT"), default=None, help="Telemetry PUB port (0: off).")
 @click.option("--metrics-port", type=flag_type("controller", "metrics_port", "PORT"), default=None,
               help="Prometheus /metrics HTTP port (0: off; default from config).")
@@ -38,9 +46,9 @@ from ..orphans import exit_with_parent
 @click.option("--frontend-arg", "frontend_args", multiple=True, metavar="ARG",
               help="An argument for the front end (`cw frontend -h`), e.g. --frontend-arg=--model=mlp. "
                    "Repeatable.")
-def controller_command(workers, scheduler, host, port, telemetry_port, metrics_port, log_dir, no_logs,
-                       config_file, slo_ms, max_batch, generate_inputs, http_port, grpc_port, in_process,
-                       frontend_args):
+def controller_command(workers, scheduler, host, port, shards, shard_index, telemetry_port, metrics_port,
+                       log_dir, no_logs, config_file, slo_ms, max_batch, generate_inputs, http_port, grpc_port,
+                       in_process, frontend_args):
     """Schedule client requests onto the WORKERS (HOST:PORT each, or comma-separated)."""
     exit_with_parent()
     from .server import WorkersUnreachable, serve
@@ -62,6 +70,19 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
     serving = http_port is not None or grpc_port is not None
     if (in_process or frontend_args) and not serving:
         raise click.BadParameter("--frontend-in-process and --frontend-arg need --http or --grpc")
+    shards = cc.get("shards", 1) if shards is None else shards
+    if shards > 1:
+        if serving:
+            raise click.UsageError("--http/--grpc serve one controller: not with --shards > 1")
+        if shards > len(addresses):
+            raise click.UsageError(f"--shards {shards} needs at least {shards} workers (got {len(addresses)}): "
+                                   "each shard schedules workers of its own")
+        sys.exit(run_shards(shards, addresses, scheduler, host, port, telemetry_port, log_dir, no_logs,
+                            config_file, cc, generate_inputs))
+    out = timestamped()
+    if shard_index is not None:
+        base, prefix = out, f"[shard {shard_index}]"
+        out = lambda *args, **kw: base(prefix, *args, **kw)      # noqa: E731
     try:
         logs = None if no_logs else log_dir_or_fail(log_dir)
         bind = host or cc.get("bind", "127.0.0.1")
@@ -74,7 +95,7 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
             frontend = spawn(f"{reach}:{port or cc['client_port']}", bind, http_port, grpc_port, config_file,
                              frontend_args)
         serve(config, addresses, scheduler=scheduler, host=host, client_port=port, log_dir=logs,
-              telemetry_port=telemetry_port, out=timestamped(), frontend=in_process_frontend)
+              telemetry_port=telemetry_port, out=out, frontend=in_process_frontend, shard=shard_index or 0)
     except (ValueError, KeyError, WorkersUnreachable) as e:
         raise click.ClickException(str(e))
     except OSError as e:      # e.g. the log files cannot be written
@@ -83,6 +104,37 @@ def controller_command(workers, scheduler, host, port, telemetry_port, metrics_p
         if frontend is not None:
             frontend.terminate()
             frontend.wait(10)
+
+
+def run_shards(shards, addresses, scheduler, host, port, telemetry_port, log_dir, no_logs, config_file, cc,
+               generate_inputs) -> int:
+    """`cw controller --shards K`: start K shard processes (controller/shards.py), supervise them."""
+    from .shards import port_blocks, shard_argv, split_workers, supervise
+    bind = host or cc.get("bind", "127.0.0.1")
+    try:
+        clients, telemetry, metrics = port_blocks(
+            shards, port or cc["client_port"], cc.get("telemetry_port", 0) if telemetry_port is None else telemetry_port,
+            cc.get("metrics_port", 0))
+    except ValueError as e:
+        raise click.UsageError(str(e))
+    logs = None if no_logs else str(log_dir_or_fail(log_dir))
+    common = ["--bind", bind, "--slo-ms", repr(cc["default_slo_ms"]), "--max-batch", str(cc["max_batch_size"])]
+    if scheduler:
+        common += ["--scheduler", scheduler]
+    if config_file:
+        common += ["--config", config_file]
+    if generate_inputs:
+        common.append("--generate-inputs")
+    groups = split_workers(addresses, shards)
+    out = timestamped()
+    reach = "127.0.0.1" if bind in ("0.0.0.0", "") else bind
+    out(f"Sharded controller: {shards} shards over {len(addresses)} workers; clients on "
+        + ",".join(f"{reach}:{p}" for p in clients) + " (`cw client` takes this list)")
+    for k, group in enumerate(groups):
+        out(f"shard {k}: workers {','.join(group)}; clients on {bind}:{clients[k]}, telemetry "
+            + (f"on {bind}:{telemetry[k]}" if telemetry[k] else "off"))
+    return supervise([shard_argv(k, group, clients[k], telemetry[k], metrics[k], logs, common)
+                      for k, group in enumerate(groups)], out, config_file)
 
 
 def log_dir_or_fail(explicit):

@@ -48,6 +48,9 @@ class ModelLoading:
             error = (Status.INVALID_REQUEST, f"{msg.copies} more copies would exceed the limit of "
                      f"{self.max_models_per_client} model instances per client "
                      f"({self.client_copies.get(ident, 0)} registered or loading by this one)")
+        elif self.next_model_id + msg.copies > self.model_id_end:
+            error = (Status.INVALID_REQUEST, "this controller has issued every model id of its block; "
+                     "restart it to count again")
         elif not msg.path or msg.path.startswith("/") or ".." in msg.path.split("/") or "\x00" in msg.path:
             error = (Status.INVALID_REQUEST,
                      f"model path {msg.path!r} must be relative to the workers' model directory")

@@ -35,7 +35,7 @@ import time
 import zmq
 
 from ..id_ranges import IdRanges
-from ..limits import MAX_COPIES
+from ..limits import MAX_COPIES, SHARD_ID_BITS
 from ..transport import schema as s
 from ..transport import security as security_mod
 from ..transport.sockets import dealer, parse_address, router, set_timer_slack, stop_on_signals, wait
@@ -69,7 +69,9 @@ class WorkersUnreachable(RuntimeError):
 class Controller(WorkerLinks, ModelLoading, Admission):
     def __init__(self, config: dict, workers: list[str], scheduler: str | None = None,
                  host: str | None = None, client_port: int | None = None, log_dir=None,
-                 out=print, telemetry_port: int | None = None):
+                 out=print, telemetry_port: int | None = None, shard: int = 0):
+        """shard: this controller's index in a sharded controller (`cw controller --shards`):
+        it issues model ids from [shard << SHARD_ID_BITS, (shard + 1) << SHARD_ID_BITS)."""
         if not workers:
             raise ValueError("at least one worker address is needed (HOST:PORT)")
         cc = config["controller"]
@@ -87,9 +89,10 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             whost, wport = parse_address(addr, config["worker"]["port"])
             links.append(WorkerLink(i, addr, dealer(
                 self.ctx, whost, wport, secure=sec and (lambda sk: sec.client(sk, "controller", "worker")))))
-        # model ids restart from 0 in every controller lifetime: the epoch tells lifetimes apart
+        # model ids restart from the block start (0 unsharded) in every controller lifetime: the
+        # epoch tells lifetimes apart
         self._init_state(config, client_sock, links, scheduler, time.monotonic_ns, new_epoch(), log_dir, out,
-                         log_writer=bool(config["logging"].get("writer_process", False)))
+                         log_writer=bool(config["logging"].get("writer_process", False)), shard=shard)
         if telemetry_port is None:
             telemetry_port = cc.get("telemetry_port", 0)
         if telemetry_port or cc.get("metrics_port", 0):   # telemetry: PUB and/or Prometheus
@@ -101,7 +104,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                 self.telemetry = None
 
     def _init_state(self, config: dict, client_sock, workers: list[WorkerLink], scheduler: str | None,
-                    clock, epoch: int, log_dir, out, log_writer: bool = False) -> None:
+                    clock, epoch: int, log_dir, out, log_writer: bool = False, shard: int = 0) -> None:
         """Everything but opening sockets and telemetry. The simulator's controller
         (clockwork.sim.controller) calls this with its own sockets and clock, so both run on
         the same state. `log_writer`: the logs are written by child processes (logs.py)."""
@@ -119,7 +122,8 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.scheduler = make_scheduler(self.scheduler_name, config, self.clock, self)
         self.pending: dict[int, Pending] = {}
         self.models = ModelRegistry()           # model id -> ModelInfo, one entry per LoadModel
-        self.next_model_id = 0
+        self.next_model_id = shard << SHARD_ID_BITS      # ids name their shard (limits.SHARD_ID_BITS)
+        self.model_id_end = (shard + 1) << SHARD_ID_BITS
         self.load_jobs: dict[int, LoadJob] = {}      # first model id -> job in flight
         self.loaded_paths: list[tuple[str, int, int]] = []   # (path, first id, copies) for rejoin
         self.rejoin_waiting: dict[int, set[int]] = {}         # worker -> action ids to finish

@@ -92,6 +92,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> int:
+    """The first of n consecutive ports nothing listens on right now (a sharded controller's)."""
+    while True:
+        first = free_port(host)
+        if first + n > 65536:
+            continue
+        try:
+            for port in range(first + 1, first + n):
+                with _socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return first
+
+
 def send(sock: zmq.Socket, msg: Message, data=(), ident: bytes | None = None, flags: int = 0) -> None:
     """Send header + data frames; data buffers go zero-copy (copy=False).
 

@@ -9,7 +9,11 @@ per second, the client's CPU time per request, how many requests left more than 
 their arrival time, and whether it kept up (>= 98% of the due arrivals sent, <= 1% late).
 
     python tools/bench/client_rate.py [--instances 4026] [--rates 5000,10000,20000,40000] [--duration 5]
-                                      [--inputs --model mlp]
+                                      [--inputs --model mlp] [--shards K]
+
+--shards K: K echo controllers standing for the shards of a sharded controller (each answering
+ids of its own block), one ShardedClient (clockwork.client.shards) connected to all of them, the
+instances loaded in K equal blocks (one per shard): what routing over K connections costs.
 """
 from __future__ import annotations
 
@@ -20,19 +24,21 @@ import sys
 import time
 
 from clockwork.client import arrivals
-from clockwork.client.api import Client
+from clockwork.client.shards import make_client
+from clockwork.limits import SHARD_ID_BITS
 from clockwork.client.stats import Stats
 from clockwork.client.workloads.engine import Engine
-from clockwork.transport.sockets import free_port
+from clockwork.transport.sockets import free_ports
 
 
 def run_rate(address: str, instances: int, rate: float, duration: float, seed: int,
-             inputs: bool = False, model: str = "resnet50") -> dict:
-    client = Client(address, timeout_s=30, connect_timeout_s=10, log=lambda m: None)
+             inputs: bool = False, model: str = "resnet50", shards: int = 1) -> dict:
+    client = make_client(address, timeout_s=30, connect_timeout_s=10, log=lambda m: None)
     try:
         stats = Stats(print_interval_s=1e9, log=lambda m: None)
         engine = Engine(client, stats, send_inputs=inputs, seed=seed, duration_s=duration, log=lambda m: None)
-        models = engine.load(model, instances)
+        models = [m for k in range(shards)         # one block per shard (loads go round-robin)
+                  for m in engine.load(model, instances * (k + 1) // shards - instances * k // shards)]
         offered = 0
         for i, m in enumerate(models):          # count first; the engine gets fresh generators
             s = seed * 1_000_003 + i
@@ -63,18 +69,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--inputs", action="store_true", help="send inputs (one shared zero-copy buffer)")
     ap.add_argument("--model", default="resnet50", help="resnet50 (588 KiB inputs), resnet18 or mlp (3 KiB)")
+    ap.add_argument("--shards", type=int, default=1, help="echo controllers standing for K shards")
     a = ap.parse_args()
-    port = free_port()
-    echo = subprocess.Popen([sys.executable, "-m", "clockwork.client.echo", "--port", str(port), "--no-outputs"])
+    port = free_ports(a.shards)
+    echoes = [subprocess.Popen([sys.executable, "-m", "clockwork.client.echo", "--port", str(port + k), "--no-outputs",
+                                "--first-id", str(k << SHARD_ID_BITS)]) for k in range(a.shards)]
     try:
-        address = f"127.0.0.1:{port}"
+        address = ",".join(f"127.0.0.1:{port + k}" for k in range(a.shards))
         print(f"client_rate: {a.instances} x {a.model}, Poisson open loop, "
               f"{'inputs sent' if a.inputs else 'no inputs'}, {a.duration:g} s per rate, "
-              f"echo controller in pid {echo.pid}, {os.cpu_count()} CPUs")
+              f"{a.shards} echo controller(s) in pids {','.join(str(e.pid) for e in echoes)}, {os.cpu_count()} CPUs")
         print(f"{'offered/s':>10} {'sent/s':>10} {'answered/s':>11} {'due sent':>9} {'cpu us/req':>11} "
               f"{'rtt p50 ms':>10} {'rtt p99 ms':>10} {'>1ms late':>9} {'max lag ms':>10}  kept up")
         for rate in [float(r) for r in a.rates.split(",")]:
-            r = run_rate(address, a.instances, rate, a.duration, a.seed, a.inputs, a.model)
+            r = run_rate(address, a.instances, rate, a.duration, a.seed, a.inputs, a.model, a.shards)
             import numpy as np
             lat = np.asarray(r["lat"]) * 1e3 if r["lat"] else np.zeros(1)
             frac = r["sent"] / max(r["offered"], 1)
@@ -86,11 +94,13 @@ def main() -> None:
                   f"{r['max_lag_ms']:10.1f}  {'yes' if kept else 'NO'}",
                   flush=True)
     finally:
-        echo.terminate()
-        try:
-            echo.wait(5)
-        except subprocess.TimeoutExpired:
-            echo.kill()
+        for echo in echoes:
+            echo.terminate()
+        for echo in echoes:
+            try:
+                echo.wait(5)
+            except subprocess.TimeoutExpired:
+                echo.kill()
 
 
 if __name__ == "__main__":

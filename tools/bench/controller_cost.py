@@ -12,11 +12,15 @@ which the figures printed say.
 
 --wire single sends one ZeroMQ message per request and per answer (the format before request
 and reply batching), for the ratio; --worker-wire single likewise one message per action and
-per result between controller and worker (before action and result batching); --py-spy FILE records the controller with py-spy (on PATH)
-during the last step, writes its collapsed stacks to FILE and prints where the time went.
+per result between controller and worker (before action and result batching); --shards K runs
+a sharded controller (`cw controller --shards K`: K scheduler processes over the --workers
+worker processes, the copies loaded in K equal blocks, one per shard; controller CPU summed over
+every shard process and the supervisor, per thread name as before); --py-spy FILE records the
+controller with py-spy (on PATH) during the last step, writes its collapsed stacks to FILE and prints where the time went.
 
     python tools/bench/controller_cost.py --gpus 8 --rates 500,1000,2000,4000
     python tools/bench/controller_cost.py --gpus 64 --copies 256 --rates 3000 --wire single --threads
+    python tools/bench/controller_cost.py --gpus 256 --copies 4096 --workers 4 --shards 4 --rates 40000,100000 --clients 8 --threads
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from clockwork.client.api import Client  # noqa: E402
+from clockwork.client.shards import make_client  # noqa: E402
 from clockwork.local import LocalCluster, quick_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -51,6 +56,15 @@ def main_thread_cpu_seconds(pid: int) -> float:
     return _cpu(f"/proc/{pid}/task/{pid}/stat")
 
 
+def controller_pids(pid: int) -> list[int]:
+    """The controller process and its shard processes (`cw controller --shards`: its children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [pid, *map(int, f.read().split())]
+    except OSError:
+        return [pid]
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds per thread name (threads of one name summed; the main thread is 'python')."""
     out: dict[str, float] = {}
@@ -66,7 +80,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
 
 def _client_process(address, model_ids, rate, seconds, slo_ns, seed, coalesce, burst, ready, go, results):
     """One of --clients N sender processes: connect, wait for the go, send, report."""
-    client = Client(address, log=lambda *_: None, coalesce=coalesce)
+    client = make_client(address, log=lambda *_: None, coalesce=coalesce)
     client.connect()
     ready.put(True)
     go.wait()
@@ -104,10 +118,11 @@ def send_load(client: Client, model_ids: list[int], rate: float, seconds: float,
     return {"sent": sent, "statuses": statuses, "lat": lat}
 
 
-def run_step(client: Client, pid: int, model_ids: list[int], rate: float, seconds: float,
+def run_step(client: Client, pids: list[int], model_ids: list[int], rate: float, seconds: float,
              slo_ns: int, rng: random.Random, clients: int = 1, coalesce: bool = True, burst: int = 1,
              edges: list | None = None, worker_pids: tuple = ()) -> dict:
-    """One load step; `edges` [(pid, address)]: the clients connect to these edge processes
+    """One load step; `pids`: the controller's processes (summed; the Python thread is each
+    one's main thread). `edges` [(pid, address)]: the clients connect to these edge processes
     (round robin) instead of to the controller, and their CPU is counted too."""
     import multiprocessing as mp
     procs = []
@@ -122,11 +137,11 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
             p.start()
         for _ in procs:
             ready.get(timeout=60)
-    threads0 = thread_cpu_seconds(pid)
+    threads0 = _sum_threads(pids)
     edges0 = sum(cpu_seconds(e) for e, _ in edges)
     worker0 = sum(cpu_seconds(w) for w in worker_pids)
-    cpu0 = cpu_seconds(pid)
-    py0 = main_thread_cpu_seconds(pid)
+    cpu0 = sum(cpu_seconds(p) for p in pids)
+    pys0 = [main_thread_cpu_seconds(p) for p in pids]
     t0 = time.perf_counter()
     if procs:
         go.set()
@@ -136,11 +151,12 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
     else:
         parts = [send_load(client, model_ids, rate, seconds, slo_ns, rng, burst)]
     elapsed = time.perf_counter() - t0
-    cpu = cpu_seconds(pid) - cpu0
-    py = main_thread_cpu_seconds(pid) - py0
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu0
+    pys = [main_thread_cpu_seconds(p) - p0 for p, p0 in zip(pids, pys0)]
+    py = sum(pys)
     edge_cpu = sum(cpu_seconds(e) for e, _ in edges) - edges0
     worker_cpu = sum(cpu_seconds(w) for w in worker_pids) - worker0
-    threads1 = thread_cpu_seconds(pid)
+    threads1 = _sum_threads(pids)
     sent = sum(p["sent"] for p in parts)
     statuses: dict = {}
     for p in parts:
@@ -159,10 +175,20 @@ def run_step(client: Client, pid: int, model_ids: list[int], rate: float, second
         "threads_us_per_req": {k: (v - threads0.get(k, 0.0)) / max(1, answered) * 1e6
                                for k, v in threads1.items()},
         "controller_cpu_util": cpu / elapsed,
+        "python_thread_util": [x / elapsed for x in pys],     # per process, in pids' order
         "p50_ms": lat[len(lat) // 2] * 1e3 if lat else float("nan"),
         "p99_ms": lat[int(len(lat) * 0.99)] * 1e3 if lat else float("nan"),
         "statuses": statuses,
     }
+
+
+def _sum_threads(pids: list[int]) -> dict[str, float]:
+    """CPU seconds per thread name over the processes (a sharded controller's shards)."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        for name, cpu in thread_cpu_seconds(pid).items():
+            out[name] = out.get(name, 0.0) + cpu
+    return out
 
 
 def start_edges(n: int, controller: str, config) -> list:
@@ -223,6 +249,8 @@ def main():
     ap.add_argument("--worker-wire", choices=["batched", "single"], default="batched",
                     help="batched: actions and results coalesced per worker per loop pass; single: one message each")
     ap.add_argument("--burst", type=int, default=1, help="requests sent at once per arrival (same total rate)")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="controller shards (`cw controller --shards K`; needs --workers >= K)")
     ap.add_argument("--edges", type=int, default=0,
                     help="put this many `cw edge` processes between the clients and the controller")
     ap.add_argument("--logs", choices=["off", "inline", "child"], default="off",
@@ -243,19 +271,25 @@ def main():
           f"open-loop Poisson, no inputs, SLO {args.slo_ms:g} ms, {args.seconds:g} s per step, "
           f"{os.cpu_count()} cores shared by client, controller and worker; wire {args.wire}, "
           f"worker wire {args.worker_wire}, "
-          f"{args.clients} client process(es), bursts of {args.burst}; load average {os.getloadavg()[0]:.1f}")
+          f"{args.clients} client process(es), bursts of {args.burst}, {args.shards} controller shard(s); load average {os.getloadavg()[0]:.1f}")
     import tempfile
     log_dir = None if args.logs == "off" else tempfile.mkdtemp(prefix="controller-cost-logs-")
     if args.workers < 1 or args.gpus % args.workers:
         raise SystemExit("--gpus must be a multiple of --workers")
+    if not 1 <= args.shards <= args.workers or (args.shards > 1 and args.edges):
+        raise SystemExit("--shards must be 1..--workers (each shard has workers of its own), without --edges")
     with LocalCluster(gpus=args.gpus // args.workers, workers=args.workers, scheduler=args.scheduler,
-                      config_file=cfg, log_dir=log_dir) as cluster:
-        client = Client(cluster.address, log=lambda *_: None, coalesce=coalesce)
-        first, n, _ = client.load_model("resnet50", copies=copies)
+                      config_file=cfg, log_dir=log_dir, shards=args.shards) as cluster:
+        client = make_client(cluster.address, log=lambda *_: None, coalesce=coalesce)
+        ids = []
+        for k in range(args.shards):     # one block of copies per shard (loads go round-robin)
+            first, n, _ = client.load_model("resnet50", copies=copies * (k + 1) // args.shards
+                                            - copies * k // args.shards)
+            ids += range(first, first + n)
         client.ls()
-        ids = list(range(first, first + n))
+        pids = controller_pids(cluster.controller.pid) if args.shards > 1 else [cluster.controller.pid]
         # warm-up: load weights everywhere they will be needed
-        run_step(client, cluster.controller.pid, ids, 200, 3.0, int(args.slo_ms * 1e6), random.Random(0))
+        run_step(client, pids, ids, 200, 3.0, int(args.slo_ms * 1e6), random.Random(0))
         edges = start_edges(args.edges, cluster.address, cfg)
         best = None
         print(f"{'rate/s':>8} {'sent':>7} {'in SLO':>8} {'ctl us/req':>10} {'py us/req':>9} {'ctl CPU':>8} "
@@ -265,11 +299,11 @@ def main():
             spy = None
             if args.py_spy and i == len(rates) - 1:
                 import subprocess
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(cluster.controller.pid),
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(pids[min(1, len(pids) - 1)]),  # shard 0
                                         "--duration", str(int(args.seconds)), "--rate", "200",
                                         "--nonblocking", "--format", "raw", "-o", args.py_spy],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            r = run_step(client, cluster.controller.pid, ids, rate, args.seconds,
+            r = run_step(client, pids, ids, rate, args.seconds,
                          int(args.slo_ms * 1e6), random.Random(i + 1), args.clients, coalesce, args.burst,
                          [(e.pid, a) for e, a in edges], [w.pid for w in cluster.worker_procs])
             if spy is not None:
@@ -284,6 +318,9 @@ def main():
                 print("         controller us/req by thread: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in sorted(r["threads_us_per_req"].items(), key=lambda kv: -kv[1])
                     if v >= 0.05) + f"; worker processes {r['worker_us_per_req']:.1f}", flush=True)
+                if args.shards > 1:
+                    print("         Python thread CPU per shard: " + ", ".join(
+                        f"{100 * u:.0f}%" for u in r["python_thread_util"][1:]), flush=True)
             if spy is not None:
                 print_profile(args.py_spy)
             if r["within_slo"] >= 0.999:

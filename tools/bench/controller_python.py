@@ -35,6 +35,7 @@ def one_run(args, seed: int) -> tuple[float, float]:
     cfg.duration_s = args.seconds
     cfg.drain_s = 1.0
     cfg.seed = seed
+    cfg.measure_cpu = True          # (off by default in cw simulate since it costs time)
     cfg.workload, cfg.workload_args = "poisson-open-loop", [str(args.copies), str(args.rate)]
     cfg.base["controller"]["print_interval_s"] = 3600
     for kv in args.set:
