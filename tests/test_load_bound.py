@@ -188,7 +188,7 @@ def run(seed: int, bound=CheckedBound, steps: int = 2500, check=True, n_models: 
 def test_shares_kept_equal_shares_from_scratch_and_skipped_passes_rank_nothing(seed):
     sched, out, happened = run(seed)
     # the sequence went through what the bound must follow, and passes were skipped
-    assert happened["loads"] and happened["load_failed"] and happened["b1_changed"] and happened["evicted_queued"], happened
+    assert all(happened.values()), happened
     assert sched._bound.skipped > 50
     assert len(out.responses) > 1000
 

@@ -25,7 +25,8 @@ from clockwork.sim.run import simulate  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trace-dir", default="/tmp/sim-golden-trace", help="synthetic Azure trace (written if absent)")
+    ap.add_argument("--trace-dir", default="/tmp/sim-golden-trace",
+                    help="synthetic Azure trace (written if absent)")
     ap.add_argument("--loads", default="0.5,1,2")
     ap.add_argument("--duration", type=float, default=5.0, help="simulated seconds of each run")
     a = ap.parse_args()
