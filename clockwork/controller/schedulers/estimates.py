@@ -60,10 +60,14 @@ class Estimates:
             w.append(scaled)
         else:
             pos = self._wpos.get(b, 0)
-            w[pos] = scaled
             self._wpos[b] = (pos + 1) % window
+            if w[pos] == scaled:
+                return          # the same values in the window: the same percentile
+            w[pos] = scaled
         value = int(percentile(w, p))
         est = self.est
+        if est[b] == value:
+            return              # (the sizes padded to b always share one estimate)
         for n in range(self._first[b], b + 1):
             est[n] = value
         self.b1ns = est[1] // DEFAULT_CLOCK_MHZ

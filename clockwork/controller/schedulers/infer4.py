@@ -48,8 +48,8 @@ from ..scheduler import GpuRef, Outbox, Request, Scheduler
 from .batching import EARLIEST_LEAD, LATEST_MIN, batch_sizes, choose_batch, infer_window
 from .common import DEFAULT_CLOCK_MHZ, Settings, build_gpus, ceil_div, free_pages, output_view
 from .estimates import Estimates
-from .load_planning import (DIRECT_LOAD_AFTER, eviction_victims, helpable, load_latest, next_load_pass,
-                            rank_demand)
+from .load_planning import (DIRECT_LOAD_AFTER, ShareBound, eviction_victims, forget_emptied, helpable,
+                            load_latest, next_load_pass, rank_demand)
 
 INF = 1 << 62
 
@@ -149,8 +149,10 @@ class Infer4Scheduler(Scheduler):
         self._gpu_timers: list[tuple[int, int]] = []   # (time, gpu index)
         self._inflight: dict[int, _Pending] = {}
         self._wanting: dict[int, _Model] = {}          # models with queued requests
+        self._emptied: dict[int, _Model] = {}          # queues emptied since the last load pass
         self._load_dirty = False
         self._next_load = 0
+        self._bound = ShareBound(self.s.default_slo)   # whether a load pass could rank anything
         self._cold: deque[_Model] = deque()   # models asked for with no copy, for direct loads
         self._slots: deque[_Gpu] = deque()    # GPUs that may have a free load slot, in turn
         self._counts = [0] * 64                        # responses by status code
@@ -199,6 +201,7 @@ class Infer4Scheduler(Scheduler):
             g.in_slots = True
             self._slots.append(g)
         self._load_dirty = True
+        self._bound.stale()
 
     # ------------------------------------------------------------------ requests
 
@@ -264,6 +267,7 @@ class Infer4Scheduler(Scheduler):
             front = i == 0
         m.items += req.batch_size
         self._queued += 1
+        self._bound.add(m)
         if len(m.gpus) + len(m.loading_gpus) < len(self._gpus):
             self._load_dirty = True         # a load could help (more) with this request
         if front:
@@ -319,6 +323,9 @@ class Infer4Scheduler(Scheduler):
             if q:
                 m.timeout_key = q[0].exec_deadline
                 _heappush(th, (m.timeout_key, mid))
+            else:
+                self._emptied[mid] = m
+            self._bound.touch(m)
 
         gt = self._gpu_timers
         gpus = self._gpus
@@ -373,10 +380,13 @@ class Infer4Scheduler(Scheduler):
             _heappop(heap)
             del live[mid]
             self._dispatch(m, g, t, now)
+            self._bound.touch(m)
             if m.queue:
                 key = self._key(m, g)
                 live[mid] = key
                 _heappush(heap, (key, mid))
+            else:
+                self._emptied[mid] = m
         if heap and g.timer == INF:
             t = g.exec_free - self.s.dispatch_ahead
             g.timer = t
@@ -456,6 +466,11 @@ class Infer4Scheduler(Scheduler):
             return      # no GPU can take a load: a load result will set _load_dirty again
         wanting = self._wanting
         self._next_load = next_load_pass(now, len(wanting))
+        bound = self._bound
+        if not bound.may_rank(wanting, now, s.max_load_slo):
+            forget_emptied(wanting, self._emptied)
+            return      # rank_demand would rank nothing (most passes at or below capacity)
+        self._emptied.clear()               # (rank_demand forgets them)
         ranked, share_of = rank_demand(wanting, len(self._gpus), now, s.max_load_slo, s.default_slo)
         if not ranked:
             return      # (most passes under load: every model's demand is met; no GPU list then)
@@ -530,6 +545,7 @@ class Infer4Scheduler(Scheduler):
             del g.loaded[mid]
             g.live.pop(mid, None)
             other.gpus.remove(g)
+            self._bound.copy_lost(other)
             g.free_pages += other.pages
             g.evict_count += 1
             aid = next(self.out.action_ids)
@@ -548,6 +564,7 @@ class Infer4Scheduler(Scheduler):
         g.free_pages -= m.pages
         g.loading.add(m.id)
         m.loading_gpus.append(g)
+        self._bound.copy_added(m, g)
         g.loads += 1
         g.load_count += 1
         g.load_free = start + e
@@ -588,7 +605,10 @@ class Infer4Scheduler(Scheduler):
             items = 0
             for r in reqs:
                 items += r.batch_size
+            b1 = m.b1ns
             m.measure(items, result.exec_duration * clock, s.estimate_window, s.estimate_percentile)
+            if m.b1ns != b1:
+                self._bound.touch(m)
             g.exec_ns += result.exec_duration
             # correct the expected free time by how late (or early) this one finished
             if g.infers == 0:
@@ -651,6 +671,7 @@ class Infer4Scheduler(Scheduler):
                 for g in m.gpus:
                     self._push(g, m)
         self._load_dirty = True
+        self._bound.stale()
 
     def _rearm(self, g: _Gpu) -> None:
         """The expected free time moved earlier: make sure the GPU's timer is not too late."""
@@ -688,6 +709,8 @@ class Infer4Scheduler(Scheduler):
             m.gpus.append(g)
             if m.queue:
                 self._push(g, m)
+        else:
+            self._bound.copy_lost(m)
 
     # ------------------------------------------------------------------ workers
 
@@ -717,6 +740,7 @@ class Infer4Scheduler(Scheduler):
                 p.gpu.infers -= 1
                 self._requeue(p.reqs, self.clock(), "worker lost")
         self._load_dirty = True
+        self._bound.stale()
 
     def on_worker_joined(self, worker_id: int, state: WorkerState) -> None:
         super().on_worker_joined(worker_id, state)
