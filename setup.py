@@ -72,9 +72,9 @@ setup(
         "frontend": ["httptools>=0.6", "uvloop>=0.17", "grpcio>=1.60", "tritonclient[http,grpc]>=2.40"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6",
                  "onnx>=1.16", "onnxruntime>=1.17"],   # onnxruntime: numerical oracle for imported models
-        "bench": ["py-spy>=0.3"],
+        "bench": ["py-spy>=0.3"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)
         # CLOCKWORK_COMPILE=1: the per-request modules compiled with mypyc (docs/compiled.md)
-        "compiled": ["mypy>=1.10"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)
+        "compiled": ["mypy>=1.10"],
     },
     entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
 )
