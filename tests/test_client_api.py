@@ -1,5 +1,7 @@
 """The client library against a tiny in-test controller (clockwork.client.echo on a thread,
 bound to a free 127.0.0.1 port and always stopped)."""
+import socket
+import struct
 import threading
 
 import pytest
@@ -177,6 +179,47 @@ def test_no_controller_is_a_clear_error():
             c.load_model("resnet50")
     finally:
         c.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_closed_in_mid_handshake_is_not_a_security_error():
+    """A controller killed or restarting closes connections in the middle of ZeroMQ's
+    handshake. The client must wait for the controller that comes up on that port, not end
+    connect() with "it requires CURVE security" (a failure of test_faults' restart test)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    closed = []
+    swapped = threading.Event()
+    echo = EchoController(port=port)
+
+    def close_then_serve():
+        """Accept and reset three connections (the client reconnects after each), then serve."""
+        while len(closed) < 3:
+            conn, _ = listener.accept()
+            conn.recv(10)                         # the start of the client's greeting
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()                          # reset: the handshake fails with no detail
+            closed.append(1)
+        listener.close()
+        echo.start()
+        swapped.set()
+
+    server = threading.Thread(target=close_then_serve, daemon=True)
+    server.start()
+    c = Client(f"127.0.0.1:{port}", connect_timeout_s=30, log=lambda m: None)
+    try:
+        c.connect()                               # polls the monitor through the three resets
+        assert swapped.is_set() and len(closed) == 3
+        assert c.handshake_failed is None
+        first, n, _ = c.load_model("resnet50", 1)
+        assert c.infer(first).response.status == Status.SUCCESS
+    finally:
+        c.close()
+        server.join(10)
+        echo.stop()
+        listener.close()
 
 
 def test_bad_address():

@@ -76,8 +76,10 @@ def status_name(code: int) -> str:
     return describe(code)
 
 
-HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+# Handshakes that fail for the security settings: the mechanisms differ (PROTOCOL) or the
+# controller refuses our key (AUTH). NO_DETAIL is left out: it is what a connection closed in
+# mid-handshake gives (a controller killed or restarting), and ZeroMQ reconnects by itself.
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
 
 def handshake_failed_message(address: str, secure: bool) -> str:
@@ -664,6 +666,7 @@ class Client:
             event = recv_monitor_message(mon, zmq.NOBLOCK)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._transport_up = True
+                self.handshake_failed = None     # the settings agree with this controller's
                 self._link_down = False
                 if self._told_down:
                     self._told_down = False
