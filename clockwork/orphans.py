@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -42,3 +43,35 @@ def exit_with_parent() -> bool:
 
     threading.Thread(target=watch, name="cw-parent-watch", daemon=True).start()
     return True
+
+
+def run_until_one_exits(argvs: list[list[str]], poll_s: float = 0.2, **popen) -> subprocess.Popen | None:
+    """Start a process per argv (`popen`: Popen's keywords) and wait until SIGINT / SIGTERM
+    (returns None) or until one of them exits (returns it). Either way every process is stopped
+    before this returns (SIGTERM, then SIGKILL after 10 s), as is each one started before a
+    failed start: processes started together stop together (`cw controller --shards`, `cw
+    frontend --processes`)."""
+    stop = threading.Event()
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    procs: list[subprocess.Popen] = []
+    try:
+        for argv in argvs:
+            procs.append(subprocess.Popen(argv, **popen))
+        while not stop.wait(poll_s):
+            for p in procs:
+                if p.poll() is not None:
+                    return p
+        return None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+

@@ -19,12 +19,10 @@ even if it is killed outright (clockwork.orphans).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 
-from ..orphans import child_env
+from ..orphans import child_env, run_until_one_exits
 
 POLL_S = 0.2        # how often the supervisor looks for a shard that exited
 
@@ -69,27 +67,9 @@ def supervise(argvs: list[list[str]], out=print, config_file: str | None = None)
     env = child_env(dict(os.environ))
     if config_file:
         env["CLOCKWORK_CONFIG_FILE"] = config_file
-    stop = threading.Event()
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    procs: list[subprocess.Popen] = []
-    try:
-        for argv in argvs:
-            procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL))
-        while not stop.wait(POLL_S):
-            for k, p in enumerate(procs):
-                if p.poll() is not None:
-                    out(f"shard {k} (pid {p.pid}) exited with status {p.returncode}: stopping the other shards")
-                    return 1
+    exited = run_until_one_exits(argvs, POLL_S, env=env, stdin=subprocess.DEVNULL)
+    if exited is None:
         return 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    k = argvs.index(exited.args)
+    out(f"shard {k} (pid {exited.pid}) exited with status {exited.returncode}: stopping the other shards")
+    return 1

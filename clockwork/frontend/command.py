@@ -13,7 +13,7 @@ import sys
 import click
 
 from ..config import ConfigError, load_config
-from ..orphans import child_env, exit_with_parent
+from ..orphans import child_env, exit_with_parent, run_until_one_exits
 
 INSTALL_HINT = "the front end needs its extra: pip install 'clockwork[frontend]'"
 
@@ -112,32 +112,12 @@ def supervise(argv: list[str], processes: int) -> int:
     """Run `processes` front ends with these arguments, all listening on the same ports
     (SO_REUSEPORT: the kernel spreads connections over them), until SIGINT / SIGTERM or until
     one of them exits (then the others are stopped too). Returns the exit status."""
-    import subprocess
-    import threading
-    procs = [subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", *argv, "--reuse-port"])
-             for _ in range(processes)]
-    stop = threading.Event()
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(0.2):
-            exited = [p for p in procs if p.poll() is not None]
-            if exited:
-                print(f"frontend: process {exited[0].pid} exited with status {exited[0].returncode}: "
-                      f"stopping the others", flush=True)
-                return exited[0].returncode or 1
+    one = [sys.executable, "-m", "clockwork.frontend.command", *argv, "--reuse-port"]
+    exited = run_until_one_exits([list(one) for _ in range(processes)])
+    if exited is None:
         return 0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    print(f"frontend: process {exited.pid} exited with status {exited.returncode}: stopping the others", flush=True)
+    return exited.returncode or 1
 
 
 def check_installed() -> None:
