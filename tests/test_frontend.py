@@ -638,7 +638,6 @@ def test_curve_to_the_controller_and_tls_to_clients(tmp_path):
                     "-out", str(cert)], check=True, capture_output=True)
     with LocalCluster(gpus=1, config_file=conf) as c, \
             Frontend(c.address, c.env(), "--model", "mlp", "--tls-cert", str(cert), "--tls-key", str(key)) as f:
-        assert any("CURVE" in line for line in c.output["worker"])         # the cluster's links are secure
         h = th.InferenceServerClient(f.http, ssl=True, ssl_context_factory=lambda *a, **kw:
                                      ssl.create_default_context(cafile=str(cert)))
         g = tg.InferenceServerClient(f.grpc, ssl=True, root_certificates=str(cert))
@@ -650,6 +649,11 @@ def test_curve_to_the_controller_and_tls_to_clients(tmp_path):
             x = mlp_input(1)
             assert h.infer("mlp", [http_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
             assert g.infer("mlp", [grpc_input(x)]).as_numpy("output").shape == (1, *MLP_OUT)
+            # the cluster's links are secure: the worker said so before it served (its output is
+            # read by a thread of LocalCluster, so the line may reach us a moment after the infers)
+            while not any("CURVE" in line for line in c.output["worker"]):
+                assert time.monotonic() < deadline, "".join(c.output["worker"])
+                time.sleep(0.05)
         finally:
             h.close()
             g.close()
