@@ -6,36 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from clockwork.transport.sockets import free_port
+from proc_tree import children, still_running
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whoever reaps it here)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
@@ -53,16 +30,13 @@ def test_servers_end_when_cw_run_is_killed():
             if "Starting workload" in line:
                 break
         assert run.poll() is None, "".join(seen)
-        servers = _children(run.pid)
+        servers = children(run.pid)
         names = {open(f"/proc/{p}/cmdline").read().replace("\0", " ") for p in servers}
         for server in ("clockwork.worker.command", "clockwork.controller.command", "clockwork.frontend.command"):
             assert any(server in n for n in names), (server, names)
         run.kill()
         run.wait()
-        deadline = time.monotonic() + 60
-        while any(_running(p) for p in servers) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = [open(f"/proc/{p}/cmdline").read().replace("\0", " ") for p in servers if _running(p)]
+        left = [open(f"/proc/{p}/cmdline").read().replace("\0", " ") for p in still_running(servers, 60)]
         assert not left, f"still running after their parent was killed: {left}"
     finally:
         try:

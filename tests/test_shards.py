@@ -29,31 +29,9 @@ from clockwork.limits import SHARD_ID_BITS
 from clockwork.local import LocalCluster, run_command
 from clockwork.status import Status
 from clockwork.transport.sockets import free_port
+from proc_tree import children, still_running
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -142,14 +120,11 @@ def test_one_shards_death_stops_the_command():
         client = make_client(c.address, log=lambda *_: None)
         client.ls()                       # both shards serve
         client.close()
-        shards = _children(c.controller.pid)
+        shards = children(c.controller.pid)
         assert len(shards) == 2, shards
         os.kill(shards[1], signal.SIGKILL)
         assert c.controller.wait(60) == 1
-        deadline = time.monotonic() + 30
-        while _running(shards[0]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _running(shards[0]), "the other shard still runs"
+        assert not still_running(shards[:1], 30), "the other shard still runs"
         assert any("exited with status -9: stopping the other shards" in line
                    for line in c.output["controller"]), c.output["controller"][-5:]
 
@@ -159,14 +134,11 @@ def test_shards_end_when_the_command_is_killed():
         client = make_client(c.address, log=lambda *_: None)
         client.connect()                  # both shards listen
         client.close()
-        shards = _children(c.controller.pid)
+        shards = children(c.controller.pid)
         assert len(shards) == 2, shards
         c.controller.kill()
         c.controller.wait()
-        deadline = time.monotonic() + 30
-        while any(_running(p) for p in shards) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(_running(p) for p in shards), "a shard outlived the command"
+        assert not still_running(shards, 30), "a shard outlived the command"
 
 
 @pytest.mark.parametrize("args,words", [
