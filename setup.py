@@ -16,6 +16,8 @@ COMPILED = [
     "clockwork/controller/schedulers/estimates.py",
     "clockwork/controller/schedulers/load_planning.py",
     "clockwork/controller/scheduler.py",
+    "clockwork/controller/requests.py",
+    "clockwork/controller/replies.py",
     "clockwork/controller/queuewait.py",
     "clockwork/transport/clocksync.py",
     "clockwork/id_ranges.py",

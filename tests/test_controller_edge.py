@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from clockwork.config import load_config
-from clockwork.controller import admission, logs, worker_links
+from clockwork.controller import logs, replies, worker_links
 from clockwork.controller import server as server_mod
 from clockwork.controller.scheduler import Request
 from clockwork.controller.simulator import MS, model_info
@@ -60,7 +60,7 @@ def _edge(monkeypatch, log_dir):
         if ident is not None:
             real_send(sock, msg, data, ident=ident, flags=flags)
     monkeypatch.setattr(worker_links, "send", capture)       # actions to workers
-    monkeypatch.setattr(admission, "send", capture)          # answers to clients
+    monkeypatch.setattr(replies, "send", capture)          # answers to clients
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0)     # no PUB socket, no port taken
     c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",

@@ -40,11 +40,12 @@ from ..transport import schema as s
 from ..transport import security as security_mod
 from ..transport.sockets import dealer, parse_address, router, set_timer_slack, stop_on_signals, wait
 from . import logs as logs_mod
-from .admission import Admission, Replies
+from .admission import Admission
 from .model_loading import LoadJob, ModelLoading
 from .model_registry import ModelRegistry
-from .queuewait import QueueWait
 from .schedulers.common import Settings
+from .replies import Replies
+from .requests import Requests
 from .stats import ControllerStats
 from .worker_links import Pending, WorkerLink, WorkerLinks
 
@@ -129,12 +130,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.rejoin_waiting: dict[int, set[int]] = {}         # worker -> action ids to finish
         self.phase = "connecting"
         self.stats = ControllerStats()
-        self.request_ids = itertools.count(1)
-        self.queue_wait = QueueWait()
-        self.arrivals = 0
-        self.departures = 0
         self._pad: IdRanges[list[int]] = IdRanges()   # model ids -> model.format.pad_table, for goodput
-        self._model_counts: dict[int, list[int]] = {}   # model id -> [arrivals, answers], for the request log
         self.settings = Settings(config)      # the [controller] times, parsed once for all
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
         self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
@@ -143,15 +139,14 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
         self.client_copies: dict[bytes, int] = {}    # client connection -> copies registered or loading
         self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
-        # memory bound on inputs: bytes held by requests not yet answered, beyond which OVERLOADED
-        self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
-        self.input_bytes = 0
-        self._held: dict[int, int] = {}     # request id -> its input bytes, until answered
         self.print_interval = float(cc["print_interval_s"])
         self.request_log, self.action_log = logs_mod.open_logs(
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"], log_writer)
         self.telemetry = None
         self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
+        # the Infers from admission to answer (requests.py), with the memory bound on their inputs
+        self.requests = Requests(self, clock, epoch, self.models, self.settings, self.replies, self.stats,
+                                 self.request_log, int(cc.get("max_queued_input_bytes", 4 << 30)))
         self.batch_actions = bool(cc.get("batch_actions", True))
         self._outgoing: list[WorkerLink] = []      # links with actions held (worker_links.send_actions)
         self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
@@ -305,7 +300,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             self.security.close()
 
     def _housekeeping(self, now: int) -> None:
-        self.queue_wait.sweep(now)
+        self.requests.queue_wait.sweep(now)
         self._touched.update(self._sockets)     # every socket asked now and then, come what may
         if self.phase == "connecting" and now >= self.next_startup_report:
             self._startup_report(now)

@@ -13,7 +13,7 @@ are taken raw from their results, before the controller's clock conversion):
   sent     the actions of a pass sent (send_actions returned)
   res      an InferResult read (action id, its raw worker-clock stamps)
   ans      an answer made (respond)
-  flush    the answers of a pass sent (Replies.flush returned)
+  flush    the answers of a pass sent (the loop's end-of-pass sends returned, answers among them)
 """
 from __future__ import annotations
 
@@ -74,17 +74,17 @@ def install() -> None:
         return real_respond(self, req, status, *a, **kw)
     A.respond = respond
 
-    R = admission.Replies
-    real_flush = R.flush
+    C = server.Controller
+    real_send_outgoing = C._send_outgoing       # (Replies is compiled in the opt-in build: not wrapped)
 
-    def flush(self):
-        had = bool(self.waiting)
-        real_flush(self)
+    def _send_outgoing(self):
+        had = bool(self.replies.waiting)
+        r = real_send_outgoing(self)
         if had:
             events.append(("flush", 0, now(), 0))
-    R.flush = flush
+        return r
+    C._send_outgoing = _send_outgoing
 
-    C = server.Controller
     for name in ("_tick", "_send_outgoing", "_handle_ready"):
         def wrap(real, tag):
             def f(self, *a):
