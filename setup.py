@@ -18,6 +18,7 @@ COMPILED = [
     "clockwork/controller/scheduler.py",
     "clockwork/controller/requests.py",
     "clockwork/controller/replies.py",
+    "clockwork/controller/actions.py",
     "clockwork/controller/queuewait.py",
     "clockwork/transport/clocksync.py",
     "clockwork/id_ranges.py",

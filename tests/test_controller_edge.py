@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from clockwork.config import load_config
-from clockwork.controller import logs, replies, worker_links
+from clockwork.controller import actions, logs, replies
 from clockwork.controller import server as server_mod
 from clockwork.controller.scheduler import Request
 from clockwork.controller.simulator import MS, model_info
@@ -50,7 +50,7 @@ def _edge(monkeypatch, log_dir):
     clock = Clock()
     monkeypatch.setattr(server_mod.time, "monotonic_ns", clock)
     wire = []
-    real_send = worker_links.send
+    real_send = actions.send
 
     def capture(sock, msg, data=(), ident=None, flags=0):
         if type(msg) is s.ActionBatch:      # the actions one by one
@@ -59,7 +59,7 @@ def _edge(monkeypatch, log_dir):
             wire.append((msg, list(data)))
         if ident is not None:
             real_send(sock, msg, data, ident=ident, flags=flags)
-    monkeypatch.setattr(worker_links, "send", capture)       # actions to workers
+    monkeypatch.setattr(actions, "send", capture)       # actions to workers
     monkeypatch.setattr(replies, "send", capture)          # answers to clients
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0)     # no PUB socket, no port taken
@@ -134,7 +134,7 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
     c, clock, wire = edge
     sending = []
     fail_next = [True]
-    capture = worker_links.send
+    capture = actions.send
 
     def send(sock, msg, data=(), ident=None, flags=0):
         sending.append(True)
@@ -145,7 +145,7 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
             capture(sock, msg, data, ident, flags)
         finally:
             sending.pop()
-    monkeypatch.setattr(worker_links, "send", send)
+    monkeypatch.setattr(actions, "send", send)
     results = []
     on_result = c.scheduler.on_result
 
@@ -210,8 +210,9 @@ def test_logs_have_the_originals_meaning(logged_edge, tmp_path):
 
 def test_evictions_have_a_row():
     from clockwork.controller.logs import ACTION_COLUMNS
-    p = worker_links.Pending(type("W", (), {"id": 3})(), s.EvictWeights(9, 0, 1 << 62, 5, 1), 1000, 0,
-                           None, (1980, 7, 2))
+    no_socket = type("NoSocket", (), {"get_monitor_socket": lambda self, events: None})()
+    p = actions.Pending(actions.WorkerLink(3, "w3", no_socket), s.EvictWeights(9, 0, 1 << 62, 5, 1), 1000, 0,
+                        None, (1980, 7, 2))
     row = dict(zip(ACTION_COLUMNS, logs.action_row(p, s.EvictWeightsResult(9, 1100, 1400, 1200, 1300), 1500)))
     assert (row["action_type"], row["worker_id"], row["gpu_id"], row["model_id"]) == ("EvictWeights", 3, 1, 5)
     assert (row["worker_action_received"], row["worker_result_sent"], row["controller_action_duration"]) == (
@@ -243,7 +244,7 @@ def test_a_failed_batch_send_fails_each_of_its_actions_after_the_pass(edge, monk
     def send(sock, msg, data=(), ident=None, flags=0):
         if type(msg) is s.ActionBatch:
             raise zmq.Again()
-    monkeypatch.setattr(worker_links, "send", send)
+    monkeypatch.setattr(actions, "send", send)
     w = c.workers[0]
     got = []
     ids = [next(c.action_ids) for _ in range(3)]
@@ -257,13 +258,13 @@ def test_a_failed_batch_send_fails_each_of_its_actions_after_the_pass(edge, monk
 
 def test_with_batch_actions_off_an_action_leaves_at_once(monkeypatch):
     wire = []
-    monkeypatch.setattr(worker_links, "send", lambda sock, msg, data=(), ident=None, flags=0: wire.append(msg))
+    monkeypatch.setattr(actions, "send", lambda sock, msg, data=(), ident=None, flags=0: wire.append(msg))
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0, batch_actions=False)
     c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
                               client_port=free_port(), out=lambda *a: None)
     try:
         c._probe(c.workers[0], 0)
-        assert [type(m) for m in wire] == [s.Reset, s.GetWorkerState] and not c._outgoing
+        assert [type(m) for m in wire] == [s.Reset, s.GetWorkerState] and not c.actions.outgoing
     finally:
         c.close()

@@ -20,8 +20,8 @@ from ..status import Status
 from ..transport import schema as s
 from ..transport.schema import ProtocolError
 from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, recv
+from .actions import DRAIN_BATCH
 from .scheduler import Request
-from .worker_links import DRAIN_BATCH
 
 
 def split_infer_batch(batch: s.InferRequestBatch, data) -> tuple[list, str | None]:

@@ -35,10 +35,10 @@ from ..transport import schema as s
 from ..transport.schema import ProtocolError
 from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send,
                                  set_timer_slack, stop_on_signals, wait)
+from .actions import DRAIN_BATCH
 from .admission import split_infer_batch
 from .queuewait import QueueWait
 from .replies import Replies
-from .worker_links import DRAIN_BATCH
 
 STOP_CHECK_NS = 100_000_000     # the loop looks at stop() (SIGTERM) at least this often
 

@@ -26,7 +26,7 @@ from collections import deque
 from time import process_time_ns
 
 from ..controller.server import HOUSEKEEPING_NS, Controller
-from ..controller.worker_links import WorkerLink
+from ..controller.actions import WorkerLink
 
 FAR = 1 << 62
 
@@ -134,7 +134,7 @@ class SimController(Controller):
         self._handle_ready(sock)
         if self.phase == "running":
             self._next_tick = self._tick()
-        elif self._failed_sends:         # (edge actions: probes, model loads)
+        elif self.actions.failed_sends:      # (edge actions: probes, model loads)
             self._deliver_failed_sends()
         self._end_pass()
 

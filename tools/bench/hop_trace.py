@@ -47,7 +47,7 @@ def install_worker() -> None:
 
 
 def install() -> None:
-    from clockwork.controller import admission, server, worker_links
+    from clockwork.controller import actions, admission, server, worker_links
     from clockwork.transport import schema as s
 
     real_wait = server.wait
@@ -111,14 +111,17 @@ def install() -> None:
         events.append(("sent", 0, now(), 0))
     W.send_actions = send_actions
 
-    real_on_msg = W._on_worker_message
+    real_recv = actions.recv     # (the results are read in actions.py, compiled in the opt-in build)
 
-    def _on_worker_message(self, w, msg, data, t):
-        if type(msg) is s.InferResult:
-            events.append(("res", msg.action_id, now(), last_wake[0], msg.received, msg.copy_input_begin,
-                           msg.exec_begin, msg.exec_end, msg.copy_output_end, msg.sent))
-        return real_on_msg(self, w, msg, data, t)
-    W._on_worker_message = _on_worker_message
+    def recv(sock, decoder, routed, flags=0):
+        got = real_recv(sock, decoder, routed, flags)
+        t, msg = now(), got[1]
+        for m in ([m for m, _ in s.unbatch(msg, got[2])] if type(msg) is s.ResultBatch else [msg]):
+            if type(m) is s.InferResult:
+                events.append(("res", m.action_id, t, last_wake[0], m.received, m.copy_input_begin,
+                               m.exec_begin, m.exec_end, m.copy_output_end, m.sent))
+        return got
+    actions.recv = recv
 
 
 def dump() -> None:
