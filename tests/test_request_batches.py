@@ -149,12 +149,16 @@ def test_a_batch_with_invalid_requests_answers_those_with_errors_and_serves_the_
     assert not any(waits), "the loop waited while holding answers"
 
 
-def test_a_bug_handling_a_batch_costs_that_batch_not_the_controller(controller):
+def test_a_bug_handling_a_batch_costs_that_batch_not_the_controller(controller, monkeypatch):
     c, address, waits = controller
 
-    def broken(ident, batch, data):
-        raise RuntimeError("planted")
-    c._on_infer_batch = broken
+    real_split = s.split_frames
+
+    def broken(counts, n, data, what="entries"):
+        if what == "requests":              # (an InferRequestBatch's frames are split first)
+            raise RuntimeError("planted")
+        return real_split(counts, n, data, what)
+    monkeypatch.setattr(s, "split_frames", broken)
     ctx = zmq.Context()
     sock = _dealer(ctx, address)
     try:

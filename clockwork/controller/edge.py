@@ -36,9 +36,9 @@ from ..transport.schema import ProtocolError
 from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send,
                                  set_timer_slack, stop_on_signals, wait)
 from .actions import DRAIN_BATCH
-from .admission import split_infer_batch
 from .queuewait import QueueWait
 from .replies import Replies
+from .requests import split_infer_batch
 
 STOP_CHECK_NS = 100_000_000     # the loop looks at stop() (SIGTERM) at least this often
 

@@ -1,21 +1,28 @@
-"""The Infer requests a controller holds, from admission to answer: the per-request half of
-admission.py, in one plain class so that the opt-in build compiles it (docs/compiled.md).
+"""The client messages a controller reads and the Infer requests it holds, from admission to
+answer: the per-request half of admission.py, in one plain class so that the opt-in build
+compiles it (docs/compiled.md).
 
-`admit` takes one Infer (alone or out of an InferRequestBatch): it is validated (known model,
-batch size, input size, dtype and shape, SLO within clockwork.limits), bounded by the inputs
-held in memory, stamped with its arrival, and handed to the scheduler. `respond` is the
-Outbox's answer to a request, given exactly once: counted, logged, and queued in Replies until
-the loop pass ends. The controller (admission.py) reads the client messages and decides
-whether it is running; this class does the rest.
+`drain` reads the client socket; each Infer (alone or out of an InferRequestBatch, each then
+as if it had come alone) is counted in and, while the controller runs, `admit`ted: validated
+(known model, batch size, input size, dtype and shape, SLO within clockwork.limits), bounded by
+the inputs held in memory, stamped with its arrival, and handed to the scheduler. `respond` is
+the Outbox's answer to a request, given exactly once: counted, logged, and queued in Replies
+until the loop pass ends. What is not per request (Ls, LoadModel, Infers while the controller
+starts) is admission.py's: this class calls back into the controller for it.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Callable
 
+import zmq
+
 from ..limits import MAX_SLO_NS
 from ..status import Status
 from ..transport import schema as s
+from ..transport.schema import ProtocolError
+from ..transport.sockets import EVENTS, NOBLOCK, POLLIN, recv
+from .actions import DRAIN_BATCH
 from .logs import TsvLog
 from .model_registry import ModelRegistry
 from .queuewait import QueueWait
@@ -23,6 +30,17 @@ from .replies import Replies
 from .scheduler import Request
 from .schedulers.common import Settings
 from .stats import ControllerStats
+
+
+def split_infer_batch(batch: s.InferRequestBatch, data: Any) -> tuple[list, str | None]:
+    """([(request, its input frames)], None), or (requests, why) when the frame counts do not
+    fit the frames carried (then no request can be given its inputs). The controller and the
+    edge process (controller/edge.py) read batches through this."""
+    requests = batch.requests
+    per_request, why = s.split_frames(batch.frames, len(requests), data, "requests")
+    if why is not None or per_request is None:
+        return requests, why
+    return list(zip(requests, per_request)), None
 
 
 class Requests:
@@ -54,6 +72,72 @@ class Requests:
         """Answer a client (stamped with this controller's epoch), at the end of this loop pass."""
         msg.epoch = self.epoch
         self.replies.add(ident, msg, data)
+
+    def drain(self, sock: Any, touched: set) -> None:
+        """Read up to DRAIN_BATCH requests (a batch counts as its requests: the scheduler must
+        tick between bursts, or a burst's first requests would wait behind its last). Called
+        when wait() saw a message waiting, so the socket is asked (ZMQ_EVENTS, two system
+        calls) only after each message, not before the first; `touched` gets the socket when
+        messages may be left (sockets.wait)."""
+        controller = self.controller
+        budget = DRAIN_BATCH
+        while budget > 0:
+            budget -= 1
+            try:
+                ident, msg, data = recv(sock, s.REQUEST_DECODER, routed=True, flags=NOBLOCK)
+            except zmq.Again:
+                touched.add(sock)
+                return
+            except ProtocolError as e:
+                sender = getattr(e, "ident", None)      # (recv sets it)
+                if sender is not None:
+                    self.reply(sender, s.ErrorResponse(-1, Status.INVALID_REQUEST, str(e)))
+                if not sock.get(EVENTS) & POLLIN:
+                    return
+                continue
+            try:
+                t = type(msg)
+                if t is s.InferRequest:
+                    self.infer(ident, msg, data)
+                elif t is s.InferRequestBatch:
+                    budget -= max(0, len(msg.requests) - 1)
+                    self.infer_batch(ident, msg, data)
+                elif t is s.LsRequest:
+                    controller._on_ls(ident, msg)
+                else:
+                    controller._on_load_model(ident, msg)
+            except Exception as e:   # a bug must cost one request, not the controller
+                rid = getattr(msg, "request_id", -1)      # -1: a batch (its requests answer on their own)
+                controller.out(f"internal error handling request {rid}: {e!r}")
+                self.reply(ident, s.ErrorResponse(rid, Status.ERROR, f"internal error: {e!r}"))
+            if not sock.get(EVENTS) & POLLIN:
+                return
+        touched.add(sock)     # requests left for the next pass
+
+    def infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data: Any) -> None:
+        """Each request of the batch as if it had come alone, with its own input frames."""
+        self.replies.client_batches(ident)
+        requests, error = split_infer_batch(batch, data)
+        if error is not None:
+            for msg in requests:
+                self.reply(ident, s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
+                                                  msg.model_id, msg.batch_size))
+            return
+        for msg, frames in requests:
+            try:
+                self.infer(ident, msg, frames)
+            except Exception as e:   # a bug must cost one request, not the controller
+                self.controller.out(f"internal error handling request {msg.request_id}: {e!r}")
+                self.reply(ident, s.ErrorResponse(msg.request_id, Status.ERROR, f"internal error: {e!r}"))
+
+    def infer(self, ident: bytes, msg: s.InferRequest, data: Any) -> None:
+        """One Infer: counted in, then admitted if the controller runs (or has just started
+        running: admission.py's `_infer_while_starting` decides, or answers it)."""
+        if not self.arrive(ident, msg):
+            return
+        if self.controller.phase != "running" and not self.controller._infer_while_starting(ident, msg):
+            return
+        self.admit(ident, msg, data)
 
     def arrive(self, ident: bytes, msg: s.InferRequest) -> bool:
         """Count an Infer in; False if it was answered already (a model id of another

@@ -8,7 +8,7 @@ msgpack, to $HOP_TRACE_OUT when the process exits. $HOP_TRACE_CPU, if set, pins 
 Recorded (time.monotonic_ns, the clock every process on one host shares; workers' timestamps
 are taken raw from their results, before the controller's clock conversion):
   wake     the loop's wait() returned with a socket ready (last one kept, stamped on the events)
-  req      an InferRequest admitted (client request id)
+  req      an InferRequest read (client request id)
   act      an Infer made by the scheduler (action id, earliest, latest, controller time)
   sent     the actions of a pass sent (send_actions returned)
   res      an InferResult read (action id, its raw worker-clock stamps)
@@ -47,7 +47,7 @@ def install_worker() -> None:
 
 
 def install() -> None:
-    from clockwork.controller import actions, admission, server, worker_links
+    from clockwork.controller import actions, admission, requests, server, worker_links
     from clockwork.transport import schema as s
 
     real_wait = server.wait
@@ -59,14 +59,18 @@ def install() -> None:
         return ready
     server.wait = wait
 
+    real_client_recv = requests.recv     # (client messages are read in requests.py, compiled in the opt-in build)
+
+    def client_recv(sock, decoder, routed, flags=0):
+        got = real_client_recv(sock, decoder, routed, flags)
+        t, msg = now(), got[1]
+        for m in (msg.requests if type(msg) is s.InferRequestBatch else [msg]):
+            if type(m) is s.InferRequest:
+                events.append(("req", m.request_id, t, last_wake[0]))
+        return got
+    requests.recv = client_recv
+
     A = admission.Admission
-    real_on_infer = A._on_infer
-
-    def _on_infer(self, ident, msg, data):
-        events.append(("req", msg.request_id, now(), last_wake[0]))
-        return real_on_infer(self, ident, msg, data)
-    A._on_infer = _on_infer
-
     real_respond = A.respond
 
     def respond(self, req, status, *a, **kw):
