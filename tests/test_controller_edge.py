@@ -268,3 +268,33 @@ def test_with_batch_actions_off_an_action_leaves_at_once(monkeypatch):
         assert [type(m) for m in wire] == [s.Reset, s.GetWorkerState] and not c.actions.outgoing
     finally:
         c.close()
+
+
+def test_an_infer_before_the_controller_runs_is_answered_or_starts_it():
+    """Connecting, or loading with a load in flight: INITIALIZING, and the scheduler sees
+    nothing. Loading with no load in flight: the Infer starts scheduling and is admitted (here
+    refused as an unknown model, which only a running controller says). A model id of another
+    controller lifetime is STALE_EPOCH whatever the phase."""
+    config = load_config()
+    config["controller"].update(telemetry_port=0, metrics_port=0)
+    c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
+                              client_port=free_port(), out=lambda *a: None)
+    seen = []
+    c.scheduler = Spy(c.scheduler, on_request=seen.append)
+
+    def answers():
+        return [(m.request_id, m.status) for m, _ in c.replies.waiting.pop(b"client", [])]
+    try:
+        c._on_infer(b"client", s.InferRequest(1, 0, 1), [])                # connecting
+        c._on_infer(b"client", s.InferRequest(2, 0, 1, epoch=c.epoch ^ 1), [])
+        assert answers() == [(1, Status.INITIALIZING), (2, Status.STALE_EPOCH)]
+        c.phase = "loading"
+        c.load_jobs[0] = object()                                           # a LoadModel in flight
+        c._on_infer(b"client", s.InferRequest(3, 0, 1), [])
+        assert answers() == [(3, Status.INITIALIZING)] and c.phase == "loading"
+        del c.load_jobs[0]
+        c._on_infer(b"client", s.InferRequest(4, 0, 1), [])
+        assert answers() == [(4, Status.INVALID_REQUEST)] and c.phase == "running"
+        assert not seen and c.requests.arrivals == 4
+    finally:
+        c.close()
