@@ -24,8 +24,7 @@ from .scheduler import Request
 class Admission:
     def _reply(self, msg, data=(), *, ident: bytes) -> None:
         """Answer a client (stamped with this controller's epoch), at the end of this loop pass."""
-        msg.epoch = self.epoch
-        self.replies.add(ident, msg, data)
+        self.requests.reply(ident, msg, data)
 
     def respond(self, req: Request, status: int, message: str = "", output=None, exec_ns: int = 0) -> None:
         self.requests.respond(req, status, message, output, exec_ns)

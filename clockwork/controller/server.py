@@ -44,9 +44,9 @@ from .actions import Actions, WorkerLink
 from .admission import Admission
 from .model_loading import LoadJob, ModelLoading
 from .model_registry import ModelRegistry
-from .schedulers.common import Settings
 from .replies import Replies
 from .requests import Requests
+from .schedulers.common import Settings
 from .stats import ControllerStats
 from .worker_links import WorkerLinks
 
