@@ -131,3 +131,25 @@ def test_cw_top_once_shows_both_shards_of_a_real_sharded_controller():
     assert f"shard 1 127.0.0.1:{c.telemetry_port + 1}" in r.stdout, r.stdout
     rows = {int(line.split()[0]) for line in r.stdout.splitlines() if line.split()[1:2] == ["mlp"]}
     assert rows == set(ids) and {i >> SHARD_ID_BITS for i in ids} == {0, 1}, r.stdout
+
+
+def test_each_shard_serves_its_own_prometheus_metrics():
+    """`cw controller --shards 2 --metrics-port P`: shard k on P + k (printed), its models only."""
+    import re
+    import urllib.request
+
+    from clockwork.transport.sockets import free_ports
+    base = free_ports(2)
+    with LocalCluster(gpus=1, workers=2, shards=2, controller_args=("--metrics-port", str(base))) as c:
+        client = ShardedClient(c.address.split(","), log=lambda *_: None)
+        try:
+            ids = [client.load_model("mlp")[0] for _ in range(2)]       # one on each shard
+            assert [client.infer(i).response.status for i in ids] == [Status.SUCCESS] * 2
+        finally:
+            client.close()
+        printed = "".join(c.output["controller"])
+        for k, mid in enumerate(ids):
+            assert f"metrics on http://127.0.0.1:{base + k}/metrics" in printed, printed
+            body = urllib.request.urlopen(f"http://127.0.0.1:{base + k}/metrics", timeout=30).read().decode()
+            served = set(re.findall(r'clockwork_request_success_total\{model="(\d+)"', body))
+            assert served == {str(mid)}, (k, served)

@@ -28,7 +28,8 @@ from ..orphans import exit_with_parent
               help="(set by --shards for each shard process) this shard's index: its model id block")
 @click.option("--telemetry-port", type=flag_type("controller", "telemetry_port", "PORT"), default=None, help="Telemetry PUB port (0: off).")
 @click.option("--metrics-port", type=flag_type("controller", "metrics_port", "PORT"), default=None,
-              help="Prometheus /metrics HTTP port (0: off; default from config).")
+              help="Prometheus /metrics HTTP port (0: off; default from config); with --shards K, "
+                   "the first of K (one per shard).")
 @click.option("--log-dir", default=None, help="TSV log directory (default $CLOCKWORK_LOG_DIR or ./logs).")
 @click.option("--no-logs", is_flag=True, help="Write no request/action logs.")
 @click.option("--config", "config_file", default=None, help="TOML config (default $CLOCKWORK_CONFIG_FILE).")
@@ -134,7 +135,8 @@ def run_shards(shards, addresses, scheduler, host, port, telemetry_port, log_dir
         + ",".join(f"{reach}:{p}" for p in clients) + " (`cw client` takes this list)")
     for k, group in enumerate(groups):
         out(f"shard {k}: workers {','.join(group)}; clients on {bind}:{clients[k]}, telemetry "
-            + (f"on {bind}:{telemetry[k]}" if telemetry[k] else "off"))
+            + (f"on {bind}:{telemetry[k]}" if telemetry[k] else "off")
+            + (f", metrics on http://{reach}:{metrics[k]}/metrics" if metrics[k] else ""))
     frontend = None
     if http_port is not None or grpc_port is not None:
         from ..frontend.command import child_argv

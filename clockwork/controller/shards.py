@@ -8,9 +8,11 @@ own sockets) that issues model ids from [k << SHARD_ID_BITS, (k + 1) << SHARD_ID
 model id names its shard and a client sends each Infer straight to it (clockwork.client.shards).
 A model loaded on shard k runs only on shard k's GPUs: that is the trade (docs/design.md).
 
-Ports: shard k takes the client port `port + k`; its telemetry (and metrics) port is `telemetry
-port + k`, unless the K telemetry ports would overlap ports already given out, in which case they
-follow them (with the defaults 12346 / 12347: clients 12346.., telemetry 12346 + K..).
+Ports: shard k takes the client port `port + k`, the telemetry port `telemetry port + k` and the
+Prometheus port `metrics port + k` (when on), each block of K moved past the blocks before it
+where it would overlap them (with the defaults 12346 / 12347: clients 12346.., telemetry
+12346 + K..). Each shard serves its own /metrics: Prometheus scrapes the K of them as K targets
+(its `instance` label tells them apart; worker ids repeat across shards, model ids do not).
 
 The shards start and stop together: this process supervises them; when one exits (it failed, or
 was killed) the others are stopped and the command exits 1. With --http/--grpc, one `cw frontend`
