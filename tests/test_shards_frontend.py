@@ -140,6 +140,46 @@ def test_a_shard_not_answering_makes_the_frontend_not_ready(cluster, fe):
     http.close()
 
 
+def test_shard_addresses_out_of_order_are_a_not_ready_reason(cluster, fe):
+    """Infers would go to the wrong shard: the front end says why instead of serving."""
+    reversed_order = ",".join(reversed(cluster.address.split(",")))
+    with Frontend(reversed_order, cluster.env()) as wrong:
+        http = th.InferenceServerClient(wrong.http)
+        try:
+            def refused_for_order():
+                try:
+                    http.infer("mlp", [http_input(mlp_input(1))])
+                except InferenceServerException as e:
+                    return e.status() == "503" and "in shard order" in e.message()
+                return False
+            wait_until(refused_for_order, "".join(wrong.lines))
+            assert not http.is_server_ready()
+        finally:
+            http.close()
+
+
+def test_frontend_survives_a_restart_of_the_sharded_controller(cluster, fe):
+    """Every shard's connection drops and comes back with a new epoch: the front end lists
+    each shard again and loads its --models again, one per shard in turn. (Last on `cluster`.)"""
+    cluster.controller.terminate()
+    assert cluster.controller.wait(30) == 0
+    fe.wait_ready(False)
+    cluster.start_controller()
+    fe.wait_ready(True)
+    native = ShardedClient(cluster.address.split(","), log=lambda *_: None)
+    http = th.InferenceServerClient(fe.http)
+    try:
+        shards = {m.source.rstrip("/").rsplit("/", 1)[-1]: m.model_id >> SHARD_ID_BITS for m in native.ls()}
+        assert sorted(shards.values()) == [0, 1], shards     # one --model per shard, in turn
+        for name, shape in (("mlp", MLP_IN), ("resnet18", tuple(PROFILE["resnet18"]["input"]["shape"]))):
+            x = np.zeros((1, *shape), np.float32)
+            r = http.infer(name, [http_input(x)]).get_response()
+            assert r["parameters"]["clockwork_model_id"] >> SHARD_ID_BITS == shards[name]
+    finally:
+        native.close()
+        http.close()
+
+
 def test_cw_controller_shards_serve_kserve_through_one_frontend_child():
     port = free_port()
     with LocalCluster(gpus=1, workers=2, shards=2, controller_args=("--http", str(port))) as c:
