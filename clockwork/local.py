@@ -249,8 +249,9 @@ def run_command(duration, gpus, workload, scheduler, log_dir, shards, print_inte
     if gpus % shards:
         raise click.BadParameter(f"--gpus {gpus} must be a multiple of --shards {shards} (one worker per shard)")
     serving = http_port >= 0 or grpc_port >= 0
-    if shards > 1 and serving:
-        raise click.BadParameter("--http/--grpc serve one controller: not with --shards > 1")
+    if shards > 1 and in_process:
+        raise click.BadParameter("--frontend-in-process: a sharded controller has no controller loop of its own "
+                                 "to host it (without it, one `cw frontend` serves all the shards)")
     interval = print_interval or max(1.0, min(10.0, duration / 5))
     config = quick_config(interval)
     click.echo(f"clockwork: emulated worker ({gpus} GPUs) + {scheduler} controller + "

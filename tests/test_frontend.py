@@ -667,14 +667,16 @@ def test_curve_to_the_controller_and_tls_to_clients(tmp_path):
         assert not answer.startswith(b"HTTP/")
 
 
-@pytest.mark.parametrize("in_process", [False, True], ids=["process", "in-process"])
-def test_cw_run_serves_the_protocol_beside_its_workload(in_process):
-    """`cw run --http PORT [--frontend-in-process]`: the workload's models answer tritonclient
-    while the workload runs."""
+@pytest.mark.parametrize("mode", ["process", "in-process", "sharded"])
+def test_cw_run_serves_the_protocol_beside_its_workload(mode):
+    """`cw run --http PORT [--frontend-in-process | --shards 2]`: the workload's models answer
+    tritonclient while the workload runs (sharded: one front end over both shards)."""
     from clockwork.transport.sockets import free_port
     port = free_port()
-    mode = ["--frontend-in-process"] if in_process else []
-    run = subprocess.Popen([sys.executable, "-m", "clockwork.cli", "run", "--gpus", "1", "--duration", "8",
+    in_process = mode == "in-process"
+    mode = {"process": ["--gpus", "1"], "in-process": ["--gpus", "1", "--frontend-in-process"],
+            "sharded": ["--gpus", "2", "--shards", "2"]}[mode]
+    run = subprocess.Popen([sys.executable, "-m", "clockwork.cli", "run", "--duration", "8",
                             "--http", str(port), *mode, "--workload", "simple", "--", "--model", "mlp"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -203,7 +203,7 @@ def test_telemetry_link_is_curve_too(secure):
     endpoint = sockets.tcp("127.0.0.1", secure.telemetry_port)
     ctx = zmq.Context()
     try:
-        snaps, events = _sockets(ctx, endpoint)          # reads CLOCKWORK_CONFIG_FILE: security on
+        [(snaps, events)] = _sockets(ctx, [endpoint])    # reads CLOCKWORK_CONFIG_FILE: security on
         assert snaps.poll(int(WAIT_S * 1000)), "no snapshot over CURVE"
         assert isinstance(tm.decode(snaps.recv()), tm.Snapshot)
         plain = ctx.socket(zmq.SUB)

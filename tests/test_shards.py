@@ -144,7 +144,7 @@ def test_shards_end_when_the_command_is_killed():
 @pytest.mark.parametrize("args,words", [
     (["--shards", "0"], "'--shards': must be an integer 1..1048576, got 0"),
     (["--shards", "3"], "--shards 3 needs at least 3 workers (got 2)"),
-    (["--shards", "2", "--http", "0"], "not with --shards > 1"),
+    (["--shards", "2", "--http", "0", "--frontend-in-process"], "no controller loop of its own"),
 ])
 def test_bad_shards_values_are_one_line_errors(args, words):
     r = CliRunner().invoke(controller_command, [*args, f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"])
@@ -154,9 +154,13 @@ def test_bad_shards_values_are_one_line_errors(args, words):
     assert len(errors) == 1 and "Traceback" not in r.output
 
 
-def test_cw_run_shards_need_a_worker_each():
-    r = CliRunner().invoke(run_command, ["--shards", "2", "--gpus", "3"])
-    assert r.exit_code == 2 and "--gpus 3 must be a multiple of --shards 2" in r.output, r.output
+@pytest.mark.parametrize("args,words", [
+    (["--shards", "2", "--gpus", "3"], "--gpus 3 must be a multiple of --shards 2"),
+    (["--shards", "2", "--http", "0", "--frontend-in-process"], "no controller loop of its own"),
+])
+def test_cw_run_bad_shards_values(args, words):
+    r = CliRunner().invoke(run_command, args)
+    assert r.exit_code == 2 and words in r.output, r.output
 
 
 def test_ports_and_workers_split():

@@ -94,6 +94,11 @@ class ShardedClient:
         return sum(c.outstanding for c in self.shards)
 
     @property
+    def disconnects(self) -> int:
+        """Connection losses seen, all shards together (each Client counts its own)."""
+        return sum(c.disconnects for c in self.shards)
+
+    @property
     def sockets(self) -> list[zmq.Socket]:
         return [s for c in self.shards for s in c.sockets]
 
@@ -117,16 +122,25 @@ class ShardedClient:
     def infer(self, model_id: int, *args, **kw):
         return self.shard_of(model_id).infer(model_id, *args, **kw)
 
+    def _load_shard(self) -> int:
+        """The shard the next LoadModel goes to (round-robin)."""
+        k = self._next_load % len(self.shards)
+        self._next_load += 1
+        return k
+
     def load_model(self, path: str, copies: int = 1, timeout_s: float | None = None
                    ) -> tuple[int, int, LoadModelResponse]:
         """Client.load_model on the next shard in turn (round-robin)."""
-        k = self._next_load % len(self.shards)
-        self._next_load += 1
+        k = self._load_shard()
         first, n, r = self.shards[k].load_model(path, copies, timeout_s)
         if first >> SHARD_ID_BITS != k:
             raise ClientError(f"{self.shards[k].address} answered with model ids of shard {first >> SHARD_ID_BITS}, "
                               f"not {k}: give the shards' addresses in shard order (their ports ascending)")
         return first, n, r
+
+    def load_model_async(self, path: str, copies: int, callback: Callback, timeout_s: float | None = None) -> int:
+        """Client.load_model_async on the next shard in turn (the same turn as load_model's)."""
+        return self.shards[self._load_shard()].load_model_async(path, copies, callback, timeout_s)
 
     def ls(self, timeout_s: float | None = None) -> list[ModelInfo]:
         """Every shard's models, ordered by id."""

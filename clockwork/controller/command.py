@@ -28,7 +28,8 @@ from ..orphans import exit_with_parent
               help="(set by --shards for each shard process) this shard's index: its model id block")
 @click.option("--telemetry-port", type=flag_type("controller", "telemetry_port", "PORT"), default=None, help="Telemetry PUB port (0: off).")
 @click.option("--metrics-port", type=flag_type("controller", "metrics_port", "PORT"), default=None,
-              help="Prometheus /metrics HTTP port (0: off; default from config).")
+              help="Prometheus /metrics HTTP port (0: off; default from config); with --shards K, "
+                   "the first of K (one per shard).")
 @click.option("--log-dir", default=None, help="TSV log directory (default $CLOCKWORK_LOG_DIR or ./logs).")
 @click.option("--no-logs", is_flag=True, help="Write no request/action logs.")
 @click.option("--config", "config_file", default=None, help="TOML config (default $CLOCKWORK_CONFIG_FILE).")
@@ -72,13 +73,14 @@ def controller_command(workers, scheduler, host, port, shards, shard_index, tele
         raise click.BadParameter("--frontend-in-process and --frontend-arg need --http or --grpc")
     shards = cc.get("shards", 1) if shards is None else shards
     if shards > 1:
-        if serving:
-            raise click.UsageError("--http/--grpc serve one controller: not with --shards > 1")
+        if in_process:
+            raise click.UsageError("--frontend-in-process: a sharded controller has no controller loop of its "
+                                   "own to host it; without it the front end is a `cw frontend` child")
         if shards > len(addresses):
             raise click.UsageError(f"--shards {shards} needs at least {shards} workers (got {len(addresses)}): "
                                    "each shard schedules workers of its own")
         sys.exit(run_shards(shards, addresses, scheduler, host, port, telemetry_port, log_dir, no_logs,
-                            config_file, cc, generate_inputs))
+                            config_file, cc, generate_inputs, http_port, grpc_port, frontend_args))
     out = timestamped()
     if shard_index is not None:
         base, prefix = out, f"[shard {shard_index}]"
@@ -107,8 +109,9 @@ def controller_command(workers, scheduler, host, port, shards, shard_index, tele
 
 
 def run_shards(shards, addresses, scheduler, host, port, telemetry_port, log_dir, no_logs, config_file, cc,
-               generate_inputs) -> int:
-    """`cw controller --shards K`: start K shard processes (controller/shards.py), supervise them."""
+               generate_inputs, http_port=None, grpc_port=None, frontend_args=()) -> int:
+    """`cw controller --shards K`: start K shard processes (controller/shards.py) and, with
+    --http/--grpc, one `cw frontend` child serving all K; supervise them together."""
     from .shards import port_blocks, shard_argv, split_workers, supervise
     bind = host or cc.get("bind", "127.0.0.1")
     try:
@@ -132,9 +135,15 @@ def run_shards(shards, addresses, scheduler, host, port, telemetry_port, log_dir
         + ",".join(f"{reach}:{p}" for p in clients) + " (`cw client` takes this list)")
     for k, group in enumerate(groups):
         out(f"shard {k}: workers {','.join(group)}; clients on {bind}:{clients[k]}, telemetry "
-            + (f"on {bind}:{telemetry[k]}" if telemetry[k] else "off"))
+            + (f"on {bind}:{telemetry[k]}" if telemetry[k] else "off")
+            + (f", metrics on http://{reach}:{metrics[k]}/metrics" if metrics[k] else ""))
+    frontend = None
+    if http_port is not None or grpc_port is not None:
+        from ..frontend.command import child_argv
+        frontend = child_argv(",".join(f"{reach}:{p}" for p in clients), bind, http_port, grpc_port,
+                              frontend_args)
     return supervise([shard_argv(k, group, clients[k], telemetry[k], metrics[k], logs, common)
-                      for k, group in enumerate(groups)], out, config_file)
+                      for k, group in enumerate(groups)], out, config_file, frontend)
 
 
 def log_dir_or_fail(explicit):

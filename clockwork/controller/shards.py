@@ -8,12 +8,16 @@ own sockets) that issues model ids from [k << SHARD_ID_BITS, (k + 1) << SHARD_ID
 model id names its shard and a client sends each Infer straight to it (clockwork.client.shards).
 A model loaded on shard k runs only on shard k's GPUs: that is the trade (docs/design.md).
 
-Ports: shard k takes the client port `port + k`; its telemetry (and metrics) port is `telemetry
-port + k`, unless the K telemetry ports would overlap ports already given out, in which case they
-follow them (with the defaults 12346 / 12347: clients 12346.., telemetry 12346 + K..).
+Ports: shard k takes the client port `port + k`, the telemetry port `telemetry port + k` and the
+Prometheus port `metrics port + k` (when on), each block of K moved past the blocks before it
+where it would overlap them (with the defaults 12346 / 12347: clients 12346.., telemetry
+12346 + K..). Each shard serves its own /metrics: Prometheus scrapes the K of them as K targets
+(its `instance` label tells them apart; worker ids repeat across shards, model ids do not).
 
 The shards start and stop together: this process supervises them; when one exits (it failed, or
-was killed) the others are stopped and the command exits 1. Each shard ends with this process
+was killed) the others are stopped and the command exits 1. With --http/--grpc, one `cw frontend`
+child serves all K shards (clockwork.frontend.link drives a ShardedClient) and is supervised
+with them, the same way. Each shard ends with this process
 even if it is killed outright (clockwork.orphans).
 """
 from __future__ import annotations
@@ -61,15 +65,20 @@ def shard_argv(shard: int, workers: list[str], port: int, telemetry_port: int, m
             *logs, *common, *workers]
 
 
-def supervise(argvs: list[list[str]], out=print, config_file: str | None = None) -> int:
-    """Run the shards' processes until SIGINT / SIGTERM (exit status 0) or until one of them
+def supervise(argvs: list[list[str]], out=print, config_file: str | None = None,
+              frontend: list[str] | None = None) -> int:
+    """Run the shards' processes (and `frontend`, the command line of a `cw frontend` child
+    serving them all, if given) until SIGINT / SIGTERM (exit status 0) or until one of them
     exits (the others are stopped; status 1). Their output goes where ours goes."""
     env = child_env(dict(os.environ))
     if config_file:
         env["CLOCKWORK_CONFIG_FILE"] = config_file
-    exited = run_until_one_exits(argvs, POLL_S, env=env, stdin=subprocess.DEVNULL)
+    children = argvs + ([frontend] if frontend else [])
+    exited = run_until_one_exits(children, POLL_S, env=env, stdin=subprocess.DEVNULL)
     if exited is None:
         return 0
-    k = argvs.index(exited.args)
-    out(f"shard {k} (pid {exited.pid}) exited with status {exited.returncode}: stopping the other shards")
+    k = children.index(exited.args)
+    what, others = (f"shard {k}", "the other shards") if k < len(argvs) else ("the front end", "the shards")
+    out(f"{what} (pid {exited.pid}) exited with status {exited.returncode}: stopping {others}"
+        + (" and the front end" if frontend and k < len(argvs) else ""))
     return 1

@@ -87,6 +87,14 @@ async def serve(address: str, *, host: str, http_port: int | None, grpc_port: in
         await link.close()
 
 
+def child_argv(controller: str, host: str, http_port: int | None, grpc_port: int | None, args=()) -> list[str]:
+    """The command line of a `cw frontend` child of `cw controller --http/--grpc` (None: off).
+    controller: its address, or the shards' addresses comma-separated."""
+    return [sys.executable, "-m", "clockwork.frontend.command", controller, "--host", host,
+            "--http", str(-1 if http_port is None else http_port),
+            "--grpc", str(-1 if grpc_port is None else grpc_port), *args]
+
+
 def spawn(controller: str, host: str, http_port: int | None, grpc_port: int | None,
           config_file: str | None = None, args=()):
     """`cw frontend` as a child process (for `cw controller --http/--grpc`); its output goes
@@ -96,9 +104,7 @@ def spawn(controller: str, host: str, http_port: int | None, grpc_port: int | No
     env = child_env(dict(os.environ))
     if config_file:                     # the same config: [security] keys for CURVE among others
         env["CLOCKWORK_CONFIG_FILE"] = config_file
-    return subprocess.Popen([sys.executable, "-m", "clockwork.frontend.command", controller, "--host", host,
-                             "--http", str(-1 if http_port is None else http_port),
-                             "--grpc", str(-1 if grpc_port is None else grpc_port), *args],
+    return subprocess.Popen(child_argv(controller, host, http_port, grpc_port, args),
                             env=env, stdin=subprocess.DEVNULL)
 
 
@@ -198,8 +204,10 @@ def frontend_command(address, http_port, grpc_port, host, models, timeout_s, ref
                      max_batch, max_inflight, max_connections, tls_cert, tls_key, processes, reuse_port):
     """Serve KServe v2 / Open Inference Protocol (HTTP and gRPC) in front of a controller.
 
-    ADDRESS is the controller's HOST[:PORT] (port: [controller] client_port). CURVE to the
-    controller follows [security] in the config, as for `cw client`.
+    ADDRESS is the controller's HOST[:PORT] (port: [controller] client_port); for a sharded
+    controller (`cw controller --shards K`), its shards' addresses comma-separated in shard
+    order, as that command prints them. CURVE to the controller follows [security] in the
+    config, as for `cw client`.
     """
     exit_with_parent()
     kw = serve_settings(http_port, grpc_port, host, models, timeout_s, refresh_s, max_body_mb, max_batch,

@@ -102,7 +102,7 @@ class Inference:
                 timer.cancel()
             if response.status != Status.SUCCESS:
                 if response.status == Status.STALE_EPOCH:
-                    self.link.stale()
+                    self.link.stale(m.model_id)
                 done(FrontendError.from_status(response.status, response.message), None, None)
                 return
             out = frames[0].buffer if frames else b""

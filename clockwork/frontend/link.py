@@ -15,6 +15,14 @@ names: a request can never reach another model that took an old id). A refresh a
 models added since the last one (LS pages from the next id), so thousands of models cost
 nothing while nothing changes. The registry is refreshed every refresh_s, and at once when a
 request names a model it does not know (a model loaded a moment ago by another client).
+
+A sharded controller (`cw frontend A,B,...`, the shards' client addresses in shard order) is
+driven through a ShardedClient (clockwork.client.shards): each Infer goes to its model's shard,
+`--model` loads go to the shards in turn. Listing, epochs and lost connections are per shard
+(each shard lists, restarts and drops on its own); the registry merges every shard's models
+(their ids name their shard). Ready only when every shard answered its LS: a shard that does
+not makes the whole front end not ready, naming it, since a front end that is ready while some
+of its models cannot be reached answers 503 to requests a load balancer sent it for them.
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ import time
 import zmq
 
 from ..client.api import Client
+from ..client.shards import ShardedClient, make_client
+from ..limits import SHARD_ID_BITS
 from ..status import Status
 from .registry import Registry, model_name
 
@@ -34,7 +44,8 @@ CLOSE_S = 2.0             # close() waits at most this long for the link's own t
 
 
 class ControllerLink:
-    """Owns one Client; every method runs on the event loop's thread."""
+    """Owns one Client (a ShardedClient for a sharded controller); every method runs on the
+    event loop's thread."""
 
     def __init__(self, address: str, *, timeout_s: float = 30.0, refresh_s: float = 2.0,
                  load: list[tuple[str, int]] = (), load_timeout_s: float = 600.0, log=print,
@@ -43,7 +54,12 @@ class ControllerLink:
         ZeroMQ context (an inproc:// address needs it) and `controller_gone()`: None while its
         loop runs, else (why, ended: it will never answer again), checked every tick: the inproc link reports no disconnection, so a controller loop
         that stopped or stalls is noticed through this instead."""
-        self.client = Client(address, timeout_s=timeout_s, connect_timeout_s=0, log=log, ctx=ctx)
+        self.client = make_client(address, timeout_s=timeout_s, connect_timeout_s=0, log=log, ctx=ctx)
+        # one Client per shard (one in all for an unsharded controller): what each listed
+        self.connections: list[Client] = (self.client.shards if isinstance(self.client, ShardedClient)
+                                          else [self.client])
+        self._listed = [Registry() for _ in self.connections]
+        self._shard_disconnects = [0] * len(self.connections)
         self.controller_gone = controller_gone
         self.address = self.client.address
         self.timeout_s = timeout_s
@@ -68,21 +84,31 @@ class ControllerLink:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _name(self, k: int) -> str:
+        """Connection k, for messages: the controller, or shard k of a sharded one."""
+        c = self.connections[k]
+        return f"shard {k} at {c.address}" if len(self.connections) > 1 else f"the controller at {c.address}"
+
+    def _shard(self, model_id: int) -> int:
+        """The index of the connection that serves model_id (as ShardedClient routes it)."""
+        k = model_id >> SHARD_ID_BITS
+        return k if 0 <= k < len(self.connections) else 0
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._watch()
         self._tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self._refresher())]
 
     def _watch(self) -> None:
-        """Watch the client's sockets (again if they changed, e.g. after a reconnect): the
-        request socket wakes the lean pump, the connection monitor the full one."""
-        fds = [s.getsockopt(zmq.FD) for s in self.client.sockets]
+        """Watch the client's sockets (again if they changed, e.g. after a reconnect): a
+        request socket wakes the lean pump, a connection monitor the full one."""
+        fds = [(s.getsockopt(zmq.FD), i == 0) for c in self.connections for i, s in enumerate(c.sockets)]
         if fds == self._fds:
             return
-        for fd in self._fds:
+        for fd, _ in self._fds:
             self._loop.remove_reader(fd)
-        for i, fd in enumerate(fds):
-            self._loop.add_reader(fd, self._pump if i == 0 else self._pump_all)
+        for fd, requests in fds:
+            self._loop.add_reader(fd, self._pump if requests else self._pump_all)
         self._fds = fds
 
     async def close(self) -> None:
@@ -95,7 +121,7 @@ class ControllerLink:
             t.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=CLOSE_S)
-        for fd in self._fds:
+        for fd, _ in self._fds:
             self._loop.remove_reader(fd)
         self._fds = []
         self.client.close()
@@ -111,9 +137,24 @@ class ControllerLink:
             pass
         if client.disconnects != self._disconnects:
             self._disconnects = client.disconnects
-            self._set_ready(False, f"connection to the controller at {self.address} lost")
-            self.registry = Registry()           # whoever answers next lists from scratch
-            self._wake.set()
+            self._lost()
+
+    def _lost(self) -> None:
+        """Some connection dropped: whoever answers there next lists from scratch."""
+        lost = []
+        for k, c in enumerate(self.connections):
+            if c.disconnects != self._shard_disconnects[k]:
+                self._shard_disconnects[k] = c.disconnects
+                self._listed[k] = Registry()
+                lost.append(self._name(k))
+        self._merge()
+        self._set_ready(False, f"connection to {', '.join(lost)} lost")
+        self._wake.set()
+
+    def _merge(self) -> None:
+        """The registry the servers read: every connection's models (ids name their shard)."""
+        listed = self._listed
+        self.registry = listed[0] if len(listed) == 1 else Registry([m for r in listed for m in r.infos])
 
     def _pump_all(self) -> None:
         self._pump(monitor=True)
@@ -172,10 +213,13 @@ class ControllerLink:
         self._schedule_pump()
         return fut
 
-    def stale(self) -> None:
-        """An answer said our model ids are from another controller lifetime: list again."""
-        self._set_ready(False, f"the controller at {self.address} restarted")
-        self.registry = Registry()
+    def stale(self, model_id: int = 0) -> None:
+        """An answer for model_id said our ids are from another lifetime of its controller
+        (shard): list that one again."""
+        k = self._shard(model_id)
+        self._set_ready(False, f"{self._name(k)} restarted")
+        self._listed[k] = Registry()
+        self._merge()
         self._wake.set()
 
     # ------------------------------------------------------------------ registry
@@ -194,14 +238,15 @@ class ControllerLink:
             self._refresh = asyncio.ensure_future(self._do_refresh())
         return asyncio.shield(self._refresh)
 
-    async def _list_new(self):
-        """The models added since the registry was built: LS pages from the registry's next id
-        (a controller lifetime only ever adds models, with growing ids), or every page when the
-        lifetime (epoch) changed. Returns (failed answer or None, new models, epoch)."""
-        reg = self.registry
+    async def _list_new(self, k: int):
+        """The models connection k added since it was listed: LS pages from its last listing's
+        next id (a controller lifetime only ever adds models, with growing ids), or every page
+        when the lifetime (epoch) changed. Returns (failed answer or None, new models, epoch)."""
+        reg = self._listed[k]
+        client = self.connections[k]
         first, models, epoch = reg.next_id, [], None
         while True:
-            r = await self._call(lambda cb, t, f=first: self.client.ls_async(cb, t, f),
+            r = await self._call(lambda cb, t, f=first: client.ls_async(cb, t, f),
                                  min(self.timeout_s, 5.0))
             if r.status != Status.SUCCESS:
                 return r, [], 0
@@ -216,19 +261,31 @@ class ControllerLink:
 
     async def _do_refresh(self) -> bool:
         self._last_refresh = time.monotonic()
-        failed, new, epoch = await self._list_new()
-        if failed is not None:
-            self._set_ready(False, f"controller {self.address}: {failed.message or failed.status}")
+        answers = await asyncio.gather(*(self._list_new(k) for k in range(len(self.connections))))
+        problems = []
+        changed = False
+        for k, (failed, new, epoch) in enumerate(answers):
+            if failed is not None:
+                problems.append(f"{self._name(k)}: {failed.message or failed.status}")
+                continue
+            wrong = self._misplaced(k, new)
+            if wrong:
+                problems.append(wrong)
+                continue
+            client = self.connections[k]
+            if epoch and epoch != client.model_ids.epoch:
+                # a controller lifetime (epoch) of its own: our Infers name it, so an id from an
+                # older lifetime is answered STALE_EPOCH, never served by another model
+                client.model_ids.adopt(epoch)
+            reg = self._listed[k]
+            if epoch != reg.epoch or new:
+                self._listed[k] = Registry(new if epoch != reg.epoch else reg.infos + new, epoch)
+                changed = True
+        if changed:
+            self._merge()
+        if problems:
+            self._set_ready(False, "; ".join(problems))
             return False
-        if epoch and epoch != self.client.model_ids.epoch:
-            # a controller lifetime (epoch) of its own: our Infers name it, so an id from an
-            # older lifetime is answered STALE_EPOCH, never served by another model
-            self.client.model_ids.adopt(epoch)
-        reg = self.registry
-        if epoch != reg.epoch:
-            self.registry = Registry(new, epoch)
-        elif new:
-            self.registry = Registry(reg.infos + new, epoch)
         missing = [(path, copies) for path, copies in self.load if model_name(path) not in self.registry.models]
         if missing:
             loads = [self._call(lambda cb, t, p=p, c=c: self.client.load_model_async(p, c, cb, t),
@@ -249,6 +306,17 @@ class ControllerLink:
             return False
         self._set_ready(True)
         return True
+
+    def _misplaced(self, k: int, models) -> str | None:
+        """Why connection k's models cannot be served through it: ids of another shard (the
+        addresses were not given in shard order, so Infers would go to the wrong shard)."""
+        if len(self.connections) == 1:
+            return None
+        for m in models:
+            if m.model_id >> SHARD_ID_BITS != k:
+                return (f"{self._name(k)} has model ids of shard {m.model_id >> SHARD_ID_BITS}: give the "
+                        "shards' addresses in shard order (their ports ascending)")
+        return None
 
     async def _refresher(self) -> None:
         while not self._closed:

@@ -9,6 +9,11 @@ rich a few times a second. Keys:
     p          pause / resume the display
 
 `--once` prints one snapshot as plain text and exits (for scripts and non-terminals).
+
+A sharded controller (`cw controller --shards K`) publishes on K ports: `cw top A,B,...` or
+`cw top --shards K [HOST[:PORT]]` subscribes to each (a conflated socket per shard: one would
+keep only the newest of all shards) and shows them as one (telemetry/shards.py): GPUs of every
+shard labelled with it, totals summed, latency percentiles per shard and the worst of them.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ import time
 from collections import deque
 
 import click
+import msgspec
 import zmq
 
 from ..values import POSITIVE, Spec
 from . import messages as tm
+from .shards import combine
 
 SPARK = "▁▂▃▄▅▆▇█"
 HISTORY = 120                 # snapshots kept for the sparklines (~2 minutes)
@@ -80,12 +87,19 @@ def _duration(s: float) -> str:
 
 
 class TopState:
-    """What the viewer knows and shows; separate from I/O so rendering is testable."""
+    """What the viewer knows and shows; separate from I/O so rendering is testable.
+    address: one HOST:PORT, or a list of them, one per shard of a sharded controller."""
 
-    def __init__(self, address: str, sort: str = "rate", filter_text: str = "", reverse: bool = False):
-        self.address = address
-        self.snapshot: tm.Snapshot | None = None
+    def __init__(self, address: str | list[str], sort: str = "rate", filter_text: str = "",
+                 reverse: bool = False):
+        self.addresses = [address] if isinstance(address, str) else list(address)
+        self.address = ",".join(self.addresses)
+        self.sharded = len(self.addresses) > 1
+        self.snapshot: tm.Snapshot | None = None       # the shards' combined when sharded
         self.received_at = 0.0
+        self.shards: list[tm.Snapshot | None] = [None] * len(self.addresses)   # each shard's latest
+        self.shard_received = [0.0] * len(self.addresses)
+        self.gpu_shards: list[int] = []                 # the shard of each GPU row of the snapshot
         self.started = time.monotonic()
         self.rates: deque = deque(maxlen=HISTORY)
         self.goodputs: deque = deque(maxlen=HISTORY)
@@ -98,19 +112,32 @@ class TopState:
         self.paused = False
         self.error = ""
 
-    def on_message(self, msg, now: float) -> None:
+    def on_message(self, msg, now: float, shard: int = 0) -> None:
+        """A message from the shard with this index (0 when not sharded)."""
         if type(msg) is tm.Snapshot:
             if self.paused:
                 return
-            self.snapshot = msg
+            self.shards[shard] = msg
+            self.shard_received[shard] = now
             self.received_at = now
-            self.rates.append(msg.rate)
-            self.goodputs.append(msg.goodput)
-            self.slos.append(msg.slo)
+            if self.sharded:
+                self.snapshot, self.gpu_shards = combine(self.shards)
+                # one history point per round of snapshots: when the first publishing shard's comes
+                if shard != next(k for k, s in enumerate(self.shards) if s is not None):
+                    return
+            else:
+                self.snapshot, self.gpu_shards = msg, [0] * len(msg.gpus)
+            snap = self.snapshot
+            self.rates.append(snap.rate)
+            self.goodputs.append(snap.goodput)
+            self.slos.append(snap.slo)
         else:
-            self.events.extend(msg.events)
+            label = f"shard {shard}: " if self.sharded else ""
+            self.events.extend(msgspec.structs.replace(e, text=label + e.text) if label else e
+                               for e in msg.events)
             if msg.dropped:
-                self.events.append(tm.Event(time.time_ns(), "dropped", f"{msg.dropped} events not sent (rate limit)"))
+                self.events.append(tm.Event(time.time_ns(), "dropped",
+                                            f"{label}{msg.dropped} events not sent (rate limit)"))
 
     def on_keys(self, data: str) -> bool:
         """Apply typed keys; False means quit."""
@@ -174,7 +201,8 @@ GPU_COLUMNS = (("GPU", True), ("NAME", False), ("HEALTH", True), ("UTIL%", True)
 NARROW = 140
 
 
-def _gpu_table(snap: tm.Snapshot, width: int):
+def _gpu_table(snap: tm.Snapshot, width: int, shards: list[int] | None = None):
+    """One row per GPU; `shards`: each row's shard, to label it with (None: not sharded)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -184,13 +212,14 @@ def _gpu_table(snap: tm.Snapshot, width: int):
         if k:
             table.add_column(col, justify="left" if col in ("GPU", "NAME", "HEALTH") else "right",
                              no_wrap=True)
-    for g in snap.gpus:
+    for i, g in enumerate(snap.gpus):
         health = Text(g.health, style={"ok": "green", "lost": "bold red"}.get(g.health, "yellow"))
+        shard = "" if shards is None else f"S{shards[i]} "
         if g.gpu_id < 0:
-            cells = [f"W{g.worker_id}", g.address, health] + ["-"] * (len(GPU_COLUMNS) - 3)
+            cells = [f"{shard}W{g.worker_id}", g.address, health] + ["-"] * (len(GPU_COLUMNS) - 3)
         else:
             cells = [
-                f"W{g.worker_id}-GPU{g.gpu_id}", g.name, health,
+                f"{shard}W{g.worker_id}-GPU{g.gpu_id}", g.name, health,
                 _num(100 * g.utilization if g.utilization >= 0 else -1), f"{100 * g.busy:.1f}",
                 f"{g.infer_rate:.1f}", f"{g.request_rate:.1f}", f"{g.load_rate:.1f}", f"{g.evict_rate:.1f}",
                 str(g.loaded_models), f"{g.total_pages - g.free_pages}/{g.total_pages}",
@@ -221,8 +250,10 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
         if waited >= STALE_S:
             lines.append(Text(f"No controller is publishing telemetry on {state.address} "
                               f"(nothing received for {waited:.0f} s).", style="bold red"))
-            lines.append(Text(f"Start one with `cw controller --telemetry-port {port} ...` "
-                              f"(config: [controller] telemetry_port), or give its HOST:PORT."))
+            start = (f"`cw controller --shards {len(state.addresses)} ...` (it prints its telemetry ports)"
+                     if state.sharded else f"`cw controller --telemetry-port {port} ...`")
+            lines.append(Text(f"Start one with {start} (config: [controller] telemetry_port), "
+                              "or give its HOST:PORT."))
         else:
             lines.append(Text("waiting for the first snapshot..."))
         if state.error:
@@ -232,6 +263,8 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
     up = sum(1 for g in snap.gpus if g.health == "ok")
     head = Text()
     head.append(f"clockwork top  {state.address}", style="bold")
+    if state.sharded:
+        head.append(f"  {len(state.addresses)} shards")
     head.append(f"   {snap.phase}  scheduler {snap.scheduler}  uptime {_duration(snap.uptime_s)}")
     if state.paused:
         head.append("   PAUSED", style="bold yellow")
@@ -239,11 +272,18 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
     if age >= STALE_S:
         head.append(f"   no snapshot for {age:.0f} s: controller stopped or unreachable",
                     style="bold red")
+    elif state.sharded:
+        quiet = [k for k, at in enumerate(state.shard_received) if now - (at or state.started) >= STALE_S]
+        if quiet:
+            head.append("   no snapshot from " + ", ".join(
+                f"shard {k} for {now - (state.shard_received[k] or state.started):.0f} s" for k in quiet),
+                style="bold red")
     slo_style = "green" if snap.slo < 0 or snap.slo >= 0.999 else "yellow" if snap.slo >= 0.99 else "red"
     totals = Text()
     totals.append(f"requests {snap.rate:.1f}/s  goodput {snap.goodput:.1f}/s  SLO ")
     totals.append(f"{_pct(snap.slo)}%", style=slo_style)
-    totals.append(f"  p50 {_num(snap.p50_ms)} ms  p99 {_num(snap.p99_ms)} ms  max {_num(snap.max_ms)} ms"
+    worst = " (worst shard)" if state.sharded else ""
+    totals.append(f"  p50 {_num(snap.p50_ms)} ms  p99 {_num(snap.p99_ms)} ms{worst}  max {_num(snap.max_ms)} ms"
                   f"  queue {snap.queue if snap.queue >= 0 else '-'}  answered {snap.total}"
                   f"  models {len(snap.models)}/{snap.models_registered}  GPUs {up}/{len(snap.gpus)} ok")
     spark_w = max(10, min(HISTORY, width - 30))
@@ -257,12 +297,12 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
     sparks.append("SLO        ", style="dim")
     sparks.append(sparkline(slos, lo=min(min(known, default=1.0), 0.99), hi=1.0), style=slo_style)
     sparks.append(f" {100 * min(known, default=1.0):.2f}% min", style="dim")
-    parts = [head, totals, sparks]
+    parts = [head, totals, *_shard_lines(state), sparks]
     if snap.failures:
         parts.append(Text("failures: " + "  ".join(f"{k} {v}" for k, v in snap.failures.items()),
                           style="red"))
 
-    gpus = _gpu_table(snap, width)
+    gpus = _gpu_table(snap, width, state.gpu_shards if state.sharded else None)
 
     rows = state.models()
     sort_key = SORTS[state.sort][0]
@@ -293,15 +333,39 @@ def render(state: TopState, width: int = 120, height: int = 40, now: float | Non
                  keys)
 
 
+def _shard_lines(state: TopState) -> list:
+    """Each shard's own totals, when sharded: its latency percentiles are only its own."""
+    from rich.text import Text
+    if not state.sharded:
+        return []
+    lines = []
+    for k, (address, s) in enumerate(zip(state.addresses, state.shards)):
+        line = Text(f"  shard {k} {address}  ", style="dim")
+        if s is None:
+            line.append("no snapshot yet", style="yellow")
+        else:
+            up = sum(1 for g in s.gpus if g.health == "ok")
+            line.append(f"{s.phase}  requests {s.rate:.1f}/s  goodput {s.goodput:.1f}/s  SLO {_pct(s.slo)}%"
+                        f"  p50 {_num(s.p50_ms)} ms  p99 {_num(s.p99_ms)} ms  max {_num(s.max_ms)} ms"
+                        f"  queue {s.queue if s.queue >= 0 else '-'}  answered {s.total}  GPUs {up}/{len(s.gpus)} ok")
+        lines.append(line)
+    return lines
+
+
 # ---------------------------------------------------------------------- I/O
 
-def _sockets(ctx: zmq.Context, endpoint: str):
+def _sockets(ctx: zmq.Context, endpoints: list[str]) -> list[tuple[zmq.Socket, zmq.Socket]]:
+    """(snapshots, events) SUB sockets for each endpoint (shard)."""
     from ..config import load_config
     from ..transport import security as security_mod
     try:
         security = security_mod.load(load_config())     # [security] on: CURVE with the client key
     except ValueError as e:                             # a bad config file or missing keys
         raise click.ClickException(str(e)) from None
+    return [_subscribe(ctx, endpoint, security) for endpoint in endpoints]
+
+
+def _subscribe(ctx: zmq.Context, endpoint: str, security) -> tuple[zmq.Socket, zmq.Socket]:
     snaps = ctx.socket(zmq.SUB)
     snaps.setsockopt(zmq.LINGER, 0)
     snaps.setsockopt(zmq.CONFLATE, 1)          # only the newest snapshot matters
@@ -317,48 +381,74 @@ def _sockets(ctx: zmq.Context, endpoint: str):
     return snaps, events
 
 
-def _read(sock, state: TopState) -> None:
+def _read(sock, state: TopState, shard: int = 0) -> None:
     while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
         frame = sock.recv()
         try:
-            state.on_message(tm.decode(frame), time.monotonic())
+            state.on_message(tm.decode(frame), time.monotonic(), shard)
         except tm.TelemetryError as e:
             state.error = str(e)
 
 
-def _resolve(address: str | None) -> tuple[str, str]:
-    """(display HOST:PORT, zmq endpoint) from HOST:PORT, HOST, :PORT or the config's port."""
+def _resolve(address: str | None, shards: int | None = None) -> list[tuple[str, str]]:
+    """[(display HOST:PORT, zmq endpoint)], one per shard, from HOST:PORT, HOST, :PORT or the
+    config's port; "A,B,..." for a sharded controller's shards, or with `shards` = K the K
+    ports from PORT on, or without a PORT those `cw controller --shards K` gives its shards
+    under this config (clockwork.controller.shards.port_blocks)."""
     from ..config import ConfigError, load_config
+    from ..controller.shards import port_blocks
     from ..transport.sockets import parse_address, tcp
     try:
-        default_port = int(load_config()["controller"]["telemetry_port"])
+        cc = load_config()["controller"]
+        default_port = int(cc["telemetry_port"])
+        if shards:
+            default_port = port_blocks(shards, cc["client_port"], default_port, cc.get("metrics_port", 0))[1][0]
     except (ConfigError, KeyError, ValueError) as e:
         raise click.ClickException(f"cannot read the telemetry port from the config: {e}")
-    try:
-        host, port = parse_address(address or f"127.0.0.1:{default_port}", default_port)
-    except ValueError as e:
-        raise click.ClickException(str(e))
-    if host == "0.0.0.0":
-        host = "127.0.0.1"
-    return f"{host}:{port}", tcp(host, port)
+    given = [a for a in (address or "").split(",") if a] or [f"127.0.0.1:{default_port}"]
+    if shards and len(given) > 1:
+        raise click.BadParameter("give either --shards K with one HOST[:PORT] or the shards' addresses "
+                                 "comma-separated, not both")
+    out = []
+    for a in given:
+        try:
+            host, port = parse_address(a, default_port)
+        except ValueError as e:
+            raise click.ClickException(str(e))
+        if host == "0.0.0.0":
+            host = "127.0.0.1"
+        for k in range(shards or 1):
+            if port + k > 65535:
+                raise click.BadParameter(f"--shards {shards} from port {port}: past 65535")
+            out.append((f"{host}:{port + k}", tcp(host, port + k)))
+    return out
 
 
-def _once(state: TopState, snaps, events, timeout: float, width: int) -> None:
+def _once(state: TopState, sockets, timeout: float, width: int) -> None:
+    """Wait for a snapshot from every shard (at most timeout s), print them, exit."""
     from rich.console import Console
     deadline = time.monotonic() + timeout
-    while state.snapshot is None and time.monotonic() < deadline:
-        if snaps.poll(int(max(0.0, deadline - time.monotonic()) * 1000) + 1):
-            _read(snaps, state)
-    if state.snapshot is None:
+    poller = zmq.Poller()
+    for snaps, _ in sockets:
+        poller.register(snaps, zmq.POLLIN)
+    while any(s is None for s in state.shards) and time.monotonic() < deadline:
+        ready = dict(poller.poll(int(max(0.0, deadline - time.monotonic()) * 1000) + 1))
+        for k, (snaps, _) in enumerate(sockets):
+            if snaps in ready:
+                _read(snaps, state, k)
+    missing = [a for a, s in zip(state.addresses, state.shards) if s is None]
+    if missing:
+        what = "no controller is publishing" if len(missing) == len(state.shards) else "no shard is publishing"
         raise click.ClickException(
-            f"no controller is publishing telemetry on {state.address} (waited {timeout:g} s); "
+            f"{what} telemetry on {','.join(missing)} (waited {timeout:g} s); "
             f"start one with --telemetry-port or give its HOST:PORT")
-    _read(events, state)
+    for k, (_, events) in enumerate(sockets):
+        _read(events, state, k)
     Console(width=width, force_terminal=False, soft_wrap=False).print(
         render(state, width=width, height=10_000, interactive=False))
 
 
-def _live(state: TopState, snaps, events) -> None:
+def _live(state: TopState, sockets) -> None:
     import termios
     import tty
 
@@ -369,8 +459,9 @@ def _live(state: TopState, snaps, events) -> None:
     fd = sys.stdin.fileno() if sys.stdin.isatty() else None
     old = termios.tcgetattr(fd) if fd is not None else None
     poller = zmq.Poller()
-    poller.register(snaps, zmq.POLLIN)
-    poller.register(events, zmq.POLLIN)
+    for snaps, events in sockets:
+        poller.register(snaps, zmq.POLLIN)
+        poller.register(events, zmq.POLLIN)
     if fd is not None:
         poller.register(fd, zmq.POLLIN)
         tty.setcbreak(fd)
@@ -379,17 +470,20 @@ def _live(state: TopState, snaps, events) -> None:
             next_draw = 0.0
             while True:
                 ready = dict(poller.poll(int(REDRAW_S * 1000)))
-                if snaps in ready:
-                    _read(snaps, state)
-                if events in ready:
-                    _read(events, state)
+                new_snapshot = False
+                for k, (snaps, events) in enumerate(sockets):
+                    if snaps in ready:
+                        _read(snaps, state, k)
+                        new_snapshot = True
+                    if events in ready:
+                        _read(events, state, k)
                 if fd is not None and fd in ready:
                     data = os.read(fd, 64).decode("utf-8", "replace")
                     if not state.on_keys(data):
                         return
                     next_draw = 0.0
                 now = time.monotonic()
-                if now >= next_draw or snaps in ready:
+                if now >= next_draw or new_snapshot:
                     size = console.size
                     live.update(render(state, size.width, size.height, now), refresh=True)
                     next_draw = now + REDRAW_S
@@ -409,22 +503,26 @@ def _live(state: TopState, snaps, events) -> None:
 @click.option("--timeout", type=POSITIVE.click("S"), default=5.0, show_default=True,
               help="With --once: seconds to wait for a snapshot before giving up.")
 @click.option("--width", type=Spec(int, 20).click(), default=160, show_default=True, help="With --once: text width.")
-def top_command(address, sort, filter_text, once, timeout, width):
+@click.option("--shards", type=click.IntRange(1, 1024), default=None, metavar="K",
+              help="A sharded controller's K telemetry ports: from ADDRESS's PORT on (the first one "
+                   "`cw controller --shards K` prints), or without a PORT those it assigns under this config.")
+def top_command(address, sort, filter_text, once, timeout, width, shards):
     """Live view of the controller publishing telemetry at ADDRESS (HOST:PORT; default
-    127.0.0.1 and the config's [controller] telemetry_port).
+    127.0.0.1 and the config's [controller] telemetry_port). For a sharded controller, its
+    shards' telemetry addresses comma-separated, or --shards K: one view of all of them.
 
     \b
     Keys: q quit, < > (or arrows) sort column, r reverse, / filter (Enter ends, Esc clears),
     p pause."""
-    display, endpoint = _resolve(address)
-    state = TopState(display, sort, filter_text)
+    resolved = _resolve(address, shards)
+    state = TopState([display for display, _ in resolved], sort, filter_text)
     ctx = zmq.Context()
     try:
-        snaps, events = _sockets(ctx, endpoint)
+        sockets = _sockets(ctx, [endpoint for _, endpoint in resolved])
         if once:
-            _once(state, snaps, events, timeout, width)
+            _once(state, sockets, timeout, width)
         else:
-            _live(state, snaps, events)
+            _live(state, sockets)
     finally:
         ctx.destroy(linger=0)
 
