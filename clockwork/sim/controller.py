@@ -2,10 +2,10 @@
 
 `SimController` is clockwork.controller.server.Controller with its sockets replaced by
 network.py's and its clock by the simulation's. Every method that decides something is
-inherited unchanged: request validation and admission (admission.py), the LoadModel broadcast
-(model_loading.py), clock conversion of windows and results, loss by silence or closed
-connection and rejoin (worker_links.py), housekeeping, the request and action logs and the
-stats lines (server.py). Only two things are written here:
+inherited unchanged: request validation and admission (admission.py, requests.py), the
+LoadModel broadcast (model_loading.py), clock conversion of windows and results (actions.py),
+loss by silence or closed connection and rejoin (worker_links.py), housekeeping, the request and
+action logs and the stats lines (server.py). Only two things are written here:
 
   * __init__, which makes in-memory sockets and hands them, with the simulated clock, to
     Controller._init_state (the state Controller.__init__ builds around its ZeroMQ sockets); and
