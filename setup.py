@@ -16,6 +16,9 @@ COMPILED = [
     "clockwork/controller/schedulers/estimates.py",
     "clockwork/controller/schedulers/load_planning.py",
     "clockwork/controller/scheduler.py",
+    "clockwork/controller/requests.py",
+    "clockwork/controller/replies.py",
+    "clockwork/controller/actions.py",
     "clockwork/controller/queuewait.py",
     "clockwork/transport/clocksync.py",
     "clockwork/id_ranges.py",
@@ -73,8 +76,9 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "matplotlib>=3.6",
                  "onnx>=1.16", "onnxruntime>=1.17"],   # onnxruntime: numerical oracle for imported models
         "bench": ["py-spy>=0.3"],      # tools/bench/controller_cost.py --py-spy (sampling profiler)
-        # CLOCKWORK_COMPILE=1: the per-request modules compiled with mypyc (docs/compiled.md)
-        "compiled": ["mypy>=1.10"],
+        # CLOCKWORK_COMPILE=1: the per-request modules compiled with mypyc (docs/compiled.md);
+        # from Python 3.12 on mypyc's build imports distutils, which only setuptools provides
+        "compiled": ["mypy>=1.10", 'setuptools; python_version >= "3.12"'],
     },
     entry_points={"console_scripts": ["cw=clockwork.cli:main"]},
 )

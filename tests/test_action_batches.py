@@ -211,22 +211,22 @@ def test_controller_and_worker_hold_nothing_when_they_wait(worker, monkeypatch):
     from clockwork.client.api import Client
     from clockwork.config import load_config
     from clockwork.controller import server as server_mod
-    from clockwork.controller import admission, worker_links
+    from clockwork.controller import actions, replies
 
     held = []
     unasked = []                # per wait: sockets sent on since the last one, not asked
     sent = set()
     real_wait = server_mod.wait
-    real_send = worker_links.send       # (the same function admission uses)
+    real_send = actions.send       # (the same function replies uses)
 
     def recorded_send(sock, *args, **kw):
         sent.add(sock)
         return real_send(sock, *args, **kw)
-    monkeypatch.setattr(worker_links, "send", recorded_send)    # actions
-    monkeypatch.setattr(admission, "send", recorded_send)       # answers
+    monkeypatch.setattr(actions, "send", recorded_send)    # actions
+    monkeypatch.setattr(replies, "send", recorded_send)       # answers
 
     def checked_wait(socks, timeout_s, spin_s=0.0, touched=None, *args):
-        held.append(len(ctl._outgoing) + sum(len(w.outbox) for w in ctl.workers)
+        held.append(len(ctl.actions.outgoing) + sum(len(w.outbox) for w in ctl.workers)
                     + sum(len(q) for q in ctl.replies.waiting.values()))
         if not unasked:         # the first wait asks every socket (one never asked does not signal)
             sent.update(socks)

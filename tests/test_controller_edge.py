@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from clockwork.config import load_config
-from clockwork.controller import admission, logs, worker_links
+from clockwork.controller import actions, logs, replies
 from clockwork.controller import server as server_mod
 from clockwork.controller.scheduler import Request
 from clockwork.controller.simulator import MS, model_info
@@ -50,7 +50,7 @@ def _edge(monkeypatch, log_dir):
     clock = Clock()
     monkeypatch.setattr(server_mod.time, "monotonic_ns", clock)
     wire = []
-    real_send = worker_links.send
+    real_send = actions.send
 
     def capture(sock, msg, data=(), ident=None, flags=0):
         if type(msg) is s.ActionBatch:      # the actions one by one
@@ -59,8 +59,8 @@ def _edge(monkeypatch, log_dir):
             wire.append((msg, list(data)))
         if ident is not None:
             real_send(sock, msg, data, ident=ident, flags=flags)
-    monkeypatch.setattr(worker_links, "send", capture)       # actions to workers
-    monkeypatch.setattr(admission, "send", capture)          # answers to clients
+    monkeypatch.setattr(actions, "send", capture)       # actions to workers
+    monkeypatch.setattr(replies, "send", capture)          # answers to clients
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0)     # no PUB socket, no port taken
     c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
@@ -134,7 +134,7 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
     c, clock, wire = edge
     sending = []
     fail_next = [True]
-    capture = worker_links.send
+    capture = actions.send
 
     def send(sock, msg, data=(), ident=None, flags=0):
         sending.append(True)
@@ -145,7 +145,7 @@ def test_a_failed_send_reaches_the_scheduler_after_the_tick(edge, monkeypatch):
             capture(sock, msg, data, ident, flags)
         finally:
             sending.pop()
-    monkeypatch.setattr(worker_links, "send", send)
+    monkeypatch.setattr(actions, "send", send)
     results = []
     on_result = c.scheduler.on_result
 
@@ -210,8 +210,9 @@ def test_logs_have_the_originals_meaning(logged_edge, tmp_path):
 
 def test_evictions_have_a_row():
     from clockwork.controller.logs import ACTION_COLUMNS
-    p = worker_links.Pending(type("W", (), {"id": 3})(), s.EvictWeights(9, 0, 1 << 62, 5, 1), 1000, 0,
-                           None, (1980, 7, 2))
+    no_socket = type("NoSocket", (), {"get_monitor_socket": lambda self, events: None})()
+    p = actions.Pending(actions.WorkerLink(3, "w3", no_socket), s.EvictWeights(9, 0, 1 << 62, 5, 1), 1000, 0,
+                        None, (1980, 7, 2))
     row = dict(zip(ACTION_COLUMNS, logs.action_row(p, s.EvictWeightsResult(9, 1100, 1400, 1200, 1300), 1500)))
     assert (row["action_type"], row["worker_id"], row["gpu_id"], row["model_id"]) == ("EvictWeights", 3, 1, 5)
     assert (row["worker_action_received"], row["worker_result_sent"], row["controller_action_duration"]) == (
@@ -243,7 +244,7 @@ def test_a_failed_batch_send_fails_each_of_its_actions_after_the_pass(edge, monk
     def send(sock, msg, data=(), ident=None, flags=0):
         if type(msg) is s.ActionBatch:
             raise zmq.Again()
-    monkeypatch.setattr(worker_links, "send", send)
+    monkeypatch.setattr(actions, "send", send)
     w = c.workers[0]
     got = []
     ids = [next(c.action_ids) for _ in range(3)]
@@ -257,13 +258,43 @@ def test_a_failed_batch_send_fails_each_of_its_actions_after_the_pass(edge, monk
 
 def test_with_batch_actions_off_an_action_leaves_at_once(monkeypatch):
     wire = []
-    monkeypatch.setattr(worker_links, "send", lambda sock, msg, data=(), ident=None, flags=0: wire.append(msg))
+    monkeypatch.setattr(actions, "send", lambda sock, msg, data=(), ident=None, flags=0: wire.append(msg))
     config = load_config()
     config["controller"].update(telemetry_port=0, metrics_port=0, batch_actions=False)
     c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
                               client_port=free_port(), out=lambda *a: None)
     try:
         c._probe(c.workers[0], 0)
-        assert [type(m) for m in wire] == [s.Reset, s.GetWorkerState] and not c._outgoing
+        assert [type(m) for m in wire] == [s.Reset, s.GetWorkerState] and not c.actions.outgoing
+    finally:
+        c.close()
+
+
+def test_an_infer_before_the_controller_runs_is_answered_or_starts_it():
+    """Connecting, or loading with a load in flight: INITIALIZING, and the scheduler sees
+    nothing. Loading with no load in flight: the Infer starts scheduling and is admitted (here
+    refused as an unknown model, which only a running controller says). A model id of another
+    controller lifetime is STALE_EPOCH whatever the phase."""
+    config = load_config()
+    config["controller"].update(telemetry_port=0, metrics_port=0)
+    c = server_mod.Controller(config, [f"127.0.0.1:{free_port()}"], scheduler="infer4",
+                              client_port=free_port(), out=lambda *a: None)
+    seen = []
+    c.scheduler = Spy(c.scheduler, on_request=seen.append)
+
+    def answers():
+        return [(m.request_id, m.status) for m, _ in c.replies.waiting.pop(b"client", [])]
+    try:
+        c._on_infer(b"client", s.InferRequest(1, 0, 1), [])                # connecting
+        c._on_infer(b"client", s.InferRequest(2, 0, 1, epoch=c.epoch ^ 1), [])
+        assert answers() == [(1, Status.INITIALIZING), (2, Status.STALE_EPOCH)]
+        c.phase = "loading"
+        c.load_jobs[0] = object()                                           # a LoadModel in flight
+        c._on_infer(b"client", s.InferRequest(3, 0, 1), [])
+        assert answers() == [(3, Status.INITIALIZING)] and c.phase == "loading"
+        del c.load_jobs[0]
+        c._on_infer(b"client", s.InferRequest(4, 0, 1), [])
+        assert answers() == [(4, Status.INVALID_REQUEST)] and c.phase == "running"
+        assert not seen and c.requests.arrivals == 4
     finally:
         c.close()

@@ -81,7 +81,7 @@ def test_clients_through_edges_each_get_one_answer_with_their_ids(served):
     finally:
         for client in clients.values():
             client.close()
-    assert c.arrivals == len(expected)
+    assert c.requests.arrivals == len(expected)
     assert len(c.replies.batch_clients) == 2           # the controller saw two clients: the edges
 
 

@@ -19,7 +19,7 @@ import zmq
 
 from clockwork.client.api import Client
 from clockwork.config import load_config
-from clockwork.controller import admission
+from clockwork.controller import replies as replies_mod
 from clockwork.controller import server as server_mod
 from clockwork.controller.simulator import MS, model_info
 from clockwork.status import Status
@@ -149,12 +149,16 @@ def test_a_batch_with_invalid_requests_answers_those_with_errors_and_serves_the_
     assert not any(waits), "the loop waited while holding answers"
 
 
-def test_a_bug_handling_a_batch_costs_that_batch_not_the_controller(controller):
+def test_a_bug_handling_a_batch_costs_that_batch_not_the_controller(controller, monkeypatch):
     c, address, waits = controller
 
-    def broken(ident, batch, data):
-        raise RuntimeError("planted")
-    c._on_infer_batch = broken
+    real_split = s.split_frames
+
+    def broken(counts, n, data, what="entries"):
+        if what == "requests":              # (an InferRequestBatch's frames are split first)
+            raise RuntimeError("planted")
+        return real_split(counts, n, data, what)
+    monkeypatch.setattr(s, "split_frames", broken)
     ctx = zmq.Context()
     sock = _dealer(ctx, address)
     try:
@@ -172,8 +176,8 @@ class _Sock:
 
 def test_replies_are_one_batch_per_batching_client_and_singles_to_others(monkeypatch):
     sent = []
-    monkeypatch.setattr(admission, "send", lambda sock, msg, data=(), ident=None: sent.append((ident, msg, list(data))))
-    replies = admission.Replies(_Sock(), batching=True)
+    monkeypatch.setattr(replies_mod, "send", lambda sock, msg, data=(), ident=None: sent.append((ident, msg, list(data))))
+    replies = replies_mod.Replies(_Sock(), batching=True)
     replies.client_batches(b"new")
     out = [b"a", b"b"]
     for rid, ident in ((1, b"new"), (2, b"old"), (3, b"new"), (4, b"old"), (5, b"new")):
@@ -199,7 +203,7 @@ def test_replies_are_one_batch_per_batching_client_and_singles_to_others(monkeyp
         ("InferResponse", 7), ("LsResponse", 8), ("InferResponseBatch", None)]
     assert [r.request_id for r in sent[2][1].responses] == [9, 10]
     sent.clear()
-    unbatched = admission.Replies(_Sock(), batching=False)
+    unbatched = replies_mod.Replies(_Sock(), batching=False)
     unbatched.client_batches(b"new")
     unbatched.add(b"new", s.InferResponse(9, Status.SUCCESS))
     assert [m.request_id for _, m, _ in sent] == [9]     # batching off: sent at once

@@ -193,8 +193,8 @@ def test_client_drain_reads_all_waiting_and_returns_when_empty(controller):
         for rid in sent[:10]:
             client.send(s.encode(s.InferRequest(rid, 0)))
         client.send(s.encode(s.InferRequestBatch([s.InferRequest(rid, 0) for rid in sent[10:]], [])))
-        while c.arrivals < len(sent):           # (over TCP the messages may come in pieces)
-            assert c.client_sock.poll(10_000), f"{c.arrivals} of {len(sent)} requests came"
+        while c.requests.arrivals < len(sent):           # (over TCP the messages may come in pieces)
+            assert c.client_sock.poll(10_000), f"{c.requests.arrivals} of {len(sent)} requests came"
             c._drain_clients()
         c.replies.flush()
         answered = {}

@@ -22,7 +22,10 @@ remove() { find "$tree/clockwork" -name '*.so' -delete; rm -f "$tree"/*__mypyc*.
 if [ "$clean" = 1 ]; then remove; echo "build_compiled: removed the compiled modules from $tree"; exit 0; fi
 
 command -v "$py" >/dev/null || die "no interpreter '$py'"
-"$py" -c 'import mypyc.build' 2>/dev/null \
+# (setuptools first: from Python 3.12 on, mypyc's build needs the distutils setuptools provides)
+"$py" -c 'import setuptools' 2>/dev/null \
+    || die "$py has no setuptools: install it with '$py -m pip install setuptools'"
+"$py" -c 'import setuptools, mypyc.build' 2>/dev/null \
     || die "$py has no mypy (mypyc): install it with '$py -m pip install mypy' or the 'compiled' extra"
 "$py" -c 'import sysconfig, os, sys; h = sysconfig.get_paths()["include"]; sys.exit(not os.path.exists(os.path.join(h, "Python.h")))' \
     || die "$py has no C headers (Python.h): install its development package"

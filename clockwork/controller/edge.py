@@ -3,7 +3,7 @@
 Clients connect to an edge as to a controller: same wire, same client library. The edge does
 the per-client socket work: it reads every client's messages, forwards the Infers read in one
 pass of its loop, from all its clients, to the controller as one InferRequestBatch, and routes
-the answers back, coalesced per client per pass as the controller does (admission.Replies).
+the answers back, coalesced per client per pass as the controller does (replies.Replies).
 The controller then reads one message per edge pass instead of one per client message, and
 answers each edge with one message per pass. Several edges can serve one controller, each on
 its own port; the controller needs no option for it (an edge is one batching client to it).
@@ -35,9 +35,10 @@ from ..transport import schema as s
 from ..transport.schema import ProtocolError
 from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, dealer, parse_address, recv, router, send,
                                  set_timer_slack, stop_on_signals, wait)
-from .admission import Replies, split_infer_batch
+from .actions import DRAIN_BATCH
 from .queuewait import QueueWait
-from .worker_links import DRAIN_BATCH
+from .replies import Replies
+from .requests import split_infer_batch
 
 STOP_CHECK_NS = 100_000_000     # the loop looks at stop() (SIGTERM) at least this often
 

@@ -14,7 +14,7 @@ from ..model.format import pad_table
 from ..status import Status
 from ..transport import schema as s
 from .model_registry import ModelRegistry
-from .worker_links import WorkerLink
+from .actions import WorkerLink
 
 FAR_FUTURE = 1 << 62        # LoadModelFromDisk windows: [0, never]
 

@@ -40,13 +40,15 @@ from ..transport import schema as s
 from ..transport import security as security_mod
 from ..transport.sockets import dealer, parse_address, router, set_timer_slack, stop_on_signals, wait
 from . import logs as logs_mod
-from .admission import Admission, Replies
+from .actions import Actions, WorkerLink
+from .admission import Admission
 from .model_loading import LoadJob, ModelLoading
 from .model_registry import ModelRegistry
-from .queuewait import QueueWait
+from .replies import Replies
+from .requests import Requests
 from .schedulers.common import Settings
 from .stats import ControllerStats
-from .worker_links import Pending, WorkerLink, WorkerLinks
+from .worker_links import WorkerLinks
 
 PROBE_INTERVAL_NS = 500_000_000
 # LoadModelFromDisk runs inside the worker's loop (a real GPU worker also warms every batch size
@@ -120,7 +122,6 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.workers = workers
         self.scheduler_name = scheduler or cc["scheduler"]
         self.scheduler = make_scheduler(self.scheduler_name, config, self.clock, self)
-        self.pending: dict[int, Pending] = {}
         self.models = ModelRegistry()           # model id -> ModelInfo, one entry per LoadModel
         self.next_model_id = shard << SHARD_ID_BITS      # ids name their shard (limits.SHARD_ID_BITS)
         self.model_id_end = (shard + 1) << SHARD_ID_BITS
@@ -129,12 +130,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.rejoin_waiting: dict[int, set[int]] = {}         # worker -> action ids to finish
         self.phase = "connecting"
         self.stats = ControllerStats()
-        self.request_ids = itertools.count(1)
-        self.queue_wait = QueueWait()
-        self.arrivals = 0
-        self.departures = 0
         self._pad: IdRanges[list[int]] = IdRanges()   # model ids -> model.format.pad_table, for goodput
-        self._model_counts: dict[int, list[int]] = {}   # model id -> [arrivals, answers], for the request log
         self.settings = Settings(config)      # the [controller] times, parsed once for all
         self.worker_timeout = int(cc["worker_timeout_ms"] * 1e6)
         self.connect_timeout = int(cc.get("worker_connect_timeout_s", 0) * 1e9)
@@ -143,22 +139,18 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         self.max_models_per_client = int(cc.get("max_models_per_client", self.max_models))
         self.client_copies: dict[bytes, int] = {}    # client connection -> copies registered or loading
         self.ls_page_size = max(1, int(cc.get("ls_page_size", 1000)))
-        # memory bound on inputs: bytes held by requests not yet answered, beyond which OVERLOADED
-        self.max_input_bytes = int(cc.get("max_queued_input_bytes", 4 << 30))
-        self.input_bytes = 0
-        self._held: dict[int, int] = {}     # request id -> its input bytes, until answered
         self.print_interval = float(cc["print_interval_s"])
         self.request_log, self.action_log = logs_mod.open_logs(
             log_dir, config["logging"]["request_log"], config["logging"]["action_log"], log_writer)
         self.telemetry = None
         self.replies = Replies(self.client_sock, bool(cc.get("batch_replies", True)))
-        self.batch_actions = bool(cc.get("batch_actions", True))
-        self._outgoing: list[WorkerLink] = []      # links with actions held (worker_links.send_actions)
+        # the Infers from admission to answer (requests.py), with the memory bound on their inputs
+        self.requests = Requests(self, clock, epoch, self.models, self.settings, self.replies, self.stats,
+                                 self.request_log, int(cc.get("max_queued_input_bytes", 4 << 30)))
         self.spin_s = float(cc.get("spin_us", 0)) / 1e6     # busy-wait before sleeping (sockets.wait)
         self._running = False
         self.last_pass_ns = 0       # when the loop last made a pass (the in-process front end's liveness)
         self.loop_ended = ""        # why run() returned, once it has
-        self._failed_sends: list[tuple[int, str]] = []     # (action id, why), delivered after the tick
         # Worker sockets come first: wait() lists ready sockets in this order, and a result
         # frees a GPU and answers requests, which must not queue behind a burst of new ones.
         self._sockets = [w.sock for w in self.workers] + [w.monitor for w in self.workers] + [self.client_sock]
@@ -167,6 +159,10 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         # by a drain, since it last found them empty; the others only when they signal. At
         # first every one: a socket never asked does not signal its first message.
         self._touched: set = set(self._sockets)
+        # the actions in flight (actions.py); `pending` is its table, action id -> Pending
+        self.actions = Actions(self, clock, workers, self.stats, self.action_log, self._pad,
+                               bool(cc.get("batch_actions", True)), self._touched)
+        self.pending = self.actions.pending
         self._monitor_worker = {w.monitor: w for w in self.workers}
 
     # ------------------------------------------------------------------ Outbox for the scheduler
@@ -176,9 +172,9 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         failed; returns when to tick next (at once if failures were delivered: the scheduler
         must see them)."""
         nt = self.scheduler.tick()
-        if self._outgoing:
+        if self.actions.outgoing:
             self.send_actions()
-        if self._failed_sends:
+        if self.actions.failed_sends:
             self._deliver_failed_sends()
             return self.clock()
         return nt if nt is not None else self.clock() + HOUSEKEEPING_NS
@@ -188,9 +184,9 @@ class Controller(WorkerLinks, ModelLoading, Admission):
         model loads, handlers) go out, then the answers. Returns whether sends failed: their
         WORKER_LOST results were delivered, and a running scheduler must tick again at once."""
         failed = False
-        while self._outgoing:
+        while self.actions.outgoing:
             self.send_actions()
-            if self._failed_sends:
+            if self.actions.failed_sends:
                 failed = True
                 self._deliver_failed_sends()     # (edge callbacks may send again)
         if self.replies.waiting:
@@ -254,7 +250,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
                     self._handle_ready(sock)
                 if ready and self.phase == "running":
                     next_tick = self._tick()
-                elif self._failed_sends:     # (edge actions: probes, model loads)
+                elif self.actions.failed_sends:     # (edge actions: probes, model loads)
                     self._deliver_failed_sends()
         except BaseException as e:
             self.loop_ended = f"the controller's loop ended: {e!r}"
@@ -305,7 +301,7 @@ class Controller(WorkerLinks, ModelLoading, Admission):
             self.security.close()
 
     def _housekeeping(self, now: int) -> None:
-        self.queue_wait.sweep(now)
+        self.requests.queue_wait.sweep(now)
         self._touched.update(self._sockets)     # every socket asked now and then, come what may
         if self.phase == "connecting" and now >= self.next_startup_report:
             self._startup_report(now)

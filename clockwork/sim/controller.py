@@ -2,10 +2,10 @@
 
 `SimController` is clockwork.controller.server.Controller with its sockets replaced by
 network.py's and its clock by the simulation's. Every method that decides something is
-inherited unchanged: request validation and admission (admission.py), the LoadModel broadcast
-(model_loading.py), clock conversion of windows and results, loss by silence or closed
-connection and rejoin (worker_links.py), housekeeping, the request and action logs and the
-stats lines (server.py). Only two things are written here:
+inherited unchanged: request validation and admission (admission.py, requests.py), the
+LoadModel broadcast (model_loading.py), clock conversion of windows and results (actions.py),
+loss by silence or closed connection and rejoin (worker_links.py), housekeeping, the request and
+action logs and the stats lines (server.py). Only two things are written here:
 
   * __init__, which makes in-memory sockets and hands them, with the simulated clock, to
     Controller._init_state (the state Controller.__init__ builds around its ZeroMQ sockets); and
@@ -26,7 +26,7 @@ from collections import deque
 from time import process_time_ns
 
 from ..controller.server import HOUSEKEEPING_NS, Controller
-from ..controller.worker_links import WorkerLink
+from ..controller.actions import WorkerLink
 
 FAR = 1 << 62
 
@@ -134,7 +134,7 @@ class SimController(Controller):
         self._handle_ready(sock)
         if self.phase == "running":
             self._next_tick = self._tick()
-        elif self._failed_sends:         # (edge actions: probes, model loads)
+        elif self.actions.failed_sends:      # (edge actions: probes, model loads)
             self._deliver_failed_sends()
         self._end_pass()
 

@@ -8,12 +8,12 @@ msgpack, to $HOP_TRACE_OUT when the process exits. $HOP_TRACE_CPU, if set, pins 
 Recorded (time.monotonic_ns, the clock every process on one host shares; workers' timestamps
 are taken raw from their results, before the controller's clock conversion):
   wake     the loop's wait() returned with a socket ready (last one kept, stamped on the events)
-  req      an InferRequest admitted (client request id)
+  req      an InferRequest read (client request id)
   act      an Infer made by the scheduler (action id, earliest, latest, controller time)
   sent     the actions of a pass sent (send_actions returned)
   res      an InferResult read (action id, its raw worker-clock stamps)
   ans      an answer made (respond)
-  flush    the answers of a pass sent (Replies.flush returned)
+  flush    the answers of a pass sent (the loop's end-of-pass sends returned, answers among them)
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def install_worker() -> None:
 
 
 def install() -> None:
-    from clockwork.controller import admission, server, worker_links
+    from clockwork.controller import actions, admission, requests, server, worker_links
     from clockwork.transport import schema as s
 
     real_wait = server.wait
@@ -59,14 +59,18 @@ def install() -> None:
         return ready
     server.wait = wait
 
+    real_client_recv = requests.recv     # (client messages are read in requests.py, compiled in the opt-in build)
+
+    def client_recv(sock, decoder, routed, flags=0):
+        got = real_client_recv(sock, decoder, routed, flags)
+        t, msg = now(), got[1]
+        for m in (msg.requests if type(msg) is s.InferRequestBatch else [msg]):
+            if type(m) is s.InferRequest:
+                events.append(("req", m.request_id, t, last_wake[0]))
+        return got
+    requests.recv = client_recv
+
     A = admission.Admission
-    real_on_infer = A._on_infer
-
-    def _on_infer(self, ident, msg, data):
-        events.append(("req", msg.request_id, now(), last_wake[0]))
-        return real_on_infer(self, ident, msg, data)
-    A._on_infer = _on_infer
-
     real_respond = A.respond
 
     def respond(self, req, status, *a, **kw):
@@ -74,17 +78,17 @@ def install() -> None:
         return real_respond(self, req, status, *a, **kw)
     A.respond = respond
 
-    R = admission.Replies
-    real_flush = R.flush
+    C = server.Controller
+    real_send_outgoing = C._send_outgoing       # (Replies is compiled in the opt-in build: not wrapped)
 
-    def flush(self):
-        had = bool(self.waiting)
-        real_flush(self)
+    def _send_outgoing(self):
+        had = bool(self.replies.waiting)
+        r = real_send_outgoing(self)
         if had:
             events.append(("flush", 0, now(), 0))
-    R.flush = flush
+        return r
+    C._send_outgoing = _send_outgoing
 
-    C = server.Controller
     for name in ("_tick", "_send_outgoing", "_handle_ready"):
         def wrap(real, tag):
             def f(self, *a):
@@ -111,14 +115,17 @@ def install() -> None:
         events.append(("sent", 0, now(), 0))
     W.send_actions = send_actions
 
-    real_on_msg = W._on_worker_message
+    real_recv = actions.recv     # (the results are read in actions.py, compiled in the opt-in build)
 
-    def _on_worker_message(self, w, msg, data, t):
-        if type(msg) is s.InferResult:
-            events.append(("res", msg.action_id, now(), last_wake[0], msg.received, msg.copy_input_begin,
-                           msg.exec_begin, msg.exec_end, msg.copy_output_end, msg.sent))
-        return real_on_msg(self, w, msg, data, t)
-    W._on_worker_message = _on_worker_message
+    def recv(sock, decoder, routed, flags=0):
+        got = real_recv(sock, decoder, routed, flags)
+        t, msg = now(), got[1]
+        for m in ([m for m, _ in s.unbatch(msg, got[2])] if type(msg) is s.ResultBatch else [msg]):
+            if type(m) is s.InferResult:
+                events.append(("res", m.action_id, t, last_wake[0], m.received, m.copy_input_begin,
+                               m.exec_begin, m.exec_end, m.copy_output_end, m.sent))
+        return got
+    actions.recv = recv
 
 
 def dump() -> None:
