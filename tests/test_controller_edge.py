@@ -78,7 +78,7 @@ def _edge(monkeypatch, log_dir):
                 res = s.ClearCacheResult(msg.action_id, answer_at, answer_at)
             else:
                 res = s.WorkerStateResult(msg.action_id, answer_at, answer_at, state)
-            c._on_worker_message(w, res, [], clock.now + 2 * LATENCY)
+            c.actions.on_message(w, res, [], clock.now + 2 * LATENCY)
         assert w.alive and w.sync.offset == OFFSET
         c.models.update(models)
         c._pad.add(0, 1, [0, 1, 2])
@@ -103,7 +103,7 @@ def _answer(c, clock, wire_infer):
     res = s.InferResult(wire_infer.action_id, received, end, begin, begin, begin, end,
                         2 * MS, end, end, 1980, 1980)
     clock.now = end - OFFSET + LATENCY
-    c._on_worker_message(c.workers[0], res, [bytes(8 * wire_infer.batch_size)], clock.now)
+    c.actions.on_message(c.workers[0], res, [bytes(8 * wire_infer.batch_size)], clock.now)
     return res
 
 
@@ -180,7 +180,7 @@ def test_logs_have_the_originals_meaning(logged_edge, tmp_path):
     c, clock, wire = logged_edge
     c.respond = server_mod.Controller.respond.__get__(c)
     for rid in (1, 2):                                 # two arrivals of model 0 (ids 1, 2)
-        c._on_infer(b"client", s.InferRequest(rid, 0, 1), [])
+        c.requests.infer(b"client", s.InferRequest(rid, 0, 1), [])
     late = Request(3, None, 3, 0, 1, clock.now - 150 * MS, 100 * MS, [])    # arrived 150 ms ago
     failed = _request(c, clock, 4)
     c.respond(late, Status.SUCCESS)                    # a success after its 100 ms SLO: not met
@@ -232,7 +232,7 @@ def test_an_unreadable_result_in_a_batch_fails_its_action_and_the_rest_are_read(
     bad = msgspec.Raw(msgspec.msgpack.encode([44, sent.action_id, "not a time"]))
     beat = msgspec.Raw(msgspec.msgpack.encode(s.Heartbeat(clock.now, 3, [s.GpuReading(0, 1, 2, 3, 4, 5, 0.5)])))
     w = c.workers[0]
-    c._on_result_batch(w, s.ResultBatch([bad, beat]), [], clock.now)
+    c.actions.on_batch(w, s.ResultBatch([bad, beat]), [], clock.now)
     assert [(type(r), r.status, r.action_id) for r in results] == [(s.ErrorResult, Status.BAD_MESSAGE, sent.action_id)]
     assert sent.action_id not in c.pending and sent.action_id not in w.pending
     assert [g.gpu_id for g in w.readings] == [0]          # the heartbeat after it was read
@@ -285,15 +285,15 @@ def test_an_infer_before_the_controller_runs_is_answered_or_starts_it():
     def answers():
         return [(m.request_id, m.status) for m, _ in c.replies.waiting.pop(b"client", [])]
     try:
-        c._on_infer(b"client", s.InferRequest(1, 0, 1), [])                # connecting
-        c._on_infer(b"client", s.InferRequest(2, 0, 1, epoch=c.epoch ^ 1), [])
+        c.requests.infer(b"client", s.InferRequest(1, 0, 1), [])                # connecting
+        c.requests.infer(b"client", s.InferRequest(2, 0, 1, epoch=c.epoch ^ 1), [])
         assert answers() == [(1, Status.INITIALIZING), (2, Status.STALE_EPOCH)]
         c.phase = "loading"
         c.load_jobs[0] = object()                                           # a LoadModel in flight
-        c._on_infer(b"client", s.InferRequest(3, 0, 1), [])
+        c.requests.infer(b"client", s.InferRequest(3, 0, 1), [])
         assert answers() == [(3, Status.INITIALIZING)] and c.phase == "loading"
         del c.load_jobs[0]
-        c._on_infer(b"client", s.InferRequest(4, 0, 1), [])
+        c.requests.infer(b"client", s.InferRequest(4, 0, 1), [])
         assert answers() == [(4, Status.INVALID_REQUEST)] and c.phase == "running"
         assert not seen and c.requests.arrivals == 4
     finally:

@@ -33,12 +33,6 @@ class Admission:
         """Read what clients sent (requests.Requests.drain)."""
         self.requests.drain(self.client_sock, self._touched)
 
-    def _on_infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data) -> None:
-        self.requests.infer_batch(ident, batch, data)
-
-    def _on_infer(self, ident: bytes, msg: s.InferRequest, data) -> None:
-        self.requests.infer(ident, msg, data)
-
     def _infer_while_starting(self, ident: bytes, msg: s.InferRequest) -> bool:
         """An Infer before the controller runs: it starts running now if every model load has
         finished (True: admit it), else the Infer is answered INITIALIZING (False)."""

@@ -38,12 +38,6 @@ class WorkerLinks:
     def _drain_worker(self, w: WorkerLink) -> None:
         self.actions.drain(w)
 
-    def _on_result_batch(self, w: WorkerLink, batch: s.ResultBatch, data, now: int) -> None:
-        self.actions.on_batch(w, batch, data, now)
-
-    def _on_worker_message(self, w: WorkerLink, msg, data, now: int) -> None:
-        self.actions.on_message(w, msg, data, now)
-
     def _fail_action(self, aid: int, status: int, message: str) -> None:
         self.actions.fail(aid, status, message)
 
