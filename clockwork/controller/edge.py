@@ -132,12 +132,9 @@ class Edge:
                 self._hold(ident, msg, data, now)
             elif t is s.InferRequestBatch:
                 self.replies.client_batches(ident)
-                requests, error = split_infer_batch(msg, data)
-                if error is not None:
-                    for r in requests:
-                        self._answer(ident, s.InferResponse(r.request_id, Status.INVALID_REQUEST, error,
-                                                            r.model_id, r.batch_size))
-                    continue
+                requests, refused = split_infer_batch(msg, data)
+                for answer in refused:
+                    self._answer(ident, answer)
                 for r, frames in requests:
                     self._hold(ident, r, frames, now)
             else:                           # Ls, LoadModel: after the Infers read before them

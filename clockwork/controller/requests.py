@@ -32,15 +32,16 @@ from .schedulers.common import Settings
 from .stats import ControllerStats
 
 
-def split_infer_batch(batch: s.InferRequestBatch, data: Any) -> tuple[list, str | None]:
-    """([(request, its input frames)], None), or (requests, why) when the frame counts do not
-    fit the frames carried (then no request can be given its inputs). The controller and the
-    edge process (controller/edge.py) read batches through this."""
+def split_infer_batch(batch: s.InferRequestBatch, data: Any) -> tuple[list, list]:
+    """([(request, its input frames)], []), or ([], an INVALID_REQUEST answer per request) when
+    the frame counts do not fit the frames carried (then no request can be given its inputs).
+    The controller and the edge process (controller/edge.py) read batches through this."""
     requests = batch.requests
     per_request, why = s.split_frames(batch.frames, len(requests), data, "requests")
     if why is not None or per_request is None:
-        return requests, why
-    return list(zip(requests, per_request)), None
+        return [], [s.InferResponse(r.request_id, Status.INVALID_REQUEST, why, r.model_id, r.batch_size)
+                    for r in requests]
+    return list(zip(requests, per_request)), []
 
 
 class Requests:
@@ -117,12 +118,9 @@ class Requests:
     def infer_batch(self, ident: bytes, batch: s.InferRequestBatch, data: Any) -> None:
         """Each request of the batch as if it had come alone, with its own input frames."""
         self.replies.client_batches(ident)
-        requests, error = split_infer_batch(batch, data)
-        if error is not None:
-            for msg in requests:
-                self.reply(ident, s.InferResponse(msg.request_id, Status.INVALID_REQUEST, error,
-                                                  msg.model_id, msg.batch_size))
-            return
+        requests, refused = split_infer_batch(batch, data)
+        for answer in refused:
+            self.reply(ident, answer)
         for msg, frames in requests:
             try:
                 self.infer(ident, msg, frames)
