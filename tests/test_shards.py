@@ -115,13 +115,20 @@ def test_a_workload_runs_through_the_shards(cluster):
         assert re.search(rf"\[shard {k}\] Client --> Req\d+:LoadModel path={name} ", served), served[-2000:]
 
 
+def shard_pids(cluster: LocalCluster) -> list[int]:
+    """The pids of the two shard processes under the cluster's `cw controller --shards 2`,
+    once both serve (an Ls answered by each)."""
+    client = make_client(cluster.address, log=lambda *_: None)
+    client.ls()
+    client.close()
+    shards = children(cluster.controller.pid)
+    assert len(shards) == 2, shards
+    return shards
+
+
 def test_one_shards_death_stops_the_command():
     with LocalCluster(gpus=1, workers=2, shards=2) as c:
-        client = make_client(c.address, log=lambda *_: None)
-        client.ls()                       # both shards serve
-        client.close()
-        shards = children(c.controller.pid)
-        assert len(shards) == 2, shards
+        shards = shard_pids(c)
         os.kill(shards[1], signal.SIGKILL)
         assert c.controller.wait(60) == 1
         assert not still_running(shards[:1], 30), "the other shard still runs"
@@ -131,11 +138,7 @@ def test_one_shards_death_stops_the_command():
 
 def test_shards_end_when_the_command_is_killed():
     with LocalCluster(gpus=1, workers=2, shards=2) as c:
-        client = make_client(c.address, log=lambda *_: None)
-        client.connect()                  # both shards listen
-        client.close()
-        shards = children(c.controller.pid)
-        assert len(shards) == 2, shards
+        shards = shard_pids(c)
         c.controller.kill()
         c.controller.wait()
         assert not still_running(shards, 30), "a shard outlived the command"

@@ -114,14 +114,21 @@ def test_addresses_of_the_shards():
     assert r.exit_code == 2 and "not both" in r.output and "Traceback" not in r.output
 
 
+def one_mlp_per_shard(cluster: LocalCluster) -> list[int]:
+    """Load mlp once on each of the cluster's two shards and serve one request from each; the
+    two model ids."""
+    client = ShardedClient(cluster.address.split(","), log=lambda *_: None)
+    try:
+        ids = [client.load_model("mlp")[0] for _ in range(2)]       # one on each shard
+        assert [client.infer(i).response.status for i in ids] == [Status.SUCCESS] * 2
+    finally:
+        client.close()
+    return ids
+
+
 def test_cw_top_once_shows_both_shards_of_a_real_sharded_controller():
     with LocalCluster(gpus=2, workers=2, shards=2) as c:
-        client = ShardedClient(c.address.split(","), log=lambda *_: None)
-        try:
-            ids = [client.load_model("mlp")[0] for _ in range(2)]       # one on each shard
-            assert [client.infer(i).response.status for i in ids] == [Status.SUCCESS] * 2
-        finally:
-            client.close()
+        ids = one_mlp_per_shard(c)
         r = subprocess.run([sys.executable, "-m", "clockwork.telemetry.top", f"127.0.0.1:{c.telemetry_port}",
                             "--shards", "2", "--once", "--timeout", "60", "--width", "200"],
                            capture_output=True, text=True, timeout=120, env=c.env())
@@ -141,12 +148,7 @@ def test_each_shard_serves_its_own_prometheus_metrics():
     from clockwork.transport.sockets import free_ports
     base = free_ports(2)
     with LocalCluster(gpus=1, workers=2, shards=2, controller_args=("--metrics-port", str(base))) as c:
-        client = ShardedClient(c.address.split(","), log=lambda *_: None)
-        try:
-            ids = [client.load_model("mlp")[0] for _ in range(2)]       # one on each shard
-            assert [client.infer(i).response.status for i in ids] == [Status.SUCCESS] * 2
-        finally:
-            client.close()
+        ids = one_mlp_per_shard(c)
         printed = "".join(c.output["controller"])
         for k, mid in enumerate(ids):
             assert f"metrics on http://127.0.0.1:{base + k}/metrics" in printed, printed
