@@ -63,15 +63,21 @@ def run_until_one_exits(argvs: list[list[str]], poll_s: float = 0.2, **popen) ->
                     return p
         return None
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(procs)
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def stop_all(procs: list[subprocess.Popen], grace_s: float = 10.0) -> None:
+    """SIGTERM every process still running, then wait for each; one still there after grace_s
+    is killed. All are asked at once, so they wind down together, not one after another."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 

@@ -26,6 +26,7 @@ import time
 from clockwork.client import arrivals
 from clockwork.client.shards import make_client
 from clockwork.limits import SHARD_ID_BITS
+from clockwork.orphans import stop_all
 from clockwork.client.stats import Stats
 from clockwork.client.workloads.engine import Engine
 from clockwork.transport.sockets import free_ports
@@ -94,13 +95,7 @@ def main() -> None:
                   f"{r['max_lag_ms']:10.1f}  {'yes' if kept else 'NO'}",
                   flush=True)
     finally:
-        for echo in echoes:
-            echo.terminate()
-        for echo in echoes:
-            try:
-                echo.wait(5)
-            except subprocess.TimeoutExpired:
-                echo.kill()
+        stop_all(echoes, 5)
 
 
 if __name__ == "__main__":
